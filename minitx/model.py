@@ -1,0 +1,600 @@
+"""GPT-2, written out once, with every activation a named point that a call can read or replace.
+
+Axis vocabulary used in every shape comment:
+    batch, pos, d_model, head, d_head, d_mlp, d_vocab, q_pos, k_pos, layer
+
+Reading order: Config -> the table of activation points -> one call's hooks (`Run`) ->
+layer norm, attention, MLP, block -> the model (forward, run_with_cache, run_with_hooks, generate).
+
+References: Radford et al. 2019 (GPT-2); Elhage et al. 2021, "A Mathematical Framework for
+Transformer Circuits" (per-head W_Q/W_K/W_V/W_O notation); the point names follow TransformerLens.
+Checkpoint names (c_attn, wte, ...) appear only in `minitx/loading.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import functools
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# ---------------------------------------------------------------------------------------------
+# Configuration: the fields of a Hugging Face GPT-2 config.json that change the computation.
+
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    # GPT-2's own is "gelu_new", the tanh approximation; torch's fused kernel computes the same
+    # formula (to float rounding) much faster than writing it out.
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_python_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_accurate": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu": F.gelu,
+    "gelu_python": F.gelu,
+    "gelu_10": lambda x: F.gelu(x).clamp(-10, 10),
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "relu": F.relu,
+    "relu2": lambda x: F.relu(x).square(),
+    "relu6": F.relu6,
+    "leaky_relu": F.leaky_relu,
+    "silu": F.silu,
+    "swish": F.silu,
+    "mish": F.mish,
+    "hardswish": F.hardswish,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "sqrtsoftplus": lambda x: F.softplus(x).sqrt(),
+    "laplace": lambda x: 0.5 * (1.0 + torch.erf((x - 0.707107) / (0.282095 * math.sqrt(2.0)))),
+    "linear": lambda x: x,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The shape and arithmetic of a GPT-2 model; field names are those of HF's config.json."""
+
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    n_positions: int = 1024
+    vocab_size: int = 50257
+    n_inner: int | None = None  # None means 4 * n_embd, as in HF
+    layer_norm_epsilon: float = 1e-5
+    activation_function: str = "gelu_new"
+    scale_attn_weights: bool = True
+    scale_attn_by_inverse_layer_idx: bool = False
+    reorder_and_upcast_attn: bool = False
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self):
+        for field in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"config {field}={value!r} is not allowed: it must be a positive integer")
+        if self.n_inner is not None and (not isinstance(self.n_inner, int) or self.n_inner < 1):
+            raise ValueError(f"config n_inner={self.n_inner!r} is not allowed: a positive integer or null")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"config n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
+                             "each head needs an equal share of the model width")
+        if self.activation_function not in ACTIVATIONS:
+            raise ValueError(f"config activation_function={self.activation_function!r} is not supported; "
+                             f"allowed: {', '.join(sorted(ACTIVATIONS))}")
+        if not self.layer_norm_epsilon > 0:
+            raise ValueError(f"config layer_norm_epsilon={self.layer_norm_epsilon!r} must be > 0")
+
+    @classmethod
+    def from_hf(cls, hf: dict) -> "Config":
+        """Reads the fields we use from a HF config.json dict; other keys are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in hf.items() if k in names})
+
+    def to_hf(self) -> dict:
+        return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], **dataclasses.asdict(self),
+                "bos_token_id": 50256, "eos_token_id": 50256}
+
+    # The analysis names for the same numbers.
+    d_model = property(lambda self: self.n_embd)
+    d_head = property(lambda self: self.n_embd // self.n_head)
+    d_mlp = property(lambda self: self.n_inner or 4 * self.n_embd)
+    d_vocab = property(lambda self: self.vocab_size)
+    n_ctx = property(lambda self: self.n_positions)
+
+
+# ---------------------------------------------------------------------------------------------
+# The table of activation points. Every name a user can cache or patch, with its axes, declared
+# once. "{l}" stands for the layer. On-request points cost memory or time, so they are computed
+# only when a call asks for them; caching "everything by default" leaves them out.
+
+POINTS: dict[str, tuple[str, ...]] = {
+    "hook_embed": ("batch", "pos", "d_model"),
+    "hook_pos_embed": ("batch", "pos", "d_model"),
+    "blocks.{l}.hook_resid_pre": ("batch", "pos", "d_model"),
+    "blocks.{l}.hook_q_input": ("batch", "pos", "head", "d_model"),  # on request
+    "blocks.{l}.hook_k_input": ("batch", "pos", "head", "d_model"),  # on request
+    "blocks.{l}.hook_v_input": ("batch", "pos", "head", "d_model"),  # on request
+    "blocks.{l}.ln1.hook_scale": ("batch", "pos", "1"),
+    "blocks.{l}.ln1.hook_normalized": ("batch", "pos", "d_model"),
+    "blocks.{l}.attn.hook_q": ("batch", "pos", "head", "d_head"),
+    "blocks.{l}.attn.hook_k": ("batch", "pos", "head", "d_head"),
+    "blocks.{l}.attn.hook_v": ("batch", "pos", "head", "d_head"),
+    "blocks.{l}.attn.hook_attn_scores": ("batch", "head", "q_pos", "k_pos"),
+    "blocks.{l}.attn.hook_pattern": ("batch", "head", "q_pos", "k_pos"),
+    "blocks.{l}.attn.hook_z": ("batch", "pos", "head", "d_head"),
+    "blocks.{l}.attn.hook_result": ("batch", "pos", "head", "d_model"),  # on request
+    "blocks.{l}.hook_attn_out": ("batch", "pos", "d_model"),
+    "blocks.{l}.hook_resid_mid": ("batch", "pos", "d_model"),
+    "blocks.{l}.hook_mlp_in": ("batch", "pos", "d_model"),  # on request
+    "blocks.{l}.ln2.hook_scale": ("batch", "pos", "1"),
+    "blocks.{l}.ln2.hook_normalized": ("batch", "pos", "d_model"),
+    "blocks.{l}.mlp.hook_pre": ("batch", "pos", "d_mlp"),
+    "blocks.{l}.mlp.hook_post": ("batch", "pos", "d_mlp"),
+    "blocks.{l}.hook_mlp_out": ("batch", "pos", "d_model"),
+    "blocks.{l}.hook_resid_post": ("batch", "pos", "d_model"),
+    "ln_final.hook_scale": ("batch", "pos", "1"),
+    "ln_final.hook_normalized": ("batch", "pos", "d_model"),
+}
+ON_REQUEST = ("hook_q_input", "hook_k_input", "hook_v_input", "attn.hook_result", "hook_mlp_in")
+
+
+@functools.lru_cache(maxsize=64)
+def point_names(n_layer: int, include_on_request: bool = True) -> tuple[str, ...]:
+    """Every point name of a model with n_layer blocks, in the order a forward reaches them."""
+    per_layer = [t for t in POINTS if "{l}" in t and (include_on_request or not t.endswith(ON_REQUEST))]
+    return ("hook_embed", "hook_pos_embed", *(t.format(l=l) for l in range(n_layer) for t in per_layer),
+            "ln_final.hook_scale", "ln_final.hook_normalized")
+
+
+SHORTHANDS = {"embed": "hook_embed", "pos_embed": "hook_pos_embed", "resid_pre": "hook_resid_pre",
+              "resid_mid": "hook_resid_mid", "resid_post": "hook_resid_post", "attn_out": "hook_attn_out",
+              "mlp_out": "hook_mlp_out", "mlp_in": "hook_mlp_in", "q_input": "hook_q_input",
+              "k_input": "hook_k_input", "v_input": "hook_v_input", "q": "attn.hook_q", "k": "attn.hook_k",
+              "v": "attn.hook_v", "z": "attn.hook_z", "result": "attn.hook_result",
+              "attn_scores": "attn.hook_attn_scores", "pattern": "attn.hook_pattern", "attn": "attn.hook_pattern",
+              "pre": "mlp.hook_pre", "post": "mlp.hook_post", "scale": "hook_scale",
+              "normalized": "hook_normalized"}
+
+
+def get_act_name(name: str, layer: int | None = None, layer_type: str | None = None) -> str:
+    """("pattern", 3) -> "blocks.3.attn.hook_pattern"; ("scale", 2, "ln2"); ("scale",) -> ln_final."""
+    if name not in SHORTHANDS:
+        raise KeyError(f"unknown shorthand {name!r}; allowed: {', '.join(SHORTHANDS)}")
+    suffix = SHORTHANDS[name]
+    if name in ("embed", "pos_embed"):
+        return suffix
+    if name in ("scale", "normalized"):
+        if layer is None:
+            return f"ln_final.{suffix}"
+        return f"blocks.{layer}.{layer_type or 'ln1'}.{suffix}"
+    if layer is None:
+        raise ValueError(f"shorthand {name!r} needs a layer, e.g. get_act_name({name!r}, 0)")
+    return f"blocks.{layer}.{suffix}"
+
+
+# ---------------------------------------------------------------------------------------------
+# One call's hooks. Every activation passes through `run(name, tensor)`, which consults only what
+# this call asked for; nothing is stored on the model, so nothing outlives the call.
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    """What a hook function receives as its second argument: which point is firing."""
+
+    name: str
+
+    @property
+    def layer(self) -> int | None:
+        return int(self.name.split(".")[1]) if self.name.startswith("blocks.") else None
+
+
+NamesFilter = str | Iterable[str] | Callable[[str], bool] | None
+
+
+class Run:
+    """The hooks and cache requests of one forward call, resolved against the model's point names."""
+
+    def __init__(self, n_layer: int, fwd_hooks=(), bwd_hooks=(), cache_filter: NamesFilter = False,
+                 cache: dict | None = None, keep_grad: bool = False):
+        all_names = point_names(n_layer)
+        self.fwd = _resolve_hooks(fwd_hooks, all_names)
+        self.bwd = _resolve_hooks(bwd_hooks, all_names)
+        if cache_filter is None:  # None means every point that is computed anyway
+            self.cache_names = set(point_names(n_layer, include_on_request=False))
+        else:
+            self.cache_names = set(resolve_names(cache_filter, all_names)) if cache_filter is not False else set()
+        self.cache = cache
+        self.keep_grad = keep_grad
+        self.wanted = self.cache_names | set(self.fwd) | set(self.bwd)
+
+    def wants(self, name: str) -> bool:
+        return name in self.wanted
+
+    def replaces(self, name: str) -> bool:
+        return name in self.fwd
+
+    def __call__(self, name: str, x: Tensor) -> Tensor:
+        if name not in self.wanted:
+            return x
+        for fn in self.fwd.get(name, ()):
+            out = fn(x, HookPoint(name))
+            if out is not None:
+                _check_replacement(name, x, out)
+                x = out
+        for fn in self.bwd.get(name, ()):
+            if not x.requires_grad:
+                raise RuntimeError(f"backward hook on {name}: no gradient flows through this point; "
+                                   "run with torch.enable_grad() and an input or weight that requires grad")
+            x.register_hook(lambda grad, fn=fn: fn(grad, HookPoint(name)))
+        if name in self.cache_names:
+            self.cache[name] = x if self.keep_grad else x.detach()
+        return x
+
+
+def resolve_names(spec: NamesFilter, all_names: list[str]) -> list[str]:
+    """A name, a list of names, or a predicate -> the matching point names; typos fail here."""
+    if callable(spec):
+        return [n for n in all_names if spec(n)]
+    names = [spec] if isinstance(spec, str) else list(spec)
+    valid = set(all_names)
+    for name in names:
+        if name not in valid:
+            close = difflib.get_close_matches(name, all_names, n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else "; see minitx.model.POINTS for the names"
+            raise KeyError(f"unknown activation point {name!r}{hint}")
+    return names
+
+
+def _resolve_hooks(hooks, all_names):
+    table: dict[str, list] = {}
+    for spec, fn in hooks:
+        if not callable(fn):
+            raise TypeError(f"hook for {spec!r} must be callable as fn(activation, hook), got {type(fn).__name__}")
+        for name in resolve_names(spec, all_names):
+            table.setdefault(name, []).append(fn)
+    return table
+
+
+def _check_replacement(name: str, x: Tensor, out) -> None:
+    if not isinstance(out, Tensor):
+        raise TypeError(f"hook on {name} returned {type(out).__name__}; return a tensor of shape "
+                        f"{tuple(x.shape)}, or None to leave the activation unchanged")
+    if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
+        raise ValueError(f"hook on {name} returned shape {tuple(out.shape)}, {out.dtype} on {out.device}; "
+                         f"it must match the activation: {tuple(x.shape)}, {x.dtype} on {x.device}")
+    if not torch.isfinite(out).all():
+        raise FloatingPointError(f"hook on {name} returned NaN or inf values; the activation it replaced was finite"
+                                 if torch.isfinite(x).all() else f"hook on {name} returned NaN or inf values")
+
+
+# ---------------------------------------------------------------------------------------------
+# The layers.
+
+
+def affine(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
+    """x @ W + b over the last axis, as one fused matmul ([..., d_in] -> [..., d_out])."""
+    return torch.addmm(b, x.reshape(-1, x.shape[-1]), W).view(*x.shape[:-1], W.shape[-1])
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, d_model: int, eps: float):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(d_model))
+        self.b = nn.Parameter(torch.zeros(d_model))
+        self.eps = eps
+
+    def forward(self, x: Tensor, run: Run, prefix: str) -> Tensor:  # [..., d_model] -> same
+        if not (run.wants(prefix + "hook_scale") or run.wants(prefix + "hook_normalized")):
+            return F.layer_norm(x, x.shape[-1:], self.w, self.b, self.eps)  # fused fast path
+        x = x - x.mean(-1, keepdim=True)
+        scale = run(prefix + "hook_scale", (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())  # [..., 1]
+        return run(prefix + "hook_normalized", x / scale * self.w + self.b)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: Config, layer: int):
+        super().__init__()
+        d, H = cfg.d_model, cfg.n_head
+        self.n_head, self.d_head, self.layer = H, cfg.d_head, layer
+        # Q, K and V of all heads side by side, so one matmul computes them: columns are
+        # [Q head 0 .. Q head H-1 | K heads | V heads], each head d_head wide.
+        self.W_QKV = nn.Parameter(torch.zeros(d, 3 * d))  # [d_model, 3 * head * d_head]
+        self.b_QKV = nn.Parameter(torch.zeros(3 * d))
+        self.W_O = nn.Parameter(torch.zeros(d, d))  # [head * d_head, d_model]
+        self.b_O = nn.Parameter(torch.zeros(d))
+        self.scale = (cfg.d_head ** -0.5 if cfg.scale_attn_weights else 1.0)
+        if cfg.scale_attn_by_inverse_layer_idx:
+            self.scale /= layer + 1
+        self.upcast = cfg.reorder_and_upcast_attn
+
+    def forward(self, x: Tensor, qkv_inputs, run: Run, mask: Tensor | None, past=None):
+        """x: ln1 output [batch, pos, d_model]; qkv_inputs: per-head normalised inputs or None."""
+        p, (B, T, _) = f"blocks.{self.layer}.attn.", x.shape
+        H, dh = self.n_head, self.d_head
+        if qkv_inputs is None:
+            q, k, v = affine(x, self.W_QKV, self.b_QKV).view(B, T, 3, H, dh).unbind(2)  # [batch, pos, head, d_head]
+        else:  # each head reads its own copy of the stream: [batch, pos, head, d_model] each
+            W = self.W_QKV.view(-1, 3, H, dh)  # [d_model, 3, head, d_head]
+            b = self.b_QKV.view(3, H, dh)
+            q, k, v = (torch.einsum("bphm,mhd->bphd", inp, W[:, i]) + b[i] for i, inp in enumerate(qkv_inputs))
+        q, k, v = run(p + "hook_q", q), run(p + "hook_k", k), run(p + "hook_v", v)
+        if past is not None:  # generation: keys and values of earlier tokens, [batch, k_pos, head, d_head]
+            k, v = torch.cat([past[0], k], 1), torch.cat([past[1], v], 1)
+        present = (k, v)
+        if run.wants(p + "hook_attn_scores") or run.wants(p + "hook_pattern"):
+            if mask is None:  # plain causal
+                mask = torch.ones(q.shape[1], k.shape[1], dtype=torch.bool, device=q.device).tril()
+            dtype = torch.float32 if self.upcast else q.dtype
+            scores = torch.einsum("bqhd,bkhd->bhqk", q.to(dtype), k.to(dtype)) * self.scale  # [batch, head, q_pos, k_pos]
+            scores = run(p + "hook_attn_scores", scores.masked_fill(~mask, float("-inf")))
+            pattern = run(p + "hook_pattern", scores.softmax(-1).to(v.dtype))  # [batch, head, q_pos, k_pos]
+            z = torch.einsum("bhqk,bkhd->bqhd", pattern, v)  # [batch, pos, head, d_head]
+        else:  # nobody looks at the pattern: torch's fused kernel gives the same z
+            z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                               attn_mask=mask, is_causal=mask is None and T > 1,
+                                               scale=self.scale).transpose(1, 2)
+        z = run(p + "hook_z", z)
+        if run.wants(p + "hook_result"):  # each head's own write into the residual stream
+            W_O = self.W_O.view(H, dh, -1)  # [head, d_head, d_model]
+            result = run(p + "hook_result", torch.einsum("bphd,hdm->bphm", z, W_O))  # [batch, pos, head, d_model]
+            return result.sum(2) + self.b_O, present
+        return affine(z.reshape(B, T, H * dh), self.W_O, self.b_O), present
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: Config, layer: int):
+        super().__init__()
+        self.W_in = nn.Parameter(torch.zeros(cfg.d_model, cfg.d_mlp))
+        self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp))
+        self.W_out = nn.Parameter(torch.zeros(cfg.d_mlp, cfg.d_model))
+        self.b_out = nn.Parameter(torch.zeros(cfg.d_model))
+        self.act = ACTIVATIONS[cfg.activation_function]
+        self.prefix = f"blocks.{layer}.mlp."
+
+    def forward(self, x: Tensor, run: Run) -> Tensor:  # [batch, pos, d_model] -> same
+        pre = run(self.prefix + "hook_pre", affine(x, self.W_in, self.b_in))  # [batch, pos, d_mlp]
+        post = run(self.prefix + "hook_post", self.act(pre))
+        return affine(post, self.W_out, self.b_out)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: Config, layer: int):
+        super().__init__()
+        self.ln1, self.attn = LayerNorm(cfg.d_model, cfg.layer_norm_epsilon), Attention(cfg, layer)
+        self.ln2, self.mlp = LayerNorm(cfg.d_model, cfg.layer_norm_epsilon), MLP(cfg, layer)
+        self.n_head, self.p = cfg.n_head, f"blocks.{layer}."
+
+    def forward(self, resid: Tensor, run: Run, mask: Tensor | None, past=None):
+        p = self.p
+        resid = run(p + "hook_resid_pre", resid)  # [batch, pos, d_model]
+        normalized = self.ln1(resid, run, p + "ln1.")
+        qkv_inputs = None
+        split = [p + f"hook_{c}_input" for c in "qkv"]
+        if any(run.wants(n) for n in split):
+            for n in (p + "ln1.hook_scale", p + "ln1.hook_normalized"):
+                if run.replaces(n):  # it would feed nothing: q, k and v now read the per-head copies
+                    raise ValueError(f"a hook replaces {n} in a call that also uses per-head inputs of layer "
+                                     f"{p.split('.')[1]}; patch {split[0]} (or k/v) instead")
+            copy = resid.unsqueeze(2).expand(-1, -1, self.n_head, -1)  # [batch, pos, head, d_model]
+            no_hooks = Run(0)  # the per-head layer norms are not separate points
+            qkv_inputs = [self.ln1(run(n, copy.clone()), no_hooks, "") for n in split]
+        attn_out, present = self.attn(normalized, qkv_inputs, run, mask, past)
+        attn_out = run(p + "hook_attn_out", attn_out)
+        resid = run(p + "hook_resid_mid", resid + attn_out)
+        mlp_in = run(p + "hook_mlp_in", resid)
+        mlp_out = run(p + "hook_mlp_out", self.mlp(self.ln2(mlp_in, run, p + "ln2."), run))
+        return run(p + "hook_resid_post", resid + mlp_out), present
+
+
+# ---------------------------------------------------------------------------------------------
+# The model.
+
+
+class Cache(dict):
+    """Activations by point name; also indexable by shorthand: cache["pattern", 3]."""
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            key = get_act_name(*key)
+        return super().__getitem__(key)
+
+
+class Transformer(nn.Module):
+    """GPT-2. `model(tokens)` gives logits [batch, pos, d_vocab]; hooks and caches are per call."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        self.W_E = nn.Parameter(torch.zeros(cfg.d_vocab, cfg.d_model))  # [d_vocab, d_model]
+        self.W_pos = nn.Parameter(torch.zeros(cfg.n_ctx, cfg.d_model))  # [n_ctx, d_model]
+        self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layer))
+        self.ln_final = LayerNorm(cfg.d_model, cfg.layer_norm_epsilon)
+        # GPT-2 ties the unembedding to the embedding and has no unembedding bias.
+        self.W_U_untied = None if cfg.tie_word_embeddings else nn.Parameter(torch.zeros(cfg.d_model, cfg.d_vocab))
+        self._context_hooks: tuple[list, list] = ([], [])
+
+    # -- weights in analysis notation (views, so reading them copies nothing large) -------------
+    @property
+    def W_U(self) -> Tensor:  # [d_model, d_vocab]
+        return self.W_E.T if self.W_U_untied is None else self.W_U_untied
+
+    def _per_head(self, i: int) -> Tensor:  # [layer, head, d_model, d_head]
+        cfg = self.cfg
+        return torch.stack([b.attn.W_QKV.view(cfg.d_model, 3, cfg.n_head, cfg.d_head)[:, i].transpose(0, 1)
+                            for b in self.blocks])
+
+    W_Q = property(lambda self: self._per_head(0))
+    W_K = property(lambda self: self._per_head(1))
+    W_V = property(lambda self: self._per_head(2))
+    b_Q = property(lambda self: torch.stack([b.attn.b_QKV.view(3, self.cfg.n_head, -1)[0] for b in self.blocks]))
+    b_K = property(lambda self: torch.stack([b.attn.b_QKV.view(3, self.cfg.n_head, -1)[1] for b in self.blocks]))
+    b_V = property(lambda self: torch.stack([b.attn.b_QKV.view(3, self.cfg.n_head, -1)[2] for b in self.blocks]))
+    W_O = property(lambda self: torch.stack([b.attn.W_O.view(self.cfg.n_head, self.cfg.d_head, -1)
+                                             for b in self.blocks]))  # [layer, head, d_head, d_model]
+    b_O = property(lambda self: torch.stack([b.attn.b_O for b in self.blocks]))  # [layer, d_model]
+    W_in = property(lambda self: torch.stack([b.mlp.W_in for b in self.blocks]))  # [layer, d_model, d_mlp]
+    b_in = property(lambda self: torch.stack([b.mlp.b_in for b in self.blocks]))
+    W_out = property(lambda self: torch.stack([b.mlp.W_out for b in self.blocks]))  # [layer, d_mlp, d_model]
+    b_out = property(lambda self: torch.stack([b.mlp.b_out for b in self.blocks]))
+
+    # -- the forward pass -------------------------------------------------------------------------
+    def forward(self, tokens: Tensor, attention_mask: Tensor | None = None, *, start_at_layer: int | None = None,
+                stop_at_layer: int | None = None, _run: Run | None = None) -> Tensor:
+        """tokens [batch, pos] (or [pos]) -> logits [batch, pos, d_vocab].
+
+        attention_mask [batch, pos]: 1 for real tokens, 0 for padding (left or right). Positions
+        count real tokens only (HF generate's rule), so a padded prompt sees what it sees alone.
+        start_at_layer=l: `tokens` is instead the residual stream before block l [batch, pos, d_model].
+        stop_at_layer=l: return the residual stream before block l instead of logits.
+        """
+        run = _run or self._context_run()
+        start = start_at_layer or 0
+        stop = self.cfg.n_layer if stop_at_layer is None else stop_at_layer
+        if not (0 <= start <= stop <= self.cfg.n_layer):
+            raise ValueError(f"start_at_layer={start_at_layer}, stop_at_layer={stop_at_layer} are not allowed; "
+                             f"need 0 <= start <= stop <= n_layer={self.cfg.n_layer}")
+        if start_at_layer is None:
+            tokens = self._check_tokens(tokens)
+            resid = self.embed(tokens, attention_mask, run)  # [batch, pos, d_model]
+        else:
+            resid = tokens if tokens.dim() == 3 else tokens.unsqueeze(0)
+            if resid.shape[-1] != self.cfg.d_model:
+                raise ValueError(f"with start_at_layer the input is a residual stream [batch, pos, "
+                                 f"{self.cfg.d_model}], got shape {tuple(resid.shape)}")
+        mask = self._attention_mask(attention_mask, resid.shape[:2], resid.device)
+        for block in self.blocks[start:stop]:
+            resid, _ = block(resid, run, mask)
+        if stop < self.cfg.n_layer:
+            return resid
+        return self.unembed(resid, run)
+
+    def embed(self, tokens: Tensor, attention_mask: Tensor | None, run: Run, offset: Tensor | int = 0) -> Tensor:
+        positions = self.positions(tokens.shape, attention_mask, tokens.device) + offset  # [batch or 1, pos]
+        if int(positions.max()) >= self.cfg.n_ctx:
+            raise ValueError(f"the sequence reaches position {int(positions.max())}, but this model has "
+                             f"n_positions={self.cfg.n_ctx} (positions 0..{self.cfg.n_ctx - 1}); shorten the prompt")
+        embed = run("hook_embed", self.W_E[tokens])  # [batch, pos, d_model]
+        pos_embed = run("hook_pos_embed", self.W_pos[positions].expand_as(embed))
+        return embed + pos_embed
+
+    def unembed(self, resid: Tensor, run: Run) -> Tensor:  # [batch, pos, d_model] -> [batch, pos, d_vocab]
+        x = self.ln_final(resid, run, "ln_final.")
+        return F.linear(x, self.W_E) if self.W_U_untied is None else x @ self.W_U_untied
+
+    @staticmethod
+    def positions(shape, attention_mask: Tensor | None, device) -> Tensor:
+        if attention_mask is None:
+            return torch.arange(shape[-1], device=device).unsqueeze(0)  # [1, pos]
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [batch, pos]
+
+    def _attention_mask(self, attention_mask, shape, device, n_past: int = 0) -> Tensor | None:
+        """-> bool [batch or 1, 1, q_pos, k_pos], True where a query may read a key; None: plain causal."""
+        T = shape[1]
+        if attention_mask is None and n_past == 0:
+            return None
+        causal = torch.ones(T, n_past + T, dtype=torch.bool, device=device).tril(n_past)  # [q_pos, k_pos]
+        if attention_mask is None:
+            return causal[None, None]
+        if attention_mask.shape[0] != shape[0] or attention_mask.shape[1] != n_past + T:
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but the tokens need "
+                             f"[{shape[0]}, {n_past + T}]: one 0/1 entry per token")
+        keys = attention_mask.bool()[:, None, None, :]  # [batch, 1, 1, k_pos]
+        # A padding query may see only itself, so its softmax row is never empty (no NaN).
+        itself = (torch.arange(T, device=device)[:, None] + n_past) == torch.arange(n_past + T, device=device)
+        return (causal & keys) | itself
+
+    def _check_tokens(self, tokens) -> Tensor:
+        if not isinstance(tokens, Tensor):
+            raise TypeError(f"tokens must be a LongTensor [batch, pos] of token ids, got {type(tokens).__name__}; "
+                            "use minitx.to_tokens(text, prepend_bos=...) for text")
+        if tokens.dtype not in (torch.long, torch.int, torch.int16, torch.uint8):
+            raise TypeError(f"tokens must be integer ids, got {tokens.dtype}")
+        tokens = tokens.unsqueeze(0) if tokens.dim() == 1 else tokens
+        if tokens.dim() != 2 or tokens.numel() == 0:
+            raise ValueError(f"tokens must be [batch, pos] with at least one token, got shape {tuple(tokens.shape)}")
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= self.cfg.d_vocab:
+            raise ValueError(f"token id {lo if lo < 0 else hi} is outside the vocabulary; allowed ids are "
+                             f"0..{self.cfg.d_vocab - 1}")
+        return tokens.long()
+
+    # -- hooks and caches -------------------------------------------------------------------------
+    def _context_run(self) -> Run:
+        fwd, bwd = self._context_hooks
+        return Run(self.cfg.n_layer, fwd, bwd)
+
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks=(), bwd_hooks=()):
+        """Every forward inside the `with` block runs with these hooks; they are gone after it."""
+        run = Run(self.cfg.n_layer, fwd_hooks, bwd_hooks)  # fail on typos before anything runs
+        saved = self._context_hooks
+        self._context_hooks = (saved[0] + list(fwd_hooks), saved[1] + list(bwd_hooks))
+        try:
+            yield self
+        finally:
+            self._context_hooks = saved
+        del run
+
+    def run_with_hooks(self, tokens: Tensor, *args, fwd_hooks=(), bwd_hooks=(), **kwargs) -> Tensor:
+        """Forward where fwd_hooks [(name | names | predicate, fn(act, hook) -> replacement | None)] fire."""
+        fwd, bwd = self._context_hooks
+        run = Run(self.cfg.n_layer, fwd + list(fwd_hooks), bwd + list(bwd_hooks))
+        return self.forward(tokens, *args, _run=run, **kwargs)
+
+    def run_with_cache(self, tokens: Tensor, *args, names_filter: NamesFilter = None, fwd_hooks=(),
+                       keep_grad: bool = False, **kwargs) -> tuple[Tensor, Cache]:
+        """-> (logits, cache). names_filter: None (every point computed anyway), a name, names or a
+        predicate over all names (on-request points included). The cache holds values after hooks."""
+        cache = Cache()
+        fwd, bwd = self._context_hooks
+        run = Run(self.cfg.n_layer, fwd + list(fwd_hooks), bwd, names_filter, cache, keep_grad)
+        return self.forward(tokens, *args, _run=run, **kwargs), cache
+
+    # -- generation -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, tokens: Tensor, max_new_tokens: int, *, attention_mask: Tensor | None = None,
+                 temperature: float = 0.0, top_k: int | None = None, seed: int | None = None,
+                 eos_token_id: int | None = None) -> Tensor:
+        """-> [batch, pos + max_new_tokens]. temperature 0 is greedy; else sampled (top_k, seed).
+        Once a row emits eos_token_id it is padded with eos; generation stops when every row has."""
+        tokens = self._check_tokens(tokens)
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
+        if tokens.shape[1] + max_new_tokens > self.cfg.n_ctx:
+            raise ValueError(f"{tokens.shape[1]} prompt tokens + {max_new_tokens} new ones exceed "
+                             f"n_positions={self.cfg.n_ctx}")
+        generator = torch.Generator(tokens.device).manual_seed(seed) if seed is not None else None
+        mask = torch.ones_like(tokens) if attention_mask is None else attention_mask.long()
+        run, past, done = Run(0), [None] * self.cfg.n_layer, torch.zeros(len(tokens), dtype=torch.bool)
+        step_input, offset = tokens, 0
+        for _ in range(max_new_tokens):
+            # Positions: from the mask for the prompt, then one past each row's last real token.
+            positions = self.positions(mask.shape, mask, tokens.device)[:, offset:]  # [batch, new]
+            resid = self.W_E[step_input] + self.W_pos[positions]
+            attn = self._attention_mask(mask, step_input.shape, tokens.device, n_past=offset)
+            for layer, block in enumerate(self.blocks):
+                resid, past[layer] = block(resid, run, attn, past[layer])
+            logits = self.unembed(resid[:, -1:], run)[:, 0]  # [batch, d_vocab]
+            if temperature == 0:
+                next_token = logits.argmax(-1)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = logits.topk(min(top_k, logits.shape[-1])).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                next_token = torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+            if eos_token_id is not None:
+                next_token = next_token.masked_fill(done, eos_token_id)
+                done |= next_token == eos_token_id
+            tokens = torch.cat([tokens, next_token[:, None]], 1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            offset, step_input = tokens.shape[1] - 1, next_token[:, None]
+            if eos_token_id is not None and bool(done.all()):
+                break
+        return tokens
