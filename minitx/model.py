@@ -419,6 +419,21 @@ class Transformer(nn.Module):
         self.W_U_untied = None if cfg.tie_word_embeddings else nn.Parameter(torch.zeros(cfg.d_model, cfg.d_vocab))
         self._context_hooks: tuple[list, list] = ([], [])
 
+    @torch.no_grad()
+    def init_weights(self, seed: int = 0, std: float = 0.02) -> "Transformer":
+        """GPT-2's initialisation: N(0, std) weights, output projections scaled by 1/sqrt(2 n_layer),
+        zero biases, unit layer-norm gains. Seeded, so a test or training run is reproducible."""
+        generator = torch.Generator().manual_seed(seed)
+        for name, param in self.named_parameters():
+            if name.endswith((".w",)):
+                param.fill_(1.0)
+            elif param.dim() == 1:
+                param.zero_()
+            else:
+                scale = (2 * self.cfg.n_layer) ** -0.5 if name.endswith(("W_O", "W_out")) else 1.0
+                param.copy_(torch.randn(param.shape, generator=generator) * std * scale)
+        return self
+
     # -- weights in analysis notation (views, so reading them copies nothing large) -------------
     @property
     def W_U(self) -> Tensor:  # [d_model, d_vocab]

@@ -1,0 +1,23 @@
+"""minitx: a small, hand-written GPT-2 with introspection built in.
+
+    import minitx
+    model = minitx.load("gpt2")                      # or a local directory / .safetensors file
+    tokens = minitx.to_tokens("The cat sat on the", prepend_bos=True)
+    logits, cache = model.run_with_cache(tokens)
+    cache["pattern", 3]                              # blocks.3.attn.hook_pattern [batch, head, q_pos, k_pos]
+"""
+
+from minitx.model import POINTS, Cache, Config, HookPoint, Transformer, get_act_name, point_names
+
+__all__ = ["POINTS", "Cache", "Config", "HookPoint", "Transformer", "get_act_name", "point_names"]
+
+
+def __getattr__(name):
+    # The loader and tokenizer are imported on first use, so `import minitx` stays fast.
+    if name in ("load", "save_pretrained", "download"):
+        from minitx import loading
+        return getattr(loading, name)
+    if name in ("Tokenizer", "to_tokens", "to_string", "to_str_tokens", "to_single_token"):
+        from minitx import tokenizer
+        return getattr(tokenizer, name) if name == "Tokenizer" else getattr(tokenizer.Tokenizer.default(), name)
+    raise AttributeError(f"module 'minitx' has no attribute {name!r}")
