@@ -136,7 +136,7 @@ class Tokenizer:
         try:
             chars = "".join(self.decoder[int(i)] for i in ids)
         except KeyError as e:
-            raise ValueError(f"token id {e.args[0]} is not in the vocabulary (size {self.vocab_size})") from None
+            raise ValueError(f"token id {e.args[0]} is not in the vocabulary of {self.vocab_size}") from None
         return bytes(self.byte_decoder[c] for c in chars).decode("utf-8", errors="replace")
 
     # ---- helpers with an explicit BOS convention --------------------------------------------
@@ -151,7 +151,7 @@ class Tokenizer:
         rows = [bos + self.encode(t) for t in texts]
         for t, row in zip(texts, rows):
             if not row:  # a model cannot run on zero positions
-                raise ValueError(f"empty prompt {t!r} gives zero tokens; pass prepend_bos=True or a non-empty text")
+                raise ValueError(f"empty prompt {t!r} gives zero tokens; use prepend_bos=True or non-empty text")
         return rows
 
     def to_tokens(self, text: str | list[str], *, prepend_bos: bool) -> torch.Tensor:
@@ -159,11 +159,15 @@ class Tokenizer:
         rows = self._encode_prompts(text, prepend_bos)
         lengths = [len(r) for r in rows]
         if len(set(lengths)) > 1:
-            raise ValueError(f"prompts tokenize to different lengths {lengths}; use to_tokens_padded for a batch with a mask")
+            raise ValueError(
+                f"prompts tokenize to different lengths {lengths}; use to_tokens_padded for a batch with a mask"
+            )
         return torch.tensor(rows, dtype=torch.long)
 
-    def to_tokens_padded(self, texts: list[str], *, prepend_bos: bool, padding_side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns ([batch, pos] token ids padded with eos, [batch, pos] attention mask, 1 = real token)."""
+    def to_tokens_padded(
+        self, texts: list[str], *, prepend_bos: bool, padding_side: str = "right"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns [batch, pos] ids padded with eos, and a [batch, pos] attention mask (1 = real token)."""
         if padding_side not in ("right", "left"):
             raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
         rows = self._encode_prompts(texts, prepend_bos)
@@ -191,7 +195,7 @@ class Tokenizer:
             ids = self._encode_prompts(text_or_ids, prepend_bos)[0]
         else:
             ids = text_or_ids.tolist() if isinstance(text_or_ids, torch.Tensor) else list(text_or_ids)
-            if ids and isinstance(ids[0], list):  # [1, pos] -> [pos]
+            if ids and isinstance(ids[0], (list, tuple)):  # [1, pos] -> [pos]
                 if len(ids) != 1:
                     raise ValueError(f"to_str_tokens takes one sequence, got a batch of {len(ids)}")
                 ids = ids[0]

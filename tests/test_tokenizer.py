@@ -179,7 +179,8 @@ def test_to_tokens_padded(tok, side):
 def test_to_string(tok):
     assert tok.to_string([15496, 995]) == "Hello world"
     assert tok.to_string(torch.tensor([15496, 995])) == "Hello world"
-    assert tok.to_string(torch.tensor([[EOT, 15496], [EOT, 18435]])) == ["<|endoftext|>Hello", "<|endoftext|> Hello"]
+    batch = torch.tensor([[EOT, 15496], [EOT, 18435]])  # [batch, pos] -> one string per row
+    assert tok.to_string(batch) == ["<|endoftext|>Hello", "<|endoftext|> Hello"]
 
 
 def test_to_str_tokens(tok):
