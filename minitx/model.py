@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import functools
 import math
 from dataclasses import dataclass
@@ -25,35 +24,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from minitx.hooks import (Cache, HookPoint, NamesFilter, check_replacement, get_act_name,  # noqa: F401
+                          resolve_hooks, resolve_names)
+
 # ---------------------------------------------------------------------------------------------
 # Configuration: the fields of a Hugging Face GPT-2 config.json that change the computation.
 
 
+# GPT-2's own is "gelu_new", the tanh approximation; torch's fused kernel computes the same formula
+# (to float rounding) much faster than writing it out. Every parameter-free HF activation is here.
+_gelu_tanh = functools.partial(F.gelu, approximate="tanh")
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
-    # GPT-2's own is "gelu_new", the tanh approximation; torch's fused kernel computes the same
-    # formula (to float rounding) much faster than writing it out.
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_python_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_accurate": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu": F.gelu,
-    "gelu_python": F.gelu,
-    "gelu_10": lambda x: F.gelu(x).clamp(-10, 10),
-    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
-    "relu": F.relu,
-    "relu2": lambda x: F.relu(x).square(),
-    "relu6": F.relu6,
-    "leaky_relu": F.leaky_relu,
-    "silu": F.silu,
-    "swish": F.silu,
-    "mish": F.mish,
-    "hardswish": F.hardswish,
-    "tanh": torch.tanh,
-    "sigmoid": torch.sigmoid,
-    "sqrtsoftplus": lambda x: F.softplus(x).sqrt(),
+    **dict.fromkeys(["gelu_new", "gelu_pytorch_tanh", "gelu_python_tanh", "gelu_fast", "gelu_accurate"], _gelu_tanh),
+    **dict.fromkeys(["gelu", "gelu_python"], F.gelu), **dict.fromkeys(["silu", "swish"], F.silu),
+    "gelu_10": lambda x: F.gelu(x).clamp(-10, 10), "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "relu": F.relu, "relu2": lambda x: F.relu(x).square(), "relu6": F.relu6, "leaky_relu": F.leaky_relu,
+    "mish": F.mish, "hardswish": F.hardswish, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
+    "sqrtsoftplus": lambda x: F.softplus(x).sqrt(), "linear": lambda x: x,
     "laplace": lambda x: 0.5 * (1.0 + torch.erf((x - 0.707107) / (0.282095 * math.sqrt(2.0)))),
-    "linear": lambda x: x,
 }
 
 
@@ -152,50 +140,9 @@ def point_names(n_layer: int, include_on_request: bool = True) -> tuple[str, ...
             "ln_final.hook_scale", "ln_final.hook_normalized")
 
 
-SHORTHANDS = {"embed": "hook_embed", "pos_embed": "hook_pos_embed", "resid_pre": "hook_resid_pre",
-              "resid_mid": "hook_resid_mid", "resid_post": "hook_resid_post", "attn_out": "hook_attn_out",
-              "mlp_out": "hook_mlp_out", "mlp_in": "hook_mlp_in", "q_input": "hook_q_input",
-              "k_input": "hook_k_input", "v_input": "hook_v_input", "q": "attn.hook_q", "k": "attn.hook_k",
-              "v": "attn.hook_v", "z": "attn.hook_z", "result": "attn.hook_result",
-              "attn_scores": "attn.hook_attn_scores", "pattern": "attn.hook_pattern", "attn": "attn.hook_pattern",
-              "pre": "mlp.hook_pre", "post": "mlp.hook_post", "scale": "hook_scale",
-              "normalized": "hook_normalized"}
-
-
-def get_act_name(name: str, layer: int | None = None, layer_type: str | None = None) -> str:
-    """("pattern", 3) -> "blocks.3.attn.hook_pattern"; ("scale", 2, "ln2"); ("scale",) -> ln_final."""
-    if name not in SHORTHANDS:
-        raise KeyError(f"unknown shorthand {name!r}; allowed: {', '.join(SHORTHANDS)}")
-    suffix = SHORTHANDS[name]
-    if name in ("embed", "pos_embed"):
-        return suffix
-    if name in ("scale", "normalized"):
-        if layer is None:
-            return f"ln_final.{suffix}"
-        return f"blocks.{layer}.{layer_type or 'ln1'}.{suffix}"
-    if layer is None:
-        raise ValueError(f"shorthand {name!r} needs a layer, e.g. get_act_name({name!r}, 0)")
-    return f"blocks.{layer}.{suffix}"
-
-
 # ---------------------------------------------------------------------------------------------
 # One call's hooks. Every activation passes through `run(name, tensor)`, which consults only what
 # this call asked for; nothing is stored on the model, so nothing outlives the call.
-
-
-@dataclass(frozen=True)
-class HookPoint:
-    """What a hook function receives as its second argument: which point is firing."""
-
-    name: str
-
-    @property
-    def layer(self) -> int | None:
-        return int(self.name.split(".")[1]) if self.name.startswith("blocks.") else None
-
-
-NamesFilter = str | Iterable[str] | Callable[[str], bool] | None
-
 
 class Run:
     """The hooks and cache requests of one forward call, resolved against the model's point names."""
@@ -203,8 +150,8 @@ class Run:
     def __init__(self, n_layer: int, fwd_hooks=(), bwd_hooks=(), cache_filter: NamesFilter = False,
                  cache: dict | None = None, keep_grad: bool = False):
         all_names = point_names(n_layer)
-        self.fwd = _resolve_hooks(fwd_hooks, all_names)
-        self.bwd = _resolve_hooks(bwd_hooks, all_names)
+        self.fwd = resolve_hooks(fwd_hooks, all_names)
+        self.bwd = resolve_hooks(bwd_hooks, all_names)
         if cache_filter is None:  # None means every point that is computed anyway
             self.cache_names = set(point_names(n_layer, include_on_request=False))
         else:
@@ -225,7 +172,7 @@ class Run:
         for fn in self.fwd.get(name, ()):
             out = fn(x, HookPoint(name))
             if out is not None:
-                _check_replacement(name, x, out)
+                check_replacement(name, x, out)
                 x = out
         for fn in self.bwd.get(name, ()):
             if not x.requires_grad:
@@ -235,42 +182,6 @@ class Run:
         if name in self.cache_names:
             self.cache[name] = x if self.keep_grad else x.detach()
         return x
-
-
-def resolve_names(spec: NamesFilter, all_names: list[str]) -> list[str]:
-    """A name, a list of names, or a predicate -> the matching point names; typos fail here."""
-    if callable(spec):
-        return [n for n in all_names if spec(n)]
-    names = [spec] if isinstance(spec, str) else list(spec)
-    valid = set(all_names)
-    for name in names:
-        if name not in valid:
-            close = difflib.get_close_matches(name, all_names, n=3, cutoff=0.6)
-            hint = f"; did you mean {', '.join(close)}?" if close else "; see minitx.model.POINTS for the names"
-            raise KeyError(f"unknown activation point {name!r}{hint}")
-    return names
-
-
-def _resolve_hooks(hooks, all_names):
-    table: dict[str, list] = {}
-    for spec, fn in hooks:
-        if not callable(fn):
-            raise TypeError(f"hook for {spec!r} must be callable as fn(activation, hook), got {type(fn).__name__}")
-        for name in resolve_names(spec, all_names):
-            table.setdefault(name, []).append(fn)
-    return table
-
-
-def _check_replacement(name: str, x: Tensor, out) -> None:
-    if not isinstance(out, Tensor):
-        raise TypeError(f"hook on {name} returned {type(out).__name__}; return a tensor of shape "
-                        f"{tuple(x.shape)}, or None to leave the activation unchanged")
-    if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
-        raise ValueError(f"hook on {name} returned shape {tuple(out.shape)}, {out.dtype} on {out.device}; "
-                         f"it must match the activation: {tuple(x.shape)}, {x.dtype} on {x.device}")
-    if not torch.isfinite(out).all():
-        raise FloatingPointError(f"hook on {name} returned NaN or inf values; the activation it replaced was finite"
-                                 if torch.isfinite(x).all() else f"hook on {name} returned NaN or inf values")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,6 +224,11 @@ class Attention(nn.Module):
             self.scale /= layer + 1
         self.upcast = cfg.reorder_and_upcast_attn
 
+    def heads(self, fused: Tensor) -> Tensor:
+        """W_QKV [d_model, 3*head*d_head] -> [3, head, d_model, d_head]; b_QKV -> [3, head, d_head]."""
+        split = fused.view(*fused.shape[:-1], 3, self.n_head, self.d_head)
+        return split.permute(1, 2, 0, 3) if fused.dim() == 2 else split
+
     def forward(self, x: Tensor, qkv_inputs, run: Run, mask: Tensor | None, past=None):
         """x: ln1 output [batch, pos, d_model]; qkv_inputs: per-head normalised inputs or None."""
         p, (B, T, _) = f"blocks.{self.layer}.attn.", x.shape
@@ -320,9 +236,8 @@ class Attention(nn.Module):
         if qkv_inputs is None:
             q, k, v = affine(x, self.W_QKV, self.b_QKV).view(B, T, 3, H, dh).unbind(2)  # [batch, pos, head, d_head]
         else:  # each head reads its own copy of the stream: [batch, pos, head, d_model] each
-            W = self.W_QKV.view(-1, 3, H, dh)  # [d_model, 3, head, d_head]
-            b = self.b_QKV.view(3, H, dh)
-            q, k, v = (torch.einsum("bphm,mhd->bphd", inp, W[:, i]) + b[i] for i, inp in enumerate(qkv_inputs))
+            W, b = self.heads(self.W_QKV), self.heads(self.b_QKV)  # [3, head, d_model, d_head], [3, head, d_head]
+            q, k, v = (torch.einsum("bphm,hmd->bphd", inp, W[i]) + b[i] for i, inp in enumerate(qkv_inputs))
         q, k, v = run(p + "hook_q", q), run(p + "hook_k", k), run(p + "hook_v", v)
         if past is not None:  # generation: keys and values of earlier tokens, [batch, k_pos, head, d_head]
             k, v = torch.cat([past[0], k], 1), torch.cat([past[1], v], 1)
@@ -396,15 +311,6 @@ class Block(nn.Module):
 # The model.
 
 
-class Cache(dict):
-    """Activations by point name; also indexable by shorthand: cache["pattern", 3]."""
-
-    def __getitem__(self, key):
-        if isinstance(key, tuple):
-            key = get_act_name(*key)
-        return super().__getitem__(key)
-
-
 class Transformer(nn.Module):
     """GPT-2. `model(tokens)` gives logits [batch, pos, d_vocab]; hooks and caches are per call."""
 
@@ -439,24 +345,21 @@ class Transformer(nn.Module):
     def W_U(self) -> Tensor:  # [d_model, d_vocab]
         return self.W_E.T if self.W_U_untied is None else self.W_U_untied
 
-    def _per_head(self, i: int) -> Tensor:  # [layer, head, d_model, d_head]
-        cfg = self.cfg
-        return torch.stack([b.attn.W_QKV.view(cfg.d_model, 3, cfg.n_head, cfg.d_head)[:, i].transpose(0, 1)
-                            for b in self.blocks])
+    def _stack(self, weight) -> Tensor:  # one tensor per block -> [layer, ...]
+        return torch.stack([weight(block.attn, block.mlp) for block in self.blocks])
 
-    W_Q = property(lambda self: self._per_head(0))
-    W_K = property(lambda self: self._per_head(1))
-    W_V = property(lambda self: self._per_head(2))
-    b_Q = property(lambda self: torch.stack([b.attn.b_QKV.view(3, self.cfg.n_head, -1)[0] for b in self.blocks]))
-    b_K = property(lambda self: torch.stack([b.attn.b_QKV.view(3, self.cfg.n_head, -1)[1] for b in self.blocks]))
-    b_V = property(lambda self: torch.stack([b.attn.b_QKV.view(3, self.cfg.n_head, -1)[2] for b in self.blocks]))
-    W_O = property(lambda self: torch.stack([b.attn.W_O.view(self.cfg.n_head, self.cfg.d_head, -1)
-                                             for b in self.blocks]))  # [layer, head, d_head, d_model]
-    b_O = property(lambda self: torch.stack([b.attn.b_O for b in self.blocks]))  # [layer, d_model]
-    W_in = property(lambda self: torch.stack([b.mlp.W_in for b in self.blocks]))  # [layer, d_model, d_mlp]
-    b_in = property(lambda self: torch.stack([b.mlp.b_in for b in self.blocks]))
-    W_out = property(lambda self: torch.stack([b.mlp.W_out for b in self.blocks]))  # [layer, d_mlp, d_model]
-    b_out = property(lambda self: torch.stack([b.mlp.b_out for b in self.blocks]))
+    W_Q = property(lambda self: self._stack(lambda attn, mlp: attn.heads(attn.W_QKV)[0]))  # [layer, head, d_model, d_head]
+    W_K = property(lambda self: self._stack(lambda attn, mlp: attn.heads(attn.W_QKV)[1]))
+    W_V = property(lambda self: self._stack(lambda attn, mlp: attn.heads(attn.W_QKV)[2]))
+    b_Q = property(lambda self: self._stack(lambda attn, mlp: attn.heads(attn.b_QKV)[0]))  # [layer, head, d_head]
+    b_K = property(lambda self: self._stack(lambda attn, mlp: attn.heads(attn.b_QKV)[1]))
+    b_V = property(lambda self: self._stack(lambda attn, mlp: attn.heads(attn.b_QKV)[2]))
+    W_O = property(lambda self: self._stack(lambda attn, mlp: attn.W_O.view(attn.n_head, attn.d_head, -1)))
+    b_O = property(lambda self: self._stack(lambda attn, mlp: attn.b_O))  # [layer, d_model]
+    W_in = property(lambda self: self._stack(lambda attn, mlp: mlp.W_in))  # [layer, d_model, d_mlp]
+    b_in = property(lambda self: self._stack(lambda attn, mlp: mlp.b_in))
+    W_out = property(lambda self: self._stack(lambda attn, mlp: mlp.W_out))  # [layer, d_mlp, d_model]
+    b_out = property(lambda self: self._stack(lambda attn, mlp: mlp.b_out))
 
     # -- the forward pass -------------------------------------------------------------------------
     def forward(self, tokens: Tensor, attention_mask: Tensor | None = None, *, start_at_layer: int | None = None,
@@ -489,8 +392,8 @@ class Transformer(nn.Module):
             return resid
         return self.unembed(resid, run)
 
-    def embed(self, tokens: Tensor, attention_mask: Tensor | None, run: Run, offset: Tensor | int = 0) -> Tensor:
-        positions = self.positions(tokens.shape, attention_mask, tokens.device) + offset  # [batch or 1, pos]
+    def embed(self, tokens: Tensor, attention_mask: Tensor | None, run: Run) -> Tensor:
+        positions = self.positions(tokens.shape, attention_mask, tokens.device)  # [batch or 1, pos]
         if int(positions.max()) >= self.cfg.n_ctx:
             raise ValueError(f"the sequence reaches position {int(positions.max())}, but this model has "
                              f"n_positions={self.cfg.n_ctx} (positions 0..{self.cfg.n_ctx - 1}); shorten the prompt")
@@ -498,8 +401,9 @@ class Transformer(nn.Module):
         pos_embed = run("hook_pos_embed", self.W_pos[positions].expand_as(embed))
         return embed + pos_embed
 
-    def unembed(self, resid: Tensor, run: Run) -> Tensor:  # [batch, pos, d_model] -> [batch, pos, d_vocab]
-        x = self.ln_final(resid, run, "ln_final.")
+    def unembed(self, resid: Tensor, run: Run | None = None) -> Tensor:  # [..., d_model] -> [..., d_vocab]
+        """The final layer norm (on resid's own statistics) and W_U; ln_final hooks fire only via `run`."""
+        x = self.ln_final(resid, run or Run(0), "ln_final.")
         return F.linear(x, self.W_E) if self.W_U_untied is None else x @ self.W_U_untied
 
     @staticmethod
@@ -547,14 +451,13 @@ class Transformer(nn.Module):
     @contextlib.contextmanager
     def hooks(self, fwd_hooks=(), bwd_hooks=()):
         """Every forward inside the `with` block runs with these hooks; they are gone after it."""
-        run = Run(self.cfg.n_layer, fwd_hooks, bwd_hooks)  # fail on typos before anything runs
+        Run(self.cfg.n_layer, fwd_hooks, bwd_hooks)  # fail on typos before anything runs
         saved = self._context_hooks
         self._context_hooks = (saved[0] + list(fwd_hooks), saved[1] + list(bwd_hooks))
         try:
             yield self
         finally:
             self._context_hooks = saved
-        del run
 
     def run_with_hooks(self, tokens: Tensor, *args, fwd_hooks=(), bwd_hooks=(), **kwargs) -> Tensor:
         """Forward where fwd_hooks [(name | names | predicate, fn(act, hook) -> replacement | None)] fire."""

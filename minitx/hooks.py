@@ -1,0 +1,100 @@
+"""Hook plumbing shared by every forward: point-name shorthands, name resolution with typo
+suggestions, validation of what a hook returns, and the Cache a run fills.
+
+The names are TransformerLens's (`blocks.3.attn.hook_pattern`); the mechanism is not: a hook is a
+plain function passed to one call, never a module or global state.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+from torch import Tensor
+
+SHORTHANDS = {"embed": "hook_embed", "pos_embed": "hook_pos_embed", "resid_pre": "hook_resid_pre",
+              "resid_mid": "hook_resid_mid", "resid_post": "hook_resid_post", "attn_out": "hook_attn_out",
+              "mlp_out": "hook_mlp_out", "mlp_in": "hook_mlp_in", "q_input": "hook_q_input",
+              "k_input": "hook_k_input", "v_input": "hook_v_input", "q": "attn.hook_q", "k": "attn.hook_k",
+              "v": "attn.hook_v", "z": "attn.hook_z", "result": "attn.hook_result",
+              "attn_scores": "attn.hook_attn_scores", "pattern": "attn.hook_pattern", "attn": "attn.hook_pattern",
+              "pre": "mlp.hook_pre", "post": "mlp.hook_post", "scale": "hook_scale",
+              "normalized": "hook_normalized"}
+
+
+def get_act_name(name: str, layer: int | None = None, layer_type: str | None = None) -> str:
+    """("pattern", 3) -> "blocks.3.attn.hook_pattern"; ("scale", 2, "ln2"); ("scale",) -> ln_final."""
+    if name not in SHORTHANDS:
+        raise KeyError(f"unknown shorthand {name!r}; allowed: {', '.join(SHORTHANDS)}")
+    suffix = SHORTHANDS[name]
+    if name in ("embed", "pos_embed"):
+        return suffix
+    if name in ("scale", "normalized"):
+        if layer is None:
+            return f"ln_final.{suffix}"
+        return f"blocks.{layer}.{layer_type or 'ln1'}.{suffix}"
+    if layer is None:
+        raise ValueError(f"shorthand {name!r} needs a layer, e.g. get_act_name({name!r}, 0)")
+    return f"blocks.{layer}.{suffix}"
+
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    """What a hook function receives as its second argument: which point is firing."""
+
+    name: str
+
+    @property
+    def layer(self) -> int | None:
+        return int(self.name.split(".")[1]) if self.name.startswith("blocks.") else None
+
+
+NamesFilter = str | Iterable[str] | Callable[[str], bool] | None
+
+
+def resolve_names(spec: NamesFilter, all_names: list[str]) -> list[str]:
+    """A name, a list of names, or a predicate -> the matching point names; typos fail here."""
+    if callable(spec):
+        return [n for n in all_names if spec(n)]
+    names = [spec] if isinstance(spec, str) else list(spec)
+    valid = set(all_names)
+    for name in names:
+        if name not in valid:
+            close = difflib.get_close_matches(name, all_names, n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else "; see minitx.model.POINTS for the names"
+            raise KeyError(f"unknown activation point {name!r}{hint}")
+    return names
+
+
+def resolve_hooks(hooks, all_names):
+    table: dict[str, list] = {}
+    for spec, fn in hooks:
+        if not callable(fn):
+            raise TypeError(f"hook for {spec!r} must be callable as fn(activation, hook), got {type(fn).__name__}")
+        for name in resolve_names(spec, all_names):
+            table.setdefault(name, []).append(fn)
+    return table
+
+
+def check_replacement(name: str, x: Tensor, out) -> None:
+    if not isinstance(out, Tensor):
+        raise TypeError(f"hook on {name} returned {type(out).__name__}; return a tensor of shape "
+                        f"{tuple(x.shape)}, or None to leave the activation unchanged")
+    if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
+        raise ValueError(f"hook on {name} returned shape {tuple(out.shape)}, {out.dtype} on {out.device}; "
+                         f"it must match the activation: {tuple(x.shape)}, {x.dtype} on {x.device}")
+    if not torch.isfinite(out).all():
+        raise FloatingPointError(f"hook on {name} returned NaN or inf values; the activation it replaced was finite"
+                                 if torch.isfinite(x).all() else f"hook on {name} returned NaN or inf values")
+
+
+class Cache(dict):
+    """Activations by point name; also indexable by shorthand: cache["pattern", 3]."""
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            key = get_act_name(*key)
+        return super().__getitem__(key)
