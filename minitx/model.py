@@ -105,11 +105,11 @@ POINTS: dict[str, tuple[str, ...]] = {
     "hook_embed": ("batch", "pos", "d_model"),
     "hook_pos_embed": ("batch", "pos", "d_model"),
     "blocks.{l}.hook_resid_pre": ("batch", "pos", "d_model"),
-    "blocks.{l}.hook_q_input": ("batch", "pos", "head", "d_model"),  # on request
-    "blocks.{l}.hook_k_input": ("batch", "pos", "head", "d_model"),  # on request
-    "blocks.{l}.hook_v_input": ("batch", "pos", "head", "d_model"),  # on request
     "blocks.{l}.ln1.hook_scale": ("batch", "pos", "1"),
     "blocks.{l}.ln1.hook_normalized": ("batch", "pos", "d_model"),
+    "blocks.{l}.hook_q_input": ("batch", "pos", "head", "d_model"),  # on request; then q/k/v read these, each normalised alone
+    "blocks.{l}.hook_k_input": ("batch", "pos", "head", "d_model"),  # on request; then q/k/v read these, each normalised alone
+    "blocks.{l}.hook_v_input": ("batch", "pos", "head", "d_model"),  # on request; then q/k/v read these, each normalised alone
     "blocks.{l}.attn.hook_q": ("batch", "pos", "head", "d_head"),
     "blocks.{l}.attn.hook_k": ("batch", "pos", "head", "d_head"),
     "blocks.{l}.attn.hook_v": ("batch", "pos", "head", "d_head"),
@@ -159,12 +159,10 @@ class Run:
         self.cache = cache
         self.keep_grad = keep_grad
         self.wanted = self.cache_names | set(self.fwd) | set(self.bwd)
+        self.replaced: set[str] = set()  # points whose hooks returned a replacement in this call
 
     def wants(self, name: str) -> bool:
         return name in self.wanted
-
-    def replaces(self, name: str) -> bool:
-        return name in self.fwd
 
     def __call__(self, name: str, x: Tensor) -> Tensor:
         if name not in self.wanted:
@@ -174,6 +172,7 @@ class Run:
             if out is not None:
                 check_replacement(name, x, out)
                 x = out
+                self.replaced.add(name)
         for fn in self.bwd.get(name, ()):
             if not x.requires_grad:
                 raise RuntimeError(f"backward hook on {name}: no gradient flows through this point; "
@@ -292,9 +291,11 @@ class Block(nn.Module):
         qkv_inputs = None
         split = [p + f"hook_{c}_input" for c in "qkv"]
         if any(run.wants(n) for n in split):
+            # q, k and v now read per-head copies, normalised each on its own; a replaced ln1 output
+            # would feed nothing, so say so rather than ignore it.
             for n in (p + "ln1.hook_scale", p + "ln1.hook_normalized"):
-                if run.replaces(n):  # it would feed nothing: q, k and v now read the per-head copies
-                    raise ValueError(f"a hook replaces {n} in a call that also uses per-head inputs of layer "
+                if n in run.replaced:
+                    raise ValueError(f"a hook replaced {n} in a call that also uses per-head inputs of layer "
                                      f"{p.split('.')[1]}; patch {split[0]} (or k/v) instead")
             copy = resid.unsqueeze(2).expand(-1, -1, self.n_head, -1)  # [batch, pos, head, d_model]
             no_hooks = Run(0)  # the per-head layer norms are not separate points
@@ -379,12 +380,13 @@ class Transformer(nn.Module):
                              f"need 0 <= start <= stop <= n_layer={self.cfg.n_layer}")
         if start_at_layer is None:
             tokens = self._check_tokens(tokens)
-            resid = self.embed(tokens, attention_mask, run)  # [batch, pos, d_model]
-        else:
-            resid = tokens if tokens.dim() == 3 else tokens.unsqueeze(0)
-            if resid.shape[-1] != self.cfg.d_model:
-                raise ValueError(f"with start_at_layer the input is a residual stream [batch, pos, "
-                                 f"{self.cfg.d_model}], got shape {tuple(resid.shape)}")
+        elif tokens.dim() != 3 or tokens.shape[-1] != self.cfg.d_model:
+            raise ValueError(f"with start_at_layer the input is a residual stream [batch, pos, "
+                             f"{self.cfg.d_model}], got shape {tuple(tokens.shape)}")
+        if attention_mask is not None and attention_mask.shape != tokens.shape[:2]:
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but the input needs "
+                             f"{tuple(tokens.shape[:2])}: one 0/1 entry per token")
+        resid = self.embed(tokens, attention_mask, run) if start_at_layer is None else tokens  # [batch, pos, d_model]
         mask = self._attention_mask(attention_mask, resid.shape[:2], resid.device)
         for block in self.blocks[start:stop]:
             resid, _ = block(resid, run, mask)

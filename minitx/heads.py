@@ -1,0 +1,312 @@
+"""Head-role scores from attention patterns: offset (previous-token, k-back), induction, duplicate-token,
+BOS-sink, TransformerLens's `detect_head`, and the subject/object role-swap test.
+
+Every score reads only the patterns (`blocks.{l}.attn.hook_pattern`, A[q, k]: rows are queries, columns
+keys; lower-triangular, rows sum to 1) and averages them over a batch. Index sets are those of
+METHODS §5; no function adds BOS to tokens it is given.
+
+References: Olsson et al. 2022, "In-context Learning and Induction Heads" (arXiv:2209.11895);
+Wang et al. 2022, "Interpretability in the Wild" (IOI, arXiv:2211.00593), App. H/I;
+TransformerLens `head_detector.detect_head`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from minitx.model import Transformer
+
+HEAD_PATTERNS = ("previous_token_head", "duplicate_token_head", "induction_head")
+
+
+def attention_patterns(model: Transformer, tokens: Tensor) -> Tensor:
+    """Returns [layer, batch, head, q_pos, k_pos] attention patterns, caching nothing else.
+    Vaswani et al. 2017, "Attention Is All You Need" (the softmax pattern)."""
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+    return torch.stack([cache["pattern", layer] for layer in range(model.cfg.n_layer)])
+
+
+def _without_bos(pattern: Tensor) -> tuple[Tensor, Tensor]:
+    """Key column 0 dropped, rows renormalised over keys >= 1 (METHODS §5, "renormalized without BOS").
+    -> (pattern with column 0 zeroed [..., q, k], rows that keep some mass [..., q]); a row that put
+    all its attention on position 0 has no renormalised distribution and is left out."""
+    kept = pattern.clone()
+    kept[..., 0] = 0
+    mass = kept.sum(-1, keepdim=True)  # [..., q, 1]
+    valid = mass[..., 0] > 0
+    return kept / mass.clamp_min(torch.finfo(mass.dtype).tiny), valid
+
+
+def _check_tokens(tokens: Tensor) -> Tensor:
+    tokens = tokens.unsqueeze(0) if tokens.dim() == 1 else tokens
+    if tokens.dim() != 2:
+        raise ValueError(f"tokens must be [batch, pos], got shape {tuple(tokens.shape)}")
+    return tokens
+
+
+# ---------------------------------------------------------------------------------------------
+# Offset ("k-back") heads, METHODS §5.1.
+
+
+def offset_profile(pattern: Tensor, max_offset: int) -> Tensor:
+    """Returns [..., q_pos, offset] the mass A[q, q - d] for d = 0..max_offset (0 where q < d).
+    With max_offset >= pos - 1 each row sums to 1: every key is exactly one offset back.
+    Olsson et al. 2022 (positional heads; METHODS §5.1)."""
+    S = pattern.shape[-1]
+    out = pattern.new_zeros(*pattern.shape[:-1], max_offset + 1)
+    for d in range(min(max_offset, S - 1) + 1):
+        out[..., d:, d] = pattern.diagonal(offset=-d, dim1=-2, dim2=-1)  # entries (q, q - d) for q >= d
+    return out
+
+
+def offset_scores(model: Transformer, tokens: Tensor, max_offset: int = 4, exclude_bos: bool = False) -> Tensor:
+    """Returns [layer, head, offset] off_d = mean over prompts and queries q >= d of A[q, q - d], d = 0..max_offset.
+    Olsson et al. 2022 (positional / previous-token heads; METHODS §5.1).
+
+    Offsets count backwards only: a causal head at q can read keys k <= q, so a fixed "+k" offset does
+    not exist; forward roles exist only relative to an anchor (induction: one after the previous
+    occurrence of the current token, see `induction_scores`). A negative max_offset is an error.
+    exclude_bos: position 0 is BOS; its key column is dropped, each row renormalised over keys >= 1,
+    and off_d averages over q >= d + 1 (rows with all their mass on BOS are left out).
+    """
+    tokens = _check_tokens(tokens)
+    S = tokens.shape[1]
+    top = S - 1 - int(exclude_bos)
+    if max_offset < 0:
+        raise ValueError(f"max_offset={max_offset}: offsets are d = q - k >= 0, because a causal head at query q "
+                         "sees only keys k <= q; a '+k' role exists only relative to an anchor token "
+                         "(induction: one after the previous occurrence), see induction_scores")
+    if max_offset > top:
+        raise ValueError(f"max_offset={max_offset} needs a query at q - d >= {int(exclude_bos)}, but the tokens have "
+                         f"{S} positions; allowed offsets are 0..{top}")
+    patterns = attention_patterns(model, tokens)  # [layer, batch, head, q, k]
+    q = torch.arange(S)
+    valid = q[:, None] >= torch.arange(max_offset + 1) + int(exclude_bos)  # [q, offset]
+    if exclude_bos:
+        patterns, rows = _without_bos(patterns)
+        valid = valid & rows[..., None]  # [layer, batch, head, q, offset]
+    profile = offset_profile(patterns, max_offset)  # [layer, batch, head, q, offset]
+    valid = valid.expand_as(profile).to(profile.dtype)
+    return (profile * valid).sum((1, 3)) / valid.sum((1, 3))  # [layer, head, offset]
+
+
+def argmax_offset(scores: Tensor, min_offset: int = 0, threshold: float | None = None) -> Tensor:
+    """Returns [layer, head] the offset d >= min_offset with the largest score; -1 where that score < threshold.
+    Olsson et al. 2022 (METHODS §5.1: an "offset-d head" has off_d >= tau and d = argmax)."""
+    best = scores[..., min_offset:].max(-1)  # scores: [layer, head, offset]
+    index = best.indices + min_offset
+    if threshold is not None:
+        index = index.masked_fill(best.values < threshold, -1)
+    return index
+
+
+def previous_token_scores(model: Transformer, tokens: Tensor, exclude_bos: bool = False) -> Tensor:
+    """Returns [layer, head] off_1: mean over prompts and queries q >= 1 of A[q, q - 1].
+    Olsson et al. 2022 (previous-token heads; METHODS §5.1)."""
+    return offset_scores(model, tokens, max_offset=1, exclude_bos=exclude_bos)[..., 1]
+
+
+def bos_attention_scores(model: Transformer, tokens: Tensor) -> Tensor:
+    """Returns [layer, head] mean over prompts and queries q >= 1 of A[q, 0], the attention on position 0.
+    Xiao et al. 2023, "Efficient Streaming Language Models with Attention Sinks" (arXiv:2309.17453)."""
+    tokens = _check_tokens(tokens)
+    if tokens.shape[1] < 2:
+        raise ValueError("bos_attention_scores needs at least 2 positions: query 0 attends only to itself")
+    return attention_patterns(model, tokens)[..., 1:, 0].mean((1, 3))
+
+
+# ---------------------------------------------------------------------------------------------
+# Content heads on repeated random tokens, METHODS §5.2 and §5.3.
+
+
+def repeated_tokens(d_vocab: int, n: int, batch: int, seed: int, prepend_bos: bool,
+                    bos_token_id: int | None = None) -> Tensor:
+    """Returns [batch, 2n (+1 with BOS)] [BOS] + r + r, r = n distinct random ids other than BOS.
+    Olsson et al. 2022 (repeated random tokens). bos_token_id defaults to d_vocab - 1 (50256 for GPT-2)."""
+    bos = d_vocab - 1 if bos_token_id is None else bos_token_id
+    candidates = torch.tensor([t for t in range(d_vocab) if t != bos])
+    if not 1 <= n <= len(candidates):
+        raise ValueError(f"n={n} distinct tokens per half are not available: allowed 1..{len(candidates)}")
+    generator = torch.Generator().manual_seed(seed)
+    halves = torch.stack([candidates[torch.randperm(len(candidates), generator=generator)[:n]] for _ in range(batch)])
+    rows = [torch.full((batch, 1), bos)] if prepend_bos else []
+    return torch.cat(rows + [halves, halves], dim=1)
+
+
+def _checked_repeats(model: Transformer, n: int, batch: int, seed: int, prepend_bos: bool) -> Tensor:
+    S = 2 * n + int(prepend_bos)
+    if S > model.cfg.n_ctx:
+        raise ValueError(f"n={n} gives {S} positions but the model has n_positions={model.cfg.n_ctx}")
+    return repeated_tokens(model.cfg.d_vocab, n, batch, seed, prepend_bos)
+
+
+def induction_scores(model: Transformer, n: int = 50, batch: int = 10, seed: int = 0, prepend_bos: bool = True,
+                     exclude_bos: bool = False) -> Tensor:
+    """Returns [layer, head] ind = mean_{i=1..n} A[n+i, i+1] on [BOS] + r + r (positions shift by -1 without BOS).
+    Olsson et al. 2022, "In-context Learning and Induction Heads" (METHODS §5.3, exact index set).
+
+    The query is the second r_i, the key the token after its first occurrence; for i = n that key is the
+    first token of the second half, which is correct (ARENA's diagonal adds two non-induction entries).
+    exclude_bos (needs prepend_bos): rows renormalised over keys >= 1.
+    """
+    if exclude_bos and not prepend_bos:
+        raise ValueError("exclude_bos=True needs prepend_bos=True: without BOS, position 0 is a real token")
+    o = int(prepend_bos)
+    patterns = attention_patterns(model, _checked_repeats(model, n, batch, seed, prepend_bos))
+    i = torch.arange(1, n + 1)
+    if exclude_bos:
+        patterns, _ = _without_bos(patterns)  # second-half rows always keep their self-attention key
+    return patterns[..., n + i - 1 + o, i + o].mean((1, 3))  # entries (q, k) = (n+i, i+1) with BOS
+
+
+def duplicate_token_scores(model: Transformer, tokens: Tensor, exclude_bos: bool = False) -> Tensor:
+    """Returns [layer, head] the mass sum_{k<q, t_k = t_q} A[q, k], averaged over prompts and the queries q
+    whose token occurred before. Wang et al. 2022 (IOI App. I; METHODS §5.2).
+
+    On r + r (with or without BOS, r distinct; see `repeated_tokens`) this is exactly IOI's
+    mean_{q in second half} A[q, q - n].
+    """
+    tokens = _check_tokens(tokens)
+    S = tokens.shape[1]
+    same = (tokens[:, :, None] == tokens[:, None, :]) & torch.ones(S, S, dtype=torch.bool).tril(-1)  # [b, q, k]
+    if exclude_bos:
+        same[:, :, 0] = False
+    has_prev = same.any(-1)  # [batch, q]
+    if not has_prev.any():
+        raise ValueError("no token repeats an earlier one, so there is nothing to score")
+    patterns = attention_patterns(model, tokens)  # [layer, batch, head, q, k]
+    if exclude_bos:
+        patterns, _ = _without_bos(patterns)
+    mass = (patterns * same[:, None]).sum(-1)  # [layer, batch, head, q]
+    weight = has_prev[:, None].to(mass.dtype)  # [batch, 1, q]
+    return (mass * weight).sum((1, 3)) / weight.sum()
+
+
+# ---------------------------------------------------------------------------------------------
+# TransformerLens's head detector, METHODS §5.4.
+
+
+def detection_pattern(tokens: Tensor, name: str) -> Tensor:
+    """Returns [q_pos, k_pos] TransformerLens's 0/1 detection pattern for one prompt's tokens [pos].
+    TransformerLens `head_detector` (previous_token_head, duplicate_token_head, induction_head)."""
+    S = tokens.shape[-1]
+    if name == "previous_token_head":
+        return torch.ones(S, S).tril(-1).triu(-1)  # D[q, q-1] = 1
+    if name not in HEAD_PATTERNS:
+        raise ValueError(f"unknown detection pattern {name!r}; allowed: {', '.join(HEAD_PATTERNS)}, or a tensor")
+    dup = (tokens[:, None] == tokens[None, :]).float().tril(-1)  # t_q = t_k and k < q
+    if name == "duplicate_token_head":
+        return dup
+    return torch.cat([torch.zeros(S, 1), dup[:, :-1]], dim=1).tril()  # one column right, first column 0
+
+
+def detect_head(model: Transformer, tokens: Tensor, detection: str | Tensor, heads=None, cache=None, *,
+                exclude_bos: bool = False, exclude_current_token: bool = False, error_measure: str = "mul") -> Tensor:
+    """Returns [layer, head] TransformerLens-compatible detector scores, averaged over prompts (-1 for unlisted heads).
+    TransformerLens `head_detector.detect_head` (METHODS §5.4), on tokens as given (TL prepends BOS).
+
+    "mul": sum(A * D) / sum(A) after zeroing A's BOS column / diagonal if excluded.
+    "abs": 1 - round(sum|A - D| / S, 3), excluded entries of |A - D| zeroed.
+    detection: a name in HEAD_PATTERNS or a lower-triangular [pos, pos] (or [batch, pos, pos]) tensor.
+    heads: None (all), a list of (layer, head) or {layer: [heads]}. cache: optional, holding the patterns.
+    Unlike TL, which drops the keyword options when given a list of prompts, every prompt uses them here.
+    """
+    tokens = _check_tokens(tokens)
+    B, S = tokens.shape
+    if error_measure not in ("mul", "abs"):
+        raise ValueError(f"error_measure={error_measure!r}; allowed: 'mul', 'abs'")
+    if not 1 < S < model.cfg.n_ctx:
+        raise ValueError(f"the prompts have {S} tokens; detect_head needs 1 < pos < n_ctx={model.cfg.n_ctx}")
+    if isinstance(detection, str):
+        D = torch.stack([detection_pattern(row, detection) for row in tokens])  # [batch, q, k]
+    else:
+        D = detection.float().expand(B, S, S) if detection.shape[-2:] == (S, S) else None
+        if D is None or not torch.equal(D, D.tril()):
+            raise ValueError(f"the detection pattern must be lower-triangular [{S}, {S}] (or [batch, {S}, {S}]) for "
+                             f"{S}-token prompts; got shape {tuple(detection.shape)}")
+        if error_measure == "mul" and not set(D.unique().tolist()) <= {0.0, 1.0}:
+            warnings.warn("detection pattern has values other than 0 or 1 with error_measure 'mul'")
+    if cache is None:
+        patterns = attention_patterns(model, tokens)  # [layer, batch, head, q, k]
+    else:
+        patterns = torch.stack([cache["pattern", layer] for layer in range(model.cfg.n_layer)])
+    A = patterns.clone()
+    D = D.to(A.dtype)[None, :, None]  # [1, batch, 1, q, k]
+    if error_measure == "mul":
+        if exclude_bos:
+            A[..., 0] = 0
+        if exclude_current_token:
+            A.diagonal(dim1=-2, dim2=-1).zero_()
+        per_prompt = (A * D).sum((-2, -1)) / A.sum((-2, -1))  # [layer, batch, head]
+    else:
+        diff = (A - D).abs()
+        if exclude_bos:
+            diff[..., 0] = 0
+        if exclude_current_token:
+            diff.diagonal(dim1=-2, dim2=-1).zero_()
+        raw = diff.mean((-2, -1)) * S  # TL's arithmetic, so its 3-decimal rounding lands the same way
+        per_prompt = torch.tensor([[[1 - round(v, 3) for v in hs] for hs in b] for b in raw.tolist()])
+    scores = per_prompt.mean(1)  # [layer, head]
+    if heads is None:
+        return scores
+    pairs = heads.items() if isinstance(heads, dict) else [(layer, [head]) for layer, head in heads]
+    out = torch.full_like(scores, -1.0)
+    for layer, hs in pairs:
+        out[layer, hs] = scores[layer, hs]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Subject/object role swap, METHODS §5.5.
+
+
+@dataclass
+class RoleSwap:
+    """Pattern changes between a prompt and its role-swapped twin, averaged over prompts and queries."""
+
+    tv_pos: Tensor  # [layer, head] 1/2 sum_k |A[q,k] - A'[q,k]|: large when attention follows the token
+    tv_tok: Tensor  # [layer, head] 1/2 sum_k |A[q,k] - A'[q,pi(k)]|: large when attention follows the slot
+    role_index: Tensor  # [layer, head] R = tv_tok - tv_pos in [-1, 1]; > 0 role head, < 0 lexical head
+    query_positions: list[int]
+    most_changed: list[tuple[int, int, float]]  # (layer, head, tv_pos), largest tv_pos first
+
+
+def role_swap(model: Transformer, tokens_a: Tensor, tokens_b: Tensor, swap_positions: tuple[int, int],
+              query_positions=None, top: int = 5) -> RoleSwap:
+    """Returns RoleSwap with [layer, head] TV_pos, TV_tok and R = TV_tok - TV_pos for prompts whose tokens at a, b swap.
+    Wang et al. 2022 (IOI) minimal pairs; role-swap test as defined in METHODS §5.5.
+
+    tokens_b must equal tokens_a with positions a and b exchanged, token by token; a == b is the identity
+    swap (both TVs 0). query_positions default to every q >= max(a, b). Both prompts run as one batch,
+    tokens_a first.
+    """
+    tokens_a, tokens_b = _check_tokens(tokens_a), _check_tokens(tokens_b)
+    if tokens_a.shape != tokens_b.shape:
+        raise ValueError(f"tokens_a has shape {tuple(tokens_a.shape)} but tokens_b has {tuple(tokens_b.shape)}; "
+                         "a role swap compares the two prompts token by token, so they must have equal lengths")
+    S = tokens_a.shape[1]
+    a, b = (p + S if p < 0 else p for p in swap_positions)
+    for p, given in zip((a, b), swap_positions):
+        if not 0 <= p < S:
+            raise ValueError(f"swap position {given} is outside the prompts' positions -{S}..{S - 1}")
+    perm = torch.arange(S)
+    perm[a], perm[b] = b, a  # pi: a <-> b
+    expected = tokens_a[:, perm]
+    wrong = (tokens_b != expected).nonzero().tolist()
+    if wrong:
+        where = ", ".join(f"prompt {i} position {p}" for i, p in wrong[:8]) + (" ..." if len(wrong) > 8 else "")
+        raise ValueError(f"tokens_b is not tokens_a with positions {a} and {b} swapped: they differ at {where}")
+    queries = list(range(max(a, b), S)) if query_positions is None else [q + S if q < 0 else q for q in query_positions]
+    if not queries or not all(0 <= q < S for q in queries):
+        raise ValueError(f"query_positions {query_positions} must be non-empty and within -{S}..{S - 1}")
+    patterns = attention_patterns(model, torch.cat([tokens_a, tokens_b]))  # [layer, 2 batch, head, q, k]
+    A, A2 = patterns[:, :len(tokens_a), :, queries], patterns[:, len(tokens_a):, :, queries]
+    tv_pos = 0.5 * (A - A2).abs().sum(-1).mean((1, 3))  # [layer, head]
+    tv_tok = 0.5 * (A - A2[..., perm]).abs().sum(-1).mean((1, 3))
+    order = sorted(((tv_pos[l, h].item(), l, h) for l in range(tv_pos.shape[0]) for h in range(tv_pos.shape[1])),
+                   reverse=True)
+    return RoleSwap(tv_pos, tv_tok, tv_tok - tv_pos, queries, [(l, h, v) for v, l, h in order[:top]])

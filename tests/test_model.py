@@ -1,0 +1,214 @@
+"""The activation table, hooks and caches, and the errors a user sees (no transformers needed)."""
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+import minitx
+from minitx.model import ON_REQUEST, POINTS, point_names
+from tests.conftest import random_model
+
+
+def axis_sizes(cfg, batch, pos):
+    return {"batch": batch, "pos": pos, "q_pos": pos, "k_pos": pos, "d_model": cfg.d_model, "head": cfg.n_head,
+            "d_head": cfg.d_head, "d_mlp": cfg.d_mlp, "d_vocab": cfg.d_vocab, "1": 1}
+
+
+def test_every_point_fires_once_with_its_declared_axes(tiny_model):
+    cfg, batch, pos = tiny_model.cfg, 2, 7
+    fired = []
+    hooks = [(lambda name: True, lambda x, hook: fired.append((hook.name, tuple(x.shape))))]
+    tiny_model.run_with_hooks(torch.randint(0, cfg.d_vocab, (batch, pos)), fwd_hooks=hooks)
+    names = [name for name, _ in fired]
+    assert names == list(point_names(cfg.n_layer)) and len(set(names)) == len(names)
+    sizes = axis_sizes(cfg, batch, pos)
+    templates = {t.format(l=l): axes for t, axes in POINTS.items() for l in range(cfg.n_layer)}
+    for name, shape in fired:
+        assert shape == tuple(sizes[a] for a in templates[name]), name
+
+
+def test_default_cache_leaves_out_on_request_points(tiny_model):
+    _, cache = tiny_model.run_with_cache(torch.tensor([[1, 2, 3]]))
+    assert set(cache) == set(point_names(tiny_model.cfg.n_layer, include_on_request=False))
+    assert not any(name.endswith(ON_REQUEST) for name in cache)
+    assert cache["pattern", 1] is cache["blocks.1.attn.hook_pattern"]
+
+
+def test_names_filter_forms(tiny_model):
+    tokens = torch.tensor([[5, 6, 7]])
+    for spec, expected in [("hook_embed", {"hook_embed"}), (["blocks.0.hook_resid_pre", "hook_embed"],
+                           {"blocks.0.hook_resid_pre", "hook_embed"}),
+                           (lambda n: n.endswith("hook_z"), {"blocks.0.attn.hook_z", "blocks.1.attn.hook_z"})]:
+        _, cache = tiny_model.run_with_cache(tokens, names_filter=spec)
+        assert set(cache) == expected
+
+
+def test_on_request_points_are_consistent(tiny_model):
+    tokens = torch.randint(0, 257, (2, 6))
+    logits, cache = tiny_model.run_with_cache(tokens, names_filter=lambda n: True)
+    assert_close(logits, tiny_model(tokens), atol=1e-5, rtol=1e-5)
+    for layer in range(2):
+        result, z = cache["result", layer], cache["z", layer]
+        assert_close(result.sum(2) + tiny_model.b_O[layer], cache["attn_out", layer], atol=1e-5, rtol=1e-5)
+        assert_close(torch.einsum("bphd,hdm->bphm", z, tiny_model.W_O[layer]), result, atol=1e-5, rtol=1e-5)
+        for kind in "qkv":  # each head's copy of the residual is the residual
+            assert_close(cache[f"{kind}_input", layer], cache["resid_pre", layer][:, :, None].expand_as(
+                cache[f"{kind}_input", layer]))
+
+
+def test_patching_with_own_cache_changes_nothing(tiny_model):
+    tokens = torch.randint(0, 257, (2, 8))
+    logits, cache = tiny_model.run_with_cache(tokens, names_filter=lambda n: True)
+    # Per-head inputs take over from ln1 in their layer, so ln1 is left out here (replacing both is an error).
+    hooks = [(name, lambda x, hook: cache[hook.name]) for name in cache if ".ln1." not in name]
+    assert_close(tiny_model.run_with_hooks(tokens, fwd_hooks=hooks), logits, atol=1e-5, rtol=1e-5)
+
+
+def test_patching_one_head_input_changes_only_that_head(tiny_model):
+    tokens = torch.randint(0, 257, (1, 8))
+    _, clean = tiny_model.run_with_cache(tokens, names_filter=lambda n: n.startswith("blocks.1.attn.hook_"))
+
+    def noise_head_2(x, hook):
+        x = x.clone()
+        x[:, :, 2] += 1.0
+        return x
+
+    _, cache = tiny_model.run_with_cache(tokens, fwd_hooks=[("blocks.1.hook_k_input", noise_head_2)],
+                                         names_filter=lambda n: n.startswith("blocks.1.attn.hook_"))
+    assert_close(cache["q", 1], clean["q", 1])
+    assert_close(cache["k", 1][:, :, [0, 1, 3]], clean["k", 1][:, :, [0, 1, 3]], atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(cache["k", 1][:, :, 2], clean["k", 1][:, :, 2])
+
+
+def test_raising_hook_leaves_no_state(tiny_model):
+    tokens = torch.randint(0, 257, (1, 5))
+    clean = tiny_model(tokens)
+
+    def boom(x, hook):
+        raise RuntimeError("user bug")
+
+    with pytest.raises(RuntimeError, match="user bug"):
+        tiny_model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_resid_mid", boom)])
+    with pytest.raises(RuntimeError, match="user bug"):
+        with tiny_model.hooks(fwd_hooks=[("blocks.0.hook_resid_mid", boom)]):
+            tiny_model(tokens)
+    assert tiny_model._context_hooks == ([], [])
+    assert torch.equal(tiny_model(tokens), clean)
+
+
+def test_context_manager_hooks_apply_inside_only(tiny_model):
+    tokens = torch.randint(0, 257, (1, 5))
+    clean = tiny_model(tokens)
+    with tiny_model.hooks(fwd_hooks=[("hook_embed", lambda x, hook: torch.zeros_like(x))]):
+        inside = tiny_model(tokens)
+    assert not torch.allclose(inside, clean)
+    assert torch.equal(tiny_model(tokens), clean)
+
+
+def test_unknown_name_suggests_close_names(tiny_model):
+    with pytest.raises(KeyError, match="did you mean blocks.0.attn.hook_pattern"):
+        tiny_model.run_with_cache(torch.tensor([[1]]), names_filter="blocks.0.attn.hook_patern")
+    with pytest.raises(KeyError, match="unknown activation point"):
+        tiny_model.run_with_hooks(torch.tensor([[1]]), fwd_hooks=[("blocks.9.hook_resid_pre", lambda x, h: x)])
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda x: x[:, :-1], "hook on blocks.0.hook_resid_mid returned shape"),
+    (lambda x: x.double(), "torch.float64"),
+    (lambda x: x * float("nan"), "NaN or inf"),
+    (lambda x: "oops", "returned str"),
+])
+def test_bad_hook_results_name_the_hook(tiny_model, bad, message):
+    with pytest.raises((ValueError, TypeError, FloatingPointError), match=message):
+        tiny_model.run_with_hooks(torch.tensor([[1, 2, 3]]), fwd_hooks=[("blocks.0.hook_resid_mid",
+                                                                          lambda x, hook: bad(x))])
+
+
+@pytest.mark.parametrize("tokens, message", [
+    (torch.tensor([[1, 257]]), "outside the vocabulary"),
+    (torch.tensor([[-1, 2]]), "outside the vocabulary"),
+    (torch.zeros(1, 65, dtype=torch.long), "n_positions=64"),
+    (torch.zeros(1, 0, dtype=torch.long), "at least one token"),
+    (torch.zeros(0, 3, dtype=torch.long), "at least one token"),
+    (torch.tensor([[0.5, 1.0]]), "integer ids"),
+    ([[1, 2]], "LongTensor"),
+])
+def test_bad_tokens(tiny_model, tokens, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        tiny_model(tokens)
+
+
+def test_attention_mask_must_match_tokens(tiny_model):
+    with pytest.raises(ValueError, match="attention_mask has shape"):
+        tiny_model(torch.tensor([[1, 2, 3]]), attention_mask=torch.ones(1, 4))
+
+
+def test_start_and_stop_at_layer_compose(tiny_model):
+    tokens = torch.randint(0, 257, (2, 6))
+    resid1 = tiny_model(tokens, stop_at_layer=1)
+    _, cache = tiny_model.run_with_cache(tokens)
+    assert_close(resid1, cache["resid_pre", 1])
+    assert_close(tiny_model(resid1, start_at_layer=1), tiny_model(tokens), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="start_at_layer"):
+        tiny_model(tokens, start_at_layer=2, stop_at_layer=1)
+
+
+def test_gradients_reach_any_point(tiny_model):
+    tokens = torch.randint(0, 257, (1, 6))
+    grads = {}
+    with torch.enable_grad():
+        kept = {}
+
+        def keep(x, hook):
+            x = x.detach().requires_grad_(True)
+            kept[hook.name] = x
+            return x
+
+        logits = tiny_model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_z", keep)],
+                                           bwd_hooks=[("blocks.1.hook_resid_mid",
+                                                       lambda g, hook: grads.setdefault(hook.name, g))])
+        logits[0, -1, 3].backward()
+    assert kept["blocks.0.attn.hook_z"].grad.shape == (1, 6, 4, 16)
+    assert grads["blocks.1.hook_resid_mid"].shape == (1, 6, 64)
+    assert kept["blocks.0.attn.hook_z"].grad[0, :, :].abs().sum() > 0
+
+
+def test_replacing_ln1_while_using_head_inputs_is_an_error(tiny_model):
+    with pytest.raises(ValueError, match="per-head inputs"):
+        tiny_model.run_with_hooks(torch.tensor([[1, 2]]), fwd_hooks=[
+            ("blocks.0.ln1.hook_normalized", lambda x, h: x + 1), ("blocks.0.hook_q_input", lambda x, h: None)])
+    # Only reading ln1 beside the per-head inputs is fine.
+    tiny_model.run_with_cache(torch.tensor([[1, 2]]), names_filter=lambda n: n.startswith("blocks.0."))
+
+
+def test_weights_in_analysis_notation(tiny_model):
+    cfg = tiny_model.cfg
+    assert tiny_model.W_Q.shape == (cfg.n_layer, cfg.n_head, cfg.d_model, cfg.d_head)
+    assert tiny_model.W_O.shape == (cfg.n_layer, cfg.n_head, cfg.d_head, cfg.d_model)
+    assert tiny_model.W_U.shape == (cfg.d_model, cfg.d_vocab)
+    tokens = torch.randint(0, 257, (1, 5))
+    _, cache = tiny_model.run_with_cache(tokens, names_filter=["blocks.1.ln1.hook_normalized", "blocks.1.attn.hook_q"])
+    q = torch.einsum("bpm,hmd->bphd", cache["normalized", 1, "ln1"], tiny_model.W_Q[1]) + tiny_model.b_Q[1]
+    assert_close(q, cache["q", 1], atol=1e-5, rtol=1e-5)
+
+
+def test_outputs_do_not_depend_on_batch_neighbours():
+    model = random_model(3)
+    tokens = torch.randint(0, 257, (4, 9))
+    alone = torch.cat([model(tokens[i:i + 1]) for i in range(4)])
+    assert_close(model(tokens), alone, atol=1e-5, rtol=1e-5)
+    assert torch.equal(model(tokens), model(tokens))  # bitwise repeatable on CPU
+
+
+def test_sampling_is_seeded(tiny_model):
+    prompt = torch.tensor([[1, 2, 3]])
+    a = tiny_model.generate(prompt, 8, temperature=1.0, top_k=20, seed=7)
+    b = tiny_model.generate(prompt, 8, temperature=1.0, top_k=20, seed=7)
+    assert torch.equal(a, b) and a.shape == (1, 11)
+
+
+def test_get_act_name():
+    assert minitx.get_act_name("pattern", 3) == "blocks.3.attn.hook_pattern"
+    assert minitx.get_act_name("scale", 2, "ln2") == "blocks.2.ln2.hook_scale"
+    assert minitx.get_act_name("scale") == "ln_final.hook_scale"
+    assert minitx.get_act_name("q_input", 0) == "blocks.0.hook_q_input"
