@@ -1,0 +1,97 @@
+"""`minitx verify`: the same checkpoint through minitx and HF transformers, point by point.
+
+transformers is imported here only, and only when a user asks for this report; it is never a
+run-time dependency of minitx itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Row:
+    point: str  # minitx name (and what it is compared with)
+    max_abs_diff: float
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
+
+
+def parity_rows(model, hf_model, prompts: torch.Tensor, attention_mask: torch.Tensor,
+                tolerance: float = 1e-4, new_tokens: int = 20) -> list[Row]:
+    """Returns one Row per mappable activation point, the logits and greedy generation.
+
+    prompts [batch, pos] (a padded batch: attention_mask [batch, pos] marks the real tokens).
+    HF's hidden_states[l] is minitx's resid_pre of layer l; its last entry is after ln_f.
+    """
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # the rule HF applies in generate
+    real = attention_mask.bool()
+    with torch.no_grad():
+        out = hf_model(prompts, attention_mask=attention_mask, position_ids=positions,
+                       output_hidden_states=True, output_attentions=True)
+        logits, cache = model.run_with_cache(prompts, attention_mask=attention_mask)
+
+    def diff(a, b):
+        return float((a.float() - b.float())[real].abs().max())
+
+    rows = []
+    for layer in range(model.cfg.n_layer):
+        rows.append(Row(f"blocks.{layer}.hook_resid_pre (hidden_states[{layer}])",
+                        diff(cache["resid_pre", layer], out.hidden_states[layer]), tolerance))
+    rows.append(Row("ln_final.hook_normalized (hidden_states[-1], after ln_f)",
+                    diff(cache["ln_final.hook_normalized"], out.hidden_states[-1]), tolerance))
+    for layer in range(model.cfg.n_layer):
+        pattern, hf_pattern = cache["pattern", layer], out.attentions[layer]
+        keep = real[:, None, :, None] & real[:, None, None, :]  # real query and real key
+        rows.append(Row(f"blocks.{layer}.attn.hook_pattern (attentions[{layer}])",
+                        float((pattern - hf_pattern).abs().masked_fill(~keep, 0).max()), tolerance))
+    rows.append(Row("logits", diff(logits, out.logits), tolerance))
+    with torch.no_grad():
+        expected = hf_model.generate(prompts, attention_mask=attention_mask, max_new_tokens=new_tokens,
+                                     do_sample=False, pad_token_id=0, eos_token_id=None)
+    ours = model.generate(prompts, new_tokens, attention_mask=attention_mask)
+    rows.append(Row(f"greedy tokens ({new_tokens} new; 0 = identical)", float((ours != expected).sum()), 0.0))
+    return rows
+
+
+def verify(name_or_path: str, tolerance: float = 1e-4, seed: int = 0) -> list[Row]:
+    """Loads the checkpoint in both libraries and returns the parity rows."""
+    try:
+        import transformers
+    except ImportError as error:
+        raise SystemExit("minitx verify needs transformers as the reference: pip install transformers") from error
+    import minitx
+    from minitx.loading import load
+
+    model = load(name_or_path)
+    hf_model = transformers.GPT2LMHeadModel.from_pretrained(_hf_source(name_or_path),
+                                                            attn_implementation="eager").eval()
+    generator = torch.Generator().manual_seed(seed)
+    length = min(12, model.cfg.n_ctx - 20)
+    if model.cfg.d_vocab == 50257:  # a real GPT-2 vocabulary: use English prompts
+        texts = ["The cat sat on the mat because", "When Mary and John went to the store, John gave a drink to",
+                 "def fibonacci(n):"]
+        tokens, mask = minitx.Tokenizer.default().to_tokens_padded(texts, prepend_bos=False, padding_side="left")
+    else:
+        tokens = torch.randint(0, model.cfg.d_vocab, (3, length), generator=generator)
+        mask = torch.ones_like(tokens)
+        mask[1, :3] = 0  # one left-padded row
+    return parity_rows(model, hf_model, tokens, mask, tolerance)
+
+
+def _hf_source(name_or_path: str) -> str:
+    """transformers reads a directory; for a single .safetensors file, its directory."""
+    import os
+    return os.path.dirname(name_or_path) or "." if name_or_path.endswith(".safetensors") else name_or_path
+
+
+def format_rows(rows: list[Row]) -> str:
+    width = max(len(r.point) for r in rows)
+    lines = [f"{'point':<{width}}  {'max |diff|':>11}  ok"]
+    lines += [f"{r.point:<{width}}  {r.max_abs_diff:>11.3g}  {'yes' if r.ok else 'NO'}" for r in rows]
+    return "\n".join(lines)
