@@ -31,9 +31,9 @@ def attention_patterns(model: Transformer, tokens: Tensor) -> Tensor:
 
 
 def _without_bos(pattern: Tensor) -> tuple[Tensor, Tensor]:
-    """Key column 0 dropped, rows renormalised over keys >= 1 (METHODS §5, "renormalized without BOS").
-    -> (pattern with column 0 zeroed [..., q, k], rows that keep some mass [..., q]); a row that put
-    all its attention on position 0 has no renormalised distribution and is left out."""
+    """Returns ([..., q_pos, k_pos] pattern with key 0 dropped and rows renormalised over keys >= 1,
+    [..., q_pos] rows that keep some mass): METHODS §5, "renormalized without BOS". A row that put all its
+    attention on position 0 has no renormalised distribution; callers leave it out."""
     kept = pattern.clone()
     kept[..., 0] = 0
     mass = kept.sum(-1, keepdim=True)  # [..., q, 1]
@@ -137,13 +137,6 @@ def repeated_tokens(d_vocab: int, n: int, batch: int, seed: int, prepend_bos: bo
     return torch.cat(rows + [halves, halves], dim=1)
 
 
-def _checked_repeats(model: Transformer, n: int, batch: int, seed: int, prepend_bos: bool) -> Tensor:
-    S = 2 * n + int(prepend_bos)
-    if S > model.cfg.n_ctx:
-        raise ValueError(f"n={n} gives {S} positions but the model has n_positions={model.cfg.n_ctx}")
-    return repeated_tokens(model.cfg.d_vocab, n, batch, seed, prepend_bos)
-
-
 def induction_scores(model: Transformer, n: int = 50, batch: int = 10, seed: int = 0, prepend_bos: bool = True,
                      exclude_bos: bool = False) -> Tensor:
     """Returns [layer, head] ind = mean_{i=1..n} A[n+i, i+1] on [BOS] + r + r (positions shift by -1 without BOS).
@@ -151,15 +144,18 @@ def induction_scores(model: Transformer, n: int = 50, batch: int = 10, seed: int
 
     The query is the second r_i, the key the token after its first occurrence; for i = n that key is the
     first token of the second half, which is correct (ARENA's diagonal adds two non-induction entries).
+    Tokens come from `repeated_tokens(d_vocab, n, batch, seed, prepend_bos)`, so a caller can rebuild them.
     exclude_bos (needs prepend_bos): rows renormalised over keys >= 1.
     """
     if exclude_bos and not prepend_bos:
         raise ValueError("exclude_bos=True needs prepend_bos=True: without BOS, position 0 is a real token")
     o = int(prepend_bos)
-    patterns = attention_patterns(model, _checked_repeats(model, n, batch, seed, prepend_bos))
+    if 2 * n + o > model.cfg.n_ctx:
+        raise ValueError(f"n={n} gives {2 * n + o} positions but the model has n_positions={model.cfg.n_ctx}")
+    patterns = attention_patterns(model, repeated_tokens(model.cfg.d_vocab, n, batch, seed, prepend_bos))
     i = torch.arange(1, n + 1)
     if exclude_bos:
-        patterns, _ = _without_bos(patterns)  # second-half rows always keep their self-attention key
+        patterns, _ = _without_bos(patterns)  # a row with all its mass on BOS counts as 0
     return patterns[..., n + i - 1 + o, i + o].mean((1, 3))  # entries (q, k) = (n+i, i+1) with BOS
 
 
@@ -224,7 +220,8 @@ def detect_head(model: Transformer, tokens: Tensor, detection: str | Tensor, hea
     if isinstance(detection, str):
         D = torch.stack([detection_pattern(row, detection) for row in tokens])  # [batch, q, k]
     else:
-        D = detection.float().expand(B, S, S) if detection.shape[-2:] == (S, S) else None
+        shape_ok = detection.shape in ((S, S), (1, S, S), (B, S, S))
+        D = detection.float().expand(B, S, S) if shape_ok else None
         if D is None or not torch.equal(D, D.tril()):
             raise ValueError(f"the detection pattern must be lower-triangular [{S}, {S}] (or [batch, {S}, {S}]) for "
                              f"{S}-token prompts; got shape {tuple(detection.shape)}")

@@ -65,8 +65,8 @@ def _positions(positions, seq_len: int) -> Tensor:
 
 
 def _residuals(model: Transformer, tokens: Tensor, incl_mid: bool, positions, scale: bool = False):
-    """-> (residual stack [layer+1, batch, pos, d_model] at the chosen positions, positions, and if asked
-    the final residual's cached ln_final scale [batch, pos, 1])."""
+    """Returns ([layer+1, batch, pos, d_model] residual states at the chosen positions, [pos] positions,
+    [batch, pos, 1] the final residual's cached ln_final scale, or None unless asked)."""
     names = _point_names(model.cfg.n_layer, incl_mid)
     pos = _positions(positions, tokens.shape[1])
     # Asking for the scale makes ln_final take its explicit path; the lens alone leaves the forward as is.
@@ -110,11 +110,12 @@ def _next_tokens(tokens: Tensor, pos: Tensor) -> Tensor:
 
 def logit_lens(model: Transformer, tokens: Tensor, targets: Tensor | str | None = None, top_k: int = 5,
                incl_mid: bool = False, positions=None) -> LensResult:
-    """Returns LensResult with logits [layer+1, batch, pos, d_vocab]: LN_f(h) W_U for every resid_pre and the final resid.
+    """Returns LensResult, logits [layer+1, batch, pos, d_vocab]: LN_f(h) W_U at every resid_pre and the final resid.
     nostalgebraist 2020, "interpreting GPT: the logit lens" (METHODS §4.1).
 
     LN_f uses each state's OWN mean and variance with the learned gain and bias (the model's
-    `unembed`), so the "final" entry equals the model's logits. incl_mid adds each resid_mid.
+    `unembed`), so the "final" entry equals the model's logits (bit for bit with positions=None; to float
+    rounding when fewer rows go through the matmul). incl_mid adds each resid_mid.
     positions: None (all), an int or a list of ints (negative counts from the end); restricting
     them bounds memory, which grows as layers x batch x pos x d_vocab.
     targets: ids broadcastable to [batch, pos] (positions as selected), or "next" for tokens[:, p + 1].

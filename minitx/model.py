@@ -61,6 +61,7 @@ class Config:
     scale_attn_by_inverse_layer_idx: bool = False
     reorder_and_upcast_attn: bool = False
     tie_word_embeddings: bool = True
+    bos_token_id: int = 50256  # <|endoftext|>, which GPT-2 also uses as end of text and padding
 
     def __post_init__(self):
         for field in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size"):
@@ -86,7 +87,7 @@ class Config:
 
     def to_hf(self) -> dict:
         return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], **dataclasses.asdict(self),
-                "bos_token_id": 50256, "eos_token_id": 50256}
+                "eos_token_id": self.bos_token_id}
 
     # The analysis names for the same numbers.
     d_model = property(lambda self: self.n_embd)
@@ -245,10 +246,11 @@ class Attention(nn.Module):
             if mask is None:  # plain causal
                 mask = torch.ones(q.shape[1], k.shape[1], dtype=torch.bool, device=q.device).tril()
             dtype = torch.float32 if self.upcast else q.dtype
-            scores = torch.einsum("bqhd,bkhd->bhqk", q.to(dtype), k.to(dtype)) * self.scale  # [batch, head, q_pos, k_pos]
-            scores = run(p + "hook_attn_scores", scores.masked_fill(~mask, float("-inf")))
+            qh, kh, vh = q.transpose(1, 2).to(dtype), k.transpose(1, 2).to(dtype), v.transpose(1, 2)  # [batch, head, pos, d_head]
+            scores = torch.matmul(qh, kh.transpose(-1, -2)).mul_(self.scale)  # [batch, head, q_pos, k_pos]
+            scores = run(p + "hook_attn_scores", scores.masked_fill_(~mask, float("-inf")))
             pattern = run(p + "hook_pattern", scores.softmax(-1).to(v.dtype))  # [batch, head, q_pos, k_pos]
-            z = torch.einsum("bhqk,bkhd->bqhd", pattern, v)  # [batch, pos, head, d_head]
+            z = torch.matmul(pattern, vh).transpose(1, 2)  # [batch, pos, head, d_head]
         else:  # nobody looks at the pattern: torch's fused kernel gives the same z
             z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                attn_mask=mask, is_causal=mask is None and T > 1,
@@ -370,7 +372,7 @@ class Transformer(nn.Module):
         attention_mask [batch, pos]: 1 for real tokens, 0 for padding (left or right). Positions
         count real tokens only (HF generate's rule), so a padded prompt sees what it sees alone.
         start_at_layer=l: `tokens` is instead the residual stream before block l [batch, pos, d_model].
-        stop_at_layer=l: return the residual stream before block l instead of logits.
+        stop_at_layer=l: return the residual stream before block l (l = n_layer: before ln_final).
         """
         run = _run or self._context_run()
         start = start_at_layer or 0
@@ -390,8 +392,8 @@ class Transformer(nn.Module):
         mask = self._attention_mask(attention_mask, resid.shape[:2], resid.device)
         for block in self.blocks[start:stop]:
             resid, _ = block(resid, run, mask)
-        if stop < self.cfg.n_layer:
-            return resid
+        if stop_at_layer is not None:
+            return resid  # the residual stream before block `stop` (before ln_final when stop == n_layer)
         return self.unembed(resid, run)
 
     def embed(self, tokens: Tensor, attention_mask: Tensor | None, run: Run) -> Tensor:

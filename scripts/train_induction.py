@@ -11,7 +11,8 @@ distinct tokens. Varying L keeps the task from being solved by a fixed positiona
     python scripts/train_induction.py --out weights/induction-2l          # ~6000 steps, 1-2 min
     python scripts/train_induction.py --smoke --out /tmp/induction-smoke  # a few steps, seconds
 
-Output (HF layout): config.json and model.safetensors with HF GPT-2 key names.
+Output: config.json + model.safetensors in HF's GPT2LMHeadModel layout (minitx.save_pretrained);
+the config's bos_token_id is null there (GPT-2's 50256 is outside this vocabulary): BOS is id 64.
 References: Olsson et al. 2022, "In-context Learning and Induction Heads"; Elhage et al. 2021.
 """
 
@@ -152,39 +153,6 @@ def preconditions_hold(metrics: dict) -> bool:
             and metrics["main_L0_offset_argmax_1to4"] == 1)
 
 
-def hf_state_dict(model: minitx.Transformer) -> dict[str, Tensor]:
-    """Our parameters under HF GPT-2 names; Conv1D weights are [in, out], as ours are."""
-    out = {"transformer.wte.weight": model.W_E, "transformer.wpe.weight": model.W_pos,
-           "transformer.ln_f.weight": model.ln_final.w, "transformer.ln_f.bias": model.ln_final.b}
-    for layer, block in enumerate(model.blocks):
-        p = f"transformer.h.{layer}."
-        out.update({p + "ln_1.weight": block.ln1.w, p + "ln_1.bias": block.ln1.b,
-                    p + "attn.c_attn.weight": block.attn.W_QKV, p + "attn.c_attn.bias": block.attn.b_QKV,
-                    p + "attn.c_proj.weight": block.attn.W_O, p + "attn.c_proj.bias": block.attn.b_O,
-                    p + "ln_2.weight": block.ln2.w, p + "ln_2.bias": block.ln2.b,
-                    p + "mlp.c_fc.weight": block.mlp.W_in, p + "mlp.c_fc.bias": block.mlp.b_in,
-                    p + "mlp.c_proj.weight": block.mlp.W_out, p + "mlp.c_proj.bias": block.mlp.b_out})
-    if model.W_U_untied is not None:
-        out["lm_head.weight"] = model.W_U_untied.T
-    return {k: v.detach().contiguous().clone() for k, v in out.items()}
-
-
-def save(model: minitx.Transformer, out: Path) -> None:
-    """config.json + model.safetensors in HF layout. Uses minitx.loading.save_pretrained when the
-    package has it; otherwise writes the same files here."""
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        from minitx.loading import save_pretrained
-    except ImportError:
-        from safetensors.torch import save_file
-        save_file(hf_state_dict(model), str(out / "model.safetensors"), metadata={"format": "pt"})
-    else:
-        save_pretrained(model, out)
-    # Config.to_hf() names GPT-2's <|endoftext|> (50256) as BOS/EOS; this vocabulary's BOS is id 64.
-    (out / "config.json").write_text(json.dumps({**model.cfg.to_hf(), "bos_token_id": BOS, "eos_token_id": BOS},
-                                                indent=2) + "\n")
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="directory for config.json + model.safetensors")
@@ -203,7 +171,7 @@ def main(argv=None) -> dict:
     metrics = evaluate(model, n=32 if args.smoke else 256)
     metrics.update(seed=args.seed, steps=steps, tied=args.tied, train_minutes=round(minutes, 2),
                    preconditions_hold=preconditions_hold(metrics))
-    save(model, args.out)
+    minitx.save_pretrained(model, args.out)  # config.json + model.safetensors, HF GPT-2 names
     print(json.dumps(metrics, indent=1))
     return metrics
 

@@ -27,5 +27,10 @@ def tiny_model():
 
 @pytest.fixture(autouse=True)
 def _deterministic():
+    # One thread: tiny models spend longer fighting over threads than computing, and results are
+    # then bitwise repeatable.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,282 @@
+"""Attribution patching (AtP): activation patching's first-order Taylor approximation, and AtP*'s QK fix.
+
+    est = attribution_patching(model, clean, corrupted, metric)          # 2 forwards + 1 backward
+    est.scores["z"]          # [layer, head] estimated change of the batch-mean metric
+    est.by_pos["z"]          # [layer, pos, head]
+    est.normalized("z")      # / (clean - corrupted): comparable to activation_patching(...).scores
+    fixed = atp_star_qk_fix(model, clean, corrupted, metric)
+    compare_with_patching(est.normalized("z"), exact.scores)             # pearson, spearman, sign, top-k
+
+Direction: DENOISING, as Nanda's demo and TransformerLens 4.3 `attribution_patching`: for a node n,
+    c_hat(n) = (a_n(clean) - a_n(corrupted)) . dm/da_n, the gradient taken on the CORRUPTED run,
+an estimate of m(corrupted with n := clean) - m(corrupted). Dividing by (m_clean - m_corrupted)
+gives the normalised patching score's estimate (1 = clean behaviour, 0 = corrupted). The metric is
+any callable logits [batch, pos, d_vocab] -> [batch] (e.g. a `minitx.metrics` Metric); its batch
+mean is differentiated, so estimates are of batch means, as activation patching's scores are.
+
+Why a QK fix. When a later head's softmax is saturated, dm/d(scores) is ~0 although patching would
+move that attention a lot: AtP reports ~0 for a previous-token head whose whole effect goes through
+a later induction head's KEYS (METHODS.md §3.1, §9.2-9.3). AtP* (Kramar et al. 2024) recomputes the
+softmax exactly and keeps the linear approximation only from the attention pattern onwards:
+    c_hat(k) = sum_{q,k} (A_patched - A) . dm/dA.
+`atp_star_qk_fix` applies this in two places:
+  * to each head's own query and key nodes ("q", "k": the paper's fix; [layer, head]);
+  * to head OUTPUTS ("z"), through their direct edges into later heads' queries and keys. The AtP
+    estimate of a head output is, by the chain rule, a sum over the nodes that read it (the residual
+    stream is a sum, so every later q/k/v input, MLP input and the final LN reads it directly). For
+    every later receiver head, the term that goes through its query (key) is replaced: the linear term
+    (k(x + d) - k(x)) . dm/dk is subtracted and the exact-softmax term sum (A(k(x + d)) - A) . dm/dA
+    is added, where d is the sender's output change (o_clean - o_corrupted, all positions) added to the
+    receiver's own pre-LN copy of its key (query) input (`hook_k_input`). The model recomputes the
+    receiver's ln1 on that copy, so no layer-norm scale is frozen (exact LN; one single-layer forward
+    per receiver layer and q/k, all senders side by side along the batch axis).
+What stays linear: paths from a sender through an intermediate node's query/key (sender -> v of a
+middle head -> key of a later head), the value paths, and everything after each pattern. GradDrop,
+AtP*'s other fix (cancellation between paths), is not implemented.
+
+References: Nanda 2023, "Attribution Patching: Activation Patching At Industrial Scale" (blog);
+Kramar, Lieberum, Shah, Nanda 2024, "AtP*: An efficient and scalable method for localizing LLM
+behaviour to components" (arXiv:2403.00745), section 3.1.1 (QK fix).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from minitx.metrics import metric_name
+from minitx.model import get_act_name
+from minitx.patching import HEAD_LIKE, RESID_LIKE, check_same_shape
+
+__all__ = ["AttributionResult", "attribution_patching", "atp_star_qk_fix", "compare_with_patching"]
+
+
+@dataclass
+class AttributionResult:
+    """Estimated changes of the batch-mean metric when a node is patched from clean into corrupted."""
+
+    scores: dict[str, Tensor]  # point -> [layer, head] (head points) or [layer] (residual-stream points)
+    by_pos: dict[str, Tensor]  # point -> [layer, pos, head] or [layer, pos]; the pattern's pos is q_pos
+    clean: float  # batch-mean metric on the clean run
+    corrupted: float  # batch-mean metric on the corrupted run
+    metric: str
+    method: str  # "AtP" or "AtP* QK fix"
+    direction: str = "denoising"
+    # atp_star_qk_fix only: sender (layer, head) -> receiver (layer, head) through its q (0) or k (1).
+    edges: Tensor | None = None  # [layer, head, layer, head, 2] exact-softmax estimates (0 where not later)
+    edges_linear: Tensor | None = None  # the same edges as plain AtP counts them (linear in q/k)
+    plain: dict[str, Tensor] = field(default_factory=dict)  # the uncorrected AtP [layer, head] scores
+
+    def normalized(self, point: str = "z") -> Tensor:
+        """Returns scores[point] / (clean - corrupted): the estimate of the normalised denoising score."""
+        return self.scores[point] / (self.clean - self.corrupted)
+
+
+def _check_inputs(model, clean_tokens: Tensor, corrupted_tokens: Tensor, points) -> tuple[Tensor, Tensor]:
+    clean = clean_tokens.unsqueeze(0) if clean_tokens.dim() == 1 else clean_tokens
+    corrupted = corrupted_tokens.unsqueeze(0) if corrupted_tokens.dim() == 1 else corrupted_tokens
+    check_same_shape(clean, corrupted)
+    for point in points:
+        if point not in HEAD_LIKE + RESID_LIKE:
+            raise ValueError(f"unknown point {point!r}; allowed: {', '.join(HEAD_LIKE + RESID_LIKE)}")
+    return clean, corrupted
+
+
+def _metric_values(metric: Callable, logits: Tensor, batch: int) -> Tensor:
+    values = metric(logits)
+    if not isinstance(values, Tensor) or values.shape != (batch,):
+        shape = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+        raise ValueError(f"the metric must map logits [batch, pos, d_vocab] to [batch]=[{batch}], got {shape}")
+    return values
+
+
+def _runs(model, clean: Tensor, corrupted: Tensor, metric: Callable, names: list[str], grad_names: list[str]):
+    """The two forwards and one backward every estimate here needs.
+
+    Returns (clean cache, corrupted cache (detached), {name: d mean(metric) / d activation} for
+    grad_names, m_clean [batch], m_corrupted [batch]). The corrupted run caches with keep_grad and
+    differentiates with autograd.grad, so parameters' .grad are never touched. Its graph is rooted at
+    a leaf made from hook_embed (the weights may not require grad); nothing else is detached, so the
+    gradient at an early point still flows through every later one."""
+    with torch.no_grad():
+        clean_logits, clean_cache = model.run_with_cache(clean, names_filter=names)
+        m_clean = _metric_values(metric, clean_logits, len(clean))
+    with torch.enable_grad():
+        leaf = [("hook_embed", lambda x, hook: x.detach().requires_grad_(True))]
+        logits, cache = model.run_with_cache(corrupted, names_filter=names, fwd_hooks=leaf, keep_grad=True)
+        m_corr = _metric_values(metric, logits, len(corrupted))
+        grads = torch.autograd.grad(m_corr.mean(), [cache[n] for n in grad_names], allow_unused=True)
+    grads = {n: torch.zeros_like(cache[n]) if g is None else g for n, g in zip(grad_names, grads)}
+    corr_cache = {n: x.detach() for n, x in cache.items()}
+    return clean_cache, corr_cache, grads, m_clean.detach(), m_corr.detach()
+
+
+def _contract(point: str, delta_times_grad: Tensor) -> Tensor:
+    """Elementwise (a_clean - a_corr) * grad of one layer -> by-position scores, summed over the batch.
+    [batch, pos, head, d] -> [pos, head]; pattern [batch, head, q, k] -> [q, head]; [batch, pos, d] -> [pos]."""
+    if point == "pattern":
+        return delta_times_grad.sum((0, 3)).T
+    if point in RESID_LIKE:
+        return delta_times_grad.sum((0, 2))
+    return delta_times_grad.sum((0, 3))
+
+
+def attribution_patching(model, clean_tokens: Tensor, corrupted_tokens: Tensor, metric: Callable,
+                         points=("z",)) -> AttributionResult:
+    """Returns AttributionResult: scores [layer, head] and by_pos [layer, pos, head] per head point.
+    Nanda 2023, "Attribution Patching" (denoising form; gradient on the corrupted run).
+
+    points: head points "z", "q", "k", "v" (by_pos [layer, pos, head]), "pattern" (by_pos
+    [layer, q_pos, head]), or residual-stream points "resid_pre", "resid_mid", "resid_post",
+    "attn_out", "mlp_out" (scores [layer], by_pos [layer, pos]). Cost: 2 forwards + 1 backward for
+    every node at once. Exact when the metric is linear in the node along the patch (e.g. last-layer
+    head outputs, a logit difference, ln_final's scale frozen); a poor guide for big activations
+    (the residual stream) and for nodes acting through a saturated softmax (see atp_star_qk_fix)."""
+    points = (points,) if isinstance(points, str) else tuple(points)
+    clean, corrupted = _check_inputs(model, clean_tokens, corrupted_tokens, points)
+    L = model.cfg.n_layer
+    names = [get_act_name(p, l) for p in points for l in range(L)]
+    clean_cache, corr_cache, grads, m_clean, m_corr = _runs(model, clean, corrupted, metric, names, names)
+    by_pos = {}
+    for p in points:
+        per_layer = []
+        for l in range(L):
+            n = get_act_name(p, l)
+            per_layer.append(_contract(p, (clean_cache[n] - corr_cache[n]) * grads[n]))
+        by_pos[p] = torch.stack(per_layer)  # [layer, pos, head] or [layer, pos]
+    scores = {p: v.sum(1) for p, v in by_pos.items()}
+    return AttributionResult(scores, by_pos, float(m_clean.mean()), float(m_corr.mean()), metric_name(metric), "AtP")
+
+
+class _Stop(Exception):
+    pass
+
+
+def _pattern_of(model, resid: Tensor, layer: int, hooks: list, extra: str | None = None):
+    """Runs block `layer` alone on resid [rows, pos, d_model] with hooks, stopping at its pattern;
+    -> (pattern [rows, head, q_pos, k_pos], the activation `extra` of the same run or None)."""
+    seen = {}
+
+    def keep(x, hook):
+        seen[hook.name] = x
+
+    def stop(x, hook):
+        seen[hook.name] = x
+        raise _Stop  # nothing after the pattern is needed (nor the unembedding)
+
+    pattern = get_act_name("pattern", layer)
+    try:
+        model.run_with_hooks(resid, start_at_layer=layer, fwd_hooks=[*hooks, *([(extra, keep)] if extra else []),
+                                                                    (pattern, stop)])
+    except _Stop:
+        return seen[pattern], seen.get(extra)
+    raise RuntimeError(f"{pattern} never fired")
+
+
+@torch.no_grad()
+def atp_star_qk_fix(model, clean_tokens: Tensor, corrupted_tokens: Tensor, metric: Callable,
+                    max_rows: int = 512) -> AttributionResult:
+    """Returns AttributionResult with scores "z", "q", "k" [layer, head], QK-fixed; edges [layer, head, layer, head, 2].
+    Kramar et al. 2024, "AtP*" (arXiv:2403.00745), the QK fix; denoising form, as attribution_patching.
+
+    "q"/"k": each head's query (key) at all positions set to its clean value; its pattern recomputed
+    exactly (one single-layer forward per layer), the rest linear: sum (A_patched - A) . dm/dA.
+    "z": plain AtP of the head's output, with each direct edge into a later head's query or key
+    replaced by its exact-softmax estimate (module docstring). `plain` holds the uncorrected AtP
+    scores; `edges`/`edges_linear` the corrected and uncorrected edge terms, so that
+    scores["z"] = plain["z"] + (edges - edges_linear).sum((2, 3, 4)).
+    Cost: 2 forwards + 1 backward, plus per layer 2 single-layer forwards for the q/k nodes and
+    2 per later layer over (earlier heads x batch) rows, chunked to at most max_rows rows."""
+    clean, corrupted = _check_inputs(model, clean_tokens, corrupted_tokens, ())
+    L, H, B = model.cfg.n_layer, model.cfg.n_head, len(clean)
+    kinds = ("q", "k")
+    names = [get_act_name(p, l) for l in range(L) for p in ("z", "q", "k", "pattern", "result", "resid_pre")]
+    grad_names = [get_act_name(p, l) for l in range(L) for p in ("z", "q", "k", "pattern")]
+    with torch.enable_grad():
+        clean_cache, corr, grads, m_clean, m_corr = _runs(model, clean, corrupted, metric, names, grad_names)
+
+    def exact_minus_base(pattern: Tensor, layer: int) -> Tensor:  # [rows, head, q, k] -> [rows // B, head]
+        name = get_act_name("pattern", layer)
+        term = (pattern.view(-1, B, *pattern.shape[1:]) - corr[name]) * grads[name]
+        return term.sum((1, 3, 4))
+
+    plain = {p: torch.stack([_contract(p, (clean_cache[get_act_name(p, l)] - corr[get_act_name(p, l)])
+                                          * grads[get_act_name(p, l)]) for l in range(L)]).sum(1)
+             for p in ("z", "q", "k")}  # [layer, head]
+
+    # The paper's fix on the q/k nodes themselves: all heads of a layer at once, as each head's
+    # pattern depends on its own q and k only.
+    node = {p: torch.zeros(L, H) for p in kinds}
+    for l in range(L):
+        for p in kinds:
+            name = get_act_name(p, l)
+            source = clean_cache[name]
+            pattern, _ = _pattern_of(model, corr[get_act_name("resid_pre", l)], l,
+                                     [(name, lambda x, hook, s=source: s)])
+            node[p][l] = exact_minus_base(pattern, l)[0]
+
+    # Head outputs through their direct edges into later heads' queries and keys.
+    edges = torch.zeros(L, H, L, H, 2)
+    edges_linear = torch.zeros(L, H, L, H, 2)
+    for r in range(1, L):
+        senders = [(l, h) for l in range(r) for h in range(H)]
+        resid = corr[get_act_name("resid_pre", r)]  # [batch, pos, d_model]
+        per_chunk = max(1, max_rows // B)
+        for start in range(0, len(senders), per_chunk):
+            chunk = senders[start:start + per_chunk]
+            delta = torch.cat([(clean_cache[get_act_name("result", l)] - corr[get_act_name("result", l)])[:, :, h]
+                               for l, h in chunk])  # [n * batch, pos, d_model]
+
+            def add(x, hook, d=delta):  # x: [n * batch, pos, head, d_model], every receiver head's own copy
+                return x + d[:, :, None, :]
+
+            for i, p in enumerate(kinds):
+                point, name = get_act_name(f"{p}_input", r), get_act_name(p, r)
+                pattern, patched = _pattern_of(model, resid.repeat(len(chunk), 1, 1), r, [(point, add)], name)
+                exact = exact_minus_base(pattern, r)  # [n, head]
+                linear = ((patched.view(len(chunk), B, *patched.shape[1:]) - corr[name]) * grads[name]).sum((1, 2, 4))
+                for j, (l, h) in enumerate(chunk):
+                    edges[l, h, r, :, i] = exact[j]
+                    edges_linear[l, h, r, :, i] = linear[j]
+    z = plain["z"] + (edges - edges_linear).sum((2, 3, 4))
+    return AttributionResult({"z": z, **node}, {}, float(m_clean.mean()), float(m_corr.mean()), metric_name(metric),
+                             "AtP* QK fix", edges=edges, edges_linear=edges_linear, plain=plain)
+
+
+def _ranks(x: Tensor) -> Tensor:
+    """0-based ranks of a 1-d tensor, ties sharing their mean rank (as scipy.stats.rankdata - 1)."""
+    order = x.argsort()
+    ranks = torch.empty_like(x)
+    ranks[order] = torch.arange(len(x), dtype=x.dtype)
+    _, inverse = torch.unique(x, return_inverse=True)
+    sums = torch.zeros(int(inverse.max()) + 1, dtype=x.dtype).index_add_(0, inverse, ranks)
+    return (sums / torch.bincount(inverse).to(x.dtype))[inverse]
+
+
+def _pearson(a: Tensor, b: Tensor) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    denom = float(a.norm() * b.norm())
+    return float((a * b).sum()) / denom if denom > 0 else float("nan")
+
+
+def compare_with_patching(estimates: Tensor, exact: Tensor, k: int = 5, min_abs: float = 1e-6) -> dict:
+    """Returns {"pearson", "spearman", "sign_agreement", "top_k_overlap", "n"} over the flattened entries.
+    Kramar et al. 2024 (AtP*) compare AtP to activation patching by correlation and top-k recovery.
+
+    estimates, exact: tensors of one shape on one scale (e.g. `AttributionResult.normalized("z")`
+    and `activation_patching(..., "z", by="all").scores`, both denoising). sign_agreement: the
+    fraction of entries with |exact| > min_abs whose estimate has the same sign (NaN if none).
+    top_k_overlap: |top-k by |estimate|  intersect  top-k by |exact|| / k. Correlations are NaN when
+    either side is constant."""
+    if estimates.shape != exact.shape:
+        raise ValueError(f"estimates {tuple(estimates.shape)} and exact {tuple(exact.shape)} must have one shape")
+    a, b = estimates.detach().reshape(-1).double().cpu(), exact.detach().reshape(-1).double().cpu()
+    k = min(k, len(a))
+    big = b.abs() > min_abs
+    sign = float((a[big].sign() == b[big].sign()).double().mean()) if bool(big.any()) else float("nan")
+    top_a, top_b = set(a.abs().topk(k).indices.tolist()), set(b.abs().topk(k).indices.tolist())
+    return {"pearson": _pearson(a, b), "spearman": _pearson(_ranks(a), _ranks(b)), "sign_agreement": sign,
+            "top_k_overlap": len(top_a & top_b) / k if k else float("nan"), "n": len(a)}

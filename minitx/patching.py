@@ -1,0 +1,345 @@
+"""Activation patching, denoising and noising, swept over layers, positions and heads.
+
+Returns PatchingResult scores in TransformerLens's axis order: [layer, pos], [layer], [layer, head],
+[layer, pos, head]. Score = (patched - corrupted) / (clean - corrupted) on batch means, in both
+directions: 1 = clean behaviour, 0 = corrupted behaviour.
+
+Methods: Meng et al. 2022 (ROME causal tracing: Gaussian noise on the subject embeddings, restored
+one site at a time); Zhang & Nanda 2023 (best practices: token-replacement corruptions, logit
+difference, normalisation); Heimersheim & Nanda 2024 (denoising = sufficiency, noising = necessity;
+they are not mirror images). Mean ablation follows Wang et al. 2022; resample ablation Chan et al. 2022.
+
+Sweeps are batched: for layer l, every patch of that layer runs in one forward of
+(n_patches x batch) rows that starts from the cached residual stream before block l
+(`start_at_layer=l`), with one hook writing patch i into row block i; the final residual is then
+unembedded only at the metric's position when the metric is a `minitx.metrics.Metric`.
+`patch_one` is the one-forward-per-patch definition the sweeps are tested against.
+Not done: a per-position patch at p still recomputes positions < p (the public API has no way
+to reuse their keys and values).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from minitx.metrics import Metric, metric_name, normalized, resolve_pos
+from minitx.model import Run, get_act_name, point_names
+
+RESID_LIKE = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+HEAD_LIKE = ("z", "q", "k", "v", "pattern")
+DIRECTIONS = ("denoising", "noising")
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """A corrupted input: tokens plus hooks on the embeddings (e.g. ROME's noise), or, with
+    tokens=None, activation values with no prompt behind them (mean ablation; noising only)."""
+
+    tokens: Tensor | None
+    fwd_hooks: tuple = ()
+    values: dict | None = None  # point name -> [1, pos, ...]
+    name: str = "prompt"
+
+
+@dataclass
+class PatchingResult:
+    """scores: normalised [*axes]; raw: batch-mean metric [*axes]; clean/corrupted: baselines."""
+
+    scores: Tensor
+    raw: Tensor
+    clean: float
+    corrupted: float
+    direction: str
+    metric: str
+    axes: tuple
+    point: str = ""
+    per_prompt: Tensor | None = None  # [*axes, batch]
+    normalization: str = "(patched - corrupted) / (clean - corrupted), ratio of batch means"
+
+
+# -- corruptions --------------------------------------------------------------------------------
+def differing_positions(a: Tensor, b: Tensor) -> list[int]:
+    """Positions (over the common length) where any prompt's tokens differ."""
+    a, b = _2d(a), _2d(b)
+    n = min(a.shape[1], b.shape[1])
+    if a.shape[0] != b.shape[0]:
+        return []
+    return (a[:, :n] != b[:, :n]).any(0).nonzero()[:, 0].tolist()
+
+
+def check_same_shape(clean: Tensor, corrupted: Tensor | Corruption) -> None:
+    """ValueError saying the two lengths and where tokens differ, unless the shapes match."""
+    other = corrupted.tokens if isinstance(corrupted, Corruption) else corrupted
+    if other is None:  # prompt-free values: check their positions axis
+        other_shape = next(iter(corrupted.values.values())).shape[:2]
+        other_shape = (clean.shape[0], other_shape[1])
+    else:
+        other_shape = tuple(_2d(other).shape)
+    shape = tuple(_2d(clean).shape)
+    if shape == other_shape:
+        return
+    if shape[0] != other_shape[0]:
+        raise ValueError(f"clean has {shape[0]} prompts and corrupted {other_shape[0]}; patching pairs them "
+                         "one to one")
+    where = ""
+    if other is not None:
+        diff, n, end = differing_positions(clean, other), min(shape[1], other_shape[1]), max(shape[1], other_shape[1])
+        where = f" Over the first {n} positions tokens differ at {diff}; positions {n}..{end - 1} exist in only one."
+    raise ValueError(f"clean and corrupted prompts must have the same length to patch position by position: "
+                     f"clean has {shape[1]} tokens, corrupted {other_shape[1]}.{where} Use a corruption that "
+                     "keeps token counts (e.g. swap single-token names).")
+
+
+def position_mask(positions, batch: int, n_pos: int) -> Tensor:
+    """None (all), int, list of ints, LongTensor [batch] or [batch, k], or bool [batch, pos] -> bool [batch, pos]."""
+    if positions is None:
+        return torch.ones(batch, n_pos, dtype=torch.bool)
+    if isinstance(positions, Tensor) and positions.dtype == torch.bool:
+        if positions.shape != (batch, n_pos):
+            raise ValueError(f"a boolean position mask must be [batch, pos]=[{batch}, {n_pos}], "
+                             f"got {tuple(positions.shape)}")
+        return positions.cpu()
+    if isinstance(positions, (list, tuple)):
+        positions = torch.tensor(positions, dtype=torch.long).expand(batch, -1)
+    elif isinstance(positions, int):
+        positions = torch.full((batch, 1), positions, dtype=torch.long)
+    elif isinstance(positions, Tensor) and positions.dim() == 1:
+        positions = positions[:, None]
+    if not isinstance(positions, Tensor) or positions.dim() != 2 or positions.shape[0] != batch:
+        raise ValueError(f"positions must be None, an int, a list of ints, a LongTensor [batch] or [batch, k], "
+                         f"or a bool mask [batch, pos]; got {positions!r}")
+    flat = resolve_pos(positions.reshape(-1).cpu(), positions.numel(), n_pos).view(batch, -1)
+    return torch.zeros(batch, n_pos, dtype=torch.bool).scatter_(1, flat, True)
+
+
+def gaussian_noise_embeddings(model, tokens: Tensor, positions, std_factor: float = 3.0, seed: int = 0) -> Corruption:
+    """Returns a Corruption: `tokens` with N(0, std^2) noise added to hook_embed at `positions`.
+
+    Meng et al. 2022 (ROME) causal tracing: std = std_factor (3) x the std of the token embeddings,
+    here taken over W_E. Off-distribution (Zhang & Nanda 2023); prefer token replacement."""
+    tokens = _2d(tokens)
+    mask = position_mask(positions, *tokens.shape)
+    std = std_factor * float(model.W_E.detach().float().std())
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(*tokens.shape, model.cfg.d_model, generator=g) * std * mask[..., None]
+    noise = noise.to(model.W_E.dtype).to(model.W_E.device)
+    return Corruption(tokens, (("hook_embed", lambda x, hook: x + noise),), name=f"gaussian_noise(std={std:.3g})")
+
+
+@torch.no_grad()
+def mean_ablation(model, reference_tokens: Tensor, batch_size: int = 32) -> Corruption:
+    """Returns a Corruption holding every point's mean over the reference prompts, [1, pos, ...].
+
+    Wang et al. 2022 mean-ablate over p_ABC (per template: call this once per template). Noising only;
+    its corrupted baseline is the run from the mean residual stream before block 0."""
+    ref = _2d(reference_tokens)
+    names = [n for n in point_names(model.cfg.n_layer, include_on_request=False) if not n.endswith("attn_scores")]
+    sums: dict[str, Tensor] = {}
+
+    def add(x, hook):
+        sums[hook.name] = sums.get(hook.name, 0) + x.double().sum(0, keepdim=True)
+
+    for chunk in ref.split(batch_size):
+        model.run_with_hooks(chunk, fwd_hooks=[(names, add)])
+    values = {k: (v / len(ref)).to(model.W_E.dtype) for k, v in sums.items()}
+    return Corruption(None, values=values, name=f"mean_ablation(n={len(ref)})")
+
+
+def resample_ablation(tokens: Tensor, reference_tokens: Tensor | None = None, seed: int = 0) -> Tensor:
+    """Returns corrupted tokens [batch, pos]: each prompt paired with a different prompt of the batch
+    (a random cyclic derangement), or with a random row of `reference_tokens` (Chan et al. 2022)."""
+    tokens, g = _2d(tokens), torch.Generator().manual_seed(seed)
+    if reference_tokens is not None:
+        ref = _2d(reference_tokens)
+        check_same_shape(tokens, ref[:1].expand(len(tokens), -1))
+        return ref[torch.randint(len(ref), (len(tokens),), generator=g)].clone()
+    if len(tokens) < 2:
+        raise ValueError("resampling within the batch needs at least 2 prompts; pass reference_tokens")
+    order = torch.randperm(len(tokens), generator=g)
+    partner = torch.empty_like(order)
+    partner[order] = order.roll(-1)
+    return tokens[partner].clone()
+
+
+# -- engine pieces shared with path_patching ------------------------------------------------------
+def final_resid(model, x: Tensor, start_at_layer: int | None = None, fwd_hooks=()) -> Tensor:
+    """Returns the residual stream after the last block [rows, pos, d_model], not unembedded:
+    runs the blocks from start_at_layer (x is then that layer's resid_pre) with fwd_hooks."""
+    return model.run_with_hooks(x, start_at_layer=start_at_layer, stop_at_layer=model.cfg.n_layer,
+                                fwd_hooks=list(fwd_hooks))
+
+
+def metric_blocks(model, resid: Tensor, metric: Callable, batch: int, ln_final_scale: Tensor | None = None) -> Tensor:
+    """Final residual [n * batch, pos, d_model] (row block i = experiment i) -> metric values [n, batch].
+    A `Metric` is unembedded only at its position; ln_final_scale [batch, pos, 1] freezes ln_final."""
+    rows, n_pos = resid.shape[:2]
+    n = rows // batch
+    scale = None if ln_final_scale is None else ln_final_scale.repeat(n, 1, 1)  # [rows, pos, 1]
+    if isinstance(metric, Metric):
+        idx = resolve_pos(metric.pos, batch, n_pos).to(resid.device).repeat(n)
+        ar = torch.arange(rows, device=resid.device)
+        hooks = [] if scale is None else [("ln_final.hook_scale", lambda x, h: scale[ar, idx][:, None])]
+        logits = model.unembed(resid[ar, idx][:, None], Run(model.cfg.n_layer, hooks))[:, 0]
+        values = [metric.at_pos(block) for block in logits.view(n, batch, -1)]
+    else:
+        values = []
+        for i in range(n):
+            rows_i = slice(i * batch, (i + 1) * batch)
+            hooks = [] if scale is None else [("ln_final.hook_scale", lambda x, h, s=scale[rows_i]: s)]
+            values.append(metric(model.unembed(resid[rows_i], Run(model.cfg.n_layer, hooks))))
+    return torch.stack([_check_metric(v, batch) for v in values])
+
+
+def _check_metric(values, batch: int) -> Tensor:
+    if not isinstance(values, Tensor) or values.shape != (batch,):
+        shape = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+        raise ValueError(f"the metric must map logits [batch, pos, d_vocab] to [batch]=[{batch}], got {shape}")
+    return values.float()
+
+
+# -- activation patching ----------------------------------------------------------------------------
+def act_index(point: str, pos: int | None = None, head: int | None = None) -> tuple:
+    """Index into a point's activation after its batch axis: e.g. z at (pos, head) -> (pos, head)."""
+    if point in RESID_LIKE:
+        if head is not None:
+            raise ValueError(f"{point} has no head axis; patch z/q/k/v/pattern for heads")
+        return () if pos is None else (pos,)
+    if point not in HEAD_LIKE:
+        raise ValueError(f"unknown patch point {point!r}; allowed: {', '.join(RESID_LIKE + HEAD_LIKE)}")
+    if head is None:
+        raise ValueError(f"{point} is per head: give head=")
+    if point == "pattern":
+        if pos is not None:
+            raise ValueError("pattern patching is all positions only ([layer, head]); "
+                             "per-destination is not implemented")
+        return (head,)
+    return (slice(None), head) if pos is None else (pos, head)
+
+
+def _sites(point: str, by: str, L: int, T: int, H: int):
+    """-> axes, [(layer, result index, activation index)] in TL axis order."""
+    if by not in ("pos", "all"):
+        raise ValueError(f"by={by!r}: use 'pos' (per position) or 'all' (all positions at once)")
+    if point in RESID_LIKE:
+        if by == "all":
+            return ("layer",), [(l, (l,), act_index(point)) for l in range(L)]
+        return ("layer", "pos"), [(l, (l, p), act_index(point, p)) for l in range(L) for p in range(T)]
+    act_index(point, None if by == "all" else 0, 0)  # validates the point / pattern-by-pos
+    if by == "all":
+        return ("layer", "head"), [(l, (l, h), act_index(point, None, h)) for l in range(L) for h in range(H)]
+    return ("layer", "pos", "head"), [(l, (l, p, h), (p, h)) for l in range(L) for p in range(T) for h in range(H)]
+
+
+def _prepare(model, clean, corrupted, direction):
+    clean, corrupted = _as_corruption(clean), _as_corruption(corrupted)
+    if clean.tokens is None or clean.fwd_hooks:
+        raise ValueError("clean must be plain tokens [batch, pos]")
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction={direction!r}: use 'denoising' (run corrupted, patch in clean) or "
+                         "'noising' (run clean, patch in corrupted)")
+    if corrupted.tokens is None and direction == "denoising":
+        raise ValueError(f"{corrupted.name} has no corrupted prompt to run; use direction='noising'")
+    for name, _ in corrupted.fwd_hooks:
+        if name not in ("hook_embed", "hook_pos_embed"):
+            raise ValueError(f"a corruption's hooks may touch only hook_embed/hook_pos_embed, not {name}")
+    check_same_shape(clean.tokens, corrupted)
+    return clean, corrupted
+
+
+def _run(model, c: Corruption, names: list[str], batch: int):
+    """-> logits, cache (values expanded to the batch) of a clean or corrupted input."""
+    if c.tokens is not None:
+        return model.run_with_cache(c.tokens, names_filter=names, fwd_hooks=list(c.fwd_hooks))
+    cache = {n: c.values[n].expand(batch, *c.values[n].shape[1:]) for n in names}
+    return model(cache["blocks.0.hook_resid_pre"], start_at_layer=0), cache
+
+
+def _writer(indices: list[tuple], source: Tensor, batch: int) -> Callable:
+    """Hook writing source[:, idx_i] into row block i of the activation, for each patch i."""
+    def hook(x, _):
+        y = x.reshape(len(indices), batch, *x.shape[1:]).clone()
+        for i, idx in enumerate(indices):
+            y[(i, slice(None), *idx)] = source[(slice(None), *idx)]
+        return y.reshape(x.shape)
+    return hook
+
+
+@torch.no_grad()
+def activation_patching(model, clean: Tensor, corrupted, metric: Callable, point: str = "resid_pre",
+                        by: str = "pos", *, direction: str = "denoising", max_rows: int = 512) -> PatchingResult:
+    """Returns PatchingResult with scores [layer, pos] (resid_pre/mid/post, attn_out, mlp_out; by="pos"),
+    [layer] (same points, by="all"), [layer, head] (z/q/k/v/pattern, by="all") or [layer, pos, head]
+    (z/q/k/v, by="pos").
+
+    corrupted: tokens of the same shape, or a Corruption (gaussian_noise_embeddings, mean_ablation).
+    direction: "denoising" runs corrupted and patches in clean activations (sufficiency; ROME's
+    restoration); "noising" runs clean and patches in corrupted ones (necessity). metric: logits
+    [batch, pos, d_vocab] -> [batch]; a metrics.Metric is unembedded at its position only.
+    max_rows bounds the rows of one forward (patches x batch).
+    Meng et al. 2022 (ROME); Zhang & Nanda 2023; Heimersheim & Nanda 2024; axes as TL's get_act_patch_*."""
+    clean, corrupted = _prepare(model, clean, corrupted, direction)
+    B, T = clean.tokens.shape
+    L, H = model.cfg.n_layer, model.cfg.n_head
+    axes, sites = _sites(point, by, L, T, H)
+    names = [get_act_name(point, l) for l in range(L)]
+    resid = [f"blocks.{l}.hook_resid_pre" for l in range(L)]
+    wanted = sorted(set(names) | set(resid))
+    clean_logits, clean_cache = _run(model, clean, wanted, B)
+    corr_logits, corr_cache = _run(model, corrupted, wanted, B)
+    m_clean, m_corr = _check_metric(metric(clean_logits), B), _check_metric(metric(corr_logits), B)
+    base, source = (corr_cache, clean_cache) if direction == "denoising" else (clean_cache, corr_cache)
+
+    shape = tuple(L if a == "layer" else T if a == "pos" else H for a in axes)
+    per_prompt = torch.empty(*shape, B)
+    per_chunk = max(1, max_rows // B)
+    for l in range(L):
+        layer_sites = [s for s in sites if s[0] == l]
+        for start in range(0, len(layer_sites), per_chunk):
+            chunk = layer_sites[start:start + per_chunk]
+            hook = _writer([s[2] for s in chunk], source[names[l]], B)
+            final = final_resid(model, base[resid[l]].repeat(len(chunk), 1, 1), l, [(names[l], hook)])
+            for (_, where, _), values in zip(chunk, metric_blocks(model, final, metric, B)):
+                per_prompt[where] = values.cpu()
+    return PatchingResult(scores=normalized(per_prompt, m_clean.cpu(), m_corr.cpu()), raw=per_prompt.mean(-1),
+                          clean=float(m_clean.mean()), corrupted=float(m_corr.mean()), direction=direction,
+                          metric=metric_name(metric), axes=axes, point=point, per_prompt=per_prompt)
+
+
+@torch.no_grad()
+def patch_one(model, clean: Tensor, corrupted, point: str, layer: int, *, pos: int | None = None,
+              head: int | None = None, direction: str = "denoising") -> Tensor:
+    """Returns logits [batch, pos, d_vocab] of one patched run: one full forward, one hook.
+    The reference definition that `activation_patching` sweeps are tested against."""
+    clean, corrupted = _prepare(model, clean, corrupted, direction)
+    base, source = (corrupted, clean) if direction == "denoising" else (clean, corrupted)
+    name, idx = get_act_name(point, layer), act_index(point, pos, head)
+    if source.tokens is None:
+        src = source.values[name]
+    else:
+        src = model.run_with_cache(source.tokens, names_filter=[name], fwd_hooks=list(source.fwd_hooks))[1][name]
+
+    def hook(x, _):
+        x = x.clone()
+        x[(slice(None), *idx)] = src[(slice(None), *idx)]
+        return x
+
+    return model.run_with_hooks(base.tokens, fwd_hooks=[*base.fwd_hooks, (name, hook)])
+
+
+def _as_corruption(x) -> Corruption:
+    return x if isinstance(x, Corruption) else Corruption(_2d(x))
+
+
+def _2d(tokens) -> Tensor:
+    if not isinstance(tokens, Tensor) or tokens.dtype.is_floating_point:
+        raise TypeError(f"tokens must be a LongTensor [batch, pos], got {type(tokens).__name__}")
+    return tokens.unsqueeze(0) if tokens.dim() == 1 else tokens
+
+
+__all__ = ["Corruption", "PatchingResult", "activation_patching", "patch_one", "gaussian_noise_embeddings",
+           "mean_ablation", "resample_ablation", "check_same_shape", "differing_positions", "position_mask",
+           "act_index", "final_resid", "metric_blocks"]

@@ -1,0 +1,160 @@
+"""Attribution patching (AtP) and AtP*'s QK fix: METHODS.md §3.4 on random models, §9.3 item 9 on the
+trained induction fixture.
+
+Linear-case exactness (§3.4 item 1): with a logit-difference metric, ln_final's scale and the last
+MLP's output PINNED to their corrupted-run values (context hooks, active in AtP's runs and in the exact
+patches alike), the metric is linear in every last-layer head output and in every last-layer attention
+pattern. So AtP equals activation patching for last-layer z and v, and the QK fix equals it for
+last-layer q/k nodes and for every edge into a last-layer query/key (= `direct_path_patch`).
+(Pinning only ln_final is not enough: the last layer's MLP reads the heads' output.)
+"""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+import minitx
+from conftest import random_model
+from minitx.attribution import atp_star_qk_fix, attribution_patching, compare_with_patching
+from minitx.metrics import logit_diff_metric
+from minitx.path_patching import direct_path_patch
+
+B, T = 3, 7
+_g = torch.Generator().manual_seed(7)
+CLEAN = torch.randint(0, 257, (B, T), generator=_g)
+CORRUPTED = CLEAN.clone()
+CORRUPTED[:, 2] = torch.randint(0, 257, (B,), generator=_g)
+CORRUPTED[0, 4] = (CLEAN[0, 4] + 1) % 257
+METRIC = logit_diff_metric(torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6]))
+EXACT = dict(atol=1e-6, rtol=1e-4)  # effects here are 1e-4..1e-2 of a logit
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_model(n_layer=3)
+
+
+def frozen_tail(model, tokens):
+    """Hooks fixing ln_final's scale and the last MLP's output to their values on `tokens`: the logits
+    become affine in the last layer's attention output."""
+    names = ["ln_final.hook_scale", f"blocks.{model.cfg.n_layer - 1}.hook_mlp_out"]
+    _, cache = model.run_with_cache(tokens, names_filter=names)
+    return [(name, lambda x, hook: cache[hook.name]) for name in names]
+
+
+def patched_metric(model, point: str, layer: int, head: int, pos=None) -> float:
+    """Exact denoising: corrupted run with one head's `point` (at one position or all) from clean."""
+    name = minitx.get_act_name(point, layer)
+    _, cache = model.run_with_cache(CLEAN, names_filter=name)
+    index = (slice(None), slice(None) if pos is None else pos, head)
+
+    def hook(x, _):
+        x = x.clone()
+        x[index] = cache[name][index]
+        return x
+
+    return float(METRIC(model.run_with_hooks(CORRUPTED, fwd_hooks=[(name, hook)])).mean())
+
+
+# -- identities on a random model ----------------------------------------------------------------------
+def test_linear_case_atp_equals_patching_for_last_layer_heads(model):
+    last = model.cfg.n_layer - 1
+    with model.hooks(fwd_hooks=frozen_tail(model, CORRUPTED)):
+        est = attribution_patching(model, CLEAN, CORRUPTED, METRIC, points=("z", "v"))
+        base = float(METRIC(model(CORRUPTED)).mean())
+        for point in ("z", "v"):
+            exact = torch.tensor([patched_metric(model, point, last, h) - base for h in range(model.cfg.n_head)])
+            assert_close(est.scores[point][last], exact, **EXACT)
+        exact_pos = torch.tensor([[patched_metric(model, "z", last, h, p) - base for h in range(model.cfg.n_head)]
+                                  for p in range(T)])
+    assert_close(est.by_pos["z"][last], exact_pos, **EXACT)
+    assert_close(est.by_pos["z"][:, :2], torch.zeros(3, 2, model.cfg.n_head), atol=1e-7, rtol=0)  # before the change
+    assert est.corrupted == pytest.approx(base) and est.direction == "denoising" and est.method == "AtP"
+
+
+def test_linear_case_qk_fix_equals_patching_for_last_layer_queries_keys_and_edges(model):
+    L, H = model.cfg.n_layer, model.cfg.n_head
+    with model.hooks(fwd_hooks=frozen_tail(model, CORRUPTED)):
+        fixed = atp_star_qk_fix(model, CLEAN, CORRUPTED, METRIC)
+        plain = attribution_patching(model, CLEAN, CORRUPTED, METRIC, points=("q", "k"))
+        base = float(METRIC(model(CORRUPTED)).mean())
+        for point in ("q", "k"):
+            exact = torch.tensor([patched_metric(model, point, L - 1, h) - base for h in range(H)])
+            assert_close(fixed.scores[point][L - 1], exact, **EXACT)
+            # plain AtP is only first order here (softmax): close, not equal
+            assert not torch.allclose(plain.scores[point][L - 1], exact, **EXACT)
+        for (sl, sh), rh, i in [((0, 1), 2, 0), ((1, 3), 0, 1), ((0, 0), 3, 1)]:
+            exact = direct_path_patch(model, CLEAN, CORRUPTED, (sl, sh), ("qk"[i], L - 1, rh), METRIC)
+            assert_close(fixed.edges[sl, sh, L - 1, rh, i] / (fixed.clean - fixed.corrupted), exact, **EXACT)
+
+
+def test_qk_fix_bookkeeping(model):
+    fixed = atp_star_qk_fix(model, CLEAN, CORRUPTED, METRIC, max_rows=B)  # one sender per forward
+    again = atp_star_qk_fix(model, CLEAN, CORRUPTED, METRIC)
+    assert_close(fixed.edges, again.edges, **EXACT)
+    assert_close(fixed.scores["z"], fixed.plain["z"] + (fixed.edges - fixed.edges_linear).sum((2, 3, 4)), **EXACT)
+    L = model.cfg.n_layer
+    later = torch.arange(L)[:, None] < torch.arange(L)[None, :]  # [sender layer, receiver layer]
+    assert (fixed.edges.abs().sum((1, 3, 4))[~later] == 0).all()
+    assert (fixed.edges.abs().sum((1, 3, 4))[later] > 0).all()
+    plain = attribution_patching(model, CLEAN, CORRUPTED, METRIC)
+    assert_close(fixed.plain["z"], plain.scores["z"], atol=1e-4, rtol=1e-4)  # explicit vs fused attention
+    assert_close(fixed.scores["z"][-1], fixed.plain["z"][-1], **EXACT)  # the last layer has no receivers
+
+
+def test_identical_inputs_give_zero(model):
+    est = attribution_patching(model, CLEAN, CLEAN, METRIC, points=("z", "q", "k", "v", "pattern", "resid_pre"))
+    for point, value in est.scores.items():
+        assert_close(value, torch.zeros_like(value), atol=1e-7, rtol=0)
+    fixed = atp_star_qk_fix(model, CLEAN, CLEAN, METRIC)
+    for value in (*fixed.scores.values(), fixed.edges):
+        assert_close(value, torch.zeros_like(value), atol=1e-7, rtol=0)
+
+
+def test_shapes_and_close_to_patching_on_random_weights(model):
+    from minitx.patching import activation_patching
+
+    est = attribution_patching(model, CLEAN, CORRUPTED, METRIC, points=("z", "pattern", "resid_pre", "mlp_out"))
+    L, H = model.cfg.n_layer, model.cfg.n_head
+    assert est.by_pos["z"].shape == est.by_pos["pattern"].shape == (L, T, H)
+    assert est.scores["z"].shape == (L, H) and est.scores["resid_pre"].shape == (L,)
+    assert est.by_pos["mlp_out"].shape == (L, T)
+    exact = activation_patching(model, CLEAN, CORRUPTED, METRIC, "z", by="all")
+    stats = compare_with_patching(est.normalized("z"), exact.scores)
+    assert stats["spearman"] > 0.9 and stats["sign_agreement"] >= 0.9  # measured: 0.98 / 1.0
+
+
+def test_compare_with_patching_statistics():
+    a = torch.tensor([[1.0, 2.0], [3.0, -4.0]])
+    same = compare_with_patching(a, a, k=2)
+    assert same == {"pearson": pytest.approx(1.0), "spearman": pytest.approx(1.0), "sign_agreement": 1.0,
+                    "top_k_overlap": 1.0, "n": 4}
+    stats = compare_with_patching(torch.tensor([1.0, 2.0, 2.0, 5.0]), torch.tensor([-1.0, 3.0, 2.0, 0.0]), k=2)
+    # ranks with ties: [0, 1.5, 1.5, 3] vs [0, 3, 2, 1]; sign over entries with |exact| > 1e-6: 2 of 3
+    assert stats["spearman"] == pytest.approx(0.3162277660, abs=1e-9)
+    assert stats["pearson"] == pytest.approx(float(torch.corrcoef(torch.tensor(
+        [[1.0, 2.0, 2.0, 5.0], [-1.0, 3.0, 2.0, 0.0]]))[0, 1]), abs=1e-6)
+    assert stats["sign_agreement"] == pytest.approx(2 / 3)
+    assert stats["top_k_overlap"] == 0.5  # {3, 1 or 2} vs {1, 2}
+    assert torch.isnan(torch.tensor(compare_with_patching(torch.ones(3), torch.arange(3.0))["pearson"]))
+    with pytest.raises(ValueError, match="one shape"):
+        compare_with_patching(torch.ones(3), torch.ones(4))
+
+
+def test_no_state_left_behind_and_errors(model):
+    before = [p.clone() for p in model.parameters()]
+    hooks = model._context_hooks
+    attribution_patching(model, CLEAN, CORRUPTED, METRIC, points=("z", "k"))
+    atp_star_qk_fix(model, CLEAN, CORRUPTED, METRIC)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(p.grad is None for p in model.parameters())
+    assert model._context_hooks is hooks and hooks == ([], [])
+    with pytest.raises(ValueError, match="unknown point 'attn'"):
+        attribution_patching(model, CLEAN, CORRUPTED, METRIC, points=("attn",))
+    with pytest.raises(ValueError, match="same length"):
+        attribution_patching(model, CLEAN, CORRUPTED[:, :-1], METRIC)
+    with pytest.raises(ValueError, match=r"to \[batch\]=\[3\]"):
+        attribution_patching(model, CLEAN, CORRUPTED, lambda logits: logits.sum())

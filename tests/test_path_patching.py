@@ -1,0 +1,128 @@
+"""Path patching (Wang et al. 2022, App. B): METHODS.md §2.6 identities on a small random model."""
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from conftest import random_model
+from minitx import metrics as M
+from minitx import patching as P
+from minitx import path_patching as PP
+
+L, H, B, T = 3, 4, 2, 6
+X_ORIG = torch.tensor([[11, 22, 33, 44, 55, 66], [77, 88, 99, 110, 121, 132]])
+X_NEW = X_ORIG.clone()
+X_NEW[:, 1] = torch.tensor([140, 150])
+X_NEW[:, 3] = torch.tensor([160, 170])
+METRIC = M.logit_diff_metric(torch.tensor([3, 4]), torch.tensor([5, 6]))
+EXACT = dict(atol=1e-5, rtol=1e-5)
+RECEIVERS = ["logits", ("q", 2, 1), [("k", 2, 0), ("v", 1, 3)], ("mlp_in", 1)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These models are tiny: one intra-op thread avoids oversubscribing a shared CPU (restored after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_model(n_layer=L, n_head=H)
+
+
+def checksum(model):
+    return sum(float(p.double().sum()) + float(p.double().abs().sum()) for p in model.parameters())
+
+
+def test_null_senders_and_identical_inputs_give_zero(model):
+    for receivers in RECEIVERS:
+        res = PP.path_patch(model, X_ORIG, X_NEW, [], receivers, METRIC)
+        assert_close(res.relative_change, torch.tensor(0.0), atol=1e-6, rtol=0)
+        assert_close(res.score, torch.tensor(1.0), **EXACT)
+        with pytest.warns(RuntimeWarning, match="undefined"):
+            same = PP.path_patch_senders(model, X_ORIG, X_ORIG.clone(), receivers, METRIC,
+                                         senders=[(0, 1), (1, 2), ("mlp", 0), "embed"])
+        assert_close(same.raw, torch.full((4,), same.orig), **EXACT)
+
+
+def test_receivers_at_or_before_the_sender_give_zero(model):
+    for sender, receivers in [((1, 2), [("q", 1, 0), ("k", 0, 3), ("v", 1, 2)]), ((2, 0), ("mlp_in", 1)),
+                              (("mlp", 1), [("mlp_in", 1), ("q", 1, 1)]), (("mlp", 0), ("v", 0, 0))]:
+        for kw in ({}, {"freeze_mlps": True, "freeze_ln": True}):
+            res = PP.path_patch(model, X_ORIG, X_NEW, sender, receivers, METRIC, **kw)
+            assert_close(res.relative_change, torch.tensor(0.0), atol=1e-6, rtol=0)
+    # the same layer's MLP comes after its heads: nonzero
+    assert abs(float(PP.path_patch(model, X_ORIG, X_NEW, (1, 2), ("mlp_in", 1), METRIC).relative_change)) > 1e-4
+
+
+@pytest.mark.parametrize("pos", [None, -1])
+def test_last_layer_sender_to_logits_is_noising_activation_patching(model, pos):
+    by = "all" if pos is None else "pos"
+    act = P.activation_patching(model, X_ORIG, X_NEW, METRIC, "z", by, direction="noising")
+    for head in range(H):
+        res = PP.path_patch(model, X_ORIG, X_NEW, (L - 1, head), "logits", METRIC, sender_pos=pos, receiver_pos=pos)
+        expected = act.per_prompt[L - 1, head] if pos is None else act.per_prompt[L - 1, T - 1, head]
+        assert_close(res.per_prompt, expected, **EXACT)
+        assert_close(res.score, act.scores[L - 1, head] if pos is None else act.scores[L - 1, T - 1, head], **EXACT)
+
+
+def test_sender_at_all_positions_equals_sender_at_receiver_positions(model):
+    per_example = torch.tensor([5, 3])  # one receiver position per prompt
+    for receivers in RECEIVERS:
+        for sender in [(0, 1), ("mlp", 0), "embed"]:
+            everywhere = PP.path_patch(model, X_ORIG, X_NEW, sender, receivers, METRIC, receiver_pos=per_example)
+            there = PP.path_patch(model, X_ORIG, X_NEW, sender, receivers, METRIC, receiver_pos=per_example,
+                                  sender_pos=per_example)
+            assert_close(everywhere.per_prompt, there.per_prompt, **EXACT)
+
+
+@pytest.mark.parametrize("freeze_mlps,freeze_ln", [(False, False), (True, True)])
+def test_batched_sender_sweep_equals_single_experiments(model, freeze_mlps, freeze_ln):
+    for receivers in RECEIVERS:
+        sweep = PP.path_patch_senders(model, X_ORIG, X_NEW, receivers, METRIC, max_rows=6,
+                                      freeze_mlps=freeze_mlps, freeze_ln=freeze_ln)
+        assert sweep.axes == ("layer", "head") and sweep.raw.shape == (L, H)
+        single = torch.stack([PP.path_patch(model, X_ORIG, X_NEW, (l, h), receivers, METRIC, freeze_mlps=freeze_mlps,
+                                            freeze_ln=freeze_ln).per_prompt for l in range(L) for h in range(H)])
+        assert_close(sweep.per_prompt, single.view(L, H, B), **EXACT)
+        assert_close(sweep.relative_change, (sweep.raw - sweep.orig) / sweep.orig, **EXACT)
+        assert_close(sweep.score, (sweep.raw - sweep.new) / (sweep.orig - sweep.new), **EXACT)
+    others = [("mlp", 2), "embed", ("mlp", 0)]
+    sweep = PP.path_patch_senders(model, X_ORIG, X_NEW, ("q", 2, 3), METRIC, senders=others, max_rows=4)
+    single = torch.stack([PP.path_patch(model, X_ORIG, X_NEW, s, ("q", 2, 3), METRIC).per_prompt for s in others])
+    assert_close(sweep.per_prompt, single, **EXACT)
+
+
+def test_frozen_mlps_and_ln_to_logits_is_the_direct_logit_attribution(model):
+    """METHODS.md §2.6.4: with MLPs and LN scales frozen, the change in logit difference at END is
+    <LN_frozen(delta o_s), W_U[r] - W_U[r']>."""
+    (l, h), answer, wrong = (1, 2), torch.tensor([3, 4]), torch.tensor([5, 6])
+    res = PP.path_patch(model, X_ORIG, X_NEW, (l, h), "logits", METRIC, freeze_mlps=True, freeze_ln=True)
+    z = model.run_with_cache(X_NEW, names_filter=f"blocks.{l}.attn.hook_z")[1][f"blocks.{l}.attn.hook_z"]
+    _, cache = model.run_with_cache(X_ORIG, names_filter=[f"blocks.{l}.attn.hook_z", "ln_final.hook_scale"])
+    delta = (z - cache[f"blocks.{l}.attn.hook_z"])[:, -1, h] @ model.W_O[l, h]  # [batch, d_model]
+    delta = (delta - delta.mean(-1, keepdim=True)) / cache["ln_final.hook_scale"][:, -1] * model.ln_final.w
+    expected = (delta * (model.W_U[:, answer] - model.W_U[:, wrong]).T).sum(-1)
+    m_orig = METRIC(model(X_ORIG))
+    assert_close(res.per_prompt - m_orig, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_validation_direct_path_and_no_state(model):
+    before, logits = checksum(model), model(X_ORIG)
+    with pytest.raises(ValueError, match="'logits' alone"):
+        PP.path_patch(model, X_ORIG, X_NEW, (0, 0), ["logits", ("q", 1, 0)], METRIC)
+    with pytest.raises(ValueError, match=r"sender \(3, 0\)"):
+        PP.path_patch(model, X_ORIG, X_NEW, (3, 0), "logits", METRIC)
+    with pytest.raises(ValueError, match=r"receiver \('z', 1, 0\)"):
+        PP.path_patch(model, X_ORIG, X_NEW, (0, 0), ("z", 1, 0), METRIC)
+    with pytest.raises(ValueError, match="clean has 6 tokens, corrupted 5"):
+        PP.path_patch(model, X_ORIG, X_NEW[:, :5], (0, 0), "logits", METRIC)
+    assert_close(PP.direct_path_patch(model, X_ORIG, X_NEW, (1, 0), ("q", 1, 2), METRIC), torch.tensor(0.0))
+    edge = PP.direct_path_patch(model, X_ORIG, X_NEW, (0, 1), ("v", 2, 3), METRIC)
+    assert torch.isfinite(edge) and float(edge) != 0.0
+    PP.path_patch_senders(model, X_ORIG, X_NEW, ("q", 2, 0), METRIC, freeze_ln=True, freeze_mlps=True)
+    assert checksum(model) == before and model._context_hooks == ([], [])
+    assert torch.equal(model(X_ORIG), logits)
