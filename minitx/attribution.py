@@ -209,7 +209,8 @@ def atp_star_qk_fix(model, clean_tokens: Tensor, corrupted_tokens: Tensor, metri
 
     # The paper's fix on the q/k nodes themselves: all heads of a layer at once, as each head's
     # pattern depends on its own q and k only.
-    node = {p: torch.zeros(L, H) for p in kinds}
+    dtype = corr[get_act_name("resid_pre", 0)].dtype
+    node = {p: torch.zeros(L, H, dtype=dtype) for p in kinds}
     for l in range(L):
         for p in kinds:
             name = get_act_name(p, l)
@@ -219,8 +220,8 @@ def atp_star_qk_fix(model, clean_tokens: Tensor, corrupted_tokens: Tensor, metri
             node[p][l] = exact_minus_base(pattern, l)[0]
 
     # Head outputs through their direct edges into later heads' queries and keys.
-    edges = torch.zeros(L, H, L, H, 2)
-    edges_linear = torch.zeros(L, H, L, H, 2)
+    edges = torch.zeros(L, H, L, H, 2, dtype=dtype)
+    edges_linear = torch.zeros(L, H, L, H, 2, dtype=dtype)
     for r in range(1, L):
         senders = [(l, h) for l in range(r) for h in range(H)]
         resid = corr[get_act_name("resid_pre", r)]  # [batch, pos, d_model]

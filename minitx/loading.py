@@ -255,16 +255,12 @@ def save_pretrained(model: Transformer, directory) -> Path:
     """Writes config.json and model.safetensors in HF's layout (tied lm_head omitted, as HF saves)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    config = model.cfg.to_hf()
-    for key in ("bos_token_id", "eos_token_id"):  # GPT-2's 50256 means nothing in a smaller vocabulary
-        if isinstance(config.get(key), int) and config[key] >= model.cfg.vocab_size:
-            config[key] = None
     state = {}
     for name, param in model.named_parameters():
         tensor = param.detach().T if name == "W_U_untied" else param.detach()
         key = hf_key(name)
         state[key if key == LM_HEAD else "transformer." + key] = tensor.to("cpu").contiguous()
-    text = json.dumps(config, indent=2)
+    text = json.dumps(model.cfg.to_hf(), indent=2)
     tmp = directory / "model.safetensors.tmp"
     save_file(state, tmp, metadata={"format": "pt", "config": text})  # "format": HF's loader requires it
     os.replace(tmp, directory / "model.safetensors")
@@ -319,6 +315,8 @@ def _offline() -> str | None:
 
 def cached_snapshot(repo_id: str, revision: str = "main") -> Path | None:
     """The cached snapshot folder holding config.json and complete weights, or None. No network."""
+    if not is_valid_repo_id(repo_id):  # it becomes a folder name: nothing may lead outside the cache
+        raise ValueError(f"{repo_id!r} is not a valid hub repo id (name or org/name)")
     _check_revision(revision)
     inverse = {v: k for k, v in ALIASES.items()}
     for name in dict.fromkeys([repo_id, ALIASES.get(repo_id, repo_id), inverse.get(repo_id, repo_id)]):

@@ -203,9 +203,13 @@ class LayerNorm(nn.Module):
     def forward(self, x: Tensor, run: Run, prefix: str) -> Tensor:  # [..., d_model] -> same
         if not (run.wants(prefix + "hook_scale") or run.wants(prefix + "hook_normalized")):
             return F.layer_norm(x, x.shape[-1:], self.w, self.b, self.eps)  # fused fast path
-        x = x - x.mean(-1, keepdim=True)
-        scale = run(prefix + "hook_scale", (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())  # [..., 1]
-        return run(prefix + "hook_normalized", x / scale * self.w + self.b)
+        var, mean = torch.var_mean(x, -1, correction=0, keepdim=True)  # [..., 1] each
+        scale = run(prefix + "hook_scale", (var + self.eps).sqrt())
+        if prefix + "hook_scale" in run.replaced:  # a frozen or patched scale must divide this stream
+            out = (x - mean) / scale * self.w + self.b
+        else:  # same numbers, one fused kernel
+            out = F.layer_norm(x, x.shape[-1:], self.w, self.b, self.eps)
+        return run(prefix + "hook_normalized", out)
 
 
 class Attention(nn.Module):
@@ -234,7 +238,9 @@ class Attention(nn.Module):
         p, (B, T, _) = f"blocks.{self.layer}.attn.", x.shape
         H, dh = self.n_head, self.d_head
         if qkv_inputs is None:
-            q, k, v = affine(x, self.W_QKV, self.b_QKV).view(B, T, 3, H, dh).unbind(2)  # [batch, pos, head, d_head]
+            # One copy lays q, k and v out head-major for attention; the points see [batch, pos, head, d_head] views.
+            qkv = affine(x, self.W_QKV, self.b_QKV).view(B, T, 3, H, dh).permute(2, 0, 3, 1, 4).contiguous()
+            q, k, v = qkv.transpose(2, 3).unbind(0)  # [batch, pos, head, d_head] each
         else:  # each head reads its own copy of the stream: [batch, pos, head, d_model] each
             W, b = self.heads(self.W_QKV), self.heads(self.b_QKV)  # [3, head, d_model, d_head], [3, head, d_head]
             q, k, v = (torch.einsum("bphm,hmd->bphd", inp, W[i]) + b[i] for i, inp in enumerate(qkv_inputs))

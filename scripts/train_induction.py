@@ -72,9 +72,9 @@ def second_copy_logprob(logits: Tensor, tokens: Tensor, lengths: Tensor) -> Tens
     return (logprobs * mask).sum(1) / mask.sum(1)
 
 
-def build_model(seed: int, tied: bool) -> minitx.Transformer:
-    """GPT-2 init (seeded), then every MLP weight/bias zeroed and frozen, ln2 frozen at identity."""
-    model = minitx.Transformer(model_config(tied)).init_weights(seed)
+def build_model(seed: int, tied: bool, std: float = 0.02) -> minitx.Transformer:
+    """GPT-2 init (seeded; N(0, std)), then every MLP weight/bias zeroed and frozen, ln2 frozen at identity."""
+    model = minitx.Transformer(model_config(tied)).init_weights(seed, std=std)
     with torch.no_grad():
         for block in model.blocks:
             for param in block.mlp.parameters():
@@ -159,17 +159,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--tied", action="store_true", help="tie the unembedding to the embedding")
+    parser.add_argument("--init-std", type=float, default=0.02, help="std of the N(0, std) initial weights")
     parser.add_argument("--smoke", action="store_true", help="a few steps on a small batch (CI): seconds")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
     start = time.time()
-    model = build_model(args.seed, args.tied)
+    model = build_model(args.seed, args.tied, args.init_std)
     steps, batch, log_every = (20, 8, 10) if args.smoke else (args.steps, 32, 250)
     train(model, steps, args.seed, batch=batch, log_every=log_every)
     minutes = (time.time() - start) / 60
     metrics = evaluate(model, n=32 if args.smoke else 256)
-    metrics.update(seed=args.seed, steps=steps, tied=args.tied, train_minutes=round(minutes, 2),
+    metrics.update(seed=args.seed, steps=steps, tied=args.tied, init_std=args.init_std, train_minutes=round(minutes, 2),
                    preconditions_hold=preconditions_hold(metrics))
     minitx.save_pretrained(model, args.out)  # config.json + model.safetensors, HF GPT-2 names
     print(json.dumps(metrics, indent=1))

@@ -6,7 +6,8 @@ MLP's output PINNED to their corrupted-run values (context hooks, active in AtP'
 patches alike), the metric is linear in every last-layer head output and in every last-layer attention
 pattern. So AtP equals activation patching for last-layer z and v, and the QK fix equals it for
 last-layer q/k nodes and for every edge into a last-layer query/key (= `direct_path_patch`).
-(Pinning only ln_final is not enough: the last layer's MLP reads the heads' output.)
+(Pinning only ln_final is not enough: the last layer's MLP reads the heads' output.) The random model
+runs in float64 here: its effects are 1e-4..1e-2 of a logit, below what float32 differences resolve.
 """
 
 import importlib.util
@@ -20,7 +21,6 @@ import minitx
 from conftest import random_model
 from minitx.attribution import atp_star_qk_fix, attribution_patching, compare_with_patching
 from minitx.metrics import logit_diff_metric
-from minitx.path_patching import direct_path_patch
 
 B, T = 3, 7
 _g = torch.Generator().manual_seed(7)
@@ -29,12 +29,12 @@ CORRUPTED = CLEAN.clone()
 CORRUPTED[:, 2] = torch.randint(0, 257, (B,), generator=_g)
 CORRUPTED[0, 4] = (CLEAN[0, 4] + 1) % 257
 METRIC = logit_diff_metric(torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6]))
-EXACT = dict(atol=1e-6, rtol=1e-4)  # effects here are 1e-4..1e-2 of a logit
+EXACT = dict(atol=1e-10, rtol=1e-7)  # float64
 
 
 @pytest.fixture(scope="module")
 def model():
-    return random_model(n_layer=3)
+    return random_model(n_layer=3).double()
 
 
 def frozen_tail(model, tokens):
@@ -59,6 +59,21 @@ def patched_metric(model, point: str, layer: int, head: int, pos=None) -> float:
     return float(METRIC(model.run_with_hooks(CORRUPTED, fwd_hooks=[(name, hook)])).mean())
 
 
+def edge_metric(model, sender: tuple, kind: str, layer: int, head: int) -> float:
+    """Exact edge patch (as TL's get_act_patch_direct_path): corrupted run, the sender's output change
+    added to one receiver head's own copy of its q or k input."""
+    result = minitx.get_act_name("result", sender[0])
+    delta = [model.run_with_cache(t, names_filter=result)[1][result][:, :, sender[1]] for t in (CLEAN, CORRUPTED)]
+
+    def add(x, _):
+        x = x.clone()
+        x[:, :, head] += delta[0] - delta[1]
+        return x
+
+    point = minitx.get_act_name(f"{kind}_input", layer)
+    return float(METRIC(model.run_with_hooks(CORRUPTED, fwd_hooks=[(point, add)])).mean())
+
+
 # -- identities on a random model ----------------------------------------------------------------------
 def test_linear_case_atp_equals_patching_for_last_layer_heads(model):
     last = model.cfg.n_layer - 1
@@ -66,12 +81,12 @@ def test_linear_case_atp_equals_patching_for_last_layer_heads(model):
         est = attribution_patching(model, CLEAN, CORRUPTED, METRIC, points=("z", "v"))
         base = float(METRIC(model(CORRUPTED)).mean())
         for point in ("z", "v"):
-            exact = torch.tensor([patched_metric(model, point, last, h) - base for h in range(model.cfg.n_head)])
+            exact = torch.tensor([patched_metric(model, point, last, h) - base for h in range(model.cfg.n_head)], dtype=torch.float64)
             assert_close(est.scores[point][last], exact, **EXACT)
         exact_pos = torch.tensor([[patched_metric(model, "z", last, h, p) - base for h in range(model.cfg.n_head)]
-                                  for p in range(T)])
+                                  for p in range(T)], dtype=torch.float64)
     assert_close(est.by_pos["z"][last], exact_pos, **EXACT)
-    assert_close(est.by_pos["z"][:, :2], torch.zeros(3, 2, model.cfg.n_head), atol=1e-7, rtol=0)  # before the change
+    assert_close(est.by_pos["z"][:, :2], torch.zeros(3, 2, model.cfg.n_head, dtype=torch.float64), atol=1e-12, rtol=0)  # before the change
     assert est.corrupted == pytest.approx(base) and est.direction == "denoising" and est.method == "AtP"
 
 
@@ -82,13 +97,13 @@ def test_linear_case_qk_fix_equals_patching_for_last_layer_queries_keys_and_edge
         plain = attribution_patching(model, CLEAN, CORRUPTED, METRIC, points=("q", "k"))
         base = float(METRIC(model(CORRUPTED)).mean())
         for point in ("q", "k"):
-            exact = torch.tensor([patched_metric(model, point, L - 1, h) - base for h in range(H)])
+            exact = torch.tensor([patched_metric(model, point, L - 1, h) - base for h in range(H)], dtype=torch.float64)
             assert_close(fixed.scores[point][L - 1], exact, **EXACT)
             # plain AtP is only first order here (softmax): close, not equal
             assert not torch.allclose(plain.scores[point][L - 1], exact, **EXACT)
-        for (sl, sh), rh, i in [((0, 1), 2, 0), ((1, 3), 0, 1), ((0, 0), 3, 1)]:
-            exact = direct_path_patch(model, CLEAN, CORRUPTED, (sl, sh), ("qk"[i], L - 1, rh), METRIC)
-            assert_close(fixed.edges[sl, sh, L - 1, rh, i] / (fixed.clean - fixed.corrupted), exact, **EXACT)
+        for (sl, sh), rh, i in [((0, 1), 2, 0), ((1, 3), 0, 1), ((0, 0), 3, 1), ((1, 0), 1, 0)]:
+            exact = edge_metric(model, (sl, sh), "qk"[i], L - 1, rh) - base
+            assert_close(fixed.edges[sl, sh, L - 1, rh, i], torch.tensor(exact, dtype=torch.float64), **EXACT)
 
 
 def test_qk_fix_bookkeeping(model):

@@ -1,0 +1,301 @@
+"""Figures for the analysis results: the only module of minitx that imports matplotlib.
+
+Every function builds a `matplotlib.figure.Figure` directly and returns it: no pyplot, no global
+state, no display needed (headless machines and tests work). `save(fig, path)` writes it through the
+Agg canvas. Inputs are tensors (or arrays) with the axes named in each docstring; a batch axis is
+never expected, pick the prompt first (e.g. `cache["pattern", 1][0]`).
+
+Colour conventions: attention weights and probabilities use a sequential map on [0, 1]; signed
+scores (patching, role index, logit differences) use a diverging map centred at zero with symmetric
+limits, so white always means 0. Small grids are annotated with their values.
+
+References: the figure types follow TransformerLens/ARENA demos (attention patterns, [layer, head]
+and [layer, pos] patching heatmaps) and nostalgebraist 2020, "interpreting GPT: the logit lens"
+(the layers x positions table of top tokens).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import Normalize, TwoSlopeNorm
+from matplotlib.figure import Figure
+
+SEQUENTIAL = "Blues"
+DIVERGING = "RdBu_r"  # red positive, blue negative, white zero
+ANNOTATE_MAX_CELLS = 160  # grids with at most this many cells get their values written in
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _array(x, dims: int, what: str) -> np.ndarray:
+    """A tensor or array -> float numpy array with exactly `dims` axes (leading size-1 axes dropped)."""
+    if hasattr(x, "detach"):
+        x = x.detach().float().cpu().numpy()
+    a = np.asarray(x, dtype=float)
+    while a.ndim > dims and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim != dims:
+        raise ValueError(f"{what} must have {dims} axes, got shape {tuple(a.shape)}")
+    return a
+
+
+def _label(token: str, limit: int = 12) -> str:
+    """A token as a tick label: newlines and tabs visible, long tokens shortened."""
+    text = str(token).replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _font(n: int) -> float:
+    """Tick font size for n labels on one axis."""
+    return max(5.0, min(10.0, 260.0 / max(n, 1)))
+
+
+def _check_labels(labels, n: int, what: str) -> list[str]:
+    labels = [str(t) for t in labels]
+    if len(labels) != n:
+        raise ValueError(f"{what}: {len(labels)} token labels for {n} positions; pass one label per position")
+    return labels
+
+
+def _signed_norm(data: np.ndarray, limit: float | None = None) -> Normalize:
+    """Diverging normalisation centred at 0 with symmetric limits."""
+    finite = data[np.isfinite(data)]
+    lim = limit if limit is not None else (float(np.abs(finite).max()) if finite.size else 1.0)
+    lim = max(lim, 1e-9)
+    return TwoSlopeNorm(vcenter=0.0, vmin=-lim, vmax=lim)
+
+
+def _annotate(ax, data: np.ndarray, norm: Normalize, fmt: str = ".2f") -> None:
+    if data.size > ANNOTATE_MAX_CELLS:
+        return
+    size = max(5.0, min(9.0, 120.0 / max(data.shape[1], 1)))
+    centred = isinstance(norm, TwoSlopeNorm)
+    for (i, j), v in np.ndenumerate(data):
+        text, dark = "nan", False
+        if np.isfinite(v):
+            shade = float(norm(v))  # 0..1 along the colour map
+            text, dark = format(v, fmt), abs(shade - 0.5) > 0.3 if centred else shade > 0.6
+        ax.text(j, i, text, ha="center", va="center", fontsize=size, color="white" if dark else "black")
+
+
+def _layer_head_axes(fig, ax, scores: np.ndarray, title: str, diverging: bool, limits=None,
+                     colorbar_label: str = "", fmt: str = ".2f"):
+    n_layer, n_head = scores.shape
+    if diverging:
+        norm, cmap = _signed_norm(scores, None if limits is None else max(abs(limits[0]), abs(limits[1]))), DIVERGING
+    else:
+        finite = scores[np.isfinite(scores)]
+        lo, hi = limits if limits is not None else ((float(finite.min()), float(finite.max())) if finite.size
+                                                    else (0.0, 1.0))
+        norm, cmap = Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1e-9), SEQUENTIAL
+    image = ax.imshow(scores, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(n_head), [str(h) for h in range(n_head)], fontsize=_font(n_head))
+    ax.set_yticks(range(n_layer), [str(l) for l in range(n_layer)], fontsize=_font(n_layer))
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(title, fontsize=10)
+    _annotate(ax, scores, norm, fmt)
+    fig.colorbar(image, ax=ax, shrink=0.85, label=colorbar_label)
+    return image
+
+
+# -- attention --------------------------------------------------------------------------------------
+def attention_pattern(pattern, str_tokens, title: str = "attention pattern") -> Figure:
+    """Returns a Figure of one head's attention pattern [q_pos, k_pos]; tokens label both axes.
+    Rows are queries (the position attending), columns keys (the position read)."""
+    A = _array(pattern, 2, "pattern [q_pos, k_pos]")
+    labels = [_label(t) for t in _check_labels(str_tokens, A.shape[1], "attention_pattern")]
+    n = len(labels)
+    side = min(14.0, max(4.5, 0.28 * n + 2.0))
+    fig = Figure(figsize=(side + 1.0, side), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(A, cmap=SEQUENTIAL, vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks(range(n), labels, rotation=90, fontsize=_font(n))
+    ax.set_yticks(range(A.shape[0]), labels[:A.shape[0]], fontsize=_font(n))
+    ax.set_xlabel("key (attended to)")
+    ax.set_ylabel("query (attending)")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="attention weight")
+    return fig
+
+
+def attention_grid(patterns, str_tokens, layer: int, title: str | None = None) -> Figure:
+    """Returns a Figure with one panel per head of `layer`: patterns [head, q_pos, k_pos]."""
+    P = _array(patterns, 3, "patterns [head, q_pos, k_pos]")
+    H, n = P.shape[0], P.shape[2]
+    labels = [_label(t, 8) for t in _check_labels(str_tokens, n, "attention_grid")]
+    cols = min(H, 4)
+    rows = math.ceil(H / cols)
+    panel = min(6.0, max(2.8, 0.16 * n + 1.5))
+    fig = Figure(figsize=(panel * cols + 1.0, panel * rows + 0.6), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    image = None
+    for h in range(rows * cols):
+        ax = axes[h // cols][h % cols]
+        if h >= H:
+            ax.set_axis_off()
+            continue
+        image = ax.imshow(P[h], cmap=SEQUENTIAL, vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.set_title(f"head {layer}.{h}", fontsize=10)
+        show_x, show_y = h // cols == rows - 1 or h + cols >= H, h % cols == 0
+        ax.set_xticks(range(n), labels if show_x else [], rotation=90, fontsize=_font(n) * 0.8)
+        ax.set_yticks(range(P.shape[1]), labels[:P.shape[1]] if show_y else [], fontsize=_font(n) * 0.8)
+        if show_x:
+            ax.set_xlabel("key")
+        if show_y:
+            ax.set_ylabel("query")
+    fig.suptitle(title or f"attention patterns, layer {layer}", fontsize=11)
+    fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
+    return fig
+
+
+# -- [layer, head] and [layer, pos] scores ------------------------------------------------------------
+def layer_head_grid(scores, title: str, diverging: bool = True, *, limits: tuple[float, float] | None = None,
+                    colorbar_label: str = "score", fmt: str = ".2f") -> Figure:
+    """Returns a Figure of scores [layer, head]: diverging (centred at 0, symmetric limits) or sequential.
+    Values are written into the cells when the grid is small."""
+    S = _array(scores, 2, "scores [layer, head]")
+    fig = Figure(figsize=(min(14.0, max(4.0, 0.55 * S.shape[1] + 2.5)), min(12.0, max(2.6, 0.45 * S.shape[0] + 1.6))),
+                 layout="constrained")
+    _layer_head_axes(fig, fig.add_subplot(), S, title, diverging, limits, colorbar_label, fmt)
+    return fig
+
+
+def layer_head_grids(scores: dict, title: str = "", diverging: bool = False, *,
+                     limits: tuple[float, float] | None = (0.0, 1.0)) -> Figure:
+    """Returns a Figure with one [layer, head] panel per entry of scores {name: [layer, head]}, side by side.
+    The default limits [0, 1] suit attention-mass scores (previous-token, induction, BOS)."""
+    if not scores:
+        raise ValueError("layer_head_grids needs at least one score table")
+    arrays = {name: _array(s, 2, f"{name} [layer, head]") for name, s in scores.items()}
+    first = next(iter(arrays.values()))
+    width = min(5.0, max(2.6, 0.5 * first.shape[1] + 1.8))
+    height = min(10.0, max(2.6, 0.45 * first.shape[0] + 1.6))
+    fig = Figure(figsize=(width * len(arrays) + 0.5, height + 0.4), layout="constrained")
+    axes = fig.subplots(1, len(arrays), squeeze=False)[0]
+    for ax, (name, S) in zip(axes, arrays.items()):
+        _layer_head_axes(fig, ax, S, name, diverging, limits)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def patching_heatmap(scores, str_tokens, title: str, *, row_labels=None, ylabel: str = "layer",
+                     colorbar_label: str = "normalised score (1 = clean, 0 = corrupted)") -> Figure:
+    """Returns a Figure of scores [layer, pos] (or [row, pos] with row_labels), diverging around 0;
+    the prompt's tokens label the positions."""
+    S = _array(scores, 2, "scores [layer, pos]")
+    labels = [_label(t) for t in _check_labels(str_tokens, S.shape[1], "patching_heatmap")]
+    rows = [str(r) for r in (row_labels if row_labels is not None else range(S.shape[0]))]
+    if len(rows) != S.shape[0]:
+        raise ValueError(f"patching_heatmap: {len(rows)} row labels for {S.shape[0]} rows")
+    fig = Figure(figsize=(min(18.0, max(4.5, 0.42 * S.shape[1] + 2.5)), min(14.0, max(2.6, 0.32 * S.shape[0] + 1.8))),
+                 layout="constrained")
+    ax = fig.add_subplot()
+    norm = _signed_norm(S, 1.0 if np.nanmax(np.abs(S), initial=0.0) <= 1.0 else None)
+    image = ax.imshow(S, cmap=DIVERGING, norm=norm, aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=_font(len(labels)))
+    ax.set_yticks(range(len(rows)), rows, fontsize=_font(len(rows)))
+    ax.set_xlabel("position (token)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    _annotate(ax, S, norm, ".2f")
+    fig.colorbar(image, ax=ax, shrink=0.85, label=colorbar_label)
+    return fig
+
+
+# -- logit lens -------------------------------------------------------------------------------------------
+def _decoder(tokenizer):
+    if tokenizer is None:
+        return str
+    if hasattr(tokenizer, "decode"):
+        return lambda i: tokenizer.decode([i])
+    if callable(tokenizer):
+        return tokenizer
+    raise TypeError(f"tokenizer must be None, an object with decode(ids) or a callable id -> str, "
+                    f"got {type(tokenizer).__name__}")
+
+
+def lens_table(result, str_tokens, tokenizer=None, *, batch: int = 0, color_by: str | None = None,
+               title: str | None = None) -> Figure:
+    """Returns the classic logit-lens Figure: layers x positions, each cell the top-1 token at that layer,
+    coloured by its probability (color_by="top") or by the target's probability (color_by="target",
+    the default when the LensResult has targets). Cells where the target is top-1 are bold.
+
+    result: a `minitx.lens.LensResult`; str_tokens: labels for every position of the prompt (or for
+    result.positions only); tokenizer: None (ids shown), an object with decode(ids), or id -> str."""
+    top_ids = result.top_tokens[:, batch, :, 0]  # [layer+1, pos]
+    has_target = result.target_probs is not None
+    color_by = color_by or ("target" if has_target else "top")
+    if color_by not in ("top", "target"):
+        raise ValueError(f"color_by={color_by!r}; use 'top' or 'target'")
+    if color_by == "target" and not has_target:
+        raise ValueError("color_by='target' needs a LensResult computed with targets")
+    values = _array(result.target_probs[:, batch] if color_by == "target" else result.top_probs[:, batch, :, 0],
+                    2, "lens probabilities")
+    positions = [int(p) for p in result.positions]
+    tokens = [str(t) for t in str_tokens]
+    if len(tokens) != len(positions):
+        if max(positions) >= len(tokens):
+            raise ValueError(f"lens_table: {len(tokens)} token labels but the lens read position {max(positions)}")
+        tokens = [tokens[p] for p in positions]
+    decode = _decoder(tokenizer)
+    n_rows, n_pos = values.shape
+    fig = Figure(figsize=(min(22.0, max(5.0, 0.75 * n_pos + 2.5)), min(14.0, max(2.8, 0.42 * n_rows + 1.8))),
+                 layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(values, cmap=SEQUENTIAL, vmin=0.0, vmax=1.0, aspect="auto", origin="lower",
+                      interpolation="nearest")
+    ranks = result.target_ranks[:, batch] if has_target else None
+    size = max(5.0, min(9.0, 140.0 / max(n_pos, 1)))
+    for i in range(n_rows):
+        for j in range(n_pos):
+            text = _label(decode(int(top_ids[i, j])), 7)
+            bold = ranks is not None and int(ranks[i, j]) == 0
+            ax.text(j, i, text, ha="center", va="center", fontsize=size, fontweight="bold" if bold else "normal",
+                    color="white" if values[i, j] > 0.6 else "black")
+    ax.set_xticks(range(n_pos), [_label(t) for t in tokens], rotation=90, fontsize=_font(n_pos))
+    ax.set_yticks(range(n_rows), list(result.labels), fontsize=_font(n_rows))
+    ax.set_xlabel("input position (token)")
+    ax.set_ylabel("residual stream read")
+    what = "p(target)" if color_by == "target" else "p(top-1 token)"
+    ax.set_title(title or f"logit lens: top-1 token per layer and position; colour = {what}"
+                 + (" (bold: target is top-1)" if has_target else ""), fontsize=10)
+    fig.colorbar(image, ax=ax, shrink=0.85, label=what)
+    return fig
+
+
+# -- role swap -------------------------------------------------------------------------------------------------
+def role_swap_figure(result, title: str = "role swap: how attention changes when the two tokens swap") -> Figure:
+    """Returns a Figure of a `minitx.heads.RoleSwap`: TV_pos, TV_tok ([0, 1]) and the role index
+    R = TV_tok - TV_pos ([-1, 1]; > 0 the head follows the slot/role, < 0 it follows the token)."""
+    panels = [(result.tv_pos, "TV_pos (pattern change, same positions)", False, (0.0, 1.0)),
+              (result.tv_tok, "TV_tok (change after following the swap)", False, (0.0, 1.0)),
+              (result.role_index, "role index R = TV_tok - TV_pos", True, (-1.0, 1.0))]
+    arrays = [(_array(s, 2, name), name, div, lim) for s, name, div, lim in panels]
+    n_layer, n_head = arrays[0][0].shape
+    width = min(6.0, max(3.0, 0.5 * n_head + 2.0))
+    height = min(10.0, max(2.8, 0.42 * n_layer + 1.6))
+    fig = Figure(figsize=(3 * width + 0.5, height + 0.5), layout="constrained")
+    axes = fig.subplots(1, 3, squeeze=False)[0]
+    for ax, (S, name, div, lim) in zip(axes, arrays):
+        _layer_head_axes(fig, ax, S, name, div, lim)
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+# -- saving ------------------------------------------------------------------------------------------------------
+def save(fig: Figure, path, dpi: int = 110) -> Path:
+    """Writes the Figure through the Agg canvas (PNG by the file's suffix); creates parent folders. -> the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
+__all__ = ["attention_pattern", "attention_grid", "layer_head_grid", "layer_head_grids", "patching_heatmap",
+           "lens_table", "role_swap_figure", "save"]
