@@ -172,29 +172,29 @@ def _save(fig, out_dir: Path, name: str, files: list[str]) -> str:
 # The tour for a small id-vocabulary model (the induction fixture).
 
 
-def _induction_demo(model, vocab: Vocab, out: Path, n: int, batch: int, seed: int, bos: bool,
+def _induction_demo(model, vocab: Vocab, out: Path, n: int, batch: int, seed: int, prepend_bos: bool,
                     log: Callable) -> dict:
     from minitx import plots
     cfg, files = model.cfg, []
     L, n_head = cfg.n_layer, cfg.n_head
-    o = int(bos)  # the first copy starts at position o
-    seq = "[BOS] + r + r" if bos else "r + r"
+    o = int(prepend_bos)  # the first copy starts at position o
+    seq = "[BOS] + r + r" if prepend_bos else "r + r"
     n = min(n, (cfg.n_ctx - o) // 2, (cfg.d_vocab - 1) // 2)
     if n < 2:
         raise ValueError(f"the model's context ({cfg.n_ctx}) or vocabulary ({cfg.d_vocab}) is too small for the demo")
-    r: dict = {"kind": "induction", "n": n, "batch": batch, "seed": seed, "prepend_bos": bos, "files": files}
+    r: dict = {"kind": "induction", "n": n, "batch": batch, "seed": seed, "prepend_bos": prepend_bos, "files": files}
     md = [f"# minitx demo: induction in a {L}-layer model\n",
           f"Model: {L} layers x {n_head} heads, d_model {cfg.d_model}, vocabulary {cfg.d_vocab} ids "
-          f"(BOS = {vocab.bos}), context {cfg.n_ctx}. Sequences {'start' if bos else 'do not start'} with BOS. Every number below comes from a minitx library call; "
+          f"(BOS = {vocab.bos}), context {cfg.n_ctx}. Sequences {'start' if prepend_bos else 'do not start'} with BOS. Every number below comes from a minitx library call; "
           "rerun `minitx demo` to reproduce it.\n"]
 
     # (1) attention roles on [BOS] + r + r --------------------------------------------------------
     log(f"[1/3] head roles on {batch} sequences {seq} (n = {n} random tokens, seed {seed})")
-    tokens = H.repeated_tokens(cfg.d_vocab, n, batch, seed, prepend_bos=bos)  # what induction_scores builds
+    tokens = H.repeated_tokens(cfg.d_vocab, n, batch, seed, prepend_bos=prepend_bos)  # what induction_scores builds
     offsets = H.offset_scores(model, tokens, max_offset=4)  # [layer, head, offset]
     prev = H.previous_token_scores(model, tokens)
     arg = H.argmax_offset(offsets, min_offset=1)
-    ind = H.induction_scores(model, n=n, batch=batch, seed=seed, prepend_bos=bos)
+    ind = H.induction_scores(model, n=n, batch=batch, seed=seed, prepend_bos=prepend_bos)
     dup = H.duplicate_token_scores(model, tokens)
     bos = H.bos_attention_scores(model, tokens)
     r.update(tokens=tokens, offset_scores=offsets, previous_token=prev, offset_argmax=arg, induction=ind,
@@ -229,7 +229,7 @@ def _induction_demo(model, vocab: Vocab, out: Path, n: int, batch: int, seed: in
     # (2) activation patching and path patching ---------------------------------------------------
     log("[2/3] activation patching (noising each head; residual stream by position) and path patching")
     clean = tokens[:, :-1]  # [BOS] + r + r[:-1]: the last position's next token is r_n, by induction
-    bos_id = int(tokens[0, 0]) if bos else vocab.bos
+    bos_id = int(tokens[0, 0]) if prepend_bos else vocab.bos
     corrupted = replace_first_copy(tokens, n, cfg.d_vocab, bos_id, seed + 1, start=o)[:, :-1]
     answer, wrong = tokens[:, o + n - 1], corrupted[:, o + n - 1]  # r_n, and r'_n (induction's guess when corrupted)
     metric = M.logit_diff_metric(answer, wrong, pos=-1)
@@ -280,9 +280,10 @@ def _induction_demo(model, vocab: Vocab, out: Path, n: int, batch: int, seed: in
                     f"queries {_pct(removed['q'])}, values {_pct(removed['v'])} (directly to the logits: "
                     f"{_pct(removed['logits'])}). Verdict: {verdict}.")
         r.update(main_l0_head=main, path=path, path_removed=removed, hypothesis=sentence, verdict=verdict)
-        md += [f"**Hypothesis.** The layer-0 head whose noising hurts most, {main[0]}.{main[1]}, is a previous-token "
-               f"head that lets induction head {li}.{hi} find the token after the earlier occurrence: it should act "
-               "through the induction head's **keys** (K-composition, Elhage et al. 2021).\n",
+        md += [f"**Hypothesis.** Head {main[0]}.{main[1]}, the layer-0 head whose noising hurts most (previous-token "
+               f"score {float(prev[main]):.2f}), acts as the previous-token half of an induction circuit: it tells "
+               f"induction head {li}.{hi} which key follows the earlier occurrence, so it should act through that "
+               "head's **keys** (K-composition, Elhage et al. 2021).\n",
                f"Path patching (Wang et al. 2022, App. B): the sender {main[0]}.{main[1]} takes its corrupted output; "
                "every other head is frozen to its clean output; only the chosen receiver is updated. "
                "removed = 1 - score, 1 = as bad as the corrupted run.\n",

@@ -349,6 +349,11 @@ class Transformer(nn.Module):
                 param.copy_(torch.randn(param.shape, generator=generator) * std * scale)
         return self
 
+    def save_pretrained(self, directory) -> None:
+        """Writes config.json + model.safetensors in HF's GPT-2 layout (names: minitx/loading.py)."""
+        from minitx.loading import save_pretrained
+        save_pretrained(self, directory)
+
     # -- weights in analysis notation (views, so reading them copies nothing large) -------------
     @property
     def W_U(self) -> Tensor:  # [d_model, d_vocab]

@@ -17,6 +17,7 @@ and [layer, pos] patching heatmaps) and nostalgebraist 2020, "interpreting GPT: 
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,12 @@ def _label(token: str, limit: int = 12) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
+def _wrap(title: str, width_inches: float, fontsize: float = 10.0) -> str:
+    """Breaks a title into lines that fit a figure (or panel) of this width."""
+    chars = max(16, int(width_inches * 120 / fontsize))
+    return "\n".join(textwrap.fill(part, chars) for part in str(title).split("\n"))
+
+
 def _font(n: int) -> float:
     """Tick font size for n labels on one axis."""
     return max(5.0, min(10.0, 260.0 / max(n, 1)))
@@ -77,12 +84,14 @@ def _annotate(ax, data: np.ndarray, norm: Normalize, fmt: str = ".2f") -> None:
         text, dark = "nan", False
         if np.isfinite(v):
             shade = float(norm(v))  # 0..1 along the colour map
-            text, dark = format(v, fmt), abs(shade - 0.5) > 0.3 if centred else shade > 0.6
+            text = format(v + 0.0, fmt)  # + 0.0: no "-0.00"
+            text = format(0.0, fmt) if float(text) == 0 else text
+            dark = abs(shade - 0.5) > 0.3 if centred else shade > 0.6
         ax.text(j, i, text, ha="center", va="center", fontsize=size, color="white" if dark else "black")
 
 
 def _layer_head_axes(fig, ax, scores: np.ndarray, title: str, diverging: bool, limits=None,
-                     colorbar_label: str = "", fmt: str = ".2f"):
+                     colorbar_label: str = "", fmt: str = ".2f", width: float = 4.0):
     n_layer, n_head = scores.shape
     if diverging:
         norm, cmap = _signed_norm(scores, None if limits is None else max(abs(limits[0]), abs(limits[1]))), DIVERGING
@@ -96,7 +105,7 @@ def _layer_head_axes(fig, ax, scores: np.ndarray, title: str, diverging: bool, l
     ax.set_yticks(range(n_layer), [str(l) for l in range(n_layer)], fontsize=_font(n_layer))
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(_wrap(title, width), fontsize=10)
     _annotate(ax, scores, norm, fmt)
     fig.colorbar(image, ax=ax, shrink=0.85, label=colorbar_label)
     return image
@@ -117,7 +126,7 @@ def attention_pattern(pattern, str_tokens, title: str = "attention pattern") -> 
     ax.set_yticks(range(A.shape[0]), labels[:A.shape[0]], fontsize=_font(n))
     ax.set_xlabel("key (attended to)")
     ax.set_ylabel("query (attending)")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(_wrap(title, side), fontsize=10)
     fig.colorbar(image, ax=ax, shrink=0.8, label="attention weight")
     return fig
 
@@ -147,7 +156,7 @@ def attention_grid(patterns, str_tokens, layer: int, title: str | None = None) -
             ax.set_xlabel("key")
         if show_y:
             ax.set_ylabel("query")
-    fig.suptitle(title or f"attention patterns, layer {layer}", fontsize=11)
+    fig.suptitle(_wrap(title or f"attention patterns, layer {layer}", panel * cols, 11), fontsize=11)
     fig.colorbar(image, ax=axes, shrink=0.6, label="attention weight")
     return fig
 
@@ -158,9 +167,9 @@ def layer_head_grid(scores, title: str, diverging: bool = True, *, limits: tuple
     """Returns a Figure of scores [layer, head]: diverging (centred at 0, symmetric limits) or sequential.
     Values are written into the cells when the grid is small."""
     S = _array(scores, 2, "scores [layer, head]")
-    fig = Figure(figsize=(min(14.0, max(4.0, 0.55 * S.shape[1] + 2.5)), min(12.0, max(2.6, 0.45 * S.shape[0] + 1.6))),
-                 layout="constrained")
-    _layer_head_axes(fig, fig.add_subplot(), S, title, diverging, limits, colorbar_label, fmt)
+    width = min(14.0, max(4.5, 0.55 * S.shape[1] + 2.5))
+    fig = Figure(figsize=(width, min(12.0, max(3.0, 0.45 * S.shape[0] + 1.8))), layout="constrained")
+    _layer_head_axes(fig, fig.add_subplot(), S, title, diverging, limits, colorbar_label, fmt, width - 1.0)
     return fig
 
 
@@ -177,14 +186,14 @@ def layer_head_grids(scores: dict, title: str = "", diverging: bool = False, *,
     fig = Figure(figsize=(width * len(arrays) + 0.5, height + 0.4), layout="constrained")
     axes = fig.subplots(1, len(arrays), squeeze=False)[0]
     for ax, (name, S) in zip(axes, arrays.items()):
-        _layer_head_axes(fig, ax, S, name, diverging, limits)
+        _layer_head_axes(fig, ax, S, name, diverging, limits, width=width - 1.0)
     if title:
-        fig.suptitle(title, fontsize=11)
+        fig.suptitle(_wrap(title, width * len(arrays), 11), fontsize=11)
     return fig
 
 
 def patching_heatmap(scores, str_tokens, title: str, *, row_labels=None, ylabel: str = "layer",
-                     colorbar_label: str = "normalised score (1 = clean, 0 = corrupted)") -> Figure:
+                     colorbar_label: str = "score (1 clean, 0 corrupted)") -> Figure:
     """Returns a Figure of scores [layer, pos] (or [row, pos] with row_labels), diverging around 0;
     the prompt's tokens label the positions."""
     S = _array(scores, 2, "scores [layer, pos]")
@@ -192,8 +201,8 @@ def patching_heatmap(scores, str_tokens, title: str, *, row_labels=None, ylabel:
     rows = [str(r) for r in (row_labels if row_labels is not None else range(S.shape[0]))]
     if len(rows) != S.shape[0]:
         raise ValueError(f"patching_heatmap: {len(rows)} row labels for {S.shape[0]} rows")
-    fig = Figure(figsize=(min(18.0, max(4.5, 0.42 * S.shape[1] + 2.5)), min(14.0, max(2.6, 0.32 * S.shape[0] + 1.8))),
-                 layout="constrained")
+    width = min(18.0, max(4.5, 0.42 * S.shape[1] + 2.5))
+    fig = Figure(figsize=(width, min(14.0, max(3.0, 0.32 * S.shape[0] + 2.0))), layout="constrained")
     ax = fig.add_subplot()
     norm = _signed_norm(S, 1.0 if np.nanmax(np.abs(S), initial=0.0) <= 1.0 else None)
     image = ax.imshow(S, cmap=DIVERGING, norm=norm, aspect="auto", interpolation="nearest")
@@ -201,7 +210,7 @@ def patching_heatmap(scores, str_tokens, title: str, *, row_labels=None, ylabel:
     ax.set_yticks(range(len(rows)), rows, fontsize=_font(len(rows)))
     ax.set_xlabel("position (token)")
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(_wrap(title, width - 1.0), fontsize=10)
     _annotate(ax, S, norm, ".2f")
     fig.colorbar(image, ax=ax, shrink=0.85, label=colorbar_label)
     return fig
@@ -244,8 +253,8 @@ def lens_table(result, str_tokens, tokenizer=None, *, batch: int = 0, color_by: 
         tokens = [tokens[p] for p in positions]
     decode = _decoder(tokenizer)
     n_rows, n_pos = values.shape
-    fig = Figure(figsize=(min(22.0, max(5.0, 0.75 * n_pos + 2.5)), min(14.0, max(2.8, 0.42 * n_rows + 1.8))),
-                 layout="constrained")
+    width = min(22.0, max(5.0, 0.75 * n_pos + 2.5))
+    fig = Figure(figsize=(width, min(14.0, max(3.0, 0.42 * n_rows + 2.0))), layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(values, cmap=SEQUENTIAL, vmin=0.0, vmax=1.0, aspect="auto", origin="lower",
                       interpolation="nearest")
@@ -262,8 +271,8 @@ def lens_table(result, str_tokens, tokenizer=None, *, batch: int = 0, color_by: 
     ax.set_xlabel("input position (token)")
     ax.set_ylabel("residual stream read")
     what = "p(target)" if color_by == "target" else "p(top-1 token)"
-    ax.set_title(title or f"logit lens: top-1 token per layer and position; colour = {what}"
-                 + (" (bold: target is top-1)" if has_target else ""), fontsize=10)
+    ax.set_title(_wrap(title or f"logit lens: top-1 token per layer and position; colour = {what}"
+                       + (" (bold: target is top-1)" if has_target else ""), width - 1.0), fontsize=10)
     fig.colorbar(image, ax=ax, shrink=0.85, label=what)
     return fig
 
@@ -282,8 +291,8 @@ def role_swap_figure(result, title: str = "role swap: how attention changes when
     fig = Figure(figsize=(3 * width + 0.5, height + 0.5), layout="constrained")
     axes = fig.subplots(1, 3, squeeze=False)[0]
     for ax, (S, name, div, lim) in zip(axes, arrays):
-        _layer_head_axes(fig, ax, S, name, div, lim)
-    fig.suptitle(title, fontsize=11)
+        _layer_head_axes(fig, ax, S, name, div, lim, width=width - 1.0)
+    fig.suptitle(_wrap(title, 3 * width, 11), fontsize=11)
     return fig
 
 
