@@ -131,6 +131,15 @@ def _pct(x) -> str:
     return f"{100 * float(x):.0f}%"
 
 
+def _gap_note(clean: float, corrupted: float) -> list[str]:
+    """A warning line when normalised scores divide by a small clean - corrupted difference."""
+    gap = abs(clean - corrupted)
+    if gap >= 0.5:
+        return []
+    return [f"*Note: the clean and corrupted logit differences are only {gap:.3f} apart, so every normalised score "
+            "below divides by a small number and is unstable; read the raw values with care.*\n"]
+
+
 def _md_table(header: list[str], rows: list[list]) -> str:
     def cell(v):
         return f"{v:.3f}" if isinstance(v, float) else str(v)
@@ -185,8 +194,8 @@ def _induction_demo(model, vocab: Vocab, out: Path, n: int, batch: int, seed: in
     r: dict = {"kind": "induction", "n": n, "batch": batch, "seed": seed, "prepend_bos": prepend_bos, "files": files}
     md = [f"# minitx demo: induction in a {L}-layer model\n",
           f"Model: {L} layers x {n_head} heads, d_model {cfg.d_model}, vocabulary {cfg.d_vocab} ids "
-          f"(BOS = {vocab.bos}), context {cfg.n_ctx}. Sequences {'start' if prepend_bos else 'do not start'} with BOS. Every number below comes from a minitx library call; "
-          "rerun `minitx demo` to reproduce it.\n"]
+          f"(BOS = {vocab.bos}), context {cfg.n_ctx}. Sequences {'start' if prepend_bos else 'do not start'} "
+          "with BOS. Every number below comes from a minitx library call; rerun `minitx demo` to reproduce it.\n"]
 
     # (1) attention roles on [BOS] + r + r --------------------------------------------------------
     log(f"[1/3] head roles on {batch} sequences {seq} (n = {n} random tokens, seed {seed})")
@@ -252,6 +261,7 @@ def _induction_demo(model, vocab: Vocab, out: Path, n: int, batch: int, seed: in
            f"**{noise.clean:.3f}**, corrupted **{noise.corrupted:.3f}**. Normalised score = (patched - corrupted) "
            "/ (clean - corrupted); for noising (run clean, patch in one head's corrupted z) we show "
            "**removed = 1 - score**, the share of the clean-to-corrupted drop that this one head causes.\n",
+           *_gap_note(noise.clean, noise.corrupted),
            _md_table(["head", "noising score", "removed"],
                      [[f"{l}.{h}", float(noise.scores[l, h]), float(1 - noise.scores[l, h])]
                       for l in range(L) for h in range(n_head)]), "",
@@ -344,7 +354,8 @@ def _gpt2_demo(model, vocab: Vocab, out: Path, bos: bool, log: Callable) -> dict
     L, n_head = cfg.n_layer, cfg.n_head
     r: dict = {"kind": "gpt2", "prepend_bos": bos, "files": files}
     md = [f"# minitx demo: a GPT-2 model ({L} layers x {n_head} heads, d_model {cfg.d_model})\n",
-          f"Prompts {'start' if bos else 'do not start'} with BOS (<|endoftext|>). Every number below comes from a minitx library call.\n"]
+          f"Prompts {'start' if bos else 'do not start'} with BOS (<|endoftext|>). Every number below comes "
+          "from a minitx library call.\n"]
 
     # (1) logit lens ---------------------------------------------------------------------------------------
     log(f"[1/3] logit lens on {LENS_PROMPT!r} -> {LENS_TARGET!r}")
@@ -413,14 +424,17 @@ def _gpt2_demo(model, vocab: Vocab, out: Path, bos: bool, log: Callable) -> dict
           "path-logits.png", files)
     md += ["## 3. Patching with the role-swapped prompt as corruption\n",
            f"Clean {PATCH_CLEAN!r}, corrupted {PATCH_CORRUPTED!r}; metric logit({ANSWER!r}) - logit({WRONG!r}) at "
-           f"the last position: clean **{noise.clean:.3f}**, corrupted **{noise.corrupted:.3f}**.\n",
+           f"the last position: clean **{noise.clean:.3f}**, corrupted **{noise.corrupted:.3f}**. Noising and path "
+           "patching show removed = 1 - score (1 = as bad as the corrupted run).\n",
+           *_gap_note(noise.clean, noise.corrupted),
            "![resid patching](patching-resid.png)\n", "![noising heads](noising-heads.png)\n",
            "![path patching to logits](path-logits.png)\n", f"**Hypothesis and answer.** {sentence}\n"]
 
     r["summary"] = [
         f"logit lens: p({LENS_TARGET!r}) after {LENS_PROMPT!r}: "
         + ", ".join(f"{lab} {float(p):.3f}" for lab, p in zip(lens.labels, probs)),
-        f"role swap: head {l}.{h} changes most (TV_pos {float(rs.tv_pos[l, h]):.2f}, R {float(rs.role_index[l, h]):+.2f})",
+        f"role swap: head {l}.{h} changes most (TV_pos {float(rs.tv_pos[l, h]):.2f}, "
+        f"R {float(rs.role_index[l, h]):+.2f})",
         f"logit difference {ANSWER!r} - {WRONG!r}: clean {noise.clean:.2f}, role-swapped {noise.corrupted:.2f}",
         sentence]
     (out / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")

@@ -1,0 +1,301 @@
+"""Same-run benchmark: minitx against transformers (eager and sdpa) and, when installed, TransformerLens.
+
+    python scripts/bench.py              # GPT-2 small shape, random weights, a few minutes on 2 cores
+    python scripts/bench.py --quick      # tiny model, seconds: keeps the script from rotting (CI runs it)
+    python scripts/bench.py --only forward,cache --json out.json
+
+Every number is a median (and min) over interleaved repeats: the peers take turns after a warm-up,
+so a slow moment of the machine hits all of them alike. Ratios are peer time / minitx time (above 1
+means minitx is faster). Correctness is checked on the way: identical sweep grids, identical greedy
+tokens, logits within 1e-4; a failed check stops the script with an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import minitx  # noqa: E402
+from minitx.loading import load  # noqa: E402
+from minitx.metrics import logit_diff_metric  # noqa: E402
+from minitx.patching import activation_patching, patch_one  # noqa: E402
+from minitx.path_patching import path_patch  # noqa: E402
+
+
+def timed(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def race(contestants: dict, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Round-robin: each repeat runs every contestant once, in turn."""
+    for fn in contestants.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in contestants}
+    for _ in range(repeats):
+        for name, fn in contestants.items():
+            times[name] += timed(fn, 1)
+    return times
+
+
+def report(title: str, times: dict[str, list[float]], flops: float | None = None, peak: float | None = None) -> dict:
+    base = statistics.median(times["minitx"])
+    print(f"\n{title}")
+    rows = {}
+    for name, t in times.items():
+        med = statistics.median(t)
+        extra = ""
+        if flops and peak:
+            extra = f"  {flops / med / 1e9:7.1f} GFLOP/s ({flops / med / peak:4.0%} of matmul)"
+        ratio = med / base
+        print(f"  {name:<22} median {med * 1e3:9.1f} ms  min {min(t) * 1e3:9.1f} ms  peer/minitx {ratio:5.2f}x{extra}")
+        rows[name] = {"median_s": med, "min_s": min(t), "ratio_vs_minitx": ratio}
+    return rows
+
+
+def matmul_rate(repeats: int) -> float:
+    a, b = torch.randn(1024, 768), torch.randn(768, 3072)
+    t = statistics.median(race({"minitx": lambda: a @ b}, repeats, warmup=3)["minitx"])
+    return 2 * 1024 * 768 * 3072 / t
+
+
+def forward_flops(cfg, batch: int, pos: int) -> float:
+    """Matmul FLOPs of one forward: projections, MLP, attention (causal half), unembedding."""
+    d, L, n = cfg.d_model, cfg.n_layer, batch * pos
+    per_layer = 2 * n * d * (3 * d + d + 2 * cfg.d_mlp) + 2 * batch * pos * pos * d  # QK and PV, causal half each
+    return L * per_layer + 2 * n * d * cfg.d_vocab
+
+
+def build(cfg_kwargs: dict, workdir: Path):
+    """Random seeded weights, saved once, loaded into every peer from the same files."""
+    import transformers
+    model = minitx.Transformer(minitx.Config(**cfg_kwargs)).init_weights(0)
+    model.save_pretrained(workdir)
+    ours = load(str(workdir))
+    peers = {"transformers-sdpa": transformers.GPT2LMHeadModel.from_pretrained(workdir, attn_implementation="sdpa"),
+             "transformers-eager": transformers.GPT2LMHeadModel.from_pretrained(workdir, attn_implementation="eager")}
+    for peer in peers.values():
+        peer.eval().requires_grad_(False)
+    try:  # optional peer, never a dependency
+        import transformer_lens  # noqa: F401
+        peers["transformer_lens"] = _transformer_lens(peers["transformers-eager"], cfg_kwargs)
+    except Exception as error:  # not installed, or an API this script does not know
+        print(f"(TransformerLens not measured: {type(error).__name__}: {str(error)[:80]})")
+    return ours, peers
+
+
+def _transformer_lens(hf_model, cfg_kwargs):
+    from transformer_lens import HookedTransformer
+    return HookedTransformer.from_pretrained("gpt2", hf_model=hf_model, fold_ln=False, center_writing_weights=False,
+                                             center_unembed=False, device="cpu").eval()
+
+
+def bench_forward(ours, peers, shapes, repeats, peak, results):
+    for batch, pos in shapes:
+        tokens = torch.randint(0, ours.cfg.d_vocab, (batch, pos), generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            expected = peers["transformers-eager"](tokens).logits
+            torch.testing.assert_close(ours(tokens), expected, atol=1e-4, rtol=1e-4)
+            contestants = {"minitx": lambda: ours(tokens)}
+            contestants.update({name: (lambda p=p: p(tokens)) for name, p in peers.items()})
+            times = race(contestants, repeats)
+        results[f"forward_{batch}x{pos}"] = report(f"plain forward {batch}x{pos}", times,
+                                                   forward_flops(ours.cfg, batch, pos), peak)
+
+
+def bench_cache(ours, peers, repeats, results):
+    tokens = torch.randint(0, ours.cfg.d_vocab, (8, 128), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        _, cache = ours.run_with_cache(tokens)
+        asked = sum(t.numel() * t.element_size() for t in cache.values())
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in cache.values()}
+        contestants = {"minitx": lambda: ours(tokens), "minitx run_with_cache": lambda: ours.run_with_cache(tokens)}
+        if "transformer_lens" in peers:
+            contestants["transformer_lens cache"] = lambda: peers["transformer_lens"].run_with_cache(tokens)
+        times = race(contestants, repeats)
+    results["cache_8x128"] = report("run_with_cache of every default point, 8x128 (ratio = time / plain forward)",
+                                    times)
+    print(f"  {len(cache)} points; bytes of the tensors asked for {asked / 2**20:.1f} MiB, "
+          f"bytes of the storages they live in {sum(storages.values()) / 2**20:.1f} MiB")
+    results["cache_8x128"]["bytes_asked"] = asked
+    results["cache_8x128"]["bytes_held"] = sum(storages.values())
+
+
+def bench_sweeps(ours, repeats, results, n_layers):
+    """All-heads and by-position head patching: batched sweep against one forward per patch."""
+    gen = torch.Generator().manual_seed(2)
+    for title, (batch, pos), by in [("all-heads sweep (z, all positions)", (8, 16), "all"),
+                                    ("by-position head sweep (z)", (2, 8), "pos")]:
+        clean = torch.randint(0, ours.cfg.d_vocab, (batch, pos), generator=gen)
+        corrupted = clean.clone()
+        corrupted[:, : pos // 2] = torch.randint(0, ours.cfg.d_vocab, (batch, pos // 2), generator=gen)
+        metric = logit_diff_metric(answer=1, wrong=2, pos=-1)
+        with torch.inference_mode():
+            sweep = lambda: activation_patching(ours, clean, corrupted, metric, point="z", by=by)  # noqa: E731
+            grid = sweep().raw
+
+            def one_per_patch():
+                """The definition, as every hook-based peer runs it: cache the clean run once, then one
+                full forward of the corrupted prompt per patch."""
+                _, cache = ours.run_with_cache(clean, names_filter=lambda n: n.endswith("hook_z"))
+                out = torch.empty_like(grid)
+                for index in torch.cartesian_prod(*[torch.arange(s) for s in grid.shape]).tolist():
+                    layer, *rest = index
+                    site = (slice(None), rest[0], rest[1]) if by == "pos" else (slice(None), slice(None), rest[0])
+
+                    def hook(z, point, site=site):
+                        z = z.clone()
+                        z[site] = cache[point.name][site]
+                        return z
+
+                    logits = ours.run_with_hooks(corrupted, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", hook)])
+                    out[tuple(index)] = metric(logits).mean()
+                return out
+
+            start = time.perf_counter()
+            reference = one_per_patch()
+            naive = time.perf_counter() - start
+            torch.testing.assert_close(grid, reference, atol=1e-5, rtol=1e-5)  # identical grids
+            times = race({"minitx": sweep}, repeats)
+        n = grid.numel()
+        times["one forward per patch"] = [naive]
+        results[f"sweep_{by}"] = report(f"{title}: {n} patches, batch {batch} x {pos} tokens "
+                                        f"(ratio = one-per-patch / batched; grids equal to 1e-5)", times)
+
+
+def bench_path(ours, results):
+    gen = torch.Generator().manual_seed(3)
+    clean = torch.randint(0, ours.cfg.d_vocab, (8, 16), generator=gen)
+    new = torch.randint(0, ours.cfg.d_vocab, (8, 16), generator=gen)
+    H, L = ours.cfg.n_head, ours.cfg.n_layer
+    receivers = [("q", layer, head) for layer in range(1, L) for head in range(H)]
+    calls = {"n": 0}
+    forward = ours.forward
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return forward(*args, **kwargs)
+
+    ours.forward = counting
+    try:
+        with torch.inference_mode():
+            start = time.perf_counter()
+            result = path_patch(ours, clean, new, [(0, 0)], receivers, logit_diff_metric(1, 2))
+            seconds = time.perf_counter() - start
+    finally:
+        del ours.forward
+    print(f"\npath patching, sender 0.0 -> queries of all {len(receivers)} later heads, 8x16 tokens: "
+          f"{seconds * 1e3:.0f} ms, {calls['n']} forwards in all (2 shared + 2 for the experiment), "
+          f"score {float(result.score):.3f}")
+    results["path_patching"] = {"seconds": seconds, "forwards": calls["n"]}
+
+
+def bench_generate(ours, peers, repeats, results):
+    prompt = torch.randint(0, ours.cfg.d_vocab, (1, 16), generator=torch.Generator().manual_seed(4))
+    hf = peers["transformers-sdpa"]
+    kwargs = dict(max_new_tokens=64, do_sample=False, pad_token_id=0, eos_token_id=None)
+    with torch.inference_mode():
+        assert torch.equal(ours.generate(prompt, 64), hf.generate(prompt, **kwargs)), "greedy tokens differ"
+        times = race({"minitx": lambda: ours.generate(prompt, 64),
+                      "transformers-sdpa": lambda: hf.generate(prompt, **kwargs)}, repeats)
+    rows = report("greedy generation, 64 new tokens from 16, batch 1 (tokens identical)", times)
+    for name, row in rows.items():
+        print(f"  {name:<22} {64 / row['median_s']:.1f} tokens/s")
+    results["generate"] = rows
+
+
+def bench_fresh_process(workdir: Path, repeats: int, results):
+    """Import, load a local checkpoint, first logits, in a new Python process each time."""
+    snippets = {
+        "minitx": f"import torch, minitx; m = minitx.load({str(workdir)!r}); m(torch.tensor([[1, 2, 3]]))",
+        "transformers-sdpa": ("import torch, transformers; m = transformers.GPT2LMHeadModel.from_pretrained("
+                              f"{str(workdir)!r}); m(torch.tensor([[1, 2, 3]]))"),
+    }
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    contestants = {name: (lambda code=code: subprocess.run([sys.executable, "-c", code], check=True, env=env,
+                                                           capture_output=True)) for name, code in snippets.items()}
+    results["fresh_process"] = report("fresh process: import + load + first logits", race(contestants, repeats, 0))
+
+
+def bench_scaling(ours, peers, results, lengths):
+    print("\nhow cost grows with sequence length (batch 1): forward time, cache bytes")
+    rows = []
+    for n in lengths:
+        tokens = torch.randint(0, ours.cfg.d_vocab, (1, n))
+        with torch.inference_mode():
+            t = statistics.median(timed(lambda: ours(tokens), 3))
+            _, cache = ours.run_with_cache(tokens)
+        nbytes = sum(v.numel() * v.element_size() for v in cache.values())
+        print(f"  {n:5d} tokens: forward {t * 1e3:8.1f} ms, default cache {nbytes / 2**20:8.1f} MiB")
+        rows.append({"tokens": n, "forward_s": t, "cache_bytes": nbytes})
+    results["scaling"] = rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny model, one repeat: a smoke test, not a measurement")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--only", default="forward,cache,sweeps,path,generate,fresh,scaling,medium")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    only = set(args.only.split(","))
+    small = dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024, vocab_size=50257)
+    if args.quick:
+        small = dict(n_layer=2, n_head=4, n_embd=64, n_positions=128, vocab_size=500)
+        args.repeats = 1
+    results = {"machine": {"threads": torch.get_num_threads(), "torch": torch.__version__, "cpu_count": os.cpu_count()},
+               "config": small}
+    peak = matmul_rate(args.repeats)
+    print(f"matmul (1024x768 @ 768x3072) in this run: {peak / 1e9:.1f} GFLOP/s; torch threads {torch.get_num_threads()}")
+    results["matmul_flops"] = peak
+    with tempfile.TemporaryDirectory() as tmp:
+        ours, peers = build(small, Path(tmp))
+        shapes = [(1, 16), (2, 32)] if args.quick else [(1, 128), (8, 128), (1, 1024)]
+        if "forward" in only:
+            bench_forward(ours, peers, shapes, args.repeats, peak, results)
+        if "cache" in only:
+            bench_cache(ours, peers, args.repeats, results)
+        if "sweeps" in only:
+            bench_sweeps(ours, max(1, args.repeats // 2), results, small["n_layer"])
+        if "path" in only:
+            bench_path(ours, results)
+        if "generate" in only:
+            bench_generate(ours, peers, max(1, args.repeats // 2), results)
+        if "fresh" in only:
+            bench_fresh_process(Path(tmp), args.repeats, results)
+        if "scaling" in only:
+            bench_scaling(ours, peers, results, [16, 32] if args.quick else [64, 128, 256, 512, 1024])
+        del ours, peers
+    if "medium" in only and not args.quick:
+        with tempfile.TemporaryDirectory() as tmp:
+            ours, peers = build(dict(n_layer=24, n_head=16, n_embd=1024, n_positions=1024, vocab_size=50257), Path(tmp))
+            peers = {"transformers-sdpa": peers["transformers-sdpa"]}
+            bench_forward(ours, peers, [(1, 128)], args.repeats, peak, results)
+            results["forward_medium_1x128"] = results.pop("forward_1x128")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+        print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
