@@ -1,0 +1,187 @@
+"""The analysis commands of `minitx`, called in-process: exit codes, printed tables, PNG files, clean errors."""
+
+import re
+import shutil
+
+import matplotlib.image
+import pytest
+
+import minitx
+from conftest import random_model
+from minitx import cli, heads
+
+FIXTURE = cli.REPO_ROOT / cli.DEFAULT_MODEL
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A fixture-shaped random model: 2 layers x 2 heads, vocabulary 64 ids + BOS 64, 48 positions, untied."""
+    path = tmp_path_factory.mktemp("models") / "tiny"
+    minitx.save_pretrained(random_model(n_layer=2, n_head=2, n_embd=32, n_positions=48, vocab_size=65,
+                                        tie_word_embeddings=False), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def gpt2_vocab_dir(tmp_path_factory):
+    """A random model with GPT-2's vocabulary, so prompts and tokens are text."""
+    path = tmp_path_factory.mktemp("models") / "tiny-gpt2-vocab"
+    minitx.save_pretrained(random_model(n_layer=2, n_head=2, n_embd=16, n_positions=32, vocab_size=50257), path)
+    return str(path)
+
+
+def run(capsys, *argv):
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def check_png(path) -> None:
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 50 and image.shape[1] > 50
+
+
+def check_clean_error(code, out, err, pattern):
+    assert code == 2
+    assert "Traceback" not in err and "Traceback" not in out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+def test_attention(model_dir, tmp_path, capsys):
+    png = tmp_path / "a.png"
+    code, out, _ = run(capsys, "attention", "--model", model_dir, "--prompt", "5 9 2 5 9", "--layer", 1,
+                       "--out", png)
+    assert code == 0
+    assert "head 1.0" in out and "head 1.1" in out
+    assert re.search(r"^0 BOS\s+0 BOS 1\.00", out, re.M)  # query 0 can only read itself
+    assert len([line for line in out.splitlines() if re.match(r"\d+ ", line)]) == 6  # BOS + 5 tokens
+    check_png(png)
+    code, out, _ = run(capsys, "attention", "--model", model_dir, "--prompt", "5 9 2", "--layer", 0, "--head", 1,
+                       "--no-prepend-bos", "--out", tmp_path / "b.png")
+    assert code == 0 and "head 0.1" in out and "head 0.0" not in out and "BOS" not in out
+    check_png(tmp_path / "b.png")
+
+
+def test_heads_table_matches_library(model_dir, tmp_path, capsys):
+    code, out, err = run(capsys, "heads", "--model", model_dir, "--n", 6, "--batch", 2, "--out", tmp_path / "h.png")
+    assert code == 0 and "scoring heads" in err
+    for column in ("prev-token", "induction", "duplicate", "pos-0 (BOS)", "offset 1..k"):
+        assert column in out
+    model = minitx.load(model_dir)
+    ind = heads.induction_scores(model, n=6, batch=2, seed=0, prepend_bos=True)
+    row = next(line for line in out.splitlines() if line.startswith("1.1 "))
+    assert f"{float(ind[1, 1]):.3f}" in row.split()
+    check_png(tmp_path / "h.png")
+    # a prompt without repeats: the duplicate score is left out, not an error
+    code, out, err = run(capsys, "heads", "--model", model_dir, "--prompt", "1 2 3 4", "--n", 4, "--batch", 1,
+                         "--out", tmp_path / "h2.png")
+    assert code == 0 and "duplicate" not in out.splitlines()[1] and "no token of the prompt repeats" in err
+
+
+def test_patch_resid_and_heads(model_dir, tmp_path, capsys):
+    args = ["--model", model_dir, "--clean", "3 4 5 3 4", "--corrupted", "3 6 5 3 4", "--answer", 5, "--wrong", 6]
+    code, out, err = run(capsys, "patch", *args, "--out", tmp_path / "p.png")
+    assert code == 0 and "activation patching resid_pre" in err
+    assert "denoising resid_pre" in out and "clean" in out
+    header = next(line for line in out.splitlines() if line.startswith("layer"))
+    assert "0:BOS" in header and "5:4" in header  # positions labelled by their tokens
+    check_png(tmp_path / "p.png")
+    code, out, _ = run(capsys, "patch", *args, "--point", "z", "--direction", "noising", "--out", tmp_path / "z.png")
+    assert code == 0 and "noising z" in out and "head 1" in out
+    check_png(tmp_path / "z.png")
+
+
+def test_path_patch(model_dir, tmp_path, capsys):
+    code, out, err = run(capsys, "path-patch", "--model", model_dir, "--clean", "3 4 5 3 4", "--corrupted",
+                         "3 6 5 3 4", "--answer", 5, "--wrong", 6, "--receiver", "k:1.0", "--out", tmp_path / "pp.png")
+    assert code == 0 and "path patching each of 4 heads" in err
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if re.match(r"\d\.\d ", line)}
+    assert set(rows) == {"0.0", "0.1", "1.0", "1.1"}
+    assert rows["1.0"][1] == "1.000" and rows["1.1"][1] == "1.000"  # a head cannot reach a key of its own layer
+    check_png(tmp_path / "pp.png")
+
+
+def test_lens(model_dir, tmp_path, capsys):
+    code, out, _ = run(capsys, "lens", "--model", model_dir, "--prompt", "7 8 9 7 8", "--target", 9,
+                       "--out", tmp_path / "l.png")
+    assert code == 0
+    assert [line.split()[0] for line in out.splitlines()[3:]] == ["0_pre", "1_pre", "final"]
+    assert "p('9')" in out and "rank" in out
+    check_png(tmp_path / "l.png")
+    code, out, _ = run(capsys, "lens", "--model", model_dir, "--prompt", "7 8", "--pos", 1, "--out", tmp_path / "m.png")
+    assert code == 0 and "position 1" in out and "rank" not in out
+
+
+def test_text_prompts_with_gpt2_vocabulary(gpt2_vocab_dir, tmp_path, capsys):
+    code, out, _ = run(capsys, "lens", "--model", gpt2_vocab_dir, "--prompt", "The cat sat on the", "--target",
+                       " mat", "--out", tmp_path / "l.png")
+    assert code == 0 and "position 5 (' the')" in out and "p(' mat')" in out
+    code, out, err = run(capsys, "patch", "--model", gpt2_vocab_dir, "--clean", "The cat sat", "--corrupted",
+                         "The dog sat", "--answer", " down", "--wrong", " Mary Jane", "--out", tmp_path / "p.png")
+    check_clean_error(code, out, err, r"^minitx patch: error: --wrong: ' Mary Jane' is 2 tokens")
+
+
+def test_default_model_from_any_directory(model_dir, tmp_path, capsys, monkeypatch):
+    repo = tmp_path / "repo"
+    (repo / "weights").mkdir(parents=True)
+    shutil.copytree(model_dir, repo / cli.DEFAULT_MODEL)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setattr(cli, "REPO_ROOT", repo)
+    code, out, _ = run(capsys, "lens", "--prompt", "1 2 3")
+    assert code == 0 and (elsewhere / "lens.png").is_file()  # the default output lands in the current directory
+    code, out, _ = run(capsys, "lens", "--model", cli.DEFAULT_MODEL, "--prompt", "1 2 3")  # relative to the repo
+    assert code == 0
+    monkeypatch.setattr(cli, "REPO_ROOT", tmp_path / "empty")
+    code, out, err = run(capsys, "lens", "--prompt", "1 2 3")
+    check_clean_error(code, out, err, r"default model weights/induction-2l is not at .*train_induction\.py")
+
+
+@pytest.mark.skipif(not FIXTURE.is_dir(), reason="weights/induction-2l has not been trained yet")
+def test_shipped_fixture_by_default(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(capsys, "attention", "--prompt", "5 9 2 5 9", "--layer", 1)
+    assert code == 0 and (tmp_path / "attention-layer1.png").is_file()
+
+
+@pytest.mark.parametrize("argv, pattern", [
+    (["attention", "--prompt", "hello world", "--layer", "0"], r"space-separated token ids 0\.\.64"),
+    (["attention", "--prompt", "5 99", "--layer", "0"], r"token id 99 is outside the vocabulary; allowed ids are 0\.\.64"),
+    (["attention", "--prompt", "5 9", "--layer", "2"], r"--layer 2 is out of range; this model has layers 0\.\.1"),
+    (["attention", "--prompt", "5 9", "--layer", "0", "--head", "7"], r"--head 7 is out of range"),
+    (["patch", "--clean", "1 2 3", "--corrupted", "1 2", "--answer", "3", "--wrong", "4"], r"same length"),
+    (["patch", "--clean", "1 2 3", "--corrupted", "1 5 3", "--answer", "3 4", "--wrong", "4"],
+     r"--answer '3 4' must be exactly one token id"),
+    (["path-patch", "--clean", "1 2 3", "--corrupted", "1 5 3", "--answer", "3", "--wrong", "4", "--receiver",
+      "k:9.0"], r"receiver layer 9 is out of range"),
+    (["path-patch", "--clean", "1 2 3", "--corrupted", "1 5 3", "--answer", "3", "--wrong", "4", "--receiver",
+      "key1"], r"--receiver 'key1': use logits, q:L\.H"),
+    (["lens", "--prompt", "1 2", "--pos", "5"], r"--pos 5 is out of range"),
+    (["lens", "--prompt", "", "--no-prepend-bos"], r"prompt is empty"),
+])
+def test_bad_inputs_give_one_line_and_exit_2(model_dir, tmp_path, capsys, monkeypatch, argv, pattern):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, *argv[:1], "--model", model_dir, *argv[1:])
+    check_clean_error(code, out, err, pattern)
+    assert not list(tmp_path.glob("*.png"))  # nothing written on an error
+
+
+def test_usage_errors_and_missing_model(tmp_path, capsys):
+    code, out, err = run(capsys, "attention", "--prompt", "1 2")  # --layer missing: argparse's error, one line
+    check_clean_error(code, out, err, r"^minitx attention: error: the following arguments are required: --layer")
+    code, out, err = run(capsys, "lens", "--model", tmp_path / "nothing-here", "--prompt", "1")
+    check_clean_error(code, out, err, r"^minitx lens: error: .*nothing-here")
+    code, out, err = run(capsys, "patch", "--help")
+    assert code == 0 and "--prepend-bos" in out and "default" in out and "denoising" in out
+
+
+def test_demo_command(model_dir, tmp_path, capsys):
+    code, out, err = run(capsys, "demo", "--model", model_dir, "--out", tmp_path / "d", "--n", 5, "--batch", 2)
+    assert code == 0
+    assert f"writing the demo report into {tmp_path / 'd'}" in out and "report:" in out
+    assert "[1/3]" in err and "[3/3]" in err
+    assert (tmp_path / "d" / "report.md").is_file()
+    assert "induction head" in out and "logit lens" in out

@@ -1,0 +1,122 @@
+"""minitx.plots: every figure function builds a Figure that saves as a valid PNG, headless, no pyplot state."""
+
+import ast
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+import torch
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.figure import Figure
+
+from conftest import random_model
+from minitx import heads, lens, plots
+
+PACKAGE = Path(__file__).resolve().parent.parent / "minitx"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_model(n_layer=2, n_head=3, n_embd=24, vocab_size=40, n_positions=16)
+
+
+def check_png(path: Path) -> None:
+    assert path.is_file() and path.stat().st_size > 0
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 50 and image.shape[1] > 50 and image.shape[2] in (3, 4)
+    assert float(image[..., :3].std()) > 0  # not a blank canvas
+
+
+def save_and_check(fig, tmp_path: Path, name: str) -> None:
+    assert isinstance(fig, Figure)
+    check_png(plots.save(fig, tmp_path / "sub" / name))  # parent folders are created
+
+
+def test_attention_pattern_and_grid(model, tmp_path):
+    tokens = torch.tensor([[39, 3, 7, 3, 7, 12]])
+    labels = ["BOS", "3", "7", "3", "7", "12\n"]
+    patterns = heads.attention_patterns(model, tokens)  # [layer, batch, head, q, k]
+    fig = plots.attention_pattern(patterns[1, 0, 2], labels, "head 1.2")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()][:3] == ["BOS", "3", "7"]
+    assert [t.get_text() for t in ax.get_yticklabels()][-1] == "12\\n"  # a newline is shown, not printed
+    save_and_check(fig, tmp_path, "pattern.png")
+    grid = plots.attention_grid(patterns[0, 0], labels, layer=0)
+    assert sum(1 for a in grid.axes if a.images) == 3  # one panel per head
+    save_and_check(grid, tmp_path, "grid.png")
+    with pytest.raises(ValueError, match="token labels"):
+        plots.attention_pattern(patterns[1, 0, 2], labels[:-1])
+
+
+def test_layer_head_grid_is_centred_and_annotated(tmp_path):
+    scores = torch.tensor([[0.5, -2.0, 0.1], [1.0, 0.0, -0.3]])
+    fig = plots.layer_head_grid(scores, "signed scores")
+    norm = fig.axes[0].images[0].norm
+    assert isinstance(norm, TwoSlopeNorm) and norm.vcenter == 0 and norm.vmin == -norm.vmax == -2.0
+    texts = {t.get_text() for t in fig.axes[0].texts}
+    assert {"0.50", "-2.00", "0.00", "-0.30"} <= texts
+    save_and_check(fig, tmp_path, "grid.png")
+    seq = plots.layer_head_grid(scores.abs(), "magnitudes", diverging=False)
+    assert not isinstance(seq.axes[0].images[0].norm, TwoSlopeNorm)
+    save_and_check(seq, tmp_path, "seq.png")
+    big = plots.layer_head_grid(torch.randn(12, 20), "large grid")  # too many cells to annotate
+    assert not big.axes[0].texts
+    save_and_check(big, tmp_path, "big.png")
+    save_and_check(plots.layer_head_grids({"a": scores.abs(), "b": scores.abs() / 2}, "two"), tmp_path, "two.png")
+
+
+def test_patching_heatmap(tmp_path):
+    scores = torch.tensor([[0.0, 0.2, 1.0, -0.1], [0.0, 0.0, 0.9, 0.05]])
+    fig = plots.patching_heatmap(scores, ["BOS", " The", " cat", " sat"], "denoising resid_pre")
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["BOS", " The", " cat", " sat"]
+    save_and_check(fig, tmp_path, "patch.png")
+    rows = plots.patching_heatmap(torch.rand(6, 4), list("abcd"), "heads", row_labels=[f"{l}.{h}" for l in range(2)
+                                                                                     for h in range(3)])
+    save_and_check(rows, tmp_path, "rows.png")
+
+
+def test_lens_table(model, tmp_path):
+    tokens = torch.tensor([[39, 5, 6, 7, 5, 6]])
+    labels = ["BOS", "5", "6", "7", "5", "6"]
+    with_target = lens.logit_lens(model, tokens, targets=torch.tensor(7))
+    fig = plots.lens_table(with_target, labels, tokenizer=lambda i: f"t{i}")
+    ax = fig.axes[0]
+    n_rows, n_pos = len(with_target.labels), tokens.shape[1]
+    assert len(ax.texts) == n_rows * n_pos  # the top token in every cell
+    top = int(with_target.top_tokens[-1, 0, 0, 0])
+    assert f"t{top}" in {t.get_text() for t in ax.texts}
+    assert [t.get_text() for t in ax.get_yticklabels()] == with_target.labels
+    save_and_check(fig, tmp_path, "lens-target.png")
+    some = lens.logit_lens(model, tokens, positions=[-2, -1])  # no target: colour = p(top-1)
+    save_and_check(plots.lens_table(some, labels), tmp_path, "lens-top.png")
+    with pytest.raises(ValueError, match="targets"):
+        plots.lens_table(some, labels, color_by="target")
+
+
+def test_role_swap_figure(model, tmp_path):
+    a = torch.tensor([[39, 1, 2, 3, 4, 5]])
+    b = torch.tensor([[39, 4, 2, 3, 1, 5]])
+    result = heads.role_swap(model, a, b, (1, 4))
+    fig = plots.role_swap_figure(result)
+    assert sum(1 for ax in fig.axes if ax.images) == 3
+    save_and_check(fig, tmp_path, "role-swap.png")
+
+
+def test_headless_without_pyplot():
+    if "matplotlib.pyplot" in sys.modules:  # imported by something else: then no figure may be left open
+        assert sys.modules["matplotlib.pyplot"].get_fignums() == []
+    tree = ast.parse((PACKAGE / "plots.py").read_text())
+    imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    imported += [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module]
+    assert not any("pyplot" in name or name == "pylab" for name in imported)
+
+
+def test_only_plots_imports_matplotlib():
+    for path in PACKAGE.glob("*.py"):
+        if path.name == "plots.py":
+            continue
+        tree = ast.parse(path.read_text())
+        names = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+        names += [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module]
+        assert not any(n.split(".")[0] == "matplotlib" for n in names), f"{path.name} imports matplotlib"
