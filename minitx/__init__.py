@@ -17,7 +17,7 @@ def __getattr__(name):
     if name in ("load", "save_pretrained", "download"):
         from minitx import loading
         return getattr(loading, name)
-    if name in ("Tokenizer", "to_tokens", "to_string", "to_str_tokens", "to_single_token"):
+    if name in ("Tokenizer", "to_tokens", "to_tokens_padded", "to_string", "to_str_tokens", "to_single_token"):
         from minitx import tokenizer
         return getattr(tokenizer, name) if name == "Tokenizer" else getattr(tokenizer.Tokenizer.default(), name)
     raise AttributeError(f"module 'minitx' has no attribute {name!r}")
