@@ -90,7 +90,10 @@ def _check_index(value: int | None, size: int, what: str, plural: str) -> None:
 
 
 def _fmt(v) -> str:
-    return "nan" if v != v else f"{v:.3f}" if isinstance(v, float) else str(v)
+    if not isinstance(v, float):
+        return str(v)
+    text = "nan" if v != v else f"{v:.3f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.000"
 
 
 def _table(header: list[str], rows: list[list]) -> str:
@@ -201,6 +204,8 @@ def _pair(args, vocab):
     clean = vocab.tokens(args.clean, prepend_bos=args.prepend_bos, what="--clean")
     corrupted = vocab.tokens(args.corrupted, prepend_bos=args.prepend_bos, what="--corrupted")
     answer, wrong = vocab.token(args.answer, "--answer"), vocab.token(args.wrong, "--wrong")
+    from minitx.patching import check_same_shape
+    check_same_shape(clean, corrupted)  # before any progress line, so the error stands alone
     return clean, corrupted, answer, wrong
 
 

@@ -44,8 +44,11 @@ def _array(x, dims: int, what: str) -> np.ndarray:
 
 
 def _label(token: str, limit: int = 12) -> str:
-    """A token as a tick label: newlines and tabs visible, long tokens shortened."""
-    text = str(token).replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+    """A token as a tick label: newlines and tabs visible, whitespace-only tokens quoted, long ones shortened."""
+    token = str(token)
+    if not token.strip(" "):  # "" or spaces only would be an invisible label
+        token = repr(token)
+    text = token.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 

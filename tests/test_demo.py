@@ -1,0 +1,148 @@
+"""minitx.demo: the report and figures are written, and every number reported equals a direct library call."""
+
+import re
+
+import matplotlib.image
+import pytest
+import torch
+from torch.testing import assert_close
+
+import minitx
+from conftest import random_model
+from minitx import cli, heads, lens, metrics, patching, path_patching
+from minitx.demo import replace_first_copy, run_demo
+
+FIXTURE = cli.REPO_ROOT / cli.DEFAULT_MODEL
+SAME = dict(atol=1e-6, rtol=1e-6)
+N, BATCH, SEED = 8, 4, 3
+
+
+def checksum(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The trained fixture when it exists, else a random model of the same shape (vocab 64 + BOS 64)."""
+    if FIXTURE.is_dir():
+        return minitx.load(FIXTURE)
+    return random_model(n_layer=2, n_head=2, n_embd=32, n_positions=48, vocab_size=65, tie_word_embeddings=False)
+
+
+@pytest.fixture(scope="module")
+def demo(model, tmp_path_factory):
+    torch.set_num_threads(1)
+    before = checksum(model)
+    out = tmp_path_factory.mktemp("demo")
+    result = run_demo(model, out, n=N, batch=BATCH, seed=SEED, log=None)
+    for old, new in zip(before, model.parameters()):  # no weight changed, no hook left behind
+        assert torch.equal(old, new)
+    assert model._context_hooks == ([], [])
+    return result
+
+
+def check_files(result):
+    out = result["out_dir"]
+    assert result["files"][0] == "report.md" and (out / "report.md").is_file()
+    report = (out / "report.md").read_text()
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert linked and set(linked) <= set(result["files"])  # every figure the report shows was written
+    pngs = [f for f in result["files"] if f.endswith(".png")]
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(pngs)
+    for name in pngs:
+        image = matplotlib.image.imread(out / name)
+        assert image.ndim == 3 and image.shape[0] > 50 and image.shape[1] > 50
+    return report
+
+
+def test_report_and_figures(demo):
+    report = check_files(demo)
+    assert demo["kind"] == "induction" and len(demo["files"]) >= 7
+    for heading in ("## 1. Attention roles", "## 2. Activation patching and path patching", "## 3. Logit lens"):
+        assert heading in report
+    assert f"clean **{demo['clean_logit_diff']:.3f}**" in report
+    assert demo["hypothesis"] in report and demo["verdict"] in demo["hypothesis"]
+    assert demo["summary"] and all(isinstance(line, str) for line in demo["summary"])
+
+
+def test_head_scores_equal_the_library(model, demo):
+    tokens = heads.repeated_tokens(model.cfg.d_vocab, N, BATCH, SEED, prepend_bos=True)
+    assert torch.equal(demo["tokens"], tokens)
+    assert_close(demo["offset_scores"], heads.offset_scores(model, tokens, max_offset=4), **SAME)
+    assert_close(demo["previous_token"], heads.previous_token_scores(model, tokens), **SAME)
+    assert_close(demo["induction"], heads.induction_scores(model, n=N, batch=BATCH, seed=SEED, prepend_bos=True),
+                 **SAME)
+    assert_close(demo["duplicate"], heads.duplicate_token_scores(model, tokens), **SAME)
+    assert_close(demo["bos"], heads.bos_attention_scores(model, tokens), **SAME)
+    assert torch.equal(demo["offset_argmax"], heads.argmax_offset(demo["offset_scores"], min_offset=1))
+    l, h = demo["induction_head"]
+    assert l >= 1 and float(demo["induction"][l, h]) == float(demo["induction"][1:].max())
+
+
+def test_patching_numbers_equal_the_library(model, demo):
+    clean, corrupted = demo["clean_tokens"], demo["corrupted_tokens"]
+    # the corruption: the first copy replaced, everything else (BOS, second copy) kept; answer r_n, wrong r'_n
+    assert torch.equal(clean[:, N + 1:], corrupted[:, N + 1:]) and torch.equal(clean[:, 0], corrupted[:, 0])
+    first, other = clean[:, 1:N + 1], corrupted[:, 1:N + 1]
+    assert not (first[:, :, None] == other[:, None, :]).any()
+    assert torch.equal(demo["answer"], first[:, -1]) and torch.equal(demo["wrong"], other[:, -1])
+    assert torch.equal(clean[:, -1], first[:, -2])  # the last query is r_{n-1}: induction predicts r_n
+    metric = metrics.logit_diff_metric(demo["answer"], demo["wrong"], pos=-1)
+    noise = patching.activation_patching(model, clean, corrupted, metric, point="z", by="all", direction="noising")
+    assert_close(demo["noising_z"], noise.scores, **SAME)
+    assert demo["clean_logit_diff"] == pytest.approx(float(metric(model(clean)).mean()), abs=1e-5)
+    assert demo["corrupted_logit_diff"] == pytest.approx(float(metric(model(corrupted)).mean()), abs=1e-5)
+    resid = patching.activation_patching(model, clean, corrupted, metric, point="resid_pre", by="pos")
+    assert_close(demo["resid_denoising"], resid.scores, **SAME)
+    main, (li, hi) = demo["main_l0_head"], demo["induction_head"]
+    assert main[0] == 0 and float(noise.scores[0, main[1]]) == float(noise.scores[0].min())
+    for name, receiver in (("q", ("q", li, hi)), ("k", ("k", li, hi)), ("v", ("v", li, hi)), ("logits", "logits")):
+        score = path_patching.path_patch(model, clean, corrupted, main, receiver, metric).score
+        assert_close(demo["path"][name], score, **SAME)
+        assert_close(demo["path_removed"][name], 1 - score, **SAME)
+    pct = {k: f"{100 * float(v):.0f}%" for k, v in demo["path_removed"].items()}
+    assert (f"keys removes {pct['k']} of the logit difference, queries {pct['q']}, values {pct['v']}"
+            in demo["hypothesis"])
+
+
+def test_lens_numbers_equal_the_library(model, demo):
+    tokens = demo["tokens"]
+    result = lens.logit_lens(model, tokens, targets="next", positions=list(range(tokens.shape[1] - 1)))
+    second = list(range(N + 1, 2 * N))
+    assert demo["lens_positions"] == second and demo["lens_labels"] == result.labels
+    assert_close(demo["lens_target_prob"], result.target_probs[:, :, second].mean((1, 2)), **SAME)
+    assert_close(demo["lens_target_rank"], result.target_ranks[:, :, second].float().mean((1, 2)), **SAME)
+    assert_close(demo["lens_top1"], (result.target_ranks[:, :, second] == 0).float().mean((1, 2)), **SAME)
+
+
+def test_without_bos(model, tmp_path):
+    result = run_demo(model, tmp_path, n=5, batch=2, seed=1, prepend_bos=False, log=None)
+    check_files(result)
+    clean, corrupted = result["clean_tokens"], result["corrupted_tokens"]
+    assert clean.shape == (2, 9) and torch.equal(result["answer"], clean[:, 4])
+    assert torch.equal(clean[:, -1], clean[:, 3]) and torch.equal(clean[:, 5:], corrupted[:, 5:])
+    assert result["lens_positions"] == [5, 6, 7, 8]
+
+
+def test_replace_first_copy():
+    tokens = heads.repeated_tokens(20, 6, 3, 0, prepend_bos=True)
+    out = replace_first_copy(tokens, 6, 20, 19, seed=0)
+    assert torch.equal(out[:, 7:], tokens[:, 7:]) and (out[:, 0] == 19).all()
+    assert not (out[:, 1:7, None] == tokens[:, None, 1:7]).any() and (out[:, 1:7] != 19).all()
+    assert all(len(set(row)) == 6 for row in out[:, 1:7].tolist())
+    with pytest.raises(ValueError, match="too few tokens"):
+        replace_first_copy(heads.repeated_tokens(10, 6, 1, 0, prepend_bos=True), 6, 10, 9, seed=0)
+
+
+def test_gpt2_vocabulary_branch_runs_end_to_end(tmp_path):
+    """Random weights: only that it runs, writes its files, and reports the library's lens numbers."""
+    model = random_model(n_layer=2, n_head=2, n_embd=16, n_positions=32, vocab_size=50257)
+    result = run_demo(model, tmp_path, log=None)
+    report = check_files(result)
+    assert result["kind"] == "gpt2" and "The cat sat on the" in report and "role-swap.png" in result["files"]
+    tokenizer = minitx.Tokenizer.default()
+    tokens = tokenizer.to_tokens("The cat sat on the", prepend_bos=True)
+    direct = lens.logit_lens(model, tokens, targets=tokenizer.to_single_token(" mat"))
+    assert_close(result["lens_target_prob"], direct.target_probs[:, 0, -1], **SAME)
+    assert result["swap_positions"] == (2, 5)
+    assert result["path_logits"].shape == (2, 2) and result["hypothesis"] in report
