@@ -25,7 +25,7 @@ Grammar (each line is one episode; {x} is drawn uniformly unless said otherwise)
               Intro in ("When", "After", "While"); {X} is A or B (1/2 each), {Y} the other one.
   repeat   := k distinct words from REPEAT_WORDS (k in 3..8), written r times (r in 2..4), then "."
 
-Mixture: filler 0.10, fixed 0.25, role 0.30, ioi 0.15, repeat 0.20 (`mixture(progress)`; during
+Mixture: filler 0.08, fixed 0.17, role 0.35, ioi 0.20, repeat 0.20 (`mixture(progress)`; during
 the first `REPEAT_WARMUP` of training, repeat is 0.50, the others scaled down: repeats first).
 
 Held out (never in training, in either order): HELD_OUT_REST pairs (animal, rest_verb),
@@ -92,7 +92,7 @@ REPEAT_WORDS = ["river", "stone", "king", "tree", "door", "fish", "star", "moon"
                 "gold", "wood", "glass", "paper", "clock", "rose", "corn", "forest", "lake", "box", "wall",
                 "chair", "coin", "ring", "bag", "leaf", "nest", "snow", "rain", "sky", "night", "day"]
 
-MIXTURE = {"filler": 0.10, "fixed": 0.25, "role": 0.30, "ioi": 0.15, "repeat": 0.20}
+MIXTURE = {"filler": 0.08, "fixed": 0.17, "role": 0.35, "ioi": 0.20, "repeat": 0.20}
 REPEAT_WARMUP = 0.15  # fraction of training with repeats at 0.50
 
 

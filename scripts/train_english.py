@@ -12,7 +12,7 @@ Training keeps W_E as the full [50257, d] parameter (frozen, for export) and tra
 `start_at_layer=0, stop_at_layer=n_layer` on the table's embeddings). On saving, the table is
 scattered into W_E and the model is written in float16 with `minitx.save_pretrained`.
 
-    python scripts/train_english.py --minutes 35 --out weights/english-4l     # the shipped model
+    python scripts/train_english.py --minutes 38 --out weights/english-4l     # the shipped model
     python scripts/train_english.py --smoke --out /tmp/english-smoke          # a few steps, seconds
 
 A loss line every --log-every steps; every --probe-every steps a held-out probe (top-1 on each
@@ -125,10 +125,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--minutes", type=float, default=35.0, help="wall-clock training budget")
     parser.add_argument("--max-steps", type=int, default=10**9)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--warmup", type=int, default=200)
-    parser.add_argument("--decay-from", type=float, default=0.7, help="fraction of the budget after which "
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--decay-from", type=float, default=0.75, help="fraction of the budget after which "
                         "the learning rate falls linearly to 10%%")
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--threads", type=int, default=1)

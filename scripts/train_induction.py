@@ -72,6 +72,18 @@ def second_copy_logprob(logits: Tensor, tokens: Tensor, lengths: Tensor) -> Tens
     return (logprobs * mask).sum(1) / mask.sum(1)
 
 
+def second_copy_logit_diff(logits: Tensor, clean: Tensor, corrupted: Tensor, lengths: Tensor) -> Tensor:
+    """Mean over second-copy positions of logit[clean answer] - logit[the answer the corrupted first
+    copy suggests] -> [batch]. At query L+i the clean answer is A[i] (position L+i+1); the corrupted
+    run's first copy holds A'[i] at position i+1, which an induction head there would copy."""
+    q = torch.arange(SEQ_LEN - 1)[None, :]
+    wrong = corrupted.gather(1, (q + 1 - lengths[:, None]).clamp(min=0))  # [batch, pos-1]
+    x = logits[:, :-1]
+    diff = x.gather(-1, clean[:, 1:, None])[..., 0] - x.gather(-1, wrong[..., None])[..., 0]
+    mask = second_copy_mask(lengths)[:, :-1].to(diff.dtype)
+    return (diff * mask).sum(1) / mask.sum(1)
+
+
 def build_model(seed: int, tied: bool, std: float = 0.02) -> minitx.Transformer:
     """GPT-2 init (seeded; N(0, std)), then every MLP weight/bias zeroed and frozen, ln2 frozen at identity."""
     model = minitx.Transformer(model_config(tied)).init_weights(seed, std=std)

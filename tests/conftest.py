@@ -1,5 +1,7 @@
 """Shared fixtures: small random GPT-2 models built offline, no downloads."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -34,3 +36,14 @@ def _deterministic():
     torch.manual_seed(0)
     yield
     torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def unchanged(model):
+    """The call under test leaves every weight as it was and no hook behind."""
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    yield
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), f"{k} changed"
+    assert model._context_hooks == ([], [])
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())

@@ -18,9 +18,10 @@ import torch
 from torch.testing import assert_close
 
 import minitx
-from conftest import random_model
+from tests.conftest import random_model
 from minitx.attribution import atp_star_qk_fix, attribution_patching, compare_with_patching
 from minitx.metrics import logit_diff_metric
+from minitx.path_patching import direct_path_patch
 
 B, T = 3, 7
 _g = torch.Generator().manual_seed(7)
@@ -173,3 +174,77 @@ def test_no_state_left_behind_and_errors(model):
         attribution_patching(model, CLEAN, CORRUPTED[:, :-1], METRIC)
     with pytest.raises(ValueError, match=r"to \[batch\]=\[3\]"):
         attribution_patching(model, CLEAN, CORRUPTED, lambda logits: logits.sum())
+
+
+# -- the trained induction fixture (METHODS §9.3 item 9) ----------------------------------------------
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE = ROOT / "weights" / "induction-2l"
+
+
+@pytest.fixture(scope="module")
+def induction():
+    """(model, clean, corrupted, metric, prev): the fixture, 64 held-out prompts, the logit difference
+    between the clean answer and the token the corrupted first copy suggests (at second-copy
+    positions), and the layer-0 previous-token head."""
+    spec = importlib.util.spec_from_file_location("train_induction", ROOT / "scripts" / "train_induction.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    model = minitx.load(FIXTURE)
+    clean, corrupted, lengths = script.make_batch(64, torch.Generator().manual_seed(2024))
+
+    def metric(logits):
+        return script.second_copy_logit_diff(logits, clean, corrupted, lengths)
+
+    from minitx.heads import previous_token_scores
+    prev = int(previous_token_scores(model, clean)[0].argmax())
+    return model, clean, corrupted, metric, prev
+
+
+def test_fixture_atp_misses_the_previous_token_head_and_the_qk_fix_finds_it(induction):
+    """Denoising the layer-0 previous-token head alone makes layer 1 attend to the corrupted first
+    copy and predict its tokens (an AND gate: far below the corrupted run). Layer 1's softmax is
+    saturated on the corrupted run, so AtP sees ~0; the QK fix recomputes those patterns."""
+    from minitx.patching import activation_patching
+
+    model, clean, corrupted, metric, prev = induction
+    exact = activation_patching(model, clean, corrupted, metric, "z", by="all").scores  # denoising, normalised
+    atp = attribution_patching(model, clean, corrupted, metric).normalized("z")
+    fixed = atp_star_qk_fix(model, clean, corrupted, metric)
+    assert float(exact[0, prev]) <= -0.5  # measured -1.00
+    assert abs(float(atp[0, prev])) < 0.05  # measured -0.02
+    # The pattern change is exact; what remains is the final layer norm's nonlinearity (next test):
+    # measured -0.20 of -1.00 here, ten times plain AtP.
+    assert float(fixed.normalized("z")[0, prev]) <= -0.1
+    # Layer 1 (§9.3 item 9): same sign as activation patching, magnitude within a factor of 3.
+    assert (atp[1].sign() == exact[1].sign()).all()
+    assert ((atp[1] / exact[1]) > 1 / 3).all() and ((atp[1] / exact[1]) < 3).all()
+
+
+def test_fixture_qk_fix_is_exact_once_the_final_layer_norm_is_frozen(induction):
+    """With ln_final's scale pinned to the corrupted run's, everything after a layer-1 pattern is
+    linear in this attention-only model: the QK-fixed edges into layer-1 keys equal TL-style direct
+    path patching, and the head estimate recovers the whole AND-gate effect."""
+    model, clean, corrupted, metric, prev = induction
+    _, cache = model.run_with_cache(corrupted, names_filter="ln_final.hook_scale")
+    pin = [("ln_final.hook_scale", lambda x, hook: cache["ln_final.hook_scale"])]
+    name = "blocks.0.attn.hook_z"
+    _, clean_cache = model.run_with_cache(clean, names_filter=name)
+
+    def restore(z, _):
+        z = z.clone()
+        z[:, :, prev] = clean_cache[name][:, :, prev]
+        return z
+
+    with model.hooks(fwd_hooks=pin):
+        fixed = atp_star_qk_fix(model, clean, corrupted, metric)
+        atp = attribution_patching(model, clean, corrupted, metric)
+        with torch.no_grad():
+            patched = float(metric(model.run_with_hooks(corrupted, fwd_hooks=[(name, restore)])).mean())
+        exact = (patched - fixed.corrupted) / (fixed.clean - fixed.corrupted)
+        for receiver in range(model.cfg.n_head):
+            edge = direct_path_patch(model, clean, corrupted, (0, prev), ("k", 1, receiver), metric)
+            assert_close(fixed.edges[0, prev, 1, receiver, 1] / (fixed.clean - fixed.corrupted), edge,
+                         atol=1e-4, rtol=1e-4)
+    assert exact <= -0.5  # measured -1.00
+    assert abs(float(atp.normalized("z")[0, prev])) < 0.1  # measured -0.07
+    assert float(fixed.normalized("z")[0, prev]) / exact == pytest.approx(1.0, abs=0.1)  # measured 1.03

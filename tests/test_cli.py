@@ -7,7 +7,7 @@ import matplotlib.image
 import pytest
 
 import minitx
-from conftest import random_model
+from tests.conftest import random_model
 from minitx import cli, heads
 
 FIXTURE = cli.REPO_ROOT / cli.DEFAULT_MODEL

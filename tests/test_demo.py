@@ -8,7 +8,7 @@ import torch
 from torch.testing import assert_close
 
 import minitx
-from conftest import random_model
+from tests.conftest import random_model
 from minitx import cli, heads, lens, metrics, patching, path_patching
 from minitx.demo import replace_first_copy, run_demo
 

@@ -6,19 +6,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from conftest import random_model
+from tests.conftest import random_model, unchanged
 from minitx import heads
-
-
-@contextlib.contextmanager
-def unchanged(model):
-    """The call under test leaves every weight as it was and no hook behind."""
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    yield
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, before[k]), f"{k} changed"
-    assert model._context_hooks == ([], [])
-    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
 @contextlib.contextmanager

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from conftest import random_model
 from minitx import metrics as M
+from tests.conftest import random_model
 from minitx import patching as P
 
 B, T = 2, 5
@@ -19,15 +19,6 @@ METRIC = M.logit_diff_metric(torch.tensor([3, 4]), torch.tensor([5, 6]))
 EXACT = dict(atol=1e-5, rtol=1e-5)
 GRANULARITIES = [(p, "pos") for p in P.RESID_LIKE] + [(p, "all") for p in ("attn_out", "mlp_out", "resid_post")] + \
     [(p, "all") for p in P.HEAD_LIKE] + [(p, "pos") for p in ("z", "q", "k", "v")]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one intra-op thread avoids oversubscribing a shared CPU (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

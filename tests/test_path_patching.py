@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from conftest import random_model
 from minitx import metrics as M
+from tests.conftest import random_model
 from minitx import patching as P
 from minitx import path_patching as PP
 
@@ -17,15 +17,6 @@ X_NEW[:, 3] = torch.tensor([160, 170])
 METRIC = M.logit_diff_metric(torch.tensor([3, 4]), torch.tensor([5, 6]))
 EXACT = dict(atol=1e-5, rtol=1e-5)
 RECEIVERS = ["logits", ("q", 2, 1), [("k", 2, 0), ("v", 1, 3)], ("mlp_in", 1)]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one intra-op thread avoids oversubscribing a shared CPU (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import torch
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
-from conftest import random_model
 from minitx import heads, lens, plots
+from tests.conftest import random_model
 
 PACKAGE = Path(__file__).resolve().parent.parent / "minitx"
 
