@@ -249,8 +249,8 @@ class Attention(nn.Module):
             k, v = torch.cat([past[0], k], 1), torch.cat([past[1], v], 1)
         present = (k, v)
         if run.wants(p + "hook_attn_scores") or run.wants(p + "hook_pattern"):
-            if mask is None:  # plain causal
-                mask = torch.ones(q.shape[1], k.shape[1], dtype=torch.bool, device=q.device).tril()
+            if mask is None:  # plain causal, no earlier positions
+                mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
             dtype = torch.float32 if self.upcast else q.dtype
             qh, kh, vh = q.transpose(1, 2).to(dtype), k.transpose(1, 2).to(dtype), v.transpose(1, 2)  # [batch, head, pos, d_head]
             scores = torch.matmul(qh, kh.transpose(-1, -2)).mul_(self.scale)  # [batch, head, q_pos, k_pos]
@@ -377,13 +377,15 @@ class Transformer(nn.Module):
 
     # -- the forward pass -------------------------------------------------------------------------
     def forward(self, tokens: Tensor, attention_mask: Tensor | None = None, *, start_at_layer: int | None = None,
-                stop_at_layer: int | None = None, _run: Run | None = None) -> Tensor:
+                stop_at_layer: int | None = None, past_kv: list | None = None, _run: Run | None = None) -> Tensor:
         """tokens [batch, pos] (or [pos]) -> logits [batch, pos, d_vocab].
 
         attention_mask [batch, pos]: 1 for real tokens, 0 for padding (left or right). Positions
         count real tokens only (HF generate's rule), so a padded prompt sees what it sees alone.
         start_at_layer=l: `tokens` is instead the residual stream before block l [batch, pos, d_model].
         stop_at_layer=l: return the residual stream before block l (l = n_layer: before ln_final).
+        past_kv (with start_at_layer): [(k, v) [batch, n_past, head, d_head]] for each block run, the keys
+        and values of n_past earlier positions; the input then holds only the positions after them.
         """
         run = _run or self._context_run()
         start = start_at_layer or 0
@@ -400,9 +402,13 @@ class Transformer(nn.Module):
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but the input needs "
                              f"{tuple(tokens.shape[:2])}: one 0/1 entry per token")
         resid = self.embed(tokens, attention_mask, run) if start_at_layer is None else tokens  # [batch, pos, d_model]
-        mask = self._attention_mask(attention_mask, resid.shape[:2], resid.device)
-        for block in self.blocks[start:stop]:
-            resid, _ = block(resid, run, mask)
+        if past_kv is not None and (start_at_layer is None or len(past_kv) != stop - start or attention_mask is not None):
+            raise ValueError(f"past_kv needs start_at_layer, no attention_mask, and one (k, v) per block run "
+                             f"({stop - start}); got {len(past_kv)}")
+        n_past = 0 if past_kv is None else past_kv[0][0].shape[1]
+        mask = self._attention_mask(attention_mask, resid.shape[:2], resid.device, n_past)
+        for i, block in enumerate(self.blocks[start:stop]):
+            resid, _ = block(resid, run, mask, None if past_kv is None else past_kv[i])
         if stop_at_layer is not None:
             return resid  # the residual stream before block `stop` (before ln_final when stop == n_layer)
         return self.unembed(resid, run)

@@ -287,7 +287,11 @@ def activation_patching(model, clean: Tensor, corrupted, metric: Callable, point
     axes, sites = _sites(point, by, L, T, H)
     names = [get_act_name(point, l) for l in range(L)]
     resid = [f"blocks.{l}.hook_resid_pre" for l in range(L)]
-    wanted = sorted(set(names) | set(resid))
+    # A patch at position p changes nothing before p (causal attention), so per-position sweeps run
+    # only positions p.. and read the earlier positions' keys and values from the base run's cache.
+    suffix = by == "pos" and T > 1
+    kv = [get_act_name(kind, l) for l in range(L) for kind in "kv"] + [f"blocks.{L - 1}.hook_resid_post"]
+    wanted = sorted(set(names) | set(resid) | (set(kv) if suffix else set()))
     clean_logits, clean_cache = _run(model, clean, wanted, B)
     corr_logits, corr_cache = _run(model, corrupted, wanted, B)
     m_clean, m_corr = _check_metric(metric(clean_logits), B), _check_metric(metric(corr_logits), B)
@@ -297,13 +301,23 @@ def activation_patching(model, clean: Tensor, corrupted, metric: Callable, point
     per_prompt = torch.empty(*shape, B)
     per_chunk = max(1, max_rows // B)
     for l in range(L):
-        layer_sites = [s for s in sites if s[0] == l]
-        for start in range(0, len(layer_sites), per_chunk):
-            chunk = layer_sites[start:start + per_chunk]
-            hook = _writer([s[2] for s in chunk], source[names[l]], B)
-            final = final_resid(model, base[resid[l]].repeat(len(chunk), 1, 1), l, [(names[l], hook)])
-            for (_, where, _), values in zip(chunk, metric_blocks(model, final, metric, B)):
-                per_prompt[where] = values.cpu()
+        groups = {}  # first position a forward must compute -> its sites
+        for site in (s for s in sites if s[0] == l):
+            groups.setdefault(site[1][1] if suffix else 0, []).append(site)
+        for p, group in groups.items():
+            for start in range(0, len(group), per_chunk):
+                chunk = group[start:start + per_chunk]
+                n = len(chunk)
+                shifted = [(idx[0] - p, *idx[1:]) if p else idx for _, _, idx in chunk]  # positions from p on
+                hook = _writer(shifted, source[names[l]][:, p:], B)
+                past = None if not p else [(base[get_act_name("k", j)][:, :p].repeat(n, 1, 1, 1),
+                                            base[get_act_name("v", j)][:, :p].repeat(n, 1, 1, 1)) for j in range(l, L)]
+                final = model.run_with_hooks(base[resid[l]][:, p:].repeat(n, 1, 1), start_at_layer=l,
+                                             stop_at_layer=L, past_kv=past, fwd_hooks=[(names[l], hook)])
+                if p:  # earlier positions are the base run's, untouched by the patch
+                    final = torch.cat([base[kv[-1]][:, :p].repeat(n, 1, 1), final], 1)
+                for (_, where, _), values in zip(chunk, metric_blocks(model, final, metric, B)):
+                    per_prompt[where] = values.cpu()
     return PatchingResult(scores=normalized(per_prompt, m_clean.cpu(), m_corr.cpu()), raw=per_prompt.mean(-1),
                           clean=float(m_clean.mean()), corrupted=float(m_corr.mean()), direction=direction,
                           metric=metric_name(metric), axes=axes, point=point, per_prompt=per_prompt)

@@ -482,7 +482,7 @@ CLI_CASES = [
              unclear="heads --batch 0: uncaught RuntimeError 'stack expects a non-empty TensorList' (a traceback)"),
     cli_case("heads-negative-max-offset", ["heads", "--n", "3", "--max-offset", "-1"], "max_offset=-1",
              unclear=LATE),
-    cli_case("patch-answer-out-of-vocab", ["patch", *PAIR[:6], "--answer", "30", "--wrong", "5"],
+    cli_case("patch-answer-out-of-vocab", ["patch", *PAIR[:4], "--answer", "30", "--wrong", "5"],
              "minitx patch: error: --answer: token id 30 is outside the vocabulary; allowed ids are 0..19"),
     cli_case("patch-point-typo", ["patch", *PAIR, "--point", "resid_pr"],
              "minitx patch: error: argument --point: invalid choice: 'resid_pr'"),

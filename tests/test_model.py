@@ -212,3 +212,17 @@ def test_get_act_name():
     assert minitx.get_act_name("scale", 2, "ln2") == "blocks.2.ln2.hook_scale"
     assert minitx.get_act_name("scale") == "ln_final.hook_scale"
     assert minitx.get_act_name("q_input", 0) == "blocks.0.hook_q_input"
+
+
+def test_past_keys_and_values_let_a_suffix_run_alone(tiny_model):
+    tokens = torch.randint(0, 257, (2, 9))
+    logits, cache = tiny_model.run_with_cache(tokens)
+    for layer, p in [(0, 3), (1, 5), (1, 1)]:
+        past = [(cache["k", l][:, :p], cache["v", l][:, :p]) for l in range(layer, 2)]
+        suffix = tiny_model(cache["resid_pre", layer][:, p:], start_at_layer=layer, past_kv=past)
+        assert_close(suffix, logits[:, p:], atol=1e-5, rtol=1e-5)
+        _, suffix_cache = tiny_model.run_with_cache(cache["resid_pre", layer][:, p:], start_at_layer=layer,
+                                                    past_kv=past, names_filter=lambda n: n.endswith("pattern"))
+        assert_close(suffix_cache["pattern", 1], cache["pattern", 1][:, :, p:], atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="past_kv needs start_at_layer"):
+        tiny_model(tokens, past_kv=past)
