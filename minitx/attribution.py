@@ -124,6 +124,14 @@ def _contract(point: str, delta_times_grad: Tensor) -> Tensor:
     return delta_times_grad.sum((0, 3))
 
 
+def _atp_by_pos(points, n_layer: int, clean_cache, corr_cache, grads) -> dict[str, Tensor]:
+    """{point: [layer, pos, head] or [layer, pos]} AtP scores from the caches and gradients of `_runs`."""
+    def layer(p, l):
+        n = get_act_name(p, l)
+        return _contract(p, (clean_cache[n] - corr_cache[n]) * grads[n])
+    return {p: torch.stack([layer(p, l) for l in range(n_layer)]) for p in points}
+
+
 def attribution_patching(model, clean_tokens: Tensor, corrupted_tokens: Tensor, metric: Callable,
                          points=("z",)) -> AttributionResult:
     """Returns AttributionResult: scores [layer, head] and by_pos [layer, pos, head] per head point.
@@ -140,13 +148,7 @@ def attribution_patching(model, clean_tokens: Tensor, corrupted_tokens: Tensor, 
     L = model.cfg.n_layer
     names = [get_act_name(p, l) for p in points for l in range(L)]
     clean_cache, corr_cache, grads, m_clean, m_corr = _runs(model, clean, corrupted, metric, names, names)
-    by_pos = {}
-    for p in points:
-        per_layer = []
-        for l in range(L):
-            n = get_act_name(p, l)
-            per_layer.append(_contract(p, (clean_cache[n] - corr_cache[n]) * grads[n]))
-        by_pos[p] = torch.stack(per_layer)  # [layer, pos, head] or [layer, pos]
+    by_pos = _atp_by_pos(points, L, clean_cache, corr_cache, grads)
     scores = {p: v.sum(1) for p, v in by_pos.items()}
     return AttributionResult(scores, by_pos, float(m_clean.mean()), float(m_corr.mean()), metric_name(metric), "AtP")
 
@@ -203,9 +205,7 @@ def atp_star_qk_fix(model, clean_tokens: Tensor, corrupted_tokens: Tensor, metri
         term = (pattern.view(-1, B, *pattern.shape[1:]) - corr[name]) * grads[name]
         return term.sum((1, 3, 4))
 
-    plain = {p: torch.stack([_contract(p, (clean_cache[get_act_name(p, l)] - corr[get_act_name(p, l)])
-                                          * grads[get_act_name(p, l)]) for l in range(L)]).sum(1)
-             for p in ("z", "q", "k")}  # [layer, head]
+    plain = {p: v.sum(1) for p, v in _atp_by_pos(("z", "q", "k"), L, clean_cache, corr, grads).items()}
 
     # The paper's fix on the q/k nodes themselves: all heads of a layer at once, as each head's
     # pattern depends on its own q and k only.

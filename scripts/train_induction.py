@@ -10,6 +10,7 @@ distinct tokens. Varying L keeps the task from being solved by a fixed positiona
 
     python scripts/train_induction.py --out weights/induction-2l          # ~6000 steps, 1-2 min
     python scripts/train_induction.py --smoke --out /tmp/induction-smoke  # a few steps, seconds
+    python scripts/train_induction.py --evaluate weights/induction-2l     # the measurements of the card
 
 Output: config.json + model.safetensors in HF's GPT2LMHeadModel layout (minitx.save_pretrained);
 the config's bos_token_id is null there (GPT-2's 50256 is outside this vocabulary): BOS is id 64.
@@ -121,42 +122,74 @@ def train(model: minitx.Transformer, steps: int, seed: int, batch: int = 32, lr:
     return history
 
 
-@torch.no_grad()
-def evaluate(model: minitx.Transformer, n: int = 256, seed: int = 12345) -> dict:
-    """The section 9.3 preconditions, computed straight from the model API on a held-out batch."""
+def evaluate(model: minitx.Transformer, n: int = 64, seed: int = 2024) -> dict:
+    """The METHODS 9.3 measurements on a held-out batch, through the library's analysis functions.
+
+    Normalised scores: 1 = clean, 0 = corrupted. h0 (main_L0_head) = the layer-0 head whose noising
+    damages the log-prob most (9.3 item 3); prev_L0_head = the layer-0 head with the largest off_1."""
+    from minitx import dla, heads, lens
+    from minitx.attribution import atp_star_qk_fix, attribution_patching
+    from minitx.patching import activation_patching
+    from minitx.path_patching import path_patch
+
     clean, corrupted, lengths = make_batch(n, torch.Generator().manual_seed(seed))
-    pattern_names = [minitx.get_act_name("pattern", layer) for layer in range(model.cfg.n_layer)]
-    logits, cache = model.run_with_cache(clean, names_filter=pattern_names + ["blocks.0.attn.hook_z"])
-    corrupted_logits, corrupted_cache = model.run_with_cache(corrupted, names_filter="blocks.0.attn.hook_z")
-    m_clean = second_copy_logprob(logits, clean, lengths).mean().item()
-    m_corr = second_copy_logprob(corrupted_logits, corrupted, lengths).mean().item()
+    logprob = lambda logits: second_copy_logprob(logits, clean, lengths)  # noqa: E731
+    logit_diff = lambda logits: second_copy_logit_diff(logits, clean, corrupted, lengths)  # noqa: E731
+    H, out = model.cfg.n_head, {}
+    with torch.no_grad():
+        m_clean, m_corr = logprob(model(clean)).mean().item(), logprob(model(corrupted)).mean().item()
+    out.update(second_copy_logprob=m_clean, corrupted_logprob=m_corr)
 
-    # Induction score (section 5.3): mean over i = 1..L of A[L+i, i+1], per head of layer 1.
-    rows = torch.arange(n)[:, None]
-    i = torch.arange(1, L_RANGE[1] + 1)[None, :]  # [1, i]
-    valid = (i <= lengths[:, None]).float()  # [batch, i]
-    A1 = cache["pattern", 1]  # [batch, head, q_pos, k_pos]
-    ind = [((A1[rows, h, (lengths[:, None] + i).clamp(max=SEQ_LEN - 1), (i + 1).clamp(max=SEQ_LEN - 1)] * valid)
-            .sum(1) / valid.sum(1)).mean().item() for h in range(model.cfg.n_head)]
-    # Offset profile (section 5.1), BOS excluded from the queries: off_d = mean_{q >= max(d, 1)} A[q, q-d].
-    A0 = cache["pattern", 0]
-    offsets = [[A0[:, h].diagonal(-d, dim1=-2, dim2=-1)[:, max(0, 1 - d):].mean().item() for d in range(5)]
-               for h in range(model.cfg.n_head)]
-    bos_mass = [A0[:, h, 1:, 0].mean().item() for h in range(model.cfg.n_head)]
+    induction = torch.stack([heads.induction_scores(model, n=k, batch=32, seed=k) for k in (8, 14, 20)]).mean(0)
+    offsets = heads.offset_scores(model, clean, max_offset=4)  # [layer, head, offset]
+    noising = activation_patching(model, clean, corrupted, logprob, "z", by="all", direction="noising").scores
+    denoising = activation_patching(model, clean, corrupted, logprob, "z", by="all").scores
+    h0, prev = int(noising[0].argmin()), int(offsets[0, :, 1].argmax())
+    out.update(induction_L1=induction[1].tolist(), induction_L0=induction[0].tolist(),
+               offsets_L0=offsets[0].tolist(), bos_mass_L0=heads.bos_attention_scores(model, clean)[0].tolist(),
+               noising_heads=noising.tolist(), denoising_heads=denoising.tolist(), main_L0_head=h0,
+               prev_L0_head=prev, main_L0_offset_argmax_1to4=int(heads.argmax_offset(offsets, 1)[0, h0]))
 
-    # Noising each layer-0 head (clean run, that head's z from the corrupted run), normalised: 1 = undamaged.
-    noised = []
-    for h in range(model.cfg.n_head):
-        def patch(z, hook, h=h):
-            z = z.clone()
-            z[:, :, h] = corrupted_cache["blocks.0.attn.hook_z"][:, :, h]
-            return z
-        patched = model.run_with_hooks(clean, fwd_hooks=[("blocks.0.attn.hook_z", patch)])
-        noised.append((second_copy_logprob(patched, clean, lengths).mean().item() - m_corr) / (m_clean - m_corr))
-    h0 = min(range(model.cfg.n_head), key=lambda h: noised[h])
-    return {"second_copy_logprob": m_clean, "corrupted_logprob": m_corr, "induction_L1": ind,
-            "offsets_L0": offsets, "bos_mass_L0": bos_mass, "noising_L0": noised, "main_L0_head": h0,
-            "main_L0_offset_argmax_1to4": 1 + max(range(4), key=lambda d: offsets[h0][d + 1])}
+    # Path patching (noising convention, 1 = undamaged) from each layer-0 head.
+    out["path_L0"] = {h: {"k": [float(path_patch(model, clean, corrupted, (0, h), ("k", 1, r), logprob).score)
+                                for r in range(H)],
+                          **{kind: float(path_patch(model, clean, corrupted, (0, h), [(kind, 1, r) for r in range(H)],
+                                                    logprob).score) for kind in ("q", "v")},
+                          "logits": float(path_patch(model, clean, corrupted, (0, h), "logits", logprob).score)}
+                      for h in range(H)}
+
+    # Denoising resid_pre[1] at all first-copy positions together, then at all second-copy positions.
+    q = torch.arange(SEQ_LEN)
+    name = "blocks.1.hook_resid_pre"
+    _, cache = model.run_with_cache(clean, names_filter=name)
+    for label, where in (("first", (q >= 1) & (q <= lengths[:, None])),
+                         ("second", (q > lengths[:, None]) & (q <= 2 * lengths[:, None]))):
+        hook = [(name, lambda x, _, w=where: torch.where(w[..., None], cache[name], x))]
+        with torch.no_grad():
+            patched = logprob(model.run_with_hooks(corrupted, fwd_hooks=hook)).mean().item()
+        out[f"resid_pre1_{label}_copy"] = (patched - m_corr) / (m_clean - m_corr)
+
+    # DLA of the correct-token logit at second-copy positions L+1 .. L+7 (L >= 8), final-LN scale frozen.
+    parts = []
+    for i in range(1, 8):
+        result = dla.direct_logit_attribution(model, clean, clean[torch.arange(n), lengths + i + 1], pos=lengths + i)
+        parts.append(torch.stack([result.heads[1].sum(0), result.heads[0].sum(0), result.target,
+                                  (result.total - result.target).abs()]).mean(1))
+    dla_l1, dla_l0, logit, err = torch.stack(parts).mean(0).tolist()
+    out.update(dla_L1_share=dla_l1 / logit, dla_L0_share=dla_l0 / logit, dla_logit=logit, dla_sum_error=err)
+
+    # Logit lens: median rank of the correct next token at second-copy positions (0 = top-1).
+    result = lens.logit_lens(model, clean, targets="next", positions=list(range(SEQ_LEN - 1)))
+    mask = second_copy_mask(lengths)[:, :-1]
+    out["lens_median_rank"] = dict(zip(result.labels, (float(r[mask].float().median()) for r in result.target_ranks)))
+
+    # AtP and AtP*'s QK fix against activation patching: denoising, logit difference (clean answer
+    # minus the token the corrupted first copy suggests), normalised.
+    exact = activation_patching(model, clean, corrupted, logit_diff, "z", by="all").scores
+    out.update(ld_denoising_heads=exact.tolist(),
+               ld_atp_heads=attribution_patching(model, clean, corrupted, logit_diff).normalized("z").tolist(),
+               ld_atp_star_heads=atp_star_qk_fix(model, clean, corrupted, logit_diff).normalized("z").tolist())
+    return out
 
 
 def preconditions_hold(metrics: dict) -> bool:
@@ -167,7 +200,8 @@ def preconditions_hold(metrics: dict) -> bool:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="directory for config.json + model.safetensors")
+    parser.add_argument("--out", type=Path, help="directory for config.json + model.safetensors")
+    parser.add_argument("--evaluate", type=Path, metavar="DIR", help="measure a saved checkpoint; no training")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--tied", action="store_true", help="tie the unembedding to the embedding")
@@ -175,13 +209,20 @@ def main(argv=None) -> dict:
     parser.add_argument("--smoke", action="store_true", help="a few steps on a small batch (CI): seconds")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.evaluate:
+        metrics = evaluate(minitx.load(args.evaluate))
+        metrics["preconditions_hold"] = preconditions_hold(metrics)
+        print(json.dumps(metrics, indent=1))
+        return metrics
+    if args.out is None:
+        parser.error("--out DIR is needed to train (or --evaluate DIR to measure a checkpoint)")
 
     start = time.time()
     model = build_model(args.seed, args.tied, args.init_std)
     steps, batch, log_every = (20, 8, 10) if args.smoke else (args.steps, 32, 250)
     train(model, steps, args.seed, batch=batch, log_every=log_every)
     minutes = (time.time() - start) / 60
-    metrics = evaluate(model, n=32 if args.smoke else 256)
+    metrics = evaluate(model, n=16 if args.smoke else 64)
     metrics.update(seed=args.seed, steps=steps, tied=args.tied, init_std=args.init_std, train_minutes=round(minutes, 2),
                    preconditions_hold=preconditions_hold(metrics))
     minitx.save_pretrained(model, args.out)  # config.json + model.safetensors, HF GPT-2 names

@@ -199,7 +199,8 @@ CASES = [
                                                     "RuntimeError 'The size of tensor a (5) must match ...'"),
     # ---- other generate arguments -------------------------------------------------------------------------------
     case("generate-top_k-0", lambda e: e.m.generate(e.T, 2, temperature=1.0, top_k=0), ValueError, "top_k",
-         unclear="generate(top_k=0): raw RuntimeError 'The size of tensor a (257) must match the size of tensor b (0)'"),
+         unclear="generate(top_k=0): raw RuntimeError 'The size of tensor a (257) must match the size of "
+                 "tensor b (0)'"),
     case("generate-temperature-negative", lambda e: e.m.generate(e.T, 2, temperature=-1.0), ValueError,
          "temperature", unclear="generate(temperature=-1): accepted; samples from the inverted distribution"),
     case("generate-temperature-nan", lambda e: e.m.generate(e.T, 2, temperature=NAN), ValueError, "temperature",
@@ -309,7 +310,8 @@ CASES = [
     case("path-receiver-layer", lambda e: path_patching.path_patch(e.m, e.T, e.C, (0, 0), ("k", 2, 0), e.metric),
          ValueError, "receiver ('k', 2, 0)"),
     case("path-receiver-negative-head", lambda e: path_patching.path_patch(e.m, e.T, e.C, (0, 0), ("v", 1, -1),
-                                                                           e.metric), ValueError, "receiver ('v', 1, -1)"),
+                                                                           e.metric),
+         ValueError, "receiver ('v', 1, -1)"),
     case("path-receiver-mlp_in-layer", lambda e: path_patching.path_patch(e.m, e.T, e.C, (0, 0), ("mlp_in", 2),
                                                                           e.metric), ValueError,
          "receiver ('mlp_in', 2)"),
@@ -329,7 +331,8 @@ CASES = [
          ValueError, "receiver 'logit'", unclear="path_patch(receivers='logit'): the string is iterated, so the "
                                                  "message says \"receiver 'l'\""),
     case("path-receiver-float-layer", lambda e: path_patching.path_patch(e.m, e.T, e.C, (0, 0), ("q", 1.0, 0),
-                                                                         e.metric), ValueError, "receiver ('q', 1.0, 0)",
+                                                                         e.metric),
+         ValueError, "receiver ('q', 1.0, 0)",
          unclear="path_patch(receivers=('q', 1.0, 0)): KeyError \"unknown activation point 'blocks.1.0.attn.hook_q'\""),
     case("path-direct-sender-mlp", lambda e: path_patching.direct_path_patch(e.m, e.T, e.C, ("mlp", 0), ("q", 1, 0),
                                                                              e.metric), ValueError, "sender",
@@ -449,6 +452,7 @@ def test_bad_input(env, call, exc, fragment):
     assert len(message.strip().splitlines()) <= 2, message  # one or two lines
     # Nothing half-patched: no hook outlives the call, no weight changed, the next forward is the clean one.
     assert env.m._context_hooks == ([], [])
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in env.m.modules())
     assert checksum(env.m) == before
     assert torch.equal(env.m(env.T), clean)
 

@@ -116,6 +116,7 @@ def assert_untouched(model, before: dict) -> None:
     assert all(p.grad is None for p in model.parameters()), "a .grad was written"
     assert model.training == before["training"]
     assert model._context_hooks == ([], []), "a hook was left behind"
+    assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in model.modules())
     assert all(torch.equal(a, b) for a, b in zip(before["inputs"], (CLEAN, CORRUPTED, SWAPPED, REFERENCE)))
     assert torch.equal(model(CLEAN), before["logits"]), "the next forward differs from a clean one"
 
