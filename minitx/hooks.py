@@ -27,7 +27,9 @@ SHORTHANDS = {"embed": "hook_embed", "pos_embed": "hook_pos_embed", "resid_pre":
 def get_act_name(name: str, layer: int | None = None, layer_type: str | None = None) -> str:
     """("pattern", 3) -> "blocks.3.attn.hook_pattern"; ("scale", 2, "ln2"); ("scale",) -> ln_final."""
     if name not in SHORTHANDS:
-        raise KeyError(f"unknown shorthand {name!r}; allowed: {', '.join(SHORTHANDS)}")
+        close = difflib.get_close_matches(str(name), list(SHORTHANDS), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise KeyError(f"unknown shorthand {name!r}; {hint}allowed: {', '.join(SHORTHANDS)}")
     suffix = SHORTHANDS[name]
     if name in ("embed", "pos_embed"):
         return suffix
@@ -59,19 +61,30 @@ def resolve_names(spec: NamesFilter, all_names: list[str]) -> list[str]:
     """A name, a list of names, or a predicate -> the matching point names; typos fail here."""
     if callable(spec):
         return [n for n in all_names if spec(n)]
+    if not isinstance(spec, (str, list, tuple, set, frozenset)):
+        raise TypeError(f"names must be a point name, a list of names, a predicate fn(name) -> bool or None; "
+                        f"got {type(spec).__name__}")
     names = [spec] if isinstance(spec, str) else list(spec)
     valid = set(all_names)
     for name in names:
         if name not in valid:
-            close = difflib.get_close_matches(name, all_names, n=3, cutoff=0.6)
-            hint = f"; did you mean {', '.join(close)}?" if close else "; see minitx.model.POINTS for the names"
-            raise KeyError(f"unknown activation point {name!r}{hint}")
+            raise KeyError(f"unknown activation point {name!r}{suggest(name, all_names)}")
     return names
+
+
+def suggest(name, all_names) -> str:
+    close = difflib.get_close_matches(str(name), list(all_names), n=3, cutoff=0.6)
+    return (f"; did you mean {', '.join(close)}?" if close
+            else "; see minitx.model.POINTS for the names, or minitx.get_act_name('resid_pre', 0)")
 
 
 def resolve_hooks(hooks, all_names):
     table: dict[str, list] = {}
-    for spec, fn in hooks:
+    for pair in hooks:
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise TypeError(f"hooks must be a list of (name, fn) pairs, e.g. [('blocks.0.hook_resid_pre', fn)]; "
+                            f"got an item {type(pair).__name__} {pair!r:.60}")
+        spec, fn = pair
         if not callable(fn):
             raise TypeError(f"hook for {spec!r} must be callable as fn(activation, hook), got {type(fn).__name__}")
         for name in resolve_names(spec, all_names):
@@ -89,12 +102,16 @@ def check_replacement(name: str, x: Tensor, out) -> None:
     # -inf is legitimate where the activation already had it (masked attention scores); new NaN or inf is not.
     if (out.isnan() | (torch.isinf(out) & torch.isfinite(x))).any():
         raise FloatingPointError(f"hook on {name} returned NaN or inf values where the activation was finite")
+    if name.endswith("hook_scale") and (out <= 0).any():
+        raise ValueError(f"hook on {name} returned a scale <= 0; a layer-norm scale must be positive")
 
 
 class Cache(dict):
     """Activations by point name; also indexable by shorthand: cache["pattern", 3]."""
 
     def __getitem__(self, key):
-        if isinstance(key, tuple):
-            key = get_act_name(*key)
-        return super().__getitem__(key)
+        name = get_act_name(*key) if isinstance(key, tuple) else key
+        if name not in self:
+            raise KeyError(f"{name!r} is not in this cache{suggest(name, self) if self else ''} "
+                           f"(names_filter decides which points a run caches)")
+        return super().__getitem__(name)

@@ -174,6 +174,8 @@ class Run:
                 check_replacement(name, x, out)
                 x = out
                 self.replaced.add(name)
+            elif x.isnan().any():  # a hook may also write in place and return None
+                raise FloatingPointError(f"hook on {name} left NaN in the activation (written in place?)")
         for fn in self.bwd.get(name, ()):
             if not x.requires_grad:
                 raise RuntimeError(f"backward hook on {name}: no gradient flows through this point; "
@@ -398,9 +400,7 @@ class Transformer(nn.Module):
         elif tokens.dim() != 3 or tokens.shape[-1] != self.cfg.d_model:
             raise ValueError(f"with start_at_layer the input is a residual stream [batch, pos, "
                              f"{self.cfg.d_model}], got shape {tuple(tokens.shape)}")
-        if attention_mask is not None and attention_mask.shape != tokens.shape[:2]:
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but the input needs "
-                             f"{tuple(tokens.shape[:2])}: one 0/1 entry per token")
+        self._check_mask(attention_mask, tokens.shape[:2])
         resid = self.embed(tokens, attention_mask, run) if start_at_layer is None else tokens  # [batch, pos, d_model]
         if past_kv is not None and (start_at_layer is None or len(past_kv) != stop - start or attention_mask is not None):
             raise ValueError(f"past_kv needs start_at_layer, no attention_mask, and one (k, v) per block run "
@@ -442,12 +442,24 @@ class Transformer(nn.Module):
         if attention_mask is None:
             return causal[None, None]
         if attention_mask.shape[0] != shape[0] or attention_mask.shape[1] != n_past + T:
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but the tokens need "
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but the input needs "
                              f"[{shape[0]}, {n_past + T}]: one 0/1 entry per token")
         keys = attention_mask.bool()[:, None, None, :]  # [batch, 1, 1, k_pos]
         # A padding query may see only itself, so its softmax row is never empty (no NaN).
         itself = (torch.arange(T, device=device)[:, None] + n_past) == torch.arange(n_past + T, device=device)
         return (causal & keys) | itself
+
+    @staticmethod
+    def _check_mask(attention_mask, shape) -> None:
+        if attention_mask is None:
+            return
+        if not isinstance(attention_mask, Tensor):
+            raise TypeError(f"attention_mask must be a tensor [batch, pos] of 0/1, got {type(attention_mask).__name__}")
+        if attention_mask.shape != shape:
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but the input needs "
+                             f"{tuple(shape)}: one 0/1 entry per token")
+        if not ((attention_mask == 0) | (attention_mask == 1)).all():
+            raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token)")
 
     def _check_tokens(self, tokens) -> Tensor:
         if not isinstance(tokens, Tensor):
@@ -503,8 +515,15 @@ class Transformer(nn.Module):
         """-> [batch, pos + max_new_tokens]. temperature 0 is greedy; else sampled (top_k, seed).
         Once a row emits eos_token_id it is padded with eos; generation stops when every row has."""
         tokens = self._check_tokens(tokens)
+        self._check_mask(attention_mask, tokens.shape)
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
+        if not temperature >= 0:  # also refuses NaN
+            raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy)")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k={top_k} must be a positive integer or None")
+        if eos_token_id is not None and not 0 <= eos_token_id < self.cfg.d_vocab:
+            raise ValueError(f"eos_token_id={eos_token_id} is outside the vocabulary 0..{self.cfg.d_vocab - 1}")
         if tokens.shape[1] + max_new_tokens > self.cfg.n_ctx:
             raise ValueError(f"{tokens.shape[1]} prompt tokens + {max_new_tokens} new ones exceed "
                              f"n_positions={self.cfg.n_ctx}")
