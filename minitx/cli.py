@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 # The trained 2-layer induction fixture, which sits next to the package in the repository. A relative
@@ -84,6 +85,21 @@ def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _check_runs(model, *tokens) -> None:
+    """The model's own checks on each [batch, pos] prompt (ids in the vocabulary, at most n_positions tokens),
+    from an embedding-only forward, so that they fail before any progress line."""
+    for t in tokens:
+        model(t, stop_at_layer=0)
+
+
+def _check_pos(pos: int, n_pos: int) -> None:
+    from minitx.metrics import resolve_pos
+    try:
+        resolve_pos(pos, 1, n_pos)
+    except ValueError as error:
+        raise ValueError(f"--pos: {error}") from None
+
+
 def _check_index(value: int | None, size: int, what: str, plural: str) -> None:
     if value is not None and not 0 <= value < size:
         raise ValueError(f"{what} {value} is out of range; this model has {plural} 0..{size - 1}")
@@ -153,14 +169,24 @@ def cmd_heads(args) -> int:
     from minitx import heads, plots
     model, vocab = _load(args)
     cfg = model.cfg
+    # Every argument is checked before the progress line, so an error is the only line printed.
+    if args.batch < 1:
+        raise ValueError(f"--batch {args.batch}: the number of random sequences must be at least 1")
+    heads.check_max_offset(args.max_offset)
+    repeated = heads.repeated_tokens(cfg.d_vocab, args.n, args.batch, args.seed, args.prepend_bos)  # checks --n
+    o = int(args.prepend_bos)
+    if repeated.shape[1] > cfg.n_ctx:
+        raise ValueError(f"--n {args.n} gives {repeated.shape[1]} positions ({'[BOS] + ' if o else ''}r + r) but this "
+                         f"model has n_positions={cfg.n_ctx}; allowed --n 1..{(cfg.n_ctx - o) // 2}")
     if args.prompt is not None:
         tokens = vocab.tokens(args.prompt, prepend_bos=args.prepend_bos)
         where = "the prompt"
     else:
-        tokens = heads.repeated_tokens(cfg.d_vocab, args.n, args.batch, args.seed, args.prepend_bos)
+        tokens = repeated
         where = f"{args.batch} sequences {'[BOS] + ' if args.prepend_bos else ''}r + r (n = {args.n}, seed {args.seed})"
     if tokens.shape[1] < 2:
         raise ValueError("the prompt needs at least 2 tokens to score heads")
+    _check_runs(model, tokens)
     _progress(f"scoring heads on {where}; induction on repeated random tokens")
     offsets = heads.offset_scores(model, tokens, max_offset=min(args.max_offset, tokens.shape[1] - 1))
     best = heads.argmax_offset(offsets, min_offset=1)
@@ -200,12 +226,23 @@ def _receiver(text: str, cfg):
     raise ValueError(f"--receiver {text!r}: use logits, q:L.H, k:L.H, v:L.H (e.g. k:1.0) or mlp_in:L")
 
 
-def _pair(args, vocab):
+def _pair(args, model, vocab):
+    """-> clean, corrupted, answer, wrong, checked (with --pos) before any progress line, so an error stands alone."""
+    import torch
+    from minitx.patching import check_same_shape
     clean = vocab.tokens(args.clean, prepend_bos=args.prepend_bos, what="--clean")
     corrupted = vocab.tokens(args.corrupted, prepend_bos=args.prepend_bos, what="--corrupted")
     answer, wrong = vocab.token(args.answer, "--answer"), vocab.token(args.wrong, "--wrong")
-    from minitx.patching import check_same_shape
-    check_same_shape(clean, corrupted)  # before any progress line, so the error stands alone
+    check_same_shape(clean, corrupted)
+    _check_runs(model, clean, corrupted)
+    if torch.equal(clean, corrupted):
+        raise ValueError("--clean and --corrupted are the same tokens, so clean - corrupted = 0 and every score "
+                         "(patched - corrupted) / (clean - corrupted) is undefined; corrupt the prompt "
+                         "(e.g. swap a name)")
+    if answer == wrong:
+        raise ValueError(f"--answer and --wrong are the same token ({answer}), so the logit difference is always 0 and "
+                         "every score is undefined; --wrong is the competing token (e.g. the corrupted answer)")
+    _check_pos(args.pos, clean.shape[1])
     return clean, corrupted, answer, wrong
 
 
@@ -213,8 +250,10 @@ def cmd_patch(args) -> int:
     from minitx import metrics, patching, plots
     model, vocab = _load(args)
     cfg = model.cfg
-    clean, corrupted, answer, wrong = _pair(args, vocab)
+    clean, corrupted, answer, wrong = _pair(args, model, vocab)
     by = args.by or ("pos" if args.point in patching.RESID_LIKE else "all")
+    head = 0 if args.point in patching.HEAD_LIKE else None
+    patching.act_index(args.point, 0 if by == "pos" else None, head)  # e.g. pattern has no per-position patch
     metric = metrics.logit_diff_metric(answer, wrong, pos=args.pos)
     _progress(f"activation patching {args.point} ({args.direction}, by {by}) over {cfg.n_layer} layers ...")
     result = patching.activation_patching(model, clean, corrupted, metric, point=args.point, by=by,
@@ -251,7 +290,7 @@ def cmd_path_patch(args) -> int:
     model, vocab = _load(args)
     cfg = model.cfg
     receiver = _receiver(args.receiver, cfg)
-    clean, corrupted, answer, wrong = _pair(args, vocab)
+    clean, corrupted, answer, wrong = _pair(args, model, vocab)
     metric = metrics.logit_diff_metric(answer, wrong, pos=args.pos)
     _progress(f"path patching each of {cfg.n_layer * cfg.n_head} heads -> {args.receiver} ...")
     result = path_patching.path_patch_senders(model, clean, corrupted, receiver, metric)
@@ -274,11 +313,11 @@ def cmd_lens(args) -> int:
     model, vocab = _load(args)
     tokens = vocab.tokens(args.prompt, prepend_bos=args.prepend_bos)
     target = vocab.token(args.target, "--target") if args.target is not None else None
-    result = lens.logit_lens(model, tokens, targets=target)
-    labels = vocab.str_tokens(tokens[0])
     T = tokens.shape[1]
     if not -T <= args.pos < T:
         raise ValueError(f"--pos {args.pos} is out of range; the prompt has positions {-T}..{T - 1}")
+    result = lens.logit_lens(model, tokens, targets=target)
+    labels = vocab.str_tokens(tokens[0])
     p = args.pos % T
     header = ["stream", "top-1", "p(top-1)"] + ([f"p({vocab.decode(target)!r})", "rank"] if target is not None else [])
     rows = []
@@ -294,8 +333,9 @@ def cmd_lens(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from minitx.demo import run_demo
+    from minitx.demo import check_demo_args, run_demo
     from minitx.loading import load
+    check_demo_args(args.n, args.batch, flags=True)  # before the first line is printed
     model = load(resolve_model(args.model))
     out = Path(args.out).resolve()
     print(f"writing the demo report into {out}", flush=True)
@@ -435,7 +475,10 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # --help (0) or a usage error (2, already printed): return it, for in-process calls
         return exit_.code if isinstance(exit_.code, int) else 2
     try:
-        return args.func(args)
+        with warnings.catch_warnings():  # a library warning is one line too, not a file:line plus a line of source
+            warnings.showwarning = lambda message, *_, **__: print(f"minitx {args.command}: warning: {message}",
+                                                                     file=sys.stderr)
+            return args.func(args)
     except (ValueError, KeyError, TypeError, FileNotFoundError, PermissionError, OSError, FloatingPointError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"minitx {args.command}: error: {message}", file=sys.stderr)

@@ -444,6 +444,15 @@ def _gpt2_demo(model, vocab: Vocab, out: Path, bos: bool, log: Callable) -> dict
 # ---------------------------------------------------------------------------------------------
 
 
+def check_demo_args(n, batch, flags: bool = False) -> None:
+    """ValueError unless n (random ids per copy) is an int >= 2 and batch an int >= 1; flags: name them --n/--batch."""
+    name_n, name_batch = ("--n ", "--batch ") if flags else ("n=", "batch=")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"{name_n}{n!r}: the induction tour needs at least 2 random ids per copy")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"{name_batch}{batch!r}: the number of random sequences must be at least 1")
+
+
 def run_demo(model, out_dir, *, n: int = 20, batch: int = 8, seed: int = 0, prepend_bos: bool = True,
              log: Callable[[str], None] | None = _stderr) -> dict:
     """Writes report.md and PNG figures into out_dir; returns the numbers reported (library tensors as returned).
@@ -452,6 +461,7 @@ def run_demo(model, out_dir, *, n: int = 20, batch: int = 8, seed: int = 0, prep
     induction tour on repeated random tokens (n ids per copy, batch prompts, seed). prepend_bos: every
     prompt starts with BOS (default, as the fixture was trained and TransformerLens does). log: a function
     given one line per stage (default: stderr), or None for silence."""
+    check_demo_args(n, batch)  # before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     vocab = Vocab(model.cfg)
@@ -466,4 +476,4 @@ def run_demo(model, out_dir, *, n: int = 20, batch: int = 8, seed: int = 0, prep
     return result
 
 
-__all__ = ["Vocab", "run_demo", "replace_first_copy", "GPT2_VOCAB"]
+__all__ = ["Vocab", "run_demo", "check_demo_args", "replace_first_copy", "GPT2_VOCAB"]

@@ -25,6 +25,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from minitx.metrics import check_integers
 from minitx.model import Transformer
 
 
@@ -53,6 +54,7 @@ class DLAResult:
 
 def _positions(pos, batch: int, seq_len: int) -> Tensor:
     """Returns [batch] non-negative positions from an int or a LongTensor [batch] (negative counts from the end)."""
+    check_integers(pos, "pos", f"an int or a LongTensor [batch={batch}] of positions")
     p = torch.as_tensor(pos, dtype=torch.long)
     if p.dim() == 0:
         p = p.expand(batch)
@@ -65,6 +67,7 @@ def _positions(pos, batch: int, seq_len: int) -> Tensor:
 
 
 def _token_ids(ids, batch: int, d_vocab: int, name: str) -> Tensor:
+    check_integers(ids, name, f"an int token id or a LongTensor [batch={batch}] of ids")
     t = torch.as_tensor(ids, dtype=torch.long)
     t = t.expand(batch) if t.dim() == 0 else t
     if t.shape != (batch,):
@@ -77,7 +80,7 @@ def _token_ids(ids, batch: int, d_vocab: int, name: str) -> Tensor:
 def _record(model: Transformer, tokens: Tensor, pos) -> tuple[dict[str, Tensor], Tensor, Tensor]:
     """Returns ({point name: [batch, ...]}, [batch, d_vocab] logits, [batch] positions) at each prompt's position,
     from one forward whose hooks keep only that position of each point needed (memory stays O(batch))."""
-    tokens = tokens.unsqueeze(0) if tokens.dim() == 1 else tokens
+    tokens = model._check_tokens(tokens)
     B, S = tokens.shape
     p, rows = _positions(pos, B, S), torch.arange(B)
     L = model.cfg.n_layer
@@ -137,15 +140,16 @@ def direct_logit_attribution(model: Transformer, tokens: Tensor, answer, wrong=N
     beta_f . that direction. contributions.sum(0) + bias_term equals the model's logit (difference).
     answer, wrong: an int or a LongTensor [batch]; pos: an int or a LongTensor [batch].
     """
+    tokens = model._check_tokens(tokens)
+    B, V = tokens.shape[0], model.cfg.d_vocab
+    answer = _token_ids(answer, B, V, "answer")  # checked before the forward runs
+    wrong = None if wrong is None else _token_ids(wrong, B, V, "wrong")
     kept, logits, _ = _record(model, tokens, pos)
     components, labels = _assemble(model, kept, bias)  # [component, batch, d_model]
-    B, V = logits.shape
-    answer = _token_ids(answer, B, V, "answer")
     W_U = model.W_U  # [d_model, d_vocab]
     direction = W_U[:, answer].T  # [batch, d_model]
     target = logits[torch.arange(B), answer]
     if wrong is not None:
-        wrong = _token_ids(wrong, B, V, "wrong")
         direction = direction - W_U[:, wrong].T
         target = target - logits[torch.arange(B), wrong]
     scale = kept["ln_final.hook_scale"][:, 0]  # [batch]

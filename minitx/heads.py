@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from minitx.metrics import check_integers
 from minitx.model import Transformer
 
 HEAD_PATTERNS = ("previous_token_head", "duplicate_token_head", "induction_head")
@@ -41,15 +42,44 @@ def _without_bos(pattern: Tensor) -> tuple[Tensor, Tensor]:
     return kept / mass.clamp_min(torch.finfo(mass.dtype).tiny), valid
 
 
-def _check_tokens(tokens: Tensor) -> Tensor:
-    tokens = tokens.unsqueeze(0) if tokens.dim() == 1 else tokens
-    if tokens.dim() != 2:
-        raise ValueError(f"tokens must be [batch, pos], got shape {tuple(tokens.shape)}")
-    return tokens
+def _check_tokens(model: Transformer, tokens: Tensor, fits=None, why=None) -> Tensor:
+    """The model's own check: a LongTensor [batch, pos] (or [pos]) with at least one token, ids in the vocabulary.
+    fits(n_pos) -> bool and why(n_pos) -> message: a score's own length rule, checked first (it says more)."""
+    if fits is not None and isinstance(tokens, Tensor) and tokens.dim() in (1, 2) and not fits(tokens.shape[-1]):
+        raise ValueError(why(tokens.shape[-1]))
+    return model._check_tokens(tokens)
+
+
+def _check_heads(heads, n_layer: int, n_head: int) -> list[tuple[int, list[int]]]:
+    """detect_head's heads (a list of (layer, head) or {layer: [heads]}) -> [(layer, [heads])], indices checked."""
+    usage = "heads must be None, a list of (layer, head) pairs or a dict {layer: [heads]}"
+    try:
+        pairs = ([(layer, list(hs)) for layer, hs in heads.items()] if isinstance(heads, dict)
+                 else [(layer, [head]) for layer, head in heads])
+    except (TypeError, ValueError):
+        raise TypeError(f"{usage}; got {heads!r:.80}") from None
+    for layer, hs in pairs:
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_layer:
+            raise ValueError(f"heads: layer {layer!r} is out of range; this model has layers 0..{n_layer - 1}")
+        for head in hs:
+            if isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < n_head:
+                raise ValueError(f"heads: head {head!r} (layer {layer}) is out of range; this model has heads "
+                                 f"0..{n_head - 1}")
+    return pairs
 
 
 # ---------------------------------------------------------------------------------------------
 # Offset ("k-back") heads, METHODS §5.1.
+
+
+def check_max_offset(max_offset) -> None:
+    """ValueError unless max_offset is an int >= 0 (offsets count backwards only)."""
+    if isinstance(max_offset, bool) or not isinstance(max_offset, int):
+        raise TypeError(f"max_offset must be an int >= 0, got {type(max_offset).__name__} {max_offset!r:.40}")
+    if max_offset < 0:
+        raise ValueError(f"max_offset={max_offset}: offsets are d = q - k >= 0, because a causal head at query q "
+                         "sees only keys k <= q; a '+k' role exists only relative to an anchor token "
+                         "(induction: one after the previous occurrence), see induction_scores")
 
 
 def offset_profile(pattern: Tensor, max_offset: int) -> Tensor:
@@ -73,13 +103,10 @@ def offset_scores(model: Transformer, tokens: Tensor, max_offset: int = 4, exclu
     exclude_bos: position 0 is BOS; its key column is dropped, each row renormalised over keys >= 1,
     and off_d averages over q >= d + 1 (rows with all their mass on BOS are left out).
     """
-    tokens = _check_tokens(tokens)
+    tokens = _check_tokens(model, tokens)
     S = tokens.shape[1]
     top = S - 1 - int(exclude_bos)
-    if max_offset < 0:
-        raise ValueError(f"max_offset={max_offset}: offsets are d = q - k >= 0, because a causal head at query q "
-                         "sees only keys k <= q; a '+k' role exists only relative to an anchor token "
-                         "(induction: one after the previous occurrence), see induction_scores")
+    check_max_offset(max_offset)
     if max_offset > top:
         raise ValueError(f"max_offset={max_offset} needs a query at q - d >= {int(exclude_bos)}, but the tokens have "
                          f"{S} positions; allowed offsets are 0..{top}")
@@ -113,9 +140,8 @@ def previous_token_scores(model: Transformer, tokens: Tensor, exclude_bos: bool 
 def bos_attention_scores(model: Transformer, tokens: Tensor) -> Tensor:
     """Returns [layer, head] mean over prompts and queries q >= 1 of A[q, 0], the attention on position 0.
     Xiao et al. 2023, "Efficient Streaming Language Models with Attention Sinks" (arXiv:2309.17453)."""
-    tokens = _check_tokens(tokens)
-    if tokens.shape[1] < 2:
-        raise ValueError("bos_attention_scores needs at least 2 positions: query 0 attends only to itself")
+    tokens = _check_tokens(model, tokens, lambda S: S >= 2,
+                           lambda S: "bos_attention_scores needs at least 2 positions: query 0 attends only to itself")
     return attention_patterns(model, tokens)[..., 1:, 0].mean((1, 3))
 
 
@@ -127,9 +153,11 @@ def repeated_tokens(d_vocab: int, n: int, batch: int, seed: int, prepend_bos: bo
                     bos_token_id: int | None = None) -> Tensor:
     """Returns [batch, 2n (+1 with BOS)] [BOS] + r + r, r = n distinct random ids other than BOS.
     Olsson et al. 2022 (repeated random tokens). bos_token_id defaults to d_vocab - 1 (50256 for GPT-2)."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch={batch!r}: the number of random sequences must be an int >= 1")
     bos = d_vocab - 1 if bos_token_id is None else bos_token_id
     candidates = torch.tensor([t for t in range(d_vocab) if t != bos])
-    if not 1 <= n <= len(candidates):
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(candidates):
         raise ValueError(f"n={n} distinct tokens per half are not available: allowed 1..{len(candidates)}")
     generator = torch.Generator().manual_seed(seed)
     halves = torch.stack([candidates[torch.randperm(len(candidates), generator=generator)[:n]] for _ in range(batch)])
@@ -166,7 +194,7 @@ def duplicate_token_scores(model: Transformer, tokens: Tensor, exclude_bos: bool
     On r + r (with or without BOS, r distinct; see `repeated_tokens`) this is exactly IOI's
     mean_{q in second half} A[q, q - n].
     """
-    tokens = _check_tokens(tokens)
+    tokens = _check_tokens(model, tokens)
     S = tokens.shape[1]
     same = (tokens[:, :, None] == tokens[:, None, :]) & torch.ones(S, S, dtype=torch.bool).tril(-1)  # [b, q, k]
     if exclude_bos:
@@ -211,12 +239,19 @@ def detect_head(model: Transformer, tokens: Tensor, detection: str | Tensor, hea
     heads: None (all), a list of (layer, head) or {layer: [heads]}. cache: optional, holding the patterns.
     Unlike TL, which drops the keyword options when given a list of prompts, every prompt uses them here.
     """
-    tokens = _check_tokens(tokens)
+    n_ctx = model.cfg.n_ctx
+    tokens = _check_tokens(model, tokens, lambda S: 1 < S < n_ctx,
+                           lambda S: f"the prompts have {S} tokens; detect_head needs 1 < pos < n_ctx={n_ctx}")
     B, S = tokens.shape
     if error_measure not in ("mul", "abs"):
         raise ValueError(f"error_measure={error_measure!r}; allowed: 'mul', 'abs'")
-    if not 1 < S < model.cfg.n_ctx:
-        raise ValueError(f"the prompts have {S} tokens; detect_head needs 1 < pos < n_ctx={model.cfg.n_ctx}")
+    L = model.cfg.n_layer
+    pairs = None if heads is None else _check_heads(heads, L, model.cfg.n_head)
+    if cache is not None:
+        missing = [f"blocks.{l}.attn.hook_pattern" for l in range(L) if f"blocks.{l}.attn.hook_pattern" not in cache]
+        if missing:
+            raise KeyError(f"detect_head: the cache has no {missing[0]}; pass cache=None, or a cache from "
+                           "run_with_cache(tokens) whose names_filter keeps every attn.hook_pattern")
     if isinstance(detection, str):
         D = torch.stack([detection_pattern(row, detection) for row in tokens])  # [batch, q, k]
     else:
@@ -230,7 +265,10 @@ def detect_head(model: Transformer, tokens: Tensor, detection: str | Tensor, hea
     if cache is None:
         patterns = attention_patterns(model, tokens)  # [layer, batch, head, q, k]
     else:
-        patterns = torch.stack([cache["pattern", layer] for layer in range(model.cfg.n_layer)])
+        patterns = torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"] for layer in range(L)])
+        if patterns.shape[1] != B or patterns.shape[-1] != S:
+            raise ValueError(f"detect_head: the cache's patterns are for {patterns.shape[1]} prompts of "
+                             f"{patterns.shape[-1]} tokens, but tokens has shape {(B, S)}; cache the same tokens")
     A = patterns.clone()
     D = D.to(A.dtype)[None, :, None]  # [1, batch, 1, q, k]
     if error_measure == "mul":
@@ -250,7 +288,6 @@ def detect_head(model: Transformer, tokens: Tensor, detection: str | Tensor, hea
     scores = per_prompt.mean(1)  # [layer, head]
     if heads is None:
         return scores
-    pairs = heads.items() if isinstance(heads, dict) else [(layer, [head]) for layer, head in heads]
     out = torch.full_like(scores, -1.0)
     for layer, hs in pairs:
         out[layer, hs] = scores[layer, hs]
@@ -281,11 +318,14 @@ def role_swap(model: Transformer, tokens_a: Tensor, tokens_b: Tensor, swap_posit
     swap (both TVs 0). query_positions default to every q >= max(a, b). Both prompts run as one batch,
     tokens_a first.
     """
-    tokens_a, tokens_b = _check_tokens(tokens_a), _check_tokens(tokens_b)
+    tokens_a, tokens_b = _check_tokens(model, tokens_a), _check_tokens(model, tokens_b)
     if tokens_a.shape != tokens_b.shape:
         raise ValueError(f"tokens_a has shape {tuple(tokens_a.shape)} but tokens_b has {tuple(tokens_b.shape)}; "
                          "a role swap compares the two prompts token by token, so they must have equal lengths")
     S = tokens_a.shape[1]
+    if not isinstance(swap_positions, (tuple, list)) or len(swap_positions) != 2:
+        raise ValueError(f"swap_positions must be two positions (a, b) whose tokens swap, got {swap_positions!r}")
+    check_integers(swap_positions, "swap_positions", "two int positions (a, b)")
     a, b = (p + S if p < 0 else p for p in swap_positions)
     for p, given in zip((a, b), swap_positions):
         if not 0 <= p < S:
@@ -297,7 +337,11 @@ def role_swap(model: Transformer, tokens_a: Tensor, tokens_b: Tensor, swap_posit
     if wrong:
         where = ", ".join(f"prompt {i} position {p}" for i, p in wrong[:8]) + (" ..." if len(wrong) > 8 else "")
         raise ValueError(f"tokens_b is not tokens_a with positions {a} and {b} swapped: they differ at {where}")
-    queries = list(range(max(a, b), S)) if query_positions is None else [q + S if q < 0 else q for q in query_positions]
+    if query_positions is None:
+        queries = list(range(max(a, b), S))
+    else:
+        check_integers(query_positions, "query_positions", "None or a list of int positions")
+        queries = [q + S if q < 0 else q for q in torch.as_tensor(query_positions).reshape(-1).tolist()]
     if not queries or not all(0 <= q < S for q in queries):
         raise ValueError(f"query_positions {query_positions} must be non-empty and within -{S}..{S - 1}")
     patterns = attention_patterns(model, torch.cat([tokens_a, tokens_b]))  # [layer, 2 batch, head, q, k]

@@ -13,12 +13,17 @@ metrics; METHODS §4.1 and §4.3.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from minitx.metrics import check_integers
 from minitx.model import Run, Transformer
+
+POSITIONS = "None (all), an int or a list of ints (negative counts from the end)"
+TARGETS = "token ids (an int, a list of ints or an integer tensor broadcastable to [batch, pos]) or 'next'"
 
 
 @dataclass
@@ -57,6 +62,7 @@ def _point_names(n_layer: int, incl_mid: bool) -> list[str]:
 def _positions(positions, seq_len: int) -> Tensor:
     if positions is None:
         return torch.arange(seq_len)
+    check_integers(positions, "positions", POSITIONS)
     pos = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
     bad = pos[(pos < -seq_len) | (pos >= seq_len)]
     if len(bad):
@@ -68,7 +74,7 @@ def _residuals(model: Transformer, tokens: Tensor, incl_mid: bool, positions, sc
     """Returns ([layer+1, batch, pos, d_model] residual states at the chosen positions, [pos] positions,
     [batch, pos, 1] the final residual's cached ln_final scale, or None unless asked)."""
     names = _point_names(model.cfg.n_layer, incl_mid)
-    pos = _positions(positions, tokens.shape[1])
+    pos = _positions(positions, tokens.shape[1])  # checked before the forward runs
     # Asking for the scale makes ln_final take its explicit path; the lens alone leaves the forward as is.
     _, cache = model.run_with_cache(tokens, names_filter=names + (["ln_final.hook_scale"] if scale else []))
     stack = torch.stack([cache[name][:, pos] for name in names])
@@ -83,6 +89,8 @@ def summarize_lens(logits: Tensor, targets: Tensor | None = None, top_k: int = 5
     targets: token ids broadcastable to [batch, pos] (e.g. [batch, 1] for one answer per prompt).
     Rank = number of ids with a strictly larger logit, so ties share the better rank.
     """
+    _check_top_k(top_k)
+    t = None if targets is None else _targets(targets, logits.shape[1:3], logits.shape[-1])
     log_probs = logits.log_softmax(-1)  # [layer+1, batch, pos, d_vocab]
     probs = log_probs.exp()
     final = log_probs[-1]
@@ -92,13 +100,32 @@ def summarize_lens(logits: Tensor, targets: Tensor | None = None, top_k: int = 5
     result = LensResult(labels=list(labels) if labels is not None else [str(i) for i in range(len(logits))],
                         positions=torch.arange(logits.shape[2]) if positions is None else positions,
                         logits=logits, top_tokens=top.indices, top_probs=top.values, kl_to_final=kl, entropy=entropy)
-    if targets is not None:
-        t = torch.as_tensor(targets, dtype=torch.long).expand(logits.shape[1:3])  # [batch, pos]
+    if t is not None:
         index = t[None, ..., None].expand(len(logits), -1, -1, 1)
         target_logit = logits.gather(-1, index)  # [layer+1, batch, pos, 1]
         result.target_probs = probs.gather(-1, index)[..., 0]
         result.target_ranks = (logits > target_logit).sum(-1)
     return result
+
+
+def _check_top_k(top_k) -> None:
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
+        raise ValueError(f"top_k={top_k!r} must be a positive int (how many top tokens to keep per position)")
+
+
+def _targets(targets, shape, d_vocab: int) -> Tensor:
+    """ids broadcastable to [batch, pos] -> LongTensor [batch, pos]; clear errors for floats, bad shapes, bad ids."""
+    check_integers(targets, "targets", TARGETS)
+    t = torch.as_tensor(targets).long()
+    try:
+        t = t.expand(*shape)
+    except RuntimeError:
+        raise ValueError(f"targets has shape {tuple(t.shape)}, which does not broadcast to [batch, pos]="
+                         f"{list(shape)} (e.g. [batch, 1] for one target per prompt)") from None
+    bad = t[(t < 0) | (t >= d_vocab)]
+    if len(bad):
+        raise ValueError(f"targets: token id {int(bad[0])} is outside the vocabulary; allowed ids are 0..{d_vocab - 1}")
+    return t
 
 
 def _next_tokens(tokens: Tensor, pos: Tensor) -> Tensor:
@@ -120,13 +147,17 @@ def logit_lens(model: Transformer, tokens: Tensor, targets: Tensor | str | None 
     them bounds memory, which grows as layers x batch x pos x d_vocab.
     targets: ids broadcastable to [batch, pos] (positions as selected), or "next" for tokens[:, p + 1].
     """
-    tokens = tokens.unsqueeze(0) if tokens.dim() == 1 else tokens
+    tokens = model._check_tokens(tokens)
+    if isinstance(targets, str):
+        if targets != "next":
+            raise ValueError(f"targets={targets!r}; use token ids or 'next'")
+    elif targets is not None:
+        check_integers(targets, "targets", TARGETS)
+    _check_top_k(top_k)
     stack, pos, _ = _residuals(model, tokens, incl_mid, positions)
     no_hooks = Run(0)  # the lens is the model's own unembed, without this call's hooks
     logits = torch.stack([model.unembed(resid, no_hooks) for resid in stack])  # [layer+1, batch, pos, d_vocab]
     if isinstance(targets, str):
-        if targets != "next":
-            raise ValueError(f"targets={targets!r}; use token ids or 'next'")
         targets = _next_tokens(tokens, pos)
     return summarize_lens(logits, targets, top_k, lens_labels(model.cfg.n_layer, incl_mid), pos)
 
@@ -140,7 +171,7 @@ def cached_scale_lens(model: Transformer, tokens: Tensor, incl_mid: bool = False
     then look nearly uniform. Use it to reproduce old TL notebooks; use `logit_lens` otherwise.
     Labels: `lens_labels(n_layer, incl_mid)`.
     """
-    tokens = tokens.unsqueeze(0) if tokens.dim() == 1 else tokens
+    tokens = model._check_tokens(tokens)
     stack, _, scale = _residuals(model, tokens, incl_mid, positions, scale=True)  # scale: [batch, pos, 1]
     ln = model.ln_final
     normalized = (stack - stack.mean(-1, keepdim=True)) / scale * ln.w + ln.b  # [layer+1, batch, pos, d_model]

@@ -16,11 +16,39 @@ reads, so patching sweeps can unembed only that position (`Metric.at_pos` takes 
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from typing import Callable
 
 import torch
 from torch import Tensor
+
+
+def describe(value) -> str:
+    """A short one-line description of an argument for error messages: its type and value, or a tensor's dtype."""
+    if isinstance(value, Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}" if value.dim() else \
+            f"a {value.dtype} tensor {value.item()!r}"
+    text = " ".join(repr(value).split())  # one line, whatever the repr
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:39] + '…'}"
+
+
+def check_integers(value, what: str, allowed: str) -> None:
+    """TypeError naming `what` and saying what is `allowed` unless value is an int, a (nested) list or tuple
+    of ints, or an integer tensor. Bools and floats are refused, so no id or position is silently truncated."""
+    if isinstance(value, Tensor):
+        ok = not (value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool)
+    elif isinstance(value, (list, tuple, range)) or hasattr(value, "__array__"):  # also numpy arrays
+        try:
+            as_tensor = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            ok = False
+        else:
+            ok = as_tensor.numel() == 0 or not (as_tensor.dtype.is_floating_point or as_tensor.dtype == torch.bool)
+    else:
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not ok:
+        raise TypeError(f"{what} must be {allowed}, got {describe(value)}")
 
 
 def resolve_pos(pos: int | Tensor, batch: int, n_pos: int) -> Tensor:

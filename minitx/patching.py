@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from minitx.metrics import Metric, metric_name, normalized, resolve_pos
+from minitx.metrics import Metric, check_integers, describe, metric_name, normalized, resolve_pos
 from minitx.model import Run, get_act_name, point_names
 
 RESID_LIKE = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
@@ -103,6 +103,12 @@ def position_mask(positions, batch: int, n_pos: int) -> Tensor:
             raise ValueError(f"a boolean position mask must be [batch, pos]=[{batch}, {n_pos}], "
                              f"got {tuple(positions.shape)}")
         return positions.cpu()
+    usage = ("positions must be None, an int, a list of ints, a LongTensor [batch] or [batch, k], "
+             f"or a bool mask [batch, pos]; got {describe(positions)}")
+    try:
+        check_integers(positions, "positions", "")
+    except TypeError:
+        raise ValueError(usage) from None
     if isinstance(positions, (list, tuple)):
         positions = torch.tensor(positions, dtype=torch.long).expand(batch, -1)
     elif isinstance(positions, int):
@@ -110,8 +116,7 @@ def position_mask(positions, batch: int, n_pos: int) -> Tensor:
     elif isinstance(positions, Tensor) and positions.dim() == 1:
         positions = positions[:, None]
     if not isinstance(positions, Tensor) or positions.dim() != 2 or positions.shape[0] != batch:
-        raise ValueError(f"positions must be None, an int, a list of ints, a LongTensor [batch] or [batch, k], "
-                         f"or a bool mask [batch, pos]; got {positions!r}")
+        raise ValueError(usage)
     flat = resolve_pos(positions.reshape(-1).cpu(), positions.numel(), n_pos).view(batch, -1)
     return torch.zeros(batch, n_pos, dtype=torch.bool).scatter_(1, flat, True)
 
@@ -330,6 +335,11 @@ def patch_one(model, clean: Tensor, corrupted, point: str, layer: int, *, pos: i
     The reference definition that `activation_patching` sweeps are tested against."""
     clean, corrupted = _prepare(model, clean, corrupted, direction)
     base, source = (corrupted, clean) if direction == "denoising" else (clean, corrupted)
+    if pos is not None:
+        check_integers(pos, "pos", "None (all positions) or an int position")
+        pos = int(resolve_pos(pos, 1, clean.tokens.shape[1])[0])
+    if head is not None and (isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < model.cfg.n_head):
+        raise ValueError(f"head {head!r} is out of range; this model has heads 0..{model.cfg.n_head - 1}")
     name, idx = get_act_name(point, layer), act_index(point, pos, head)
     if source.tokens is None:
         src = source.values[name]
@@ -349,9 +359,16 @@ def _as_corruption(x) -> Corruption:
 
 
 def _2d(tokens) -> Tensor:
-    if not isinstance(tokens, Tensor) or tokens.dtype.is_floating_point:
+    """Token ids [pos] or [batch, pos] -> [batch, pos]: the model-free half of the model's own token check
+    (the vocabulary and n_positions are checked by the forward)."""
+    if not isinstance(tokens, Tensor):
         raise TypeError(f"tokens must be a LongTensor [batch, pos], got {type(tokens).__name__}")
-    return tokens.unsqueeze(0) if tokens.dim() == 1 else tokens
+    if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+        raise TypeError(f"tokens must be a LongTensor [batch, pos] of integer ids, got {tokens.dtype}")
+    tokens = tokens.unsqueeze(0) if tokens.dim() == 1 else tokens
+    if tokens.dim() != 2 or tokens.numel() == 0:
+        raise ValueError(f"tokens must be [batch, pos] with at least one token, got shape {tuple(tokens.shape)}")
+    return tokens
 
 
 __all__ = ["Corruption", "PatchingResult", "activation_patching", "patch_one", "gaussian_noise_embeddings",

@@ -50,32 +50,42 @@ class PathPatchingResult:
     per_prompt: Tensor | None = None  # [*axes, batch]
 
 
+def _index(v, n: int) -> bool:
+    """v is an int (not a bool, not a float) in 0..n-1."""
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < n
+
+
 def _sender(s, L: int, H: int) -> tuple:
     """-> ("head", l, h) | ("mlp", l) | ("embed",), validated."""
-    if s == "embed":
+    if isinstance(s, str) and s == "embed":
         return ("embed",)
-    if isinstance(s, tuple) and len(s) == 2 and s[0] == "mlp" and isinstance(s[1], int) and 0 <= s[1] < L:
+    if isinstance(s, tuple) and len(s) == 2 and s[0] == "mlp" and _index(s[1], L):
         return s
-    if isinstance(s, tuple) and len(s) == 2 and all(isinstance(v, int) for v in s) and 0 <= s[0] < L \
-            and 0 <= s[1] < H:
+    if isinstance(s, tuple) and len(s) == 2 and _index(s[0], L) and _index(s[1], H):
         return ("head", *s)
     raise ValueError(f"sender {s!r}: use a head (layer, head) with layer < {L}, head < {H}; ('mlp', layer); or 'embed'")
 
 
 def _receiver(r, L: int, H: int) -> tuple:
     """-> (point name, head or None, layer); "logits" -> ("logits", None, L)."""
-    if r == "logits":
+    if isinstance(r, str) and r == "logits":
         return ("logits", None, L)
-    if isinstance(r, tuple) and len(r) == 3 and r[0] in ("q", "k", "v") and 0 <= r[1] < L and 0 <= r[2] < H:
+    if isinstance(r, tuple) and len(r) == 3 and r[0] in ("q", "k", "v") and _index(r[1], L) and _index(r[2], H):
         return (get_act_name(r[0], r[1]), r[2], r[1])
-    if isinstance(r, tuple) and len(r) == 2 and r[0] == "mlp_in" and 0 <= r[1] < L:
+    if isinstance(r, tuple) and len(r) == 2 and r[0] == "mlp_in" and _index(r[1], L):
         return (get_act_name("mlp_in", r[1]), None, r[1])
     raise ValueError(f"receiver {r!r}: use ('q'|'k'|'v', layer, head), ('mlp_in', layer) or 'logits' "
                      f"(layer < {L}, head < {H})")
 
 
 def _as_list(x, single: Callable) -> list:
-    return [x] if single(x) else list(x)
+    """One sender/receiver -> [it]; a list of them -> the list. A string is always one (never its letters)."""
+    if isinstance(x, str) or single(x):
+        return [x]
+    try:
+        return list(x)
+    except TypeError:  # not a collection: validated (and refused) as one sender/receiver
+        return [x]
 
 
 def _is_single_sender(s) -> bool:
@@ -251,9 +261,13 @@ def direct_path_patch(model, clean: Tensor, corrupted: Tensor, sender: tuple[int
     recomputed on the copy. Not equal to Wang et al. path patching (different baseline, no freezing,
     no MLP-mediated paths). Score = (m - m_corr)/(m_clean - m_corr); 0 when receiver layer <= sender layer."""
     L, H = model.cfg.n_layer, model.cfg.n_head
-    (_, sl, sh), (rname, rh, rl) = _sender(sender, L, H), _receiver(receiver, L, H)
+    kind, *where = _sender(sender, L, H)
+    if kind != "head":
+        raise ValueError(f"direct_path_patch sender {sender!r}: it patches one head's output, so the sender is "
+                         f"(layer, head) with layer < {L}, head < {H}")
+    (sl, sh), (rname, rh, rl) = where, _receiver(receiver, L, H)
     if rname == "logits" or rh is None:
-        raise ValueError("direct_path_patch receivers are ('q'|'k'|'v', layer, head)")
+        raise ValueError(f"direct_path_patch receivers are ('q'|'k'|'v', layer, head); got {receiver!r}")
     clean, corrupted = _2d(clean), _2d(corrupted)
     check_same_shape(clean, corrupted)
     zname = get_act_name("z", sl)

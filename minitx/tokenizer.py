@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import json
+import numbers
 from pathlib import Path
 
 import regex
@@ -133,6 +134,9 @@ class Tokenizer:
     def decode(self, ids) -> str:
         """Text of a sequence of ids; bytes that are not valid UTF-8 become U+FFFD, as in HF."""
         ids = ids.tolist() if isinstance(ids, torch.Tensor) else ids
+        for i in ids:
+            if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+                raise TypeError(f"token ids must be integers, got {type(i).__name__} {i!r:.40}")
         try:
             chars = "".join(self.decoder[int(i)] for i in ids)
         except KeyError as e:
@@ -144,7 +148,16 @@ class Tokenizer:
     def _encode_prompts(self, texts: str | list[str], prepend_bos: bool) -> list[list[int]]:
         if not isinstance(prepend_bos, bool):
             raise TypeError(f"prepend_bos must be True or False, got {prepend_bos!r}")
-        texts = [texts] if isinstance(texts, str) else list(texts)
+        if isinstance(texts, str):
+            texts = [texts]
+        elif isinstance(texts, (list, tuple)):
+            texts = list(texts)
+        else:
+            raise TypeError(f"the prompt must be a string or a list of strings, got {type(texts).__name__}"
+                            + (" (a tensor of ids is already tokens)" if isinstance(texts, torch.Tensor) else ""))
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"prompt {i} is {type(t).__name__} {t!r:.40}, not a string; every prompt must be text")
         if not texts:
             raise ValueError("no prompts given: expected a string or a non-empty list of strings")
         bos = [self.bos_token_id] if prepend_bos else []
@@ -182,6 +195,8 @@ class Tokenizer:
 
     def to_string(self, tokens) -> str | list[str]:
         """Text of [pos] ids (one string) or of [batch, pos] ids (one string per row)."""
+        if isinstance(tokens, torch.Tensor) and tokens.dim() > 2:
+            raise ValueError(f"to_string takes ids [pos] or [batch, pos], got shape {tuple(tokens.shape)}")
         ids = tokens.tolist() if isinstance(tokens, torch.Tensor) else list(tokens)
         if ids and isinstance(ids[0], (list, tuple)):
             return [self.decode(row) for row in ids]
@@ -194,11 +209,16 @@ class Tokenizer:
                 raise TypeError("to_str_tokens(text) needs prepend_bos=True or False")
             ids = self._encode_prompts(text_or_ids, prepend_bos)[0]
         else:
+            if isinstance(text_or_ids, torch.Tensor) and text_or_ids.dim() > 2:
+                raise ValueError(f"to_str_tokens takes one sequence of ids, [pos] or [1, pos]; got shape "
+                                 f"{tuple(text_or_ids.shape)}")
             ids = text_or_ids.tolist() if isinstance(text_or_ids, torch.Tensor) else list(text_or_ids)
             if ids and isinstance(ids[0], (list, tuple)):  # [1, pos] -> [pos]
                 if len(ids) != 1:
                     raise ValueError(f"to_str_tokens takes one sequence, got a batch of {len(ids)}")
                 ids = ids[0]
+            if any(isinstance(i, (list, tuple)) for i in ids):
+                raise ValueError("to_str_tokens takes one sequence of ids, [pos] or [1, pos]; got deeper nesting")
         # One token can hold part of a UTF-8 character; it then shows as U+FFFD, as in HF.
         return [self.decode([i]) for i in ids]
 

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_corpus  # noqa: E402
 import minitx  # noqa: E402
+from minitx.heads import attention_patterns, duplicate_token_scores, previous_token_scores  # noqa: E402
 from minitx.lens import logit_lens  # noqa: E402
 from minitx.tokenizer import Tokenizer  # noqa: E402
 
@@ -73,6 +74,24 @@ def _by(items, correct, key) -> dict:
     return {k: round(sum(v) / len(v), 4) for k, v in sorted(groups.items())}
 
 
+@torch.no_grad()
+def head_scores(model: minitx.Transformer, n: int = 8, batch: int = 32, seed: int = 0) -> dict:
+    """Induction, previous-token and duplicate-token scores [layer][head] on [BOS] + r + r, r = n distinct
+    corpus words (random GPT-2 ids would have blank embeddings here). Induction: mean_i A[n+i, i+1]
+    (minitx.heads.induction_scores's index set, with corpus words instead of random ids)."""
+    tok = Tokenizer.default()
+    ids = torch.tensor([tok.to_single_token(" " + w) for w in make_corpus.REPEAT_WORDS])
+    generator = torch.Generator().manual_seed(seed)
+    halves = torch.stack([ids[torch.randperm(len(ids), generator=generator)[:n]] for _ in range(batch)])
+    tokens = torch.cat([torch.full((batch, 1), tok.bos_token_id), halves, halves], 1)
+    patterns = attention_patterns(model, tokens)  # [layer, batch, head, q_pos, k_pos]
+    i = torch.arange(1, n + 1)
+    scores = {"induction": patterns[..., n + i, i + 1].mean((1, 3)),
+              "previous_token": previous_token_scores(model, tokens),
+              "duplicate_token": duplicate_token_scores(model, tokens, exclude_bos=True)}
+    return {k: [[round(x, 3) for x in row] for row in v.tolist()] for k, v in scores.items()}
+
+
 def evaluate(model: minitx.Transformer, sets: dict | None = None) -> dict:
     sets = sets or make_corpus.eval_sets()
     tok = Tokenizer.default()
@@ -108,6 +127,7 @@ def evaluate(model: minitx.Transformer, sets: dict | None = None) -> dict:
     result = logit_lens(model, tokens, targets=torch.tensor([[tok.to_single_token(" mat")]]),
                                     positions=[-1])
     out["demo_lens_p_mat"] = [round(x, 4) for x in result.target_probs[:, 0, 0].tolist()]
+    out["head_scores"] = head_scores(model)
     return out
 
 
