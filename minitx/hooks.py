@@ -28,7 +28,7 @@ def get_act_name(name: str, layer: int | None = None, layer_type: str | None = N
     """("pattern", 3) -> "blocks.3.attn.hook_pattern"; ("scale", 2, "ln2"); ("scale",) -> ln_final."""
     if name not in SHORTHANDS:
         close = difflib.get_close_matches(str(name), list(SHORTHANDS), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        hint = f"did you mean {close[0]}? " if close else ""
         raise KeyError(f"unknown shorthand {name!r}; {hint}allowed: {', '.join(SHORTHANDS)}")
     suffix = SHORTHANDS[name]
     if name in ("embed", "pos_embed"):
@@ -62,8 +62,8 @@ def resolve_names(spec: NamesFilter, all_names: list[str]) -> list[str]:
     if callable(spec):
         return [n for n in all_names if spec(n)]
     if not isinstance(spec, (str, list, tuple, set, frozenset)):
-        raise TypeError(f"names must be a point name, a list of names, a predicate fn(name) -> bool or None; "
-                        f"got {type(spec).__name__}")
+        raise TypeError(f"names_filter (and a hook's name) must be a point name, a list of names, a predicate "
+                        f"fn(name) -> bool or None; got {type(spec).__name__}")
     names = [spec] if isinstance(spec, str) else list(spec)
     valid = set(all_names)
     for name in names:
@@ -111,6 +111,9 @@ class Cache(dict):
 
     def __getitem__(self, key):
         name = get_act_name(*key) if isinstance(key, tuple) else key
+        layers = {int(n.split(".")[1]) for n in self if n.startswith("blocks.")}
+        if name not in self and name.startswith("blocks.") and layers and int(name.split(".")[1]) > max(layers):
+            raise KeyError(f"{name!r}: layer {name.split('.')[1]} is beyond this cache's layers 0..{max(layers)}")
         if name not in self:
             raise KeyError(f"{name!r} is not in this cache{suggest(name, self) if self else ''} "
                            f"(names_filter decides which points a run caches)")

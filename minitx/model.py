@@ -459,7 +459,7 @@ class Transformer(nn.Module):
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but the input needs "
                              f"{tuple(shape)}: one 0/1 entry per token")
         if not ((attention_mask == 0) | (attention_mask == 1)).all():
-            raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token)")
+            raise ValueError("attention_mask must hold only 0 and 1 (1 = real token, 0 = padding)")
 
     def _check_tokens(self, tokens) -> Tensor:
         if not isinstance(tokens, Tensor):

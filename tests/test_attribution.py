@@ -18,7 +18,7 @@ import torch
 from torch.testing import assert_close
 
 import minitx
-from tests.conftest import random_model
+from tests.conftest import random_model, unchanged
 from minitx.attribution import atp_star_qk_fix, attribution_patching, compare_with_patching
 from minitx.metrics import logit_diff_metric
 from minitx.path_patching import direct_path_patch
@@ -161,13 +161,10 @@ def test_compare_with_patching_statistics():
 
 
 def test_no_state_left_behind_and_errors(model):
-    before = [p.clone() for p in model.parameters()]
-    hooks = model._context_hooks
-    attribution_patching(model, CLEAN, CORRUPTED, METRIC, points=("z", "k"))
-    atp_star_qk_fix(model, CLEAN, CORRUPTED, METRIC)
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    with unchanged(model):
+        attribution_patching(model, CLEAN, CORRUPTED, METRIC, points=("z", "k"))
+        atp_star_qk_fix(model, CLEAN, CORRUPTED, METRIC)
     assert all(p.grad is None for p in model.parameters())
-    assert model._context_hooks is hooks and hooks == ([], [])
     with pytest.raises(ValueError, match="unknown point 'attn'"):
         attribution_patching(model, CLEAN, CORRUPTED, METRIC, points=("attn",))
     with pytest.raises(ValueError, match="same length"):

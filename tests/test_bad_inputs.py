@@ -176,11 +176,8 @@ CASES = [
     case("mask-run_with_cache", lambda e: e.m.run_with_cache(e.T, attention_mask=torch.ones(2, 4)), ValueError,
          "attention_mask has shape (2, 4)"),
     case("mask-list", lambda e: e.m(e.T, attention_mask=[[1] * 5] * 2), TypeError, "attention_mask"),
-    case("mask-values-2", lambda e: e.m(e.T, attention_mask=torch.full((2, 5), 2)), ValueError, "0 and 1",
-         unclear="attention_mask of 2s: accepted; positions jump by 2 (cumsum), so a 33-token prompt fails later "
-                 "with 'reaches position 64'"),
-    case("mask-values-half", lambda e: e.m(e.T, attention_mask=torch.full((2, 5), 0.5)), ValueError, "0 and 1",
-         unclear="attention_mask of 0.5: accepted; keys see bool(0.5)=True but positions use long(0.5)=0"),
+    case("mask-values-2", lambda e: e.m(e.T, attention_mask=torch.full((2, 5), 2)), ValueError, "0 and 1"),
+    case("mask-values-half", lambda e: e.m(e.T, attention_mask=torch.full((2, 5), 0.5)), ValueError, "0 and 1"),
     case("mask-generate", lambda e: e.m.generate(e.T, 2, attention_mask=torch.ones(2, 4)), ValueError,
          "attention_mask has shape (2, 4)"),
     # ---- other generate arguments -------------------------------------------------------------------------------
@@ -328,19 +325,16 @@ CASES = [
          "unknown detection pattern 'previous_token'; allowed: previous_token_head"),
     case("name-get_act_name-layer-missing", lambda e: minitx.get_act_name("resid_pre"), ValueError,
          "shorthand 'resid_pre' needs a layer, e.g. get_act_name('resid_pre', 0)"),
-    case("name-get_act_name-typo", lambda e: minitx.get_act_name("resid_pr", 0), KeyError, "did you mean resid_pre",
-         unclear="get_act_name('resid_pr'): lists all 23 shorthands but suggests none"),
+    case("name-get_act_name-typo", lambda e: minitx.get_act_name("resid_pr", 0), KeyError, "did you mean resid_pre"),
     case("name-cache-typo", lambda e: e.m.run_with_cache(e.T)[1]["blocks.0.hook_resid_pr"], KeyError,
          "did you mean blocks.0.hook_resid_pre"),
-    case("name-cache-layer", lambda e: e.m.run_with_cache(e.T)[1]["resid_pre", 7], KeyError, "layer",
-         unclear="cache['resid_pre', 7] on a 2-layer model: bare KeyError 'blocks.7.hook_resid_pre'"),
+    case("name-cache-layer", lambda e: e.m.run_with_cache(e.T)[1]["resid_pre", 7], KeyError, "layer"),
     case("name-cache-not-cached", lambda e: e.m.run_with_cache(e.T, names_filter="hook_embed")[1]
          ["blocks.0.hook_resid_pre"], KeyError, "names_filter"),
     case("name-detect_head-cache-without-patterns", lambda e: heads.detect_head(
         e.m, e.T, "previous_token_head", cache=e.m.run_with_cache(e.T, names_filter="hook_embed")[1]), KeyError,
          "cache"),
-    case("name-names_filter-int", lambda e: e.m.run_with_cache(e.T, names_filter=3), TypeError, "names_filter",
-         unclear="run_with_cache(names_filter=3): raw TypeError \"'int' object is not iterable\""),
+    case("name-names_filter-int", lambda e: e.m.run_with_cache(e.T, names_filter=3), TypeError, "names_filter"),
     case("name-fwd_hooks-not-pairs", lambda e: e.m.run_with_hooks(e.T, fwd_hooks=[lambda x, h: None]), TypeError,
          "(name, fn)"),
     case("name-hooks-context-not-pairs", lambda e: run_in_hooks_context(e.m, [("hook_embed",)], e.T), TypeError,
@@ -380,8 +374,7 @@ CASES = [
          FloatingPointError, "blocks.0.hook_resid_mid"),
     case("nan-zero-ln-scale", lambda e: e.m.run_with_hooks(e.T, fwd_hooks=[("blocks.0.ln1.hook_scale",
                                                                             lambda x, h: torch.zeros_like(x))]),
-         FloatingPointError, "blocks.0.ln1.hook_scale", unclear="a hook that sets a layer-norm scale to 0: no error, "
-                                                                "the logits are NaN/inf"),
+         ValueError, "blocks.0.ln1.hook_scale"),
     # ---- bad metrics --------------------------------------------------------------------------------------------
     case("metric-scalar", lambda e: path_patching.path_patch(e.m, e.T, e.C, (0, 0), "logits", lambda x: x.sum()),
          ValueError, "the metric must map logits [batch, pos, d_vocab] to [batch]=[2], got ()"),

@@ -167,11 +167,7 @@ def test_logit_lens_correct_token_only_after_layer1(model, task):
 
 # -- the training script's CI mode -------------------------------------------------------------------------
 def test_training_script_smoke(tmp_path):
-    threads = torch.get_num_threads()
-    try:
-        metrics = train_induction.main(["--smoke", "--out", str(tmp_path)])
-    finally:
-        torch.set_num_threads(threads)  # the script pins one thread; leave other tests as they were
+    metrics = train_induction.main(["--smoke", "--out", str(tmp_path)])  # conftest restores the thread count
     assert (tmp_path / "config.json").is_file() and (tmp_path / "model.safetensors").is_file()
     trained = minitx.load(tmp_path)
     assert trained.cfg == train_induction.model_config()
