@@ -8,8 +8,8 @@ over the whole vocabulary equals the answer token.
     python scripts/eval_english.py weights/english-4l [--json out.json]
 
 Reports, per task: top-1 overall, by <|endoftext|> and by preamble length; for "fixed", the logit
-lens probability of the answer at each layer (resid_pre 0..n-1, then the final residual; LN_f on
-each state's own statistics, then W_U); for "role", twin accuracy (a prompt AND its role-swapped
+lens probability of the answer at each readout (resid_pre and resid_mid of each layer, then the
+final residual; LN_f on each state's own statistics, then W_U); for "role", twin accuracy (a prompt AND its role-swapped
 twin both right), accuracy per follow-up form and story voice, and position checks: how often the
 top-1 is the token at absolute position 1 when that is not the answer (the old shortcut), and how
 often a prompt's answer is the same under all of its preamble/<|endoftext|> variants.
@@ -36,14 +36,14 @@ from minitx.tokenizer import Tokenizer  # noqa: E402
 
 @torch.no_grad()
 def last_position_readout(model: minitx.Transformer, items: list[dict], lens: bool = False, chunk: int = 256):
-    """-> (top-1 ids [n], answer ids [n], answer probs per lens layer [n, layer+1] or None, pos-1 ids [n]).
+    """-> (top-1 ids [n], answer ids [n], answer probs per lens readout [n, 2*layer+1] or None, pos-1 ids [n]).
 
     Prompts are left-padded with a mask (positions count real tokens only, so each row sees what it
     sees alone); only the last position is unembedded."""
     tok = Tokenizer.default()
     top, answers, probs, first = [], [], [], []
     L = model.cfg.n_layer
-    names = [f"blocks.{l}.hook_resid_pre" for l in range(L)]
+    names = [f"blocks.{l}.hook_resid_{w}" for l in range(L) for w in ("pre", "mid")]
     for i in range(0, len(items), chunk):
         part = items[i:i + chunk]
         rows = [([tok.bos_token_id] if it["bos"] else []) + tok.encode(it["prompt"]) for it in part]
@@ -55,7 +55,7 @@ def last_position_readout(model: minitx.Transformer, items: list[dict], lens: bo
         ans = torch.tensor([tok.to_single_token(it["answer"]) for it in part])
         if lens:
             final, cache = model.run_with_cache(tokens, mask, names_filter=names, stop_at_layer=L)
-            states = torch.stack([cache[nm][:, -1] for nm in names] + [final[:, -1]])  # [layer+1, batch, d_model]
+            states = torch.stack([cache[nm][:, -1] for nm in names] + [final[:, -1]])  # [2*layer+1, batch, d_model]
             p = model.unembed(states).softmax(-1)  # [layer+1, batch, d_vocab]
             probs.append(p[:, torch.arange(len(part)), ans].T)
             logits = model.unembed(final[:, -1])
@@ -102,7 +102,7 @@ def evaluate(model: minitx.Transformer, sets: dict | None = None) -> dict:
         res = {"n": len(items), "top1": round(correct.float().mean().item(), 4), "by_bos": _by(items, correct, "bos"),
                "by_preamble": _by(items, correct, "preamble")}
         if task == "fixed":
-            labels = [f"{l}_pre" for l in range(model.cfg.n_layer)] + ["final"]
+            labels = [f"{l}_{w}" for l in range(model.cfg.n_layer) for w in ("pre", "mid")] + ["final"]
             res["lens_mean_prob"] = dict(zip(labels, [round(x, 4) for x in probs.mean(0).tolist()]))
             res["lens_frac_over_half"] = dict(zip(labels, [round(x, 4) for x in (probs > 0.5).float().mean(0).tolist()]))
         if task == "role":

@@ -39,7 +39,6 @@ a leading <|endoftext|> and with 0..3 filler sentences before it.
 from __future__ import annotations
 
 import argparse
-import itertools
 import random
 import sys
 from functools import lru_cache

@@ -14,6 +14,10 @@ scattered into W_E and the model is written in float16 with `minitx.save_pretrai
 
     python scripts/train_english.py --minutes 38 --out weights/english-4l     # the shipped model
     python scripts/train_english.py --smoke --out /tmp/english-smoke          # a few steps, seconds
+    python scripts/train_english.py --steps 8000 --out /tmp/english-4l        # step budget: exactly repeatable
+
+With --minutes the learning-rate schedule and the repeats-first data mixture follow elapsed wall-clock
+time, so the number of steps (and which step gets which rate) depends on the machine's speed.
 
 A loss line every --log-every steps; every --probe-every steps a held-out probe (top-1 on each
 task of make_corpus.eval_sets, first few items); the checkpoint is saved every --save-minutes.
@@ -125,6 +129,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--minutes", type=float, default=35.0, help="wall-clock training budget")
     parser.add_argument("--max-steps", type=int, default=10**9)
+    parser.add_argument("--steps", type=int, default=None, help="a step budget instead of --minutes: the "
+                        "schedule and data mixture then follow step / steps, so a run repeats exactly")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--warmup", type=int, default=100)
@@ -161,7 +167,7 @@ def main(argv=None) -> dict:
     model.train()
     while step < args.max_steps:
         elapsed = time.time() - start
-        progress = elapsed / budget
+        progress = elapsed / budget if args.steps is None else step / args.steps
         if progress >= 1:
             break
         step += 1

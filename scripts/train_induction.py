@@ -7,13 +7,17 @@ the model is attention-only in effect while staying a plain GPT-2 checkpoint.
 
 Data: [BOS] + A + A + fresh uniform tokens to length 48, where A is a block of L ~ U{8..20}
 distinct tokens. Varying L keeps the task from being solved by a fixed positional offset.
+AdamW (lr 1e-3, weight decay 0.01), batch 32, 6000 steps, one CPU thread. Init: GPT-2's scheme with
+std 0.1 (TransformerLens's 0.8/sqrt(d_model)); with minitx's default 0.02 no seed tried grew induction
+heads. Seeds differ in the circuit they find; seed 5 passes every check of METHODS 9.3 (see
+weights/induction-2l/MODEL_CARD.md for the seeds tried).
 
-    python scripts/train_induction.py --out weights/induction-2l          # ~6000 steps, 1-2 min
+    python scripts/train_induction.py --out weights/induction-2l          # 6000 steps, 3-5 min
     python scripts/train_induction.py --smoke --out /tmp/induction-smoke  # a few steps, seconds
     python scripts/train_induction.py --evaluate weights/induction-2l     # the measurements of the card
 
-Output: config.json + model.safetensors in HF's GPT2LMHeadModel layout (minitx.save_pretrained);
-the config's bos_token_id is null there (GPT-2's 50256 is outside this vocabulary): BOS is id 64.
+Output: config.json + model.safetensors in HF's GPT2LMHeadModel layout (minitx.save_pretrained),
+bos_token_id 64.
 References: Olsson et al. 2022, "In-context Learning and Induction Heads"; Elhage et al. 2021.
 """
 
@@ -36,7 +40,7 @@ L_RANGE = (8, 20)
 
 def model_config(tied: bool = False) -> minitx.Config:
     return minitx.Config(n_layer=2, n_head=2, n_embd=64, n_positions=SEQ_LEN, vocab_size=N_TOKENS + 1,
-                         tie_word_embeddings=tied)
+                         tie_word_embeddings=tied, bos_token_id=BOS)
 
 
 def make_batch(n: int, generator: torch.Generator, L: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -85,7 +89,7 @@ def second_copy_logit_diff(logits: Tensor, clean: Tensor, corrupted: Tensor, len
     return (diff * mask).sum(1) / mask.sum(1)
 
 
-def build_model(seed: int, tied: bool, std: float = 0.02) -> minitx.Transformer:
+def build_model(seed: int, tied: bool, std: float = 0.1) -> minitx.Transformer:
     """GPT-2 init (seeded; N(0, std)), then every MLP weight/bias zeroed and frozen, ln2 frozen at identity."""
     model = minitx.Transformer(model_config(tied)).init_weights(seed, std=std)
     with torch.no_grad():
@@ -202,10 +206,11 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, help="directory for config.json + model.safetensors")
     parser.add_argument("--evaluate", type=Path, metavar="DIR", help="measure a saved checkpoint; no training")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=5, help="init seed (data: seed + 1000); 5 is the shipped fixture")
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--tied", action="store_true", help="tie the unembedding to the embedding")
-    parser.add_argument("--init-std", type=float, default=0.02, help="std of the N(0, std) initial weights")
+    parser.add_argument("--init-std", type=float, default=0.1,
+                        help="std of the N(0, std) initial weights; 0.1 = TransformerLens's 0.8/sqrt(d_model)")
     parser.add_argument("--smoke", action="store_true", help="a few steps on a small batch (CI): seconds")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)

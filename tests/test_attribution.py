@@ -207,12 +207,14 @@ def test_fixture_atp_misses_the_previous_token_head_and_the_qk_fix_finds_it(indu
     exact = activation_patching(model, clean, corrupted, metric, "z", by="all").scores  # denoising, normalised
     atp = attribution_patching(model, clean, corrupted, metric).normalized("z")
     fixed = atp_star_qk_fix(model, clean, corrupted, metric)
-    assert float(exact[0, prev]) <= -0.5  # measured -1.00
-    assert abs(float(atp[0, prev])) < 0.05  # measured -0.02
-    # The pattern change is exact; what remains is the final layer norm's nonlinearity (next test):
-    # measured -0.20 of -1.00 here, ten times plain AtP.
+    assert float(exact[0, prev]) <= -0.5  # measured -0.98
+    assert abs(float(atp[0, prev])) < 0.05  # measured -0.015
+    # The QK fix recovers 15% here (-0.150 of -0.978: ten times plain AtP), and not more because the
+    # rest is the final layer norm's nonlinearity, not the softmax: with ln_final's scale frozen the
+    # same estimate recovers it all (next test). Threshold set from that measurement.
     assert float(fixed.normalized("z")[0, prev]) <= -0.1
-    # Layer 1 (§9.3 item 9): same sign as activation patching, magnitude within a factor of 3.
+    # Layer 1 (§9.3 item 9): same sign as activation patching, magnitude within a factor of 3
+    # (measured AtP 0.076, 0.073 vs exact 0.170, 0.205: AtP underestimates, as METHODS says).
     assert (atp[1].sign() == exact[1].sign()).all()
     assert ((atp[1] / exact[1]) > 1 / 3).all() and ((atp[1] / exact[1]) < 3).all()
 
@@ -242,6 +244,6 @@ def test_fixture_qk_fix_is_exact_once_the_final_layer_norm_is_frozen(induction):
             edge = direct_path_patch(model, clean, corrupted, (0, prev), ("k", 1, receiver), metric)
             assert_close(fixed.edges[0, prev, 1, receiver, 1] / (fixed.clean - fixed.corrupted), edge,
                          atol=1e-4, rtol=1e-4)
-    assert exact <= -0.5  # measured -1.00
-    assert abs(float(atp.normalized("z")[0, prev])) < 0.1  # measured -0.07
-    assert float(fixed.normalized("z")[0, prev]) / exact == pytest.approx(1.0, abs=0.1)  # measured 1.03
+    assert exact <= -0.5  # measured -0.970
+    assert abs(float(atp.normalized("z")[0, prev])) < 0.1  # measured -0.092
+    assert float(fixed.normalized("z")[0, prev]) / exact == pytest.approx(1.0, abs=0.1)  # measured -0.999: 1.03
