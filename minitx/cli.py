@@ -11,10 +11,11 @@ import sys
 import warnings
 from pathlib import Path
 
-# The trained 2-layer induction fixture, which sits next to the package in the repository. A relative
+# The small English model trained here (weights/english-4l/MODEL_CARD.md), next to the package in the
+# repository; weights/induction-2l is the 2-layer induction fixture (token ids, no text). A relative
 # --model path is tried from the current directory first, then from the repository root, so every
 # command works from any directory.
-DEFAULT_MODEL = "weights/induction-2l"
+DEFAULT_MODEL = "weights/english-4l"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -48,7 +49,7 @@ def cmd_generate(args) -> int:
 # ---------------------------------------------------------------------------------------------
 # Shared by the analysis commands: the model, prompts, and compact text tables.
 
-MODEL_HELP = (f"checkpoint directory, .safetensors file or hub id (default: the trained fixture {DEFAULT_MODEL}, "
+MODEL_HELP = (f"checkpoint directory, .safetensors file or hub id (default: the small English model {DEFAULT_MODEL}, "
               "found relative to the repository root from any directory). With GPT-2's vocabulary (50257) prompts "
               "and tokens are text; with any other (the fixture has 65 ids, BOS = 64) they are space-separated "
               "integer token ids")
@@ -63,7 +64,7 @@ def resolve_model(name: str | None) -> str:
             if path.is_dir():
                 return str(path)
         raise FileNotFoundError(f"the default model {DEFAULT_MODEL} is not at {REPO_ROOT / DEFAULT_MODEL}; train it "
-                                f"with `python scripts/train_induction.py --out {REPO_ROOT / DEFAULT_MODEL}` or pass "
+                                f"with `python scripts/train_english.py --out {REPO_ROOT / DEFAULT_MODEL}` or pass "
                                 "--model (a checkpoint directory, a .safetensors file or a hub id such as gpt2)")
     path = Path(name).expanduser()
     if path.exists():
@@ -455,10 +456,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="a first tour, offline: report.md and figures from the library's own numbers",
                        description="Writes report.md and PNGs into --out and prints a summary. With the default "
-                                   f"fixture ({DEFAULT_MODEL}): head roles on repeated random tokens, noising each "
-                                   "head and path patching the main layer-0 head into the induction head's q/k/v "
-                                   "and the logits (one hypothesis answered), and the logit lens. With a GPT-2-"
-                                   "vocabulary model (--model gpt2): English prompts instead.")
+                                   f"English model ({DEFAULT_MODEL}) or any GPT-2-vocabulary model (--model gpt2): "
+                                   "the logit lens on 'The cat sat on the', head roles, attention under a role swap, "
+                                   "and path patching testing 'head L.H carries the subject-object relation'. With "
+                                   "the induction fixture (--model weights/induction-2l): head roles, noising and "
+                                   "path patching of the layer-0 head into the induction head, and the logit lens.")
     p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--prepend-bos", action=argparse.BooleanOptionalAction, default=True, help=BOS_HELP)
     p.add_argument("--out", default="minitx-demo", help="folder for report.md and the PNGs (default ./minitx-demo)")

@@ -12,9 +12,10 @@ Two tours, chosen by the vocabulary:
   (1) head roles on repeated random tokens [BOS] + r + r; (2) noising each head with the first copy
   replaced, and path patching of the main layer-0 head into the induction head's q/k/v and the logits,
   answering one hypothesis; (3) the logit lens on a repeated sequence.
-- a GPT-2-vocabulary model (`--model gpt2`): the logit lens on "The cat sat on the" -> " mat",
-  the role swap "The cat chased the mouse" / "The mouse chased the cat", and patching with the
-  role-swapped prompt as the corruption.
+- a GPT-2-vocabulary model (the shipped `weights/english-4l`, or `--model gpt2`): the logit lens on
+  "The cat sat on the" -> " mat"; head roles on repeated word sequences; the role swap "The cat chased
+  the mouse" / "The mouse chased the cat"; and patching with the role-swapped story as the corruption,
+  testing "head L.H carries the subject-object relation" end to end.
 
 References: Olsson et al. 2022 (induction heads, repeated random tokens); Wang et al. 2022 (IOI:
 path patching, role-swap minimal pairs); Heimersheim & Nanda 2024 (noising vs denoising);
@@ -343,9 +344,16 @@ def _induction_demo(model, vocab: Vocab, out: Path, n: int, batch: int, seed: in
 
 LENS_PROMPT, LENS_TARGET = "The cat sat on the", " mat"
 SWAP_A, SWAP_B = "The cat chased the mouse", "The mouse chased the cat"
-PATCH_CLEAN = "The cat chased the mouse. The mouse was chased by the"
-PATCH_CORRUPTED = "The mouse chased the cat. The mouse was chased by the"
+# The follow-up names neither animal, so only who did what in the story decides the answer; the
+# corruption swaps the two roles in the story and leaves the question as it is (same length).
+PATCH_CLEAN = "The cat chased the mouse. The one who chased was the"
+PATCH_CORRUPTED = "The mouse chased the cat. The one who chased was the"
 ANSWER, WRONG = " cat", " mouse"
+# Head roles are scored on repeated sequences of these words (single GPT-2 tokens that a small English
+# model has seen), not on random GPT-2 ids, most of which such a model never saw.
+ROLE_WORDS = [" river", " stone", " king", " tree", " door", " fish", " star", " moon", " boat", " car", " road",
+              " house", " lamp", " bell", " shell", " cloud", " song", " milk", " bread", " egg", " salt",
+              " gold", " wood", " glass", " paper", " clock", " rose", " corn", " lake", " box", " wall"]
 
 
 def _gpt2_demo(model, vocab: Vocab, out: Path, bos: bool, log: Callable) -> dict:
@@ -374,8 +382,34 @@ def _gpt2_demo(model, vocab: Vocab, out: Path, bos: bool, log: Callable) -> dict
                      [[lab, float(p), int(k), repr(t)] for lab, p, k, t in zip(lens.labels, probs, ranks, top)]),
            "", "![logit lens](lens.png)\n"]
 
-    # (2) attention under a role swap -------------------------------------------------------------------------------
-    log(f"[2/3] role swap {SWAP_A!r} vs {SWAP_B!r}")
+    # (2) head roles, then attention under a role swap ---------------------------------------------------------------
+    log("[2/3] head roles on repeated word sequences; role swap "
+        f"{SWAP_A!r} vs {SWAP_B!r}")
+    word_ids = [tok.to_single_token(w) for w in ROLE_WORDS]
+    n_words = min(10, (cfg.n_ctx - 1) // 2)
+    repeats = H.repeated_tokens(cfg.d_vocab, n_words, 8, 0, bos, tok.bos_token_id, token_ids=word_ids)
+    offsets = H.offset_scores(model, repeats, max_offset=4)
+    roles = {"prev-token": offsets[..., 1],
+             "induction": H.induction_scores(model, n=n_words, batch=8, seed=0, prepend_bos=bos, token_ids=word_ids),
+             "duplicate": H.duplicate_token_scores(model, repeats)}
+    best_offset = H.argmax_offset(offsets, min_offset=1)
+    prev, ind = _argmax(roles["prev-token"]), _argmax(roles["induction"])
+    r.update(role_tokens=repeats, offset_scores=offsets, head_scores=roles, prev_head=prev, induction_head=ind)
+    _save(plots.layer_head_grids(roles, "head scores on repeated word sequences"), out, "heads.png", files)
+    md += ["## 2. Attention roles\n",
+           f"On 8 sequences {'[BOS] + ' if bos else ''}w + w ({n_words} words drawn from a fixed list, repeated once): "
+           "mean attention to the previous token, to the token after the previous occurrence of the current one "
+           "(induction) and to that occurrence itself (duplicate); and each head's strongest backward offset k "
+           "(attention from position q to q - k, k = 1..4). A causal head can only look back, so '+k' roles "
+           "exist only relative to an anchor, as induction is.\n",
+           _md_table(["head", *roles, "best offset k", "its score"],
+                     [[f"{l}.{h}", *(float(v[l, h]) for v in roles.values()), int(best_offset[l, h]),
+                       float(offsets[l, h, int(best_offset[l, h])])]
+                      for l in range(L) for h in range(n_head)]), "",
+           f"Strongest previous-token head: **{prev[0]}.{prev[1]}** ({float(roles['prev-token'][prev]):.2f}); "
+           f"strongest induction head: **{ind[0]}.{ind[1]}** ({float(roles['induction'][ind]):.2f}).\n",
+           "![head scores](heads.png)\n"]
+
     a, b = tok.to_tokens(SWAP_A, prepend_bos=bos), tok.to_tokens(SWAP_B, prepend_bos=bos)
     swapped = P.differing_positions(a, b)
     if len(swapped) != 2:
@@ -388,7 +422,7 @@ def _gpt2_demo(model, vocab: Vocab, out: Path, bos: bool, log: Callable) -> dict
     for i, (prompt, toks) in enumerate(((SWAP_A, a), (SWAP_B, b))):
         _save(plots.attention_pattern(patterns[l, i, h], tok.to_str_tokens(toks), f"head {l}.{h} on {prompt!r}"),
               out, f"attention-{l}.{h}-{'ab'[i]}.png", files)
-    md += ["## 2. Attention under a role swap\n",
+    md += ["### Attention under a role swap\n",
            f"{SWAP_A!r} vs {SWAP_B!r} (positions {swapped[0]} and {swapped[1]} swap). TV_pos: how much a head's "
            "pattern changes at the same positions; TV_tok: after following the swapped tokens; R = TV_tok - TV_pos "
            "> 0 for heads that attend by role (slot), < 0 by token identity. Heads whose patterns change most:\n",
@@ -408,14 +442,12 @@ def _gpt2_demo(model, vocab: Vocab, out: Path, bos: bool, log: Callable) -> dict
     noise = P.activation_patching(model, clean, corrupted, metric, point="z", by="all", direction="noising")
     senders = PP.path_patch_senders(model, clean, corrupted, "logits", metric)
     main = _argmax(1 - noise.scores)
-    total, direct = 1 - noise.scores[main], 1 - senders.score[main]
-    share = "mostly direct" if float(direct) >= 0.5 * float(total) else "mostly indirect (through later layers)"
-    sentence = (f"Head {main[0]}.{main[1]} (noising it removes {_pct(total)} of the logit difference) writes the "
-                f"answer directly into the logits: path patching {main[0]}.{main[1]} -> logits removes "
-                f"{_pct(direct)}. Verdict: {share}.")
+    test = _test_head(model, clean, corrupted, metric, main, noise, senders)
+    sentence = test["sentence"]
     r.update(clean_tokens=clean, corrupted_tokens=corrupted, answer=answer, wrong=wrong,
              clean_logit_diff=noise.clean, corrupted_logit_diff=noise.corrupted, resid_denoising=resid.scores,
-             noising_z=noise.scores, path_logits=senders.score, main_head=main, hypothesis=sentence, verdict=share)
+             noising_z=noise.scores, path_logits=senders.score, main_head=main, hypothesis=sentence,
+             verdict=test["verdict"], head_test=test)
     _save(plots.patching_heatmap(resid.scores, tok.to_str_tokens(clean), "denoising resid_pre by position"),
           out, "patching-resid.png", files)
     _save(plots.layer_head_grid(1 - noise.scores, "noising each head's z: removed (1 - score)"), out,
@@ -428,17 +460,69 @@ def _gpt2_demo(model, vocab: Vocab, out: Path, bos: bool, log: Callable) -> dict
            "patching show removed = 1 - score (1 = as bad as the corrupted run).\n",
            *_gap_note(noise.clean, noise.corrupted),
            "![resid patching](patching-resid.png)\n", "![noising heads](noising-heads.png)\n",
-           "![path patching to logits](path-logits.png)\n", f"**Hypothesis and answer.** {sentence}\n"]
+           "![path patching to logits](path-logits.png)\n",
+           f"**Hypothesis: \"head {main[0]}.{main[1]} carries the subject-object relation\".** It is the head whose "
+           "noising hurts most. Tested end to end:\n",
+           _md_table(["experiment", "share of the logit difference"], test["rows"]), "",
+           f"**Answer.** {sentence}\n"]
 
     r["summary"] = [
         f"logit lens: p({LENS_TARGET!r}) after {LENS_PROMPT!r}: "
         + ", ".join(f"{lab} {float(p):.3f}" for lab, p in zip(lens.labels, probs)),
         f"role swap: head {l}.{h} changes most (TV_pos {float(rs.tv_pos[l, h]):.2f}, "
         f"R {float(rs.role_index[l, h]):+.2f})",
+        f"head roles: previous-token head {prev[0]}.{prev[1]} ({float(roles['prev-token'][prev]):.2f}), "
+        f"induction head {ind[0]}.{ind[1]} ({float(roles['induction'][ind]):.2f})",
         f"logit difference {ANSWER!r} - {WRONG!r}: clean {noise.clean:.2f}, role-swapped {noise.corrupted:.2f}",
         sentence]
     (out / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     return r
+
+
+def _test_head(model, clean: Tensor, corrupted: Tensor, metric, head: tuple[int, int], noise, senders) -> dict:
+    """Tests "head L.H carries the subject-object relation" with the role-swapped prompt as corruption.
+
+    Shares of the clean - corrupted logit difference: noising the head's output (necessity), restoring
+    it alone into the corrupted run (sufficiency), noising only its pattern or only its values (where
+    it attends vs what it moves), its direct path to the logits, and its path into the q, k or v of
+    each later layer (IOI path patching, Wang et al. 2022), then into the best of those heads."""
+    l, h = head
+    L, n_head = model.cfg.n_layer, model.cfg.n_head
+    total = float(1 - noise.scores[l, h])
+    restored = float(P.activation_patching(model, clean, corrupted, metric, "z", "all", direction="denoising")
+                     .scores[l, h])
+    pattern = float(1 - P.activation_patching(model, clean, corrupted, metric, "pattern", "all",
+                                              direction="noising").scores[l, h])
+    values = float(1 - P.activation_patching(model, clean, corrupted, metric, "v", "all",
+                                             direction="noising").scores[l, h])
+    direct = float(1 - senders.score[l, h])
+    rows = [[f"noise {l}.{h} (all positions): removed", total], [f"restore {l}.{h} alone: recovered", restored],
+            [f"noise only its pattern (where it attends): removed", pattern],
+            [f"noise only its values (what it moves): removed", values], [f"path {l}.{h} -> logits: removed", direct]]
+    paths = {}
+    for layer in range(l + 1, L):  # every later layer's queries, keys or values, all heads together
+        for kind in "qkv":
+            receivers = [(kind, layer, j) for j in range(n_head)]
+            paths[(kind, layer)] = float(1 - PP.path_patch(model, clean, corrupted, [(l, h)], receivers, metric).score)
+            rows.append([f"path {l}.{h} -> {kind} of layer {layer}: removed", paths[(kind, layer)]])
+    via = ""
+    if paths:
+        kind, layer = max(paths, key=lambda key: abs(paths[key]))
+        per_head = [float(1 - PP.path_patch(model, clean, corrupted, [(l, h)], [(kind, layer, j)], metric).score)
+                    for j in range(n_head)]
+        j = max(range(n_head), key=lambda i: abs(per_head[i]))
+        rows.append([f"path {l}.{h} -> {kind} of head {layer}.{j}: removed", per_head[j]])
+        via = f"; through later heads it acts mostly via the {kind} of layer {layer} ({_pct(paths[(kind, layer)])}, " \
+              f"head {layer}.{j} alone {_pct(per_head[j])})"
+    carries = total >= 0.3 and restored >= 0.3
+    verdict = "supported" if carries else ("partly supported" if max(total, restored) >= 0.3 else "not supported")
+    how = "where it attends (its pattern)" if abs(pattern) > abs(values) else "what it moves (its values)"
+    sentence = (f"Head {l}.{h} carries the subject-object relation: {verdict}. Noising it removes {_pct(total)} of "
+                f"the logit difference and restoring it alone recovers {_pct(restored)}; the information lies in "
+                f"{how} (pattern {_pct(pattern)}, values {_pct(values)}); {_pct(direct)} goes directly to the "
+                f"logits{via}.")
+    return {"rows": rows, "sentence": sentence, "verdict": verdict, "noised": total, "restored": restored,
+            "pattern": pattern, "values": values, "direct": direct, "paths": paths}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -150,13 +150,17 @@ def bos_attention_scores(model: Transformer, tokens: Tensor) -> Tensor:
 
 
 def repeated_tokens(d_vocab: int, n: int, batch: int, seed: int, prepend_bos: bool,
-                    bos_token_id: int | None = None) -> Tensor:
+                    bos_token_id: int | None = None, token_ids=None) -> Tensor:
     """Returns [batch, 2n (+1 with BOS)] [BOS] + r + r, r = n distinct random ids other than BOS.
-    Olsson et al. 2022 (repeated random tokens). bos_token_id defaults to d_vocab - 1 (50256 for GPT-2)."""
+    Olsson et al. 2022 (repeated random tokens). bos_token_id defaults to d_vocab - 1 (50256 for GPT-2).
+    token_ids: the ids r is drawn from (default: the whole vocabulary), e.g. the words a small model knows."""
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch={batch!r}: the number of random sequences must be an int >= 1")
     bos = d_vocab - 1 if bos_token_id is None else bos_token_id
-    candidates = torch.tensor([t for t in range(d_vocab) if t != bos])
+    pool = range(d_vocab) if token_ids is None else sorted({int(t) for t in token_ids})
+    if any(not 0 <= t < d_vocab for t in pool):
+        raise ValueError(f"token_ids must lie in the vocabulary 0..{d_vocab - 1}")
+    candidates = torch.tensor([t for t in pool if t != bos])
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(candidates):
         raise ValueError(f"n={n} distinct tokens per half are not available: allowed 1..{len(candidates)}")
     generator = torch.Generator().manual_seed(seed)
@@ -166,13 +170,14 @@ def repeated_tokens(d_vocab: int, n: int, batch: int, seed: int, prepend_bos: bo
 
 
 def induction_scores(model: Transformer, n: int = 50, batch: int = 10, seed: int = 0, prepend_bos: bool = True,
-                     exclude_bos: bool = False) -> Tensor:
+                     exclude_bos: bool = False, token_ids=None) -> Tensor:
     """Returns [layer, head] ind = mean_{i=1..n} A[n+i, i+1] on [BOS] + r + r (positions shift by -1 without BOS).
     Olsson et al. 2022, "In-context Learning and Induction Heads" (METHODS §5.3, exact index set).
 
     The query is the second r_i, the key the token after its first occurrence; for i = n that key is the
     first token of the second half, which is correct (ARENA's diagonal adds two non-induction entries).
-    Tokens come from `repeated_tokens(d_vocab, n, batch, seed, prepend_bos)`, so a caller can rebuild them.
+    Tokens come from `repeated_tokens(d_vocab, n, batch, seed, prepend_bos, token_ids=token_ids)`, so a
+    caller can rebuild them; token_ids restricts r to ids the model knows (a small model's trained words).
     exclude_bos (needs prepend_bos): rows renormalised over keys >= 1.
     """
     if exclude_bos and not prepend_bos:
@@ -180,7 +185,9 @@ def induction_scores(model: Transformer, n: int = 50, batch: int = 10, seed: int
     o = int(prepend_bos)
     if 2 * n + o > model.cfg.n_ctx:
         raise ValueError(f"n={n} gives {2 * n + o} positions but the model has n_positions={model.cfg.n_ctx}")
-    patterns = attention_patterns(model, repeated_tokens(model.cfg.d_vocab, n, batch, seed, prepend_bos))
+    tokens = repeated_tokens(model.cfg.d_vocab, n, batch, seed, prepend_bos, model.cfg.bos_token_id
+                             if 0 <= model.cfg.bos_token_id < model.cfg.d_vocab else None, token_ids)
+    patterns = attention_patterns(model, tokens)
     i = torch.arange(1, n + 1)
     if exclude_bos:
         patterns, _ = _without_bos(patterns)  # a row with all its mass on BOS counts as 0

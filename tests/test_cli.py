@@ -137,14 +137,16 @@ def test_default_model_from_any_directory(model_dir, tmp_path, capsys, monkeypat
     assert code == 0
     monkeypatch.setattr(cli, "REPO_ROOT", tmp_path / "empty")
     code, out, err = run(capsys, "lens", "--prompt", "1 2 3")
-    check_clean_error(code, out, err, r"default model weights/induction-2l is not at .*train_induction\.py")
+    check_clean_error(code, out, err, r"default model weights/english-4l is not at .*train_english\.py")
 
 
-@pytest.mark.skipif(not FIXTURE.is_dir(), reason="weights/induction-2l has not been trained yet")
-def test_shipped_fixture_by_default(tmp_path, capsys, monkeypatch):
+@pytest.mark.skipif(not FIXTURE.is_dir(), reason="weights/english-4l has not been trained yet")
+def test_shipped_model_by_default(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, out, _ = run(capsys, "attention", "--prompt", "5 9 2 5 9", "--layer", 1)
+    code, out, _ = run(capsys, "attention", "--prompt", "The cat chased the mouse", "--layer", 1)
     assert code == 0 and (tmp_path / "attention-layer1.png").is_file()
+    code, out, _ = run(capsys, "attention", "--model", "weights/induction-2l", "--prompt", "5 9 2 5 9", "--layer", 1)
+    assert code == 0
 
 
 @pytest.mark.parametrize("argv, pattern", [

@@ -12,7 +12,7 @@ from tests.conftest import random_model
 from minitx import cli, heads, lens, metrics, patching, path_patching
 from minitx.demo import replace_first_copy, run_demo
 
-FIXTURE = cli.REPO_ROOT / cli.DEFAULT_MODEL
+FIXTURE = cli.REPO_ROOT / "weights/induction-2l"
 SAME = dict(atol=1e-6, rtol=1e-6)
 N, BATCH, SEED = 8, 4, 3
 
@@ -146,3 +146,36 @@ def test_gpt2_vocabulary_branch_runs_end_to_end(tmp_path):
     assert_close(result["lens_target_prob"], direct.target_probs[:, 0, -1], **SAME)
     assert result["swap_positions"] == (2, 5)
     assert result["path_logits"].shape == (2, 2) and result["hypothesis"] in report
+
+
+ENGLISH = cli.REPO_ROOT / "weights/english-4l"
+
+
+@pytest.mark.skipif(not ENGLISH.is_dir(), reason="weights/english-4l has not been trained yet")
+def test_english_demo_on_the_shipped_model(tmp_path, capsys, monkeypatch):
+    """`minitx demo` with no arguments: the shipped English model, report and figures, numbers from the library."""
+    from minitx import lens, metrics, patching
+    from minitx.demo import ANSWER, LENS_PROMPT, LENS_TARGET, PATCH_CLEAN, PATCH_CORRUPTED, WRONG
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["demo", "--out", str(tmp_path / "out")]) == 0
+    out = tmp_path / "out"
+    report = (out / "report.md").read_text()
+    for png in out.glob("*.png"):
+        assert png.stat().st_size > 1000 and f"({png.name})" in report
+    assert len(list(out.glob("*.png"))) >= 7 and "carries the subject-object relation" in report
+
+    model, tok = minitx.load(ENGLISH), minitx.Tokenizer.default()
+    result = run_demo(model, tmp_path / "again", log=None)
+    tokens = tok.to_tokens(LENS_PROMPT, prepend_bos=True)
+    direct = lens.logit_lens(model, tokens, targets=tok.to_single_token(LENS_TARGET))
+    assert torch.equal(result["lens_target_prob"], direct.target_probs[:, 0, -1])
+    assert result["lens_target_prob"][-1] > 0.9  # the model completes " mat"
+    clean, corrupted = tok.to_tokens(PATCH_CLEAN, prepend_bos=True), tok.to_tokens(PATCH_CORRUPTED, prepend_bos=True)
+    metric = metrics.logit_diff_metric(tok.to_single_token(ANSWER), tok.to_single_token(WRONG))
+    noise = patching.activation_patching(model, clean, corrupted, metric, "z", "all", direction="noising")
+    assert torch.equal(result["noising_z"], noise.scores)
+    # The role task flips with the story: a large positive logit difference becomes a negative one.
+    assert result["clean_logit_diff"] > 5 and result["corrupted_logit_diff"] < -5
+    test = result["head_test"]
+    assert test["noised"] == pytest.approx(float(1 - noise.scores[result["main_head"]]))
+    assert result["verdict"] in ("supported", "partly supported", "not supported")
