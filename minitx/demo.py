@@ -516,7 +516,9 @@ def _test_head(model, clean: Tensor, corrupted: Tensor, metric, head: tuple[int,
               f"head {layer}.{j} alone {_pct(per_head[j])})"
     carries = total >= 0.3 and restored >= 0.3
     verdict = "supported" if carries else ("partly supported" if max(total, restored) >= 0.3 else "not supported")
-    how = "where it attends (its pattern)" if abs(pattern) > abs(values) else "what it moves (its values)"
+    how = ("where it attends (its pattern): it finds the right token by its role" if abs(pattern) > abs(values) else
+           "what it moves (its values): earlier layers wrote the relation into the positions it reads, and it "
+           "moves it to the answer")
     sentence = (f"Head {l}.{h} carries the subject-object relation: {verdict}. Noising it removes {_pct(total)} of "
                 f"the logit difference and restoring it alone recovers {_pct(restored)}; the information lies in "
                 f"{how} (pattern {_pct(pattern)}, values {_pct(values)}); {_pct(direct)} goes directly to the "
