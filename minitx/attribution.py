@@ -36,7 +36,7 @@ AtP*'s other fix (cancellation between paths), is not implemented.
 
 References: Nanda 2023, "Attribution Patching: Activation Patching At Industrial Scale" (blog);
 Kramar, Lieberum, Shah, Nanda 2024, "AtP*: An efficient and scalable method for localizing LLM
-behaviour to components" (arXiv:2403.00745), section 3.1.1 (QK fix).
+behaviour to components" (arXiv:2403.00745): the QK fix for attention saturation.
 """
 
 from __future__ import annotations

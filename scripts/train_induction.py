@@ -43,16 +43,14 @@ def model_config(tied: bool = False) -> minitx.Config:
                          tie_word_embeddings=tied, bos_token_id=BOS)
 
 
-def make_batch(n: int, generator: torch.Generator, L: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def make_batch(n: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
     """-> (clean [batch, pos], corrupted [batch, pos], L [batch]).
 
-    clean = [BOS] + A + A + uniform tail; corrupted replaces the first copy A by a block A' of
-    distinct tokens disjoint from A (second copy, tail and positions unchanged). L=None draws
-    L ~ U{8..20} per sequence; an int fixes it, so that positions line up across the batch."""
+    clean = [BOS] + A + A + uniform tail, L ~ U{8..20} per sequence; corrupted replaces the first
+    copy A by a block A' of distinct tokens disjoint from A (second copy, tail and positions unchanged)."""
     clean = torch.randint(0, N_TOKENS, (n, SEQ_LEN), generator=generator)
     corrupted = clean.clone()
-    lengths = (torch.randint(L_RANGE[0], L_RANGE[1] + 1, (n,), generator=generator) if L is None
-               else torch.full((n,), L))
+    lengths = torch.randint(L_RANGE[0], L_RANGE[1] + 1, (n,), generator=generator)
     for b, length in enumerate(lengths.tolist()):
         perm = torch.randperm(N_TOKENS, generator=generator)
         block, other = perm[:length], perm[length:2 * length]  # A and a disjoint A'
