@@ -76,8 +76,7 @@ class AttributionResult:
 
 
 def _check_inputs(model, clean_tokens: Tensor, corrupted_tokens: Tensor, points) -> tuple[Tensor, Tensor]:
-    clean = clean_tokens.unsqueeze(0) if clean_tokens.dim() == 1 else clean_tokens
-    corrupted = corrupted_tokens.unsqueeze(0) if corrupted_tokens.dim() == 1 else corrupted_tokens
+    clean, corrupted = model._check_tokens(clean_tokens), model._check_tokens(corrupted_tokens)
     check_same_shape(clean, corrupted)
     for point in points:
         if point not in HEAD_LIKE + RESID_LIKE:

@@ -422,9 +422,10 @@ class Transformer(nn.Module):
         pos_embed = run("hook_pos_embed", self.W_pos[positions].expand_as(embed))
         return embed + pos_embed
 
-    def unembed(self, resid: Tensor, run: Run | None = None) -> Tensor:  # [..., d_model] -> [..., d_vocab]
-        """The final layer norm (on resid's own statistics) and W_U; ln_final hooks fire only via `run`."""
-        x = self.ln_final(resid, run or Run(0), "ln_final.")
+    def unembed(self, resid: Tensor, run: Run | None = None, fwd_hooks=()) -> Tensor:  # [..., d_model] -> [..., d_vocab]
+        """The final layer norm (on resid's own statistics) and W_U. ln_final hooks: those of `run`, else
+        fwd_hooks plus any set with `model.hooks(...)`."""
+        x = self.ln_final(resid, run or Run(self.cfg.n_layer, self._context_hooks[0] + list(fwd_hooks)), "ln_final.")
         return F.linear(x, self.W_E) if self.W_U_untied is None else x @ self.W_U_untied
 
     @staticmethod

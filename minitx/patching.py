@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from minitx.metrics import Metric, check_integers, describe, metric_name, normalized, resolve_pos
-from minitx.model import Run, get_act_name, point_names
+from minitx.model import get_act_name, point_names
 
 RESID_LIKE = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 HEAD_LIKE = ("z", "q", "k", "v", "pattern")
@@ -188,14 +188,14 @@ def metric_blocks(model, resid: Tensor, metric: Callable, batch: int, ln_final_s
         idx = resolve_pos(metric.pos, batch, n_pos).to(resid.device).repeat(n)
         ar = torch.arange(rows, device=resid.device)
         hooks = [] if scale is None else [("ln_final.hook_scale", lambda x, h: scale[ar, idx][:, None])]
-        logits = model.unembed(resid[ar, idx][:, None], Run(model.cfg.n_layer, hooks))[:, 0]
+        logits = model.unembed(resid[ar, idx][:, None], fwd_hooks=hooks)[:, 0]
         values = [metric.at_pos(block) for block in logits.view(n, batch, -1)]
     else:
         values = []
         for i in range(n):
             rows_i = slice(i * batch, (i + 1) * batch)
             hooks = [] if scale is None else [("ln_final.hook_scale", lambda x, h, s=scale[rows_i]: s)]
-            values.append(metric(model.unembed(resid[rows_i], Run(model.cfg.n_layer, hooks))))
+            values.append(metric(model.unembed(resid[rows_i], fwd_hooks=hooks)))
     return torch.stack([_check_metric(v, batch) for v in values])
 
 

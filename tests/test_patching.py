@@ -201,3 +201,16 @@ def test_gpt2_small_shapes():
     heads = P.activation_patching(model, clean, corrupted, metric, "attn_out", "all")
     for layer in (5, 11):
         assert_close(heads.per_prompt[layer], metric(P.patch_one(model, clean, corrupted, "attn_out", layer)), **EXACT)
+
+
+def test_context_hooks_reach_the_unembedding_of_sweeps(model):
+    """Hooks set with model.hooks(...) apply in every run of a sweep, the unembedding included."""
+    clean, corrupted = torch.randint(0, 257, (2, 5)), torch.randint(0, 257, (2, 5))
+    from minitx.metrics import logit_diff_metric
+    metric = logit_diff_metric(3, 5)
+    frozen = [("ln_final.hook_scale", lambda x, h: torch.full_like(x, 2.0))]
+    with model.hooks(fwd_hooks=frozen):
+        result = P.activation_patching(model, clean, corrupted, metric, "resid_pre", by="all")
+        expected = metric(model(clean)).mean()
+    # Denoising resid_pre[0] at every position is the clean run, under the same frozen scale.
+    assert float(result.raw[0]) == pytest.approx(float(expected), abs=1e-5)
