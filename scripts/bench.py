@@ -289,7 +289,6 @@ def main():
     if "medium" in only and not args.quick:
         with tempfile.TemporaryDirectory() as tmp:
             ours, peers = build(dict(n_layer=24, n_head=16, n_embd=1024, n_positions=1024, vocab_size=50257), Path(tmp))
-            peers = {"transformers-sdpa": peers["transformers-sdpa"]}
             bench_forward(ours, peers, [(1, 128)], args.repeats, peak, results)
             results["forward_medium_1x128"] = results.pop("forward_1x128")
     if args.json:
