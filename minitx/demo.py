@@ -497,8 +497,8 @@ def _test_head(model, clean: Tensor, corrupted: Tensor, metric, head: tuple[int,
                                              direction="noising").scores[l, h])
     direct = float(1 - senders.score[l, h])
     rows = [[f"noise {l}.{h} (all positions): removed", total], [f"restore {l}.{h} alone: recovered", restored],
-            [f"noise only its pattern (where it attends): removed", pattern],
-            [f"noise only its values (what it moves): removed", values], [f"path {l}.{h} -> logits: removed", direct]]
+            ["noise only its pattern (where it attends): removed", pattern],
+            ["noise only its values (what it moves): removed", values], [f"path {l}.{h} -> logits: removed", direct]]
     paths = {}
     for layer in range(l + 1, L):  # every later layer's queries, keys or values, all heads together
         for kind in "qkv":

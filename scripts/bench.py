@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 import minitx  # noqa: E402
 from minitx.loading import load  # noqa: E402
 from minitx.metrics import logit_diff_metric  # noqa: E402
-from minitx.patching import activation_patching, patch_one  # noqa: E402
+from minitx.patching import activation_patching  # noqa: E402
 from minitx.path_patching import path_patch  # noqa: E402
 
 

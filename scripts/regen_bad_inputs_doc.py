@@ -5,7 +5,6 @@
 import os, re, sys, warnings
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, os.getcwd())
-import pytest, torch
 import tests.test_bad_inputs as T
 from minitx import cli
 

@@ -1,6 +1,5 @@
 """Residual decomposition and DLA: the pieces sum to the final residual and the attributions to the logit."""
 
-import contextlib
 
 import pytest
 import torch

@@ -1,6 +1,5 @@
 """Logit lens: the final entry is the model, metrics on a hand-made distribution, parity with HF hidden states."""
 
-import contextlib
 import math
 
 import pytest

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from minitx.cli import main
 from tests.conftest import random_model
