@@ -51,17 +51,22 @@ def check_integers(value, what: str, allowed: str) -> None:
         raise TypeError(f"{what} must be {allowed}, got {describe(value)}")
 
 
+def _per_prompt(value: int | Tensor, batch: int, what: str, kind: str) -> Tensor:
+    """An int, or an integer tensor [batch] -> LongTensor [batch] (one value per prompt); kind: "" or "token id"."""
+    if isinstance(value, bool) or not isinstance(value, (int, Tensor)):
+        raise TypeError(f"{what} must be an int{' ' + kind if kind else ''} or a LongTensor [batch], "
+                        f"got {type(value).__name__}")
+    if not isinstance(value, Tensor):
+        return torch.full((batch,), value, dtype=torch.long)
+    if value.dtype.is_floating_point or value.dtype == torch.bool or value.dim() != 1 or len(value) != batch:
+        raise ValueError(f"{what} as a tensor must be integer {'ids ' if kind else ''}of shape [batch]=[{batch}], "
+                         f"got {value.dtype} {tuple(value.shape)}")
+    return value.long()
+
+
 def resolve_pos(pos: int | Tensor, batch: int, n_pos: int) -> Tensor:
     """-> LongTensor [batch] of non-negative positions; ValueError naming a position out of range."""
-    if isinstance(pos, bool) or not isinstance(pos, (int, Tensor)):
-        raise TypeError(f"pos must be an int or a LongTensor [batch], got {type(pos).__name__}")
-    if isinstance(pos, Tensor):
-        if pos.dtype.is_floating_point or pos.dtype == torch.bool or pos.dim() != 1 or len(pos) != batch:
-            raise ValueError(f"pos as a tensor must be integer, shape [batch]=[{batch}]; got {pos.dtype} "
-                             f"{tuple(pos.shape)}")
-        values = pos.long()
-    else:
-        values = torch.full((batch,), pos, dtype=torch.long)
+    values = _per_prompt(pos, batch, "pos", "")
     bad = (values < -n_pos) | (values >= n_pos)
     if bool(bad.any()):
         raise ValueError(f"position {int(values[bad][0])} is out of range for prompts of {n_pos} tokens; "
@@ -79,15 +84,7 @@ def logits_at(logits: Tensor, pos: int | Tensor = -1) -> Tensor:
 
 
 def _ids(ids: int | Tensor, batch: int, d_vocab: int, what: str) -> Tensor:
-    if isinstance(ids, bool) or not isinstance(ids, (int, Tensor)):
-        raise TypeError(f"{what} must be an int token id or a LongTensor [batch], got {type(ids).__name__}")
-    if isinstance(ids, Tensor):
-        if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.dim() != 1 or len(ids) != batch:
-            raise ValueError(f"{what} as a tensor must be integer ids of shape [batch]=[{batch}], got "
-                             f"{ids.dtype} {tuple(ids.shape)}")
-        ids = ids.long()
-    else:
-        ids = torch.full((batch,), ids, dtype=torch.long)
+    ids = _per_prompt(ids, batch, what, "token id")
     bad = (ids < 0) | (ids >= d_vocab)
     if bool(bad.any()):
         raise ValueError(f"{what} id {int(ids[bad][0])} is outside the vocabulary; allowed ids are 0..{d_vocab - 1}")

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from minitx.checks import check_attention_mask, check_generation, check_tokens
 from minitx.hooks import (Cache, HookPoint, NamesFilter, check_replacement, get_act_name,  # noqa: F401
                           resolve_hooks, resolve_names)
 
@@ -400,7 +401,7 @@ class Transformer(nn.Module):
         elif tokens.dim() != 3 or tokens.shape[-1] != self.cfg.d_model:
             raise ValueError(f"with start_at_layer the input is a residual stream [batch, pos, "
                              f"{self.cfg.d_model}], got shape {tuple(tokens.shape)}")
-        self._check_mask(attention_mask, tokens.shape[:2])
+        check_attention_mask(attention_mask, tokens.shape[:2])
         resid = self.embed(tokens, attention_mask, run) if start_at_layer is None else tokens  # [batch, pos, d_model]
         if past_kv is not None and (start_at_layer is None or len(past_kv) != stop - start or attention_mask is not None):
             raise ValueError(f"past_kv needs start_at_layer, no attention_mask, and one (k, v) per block run "
@@ -435,47 +436,21 @@ class Transformer(nn.Module):
         return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [batch, pos]
 
     def _attention_mask(self, attention_mask, shape, device, n_past: int = 0) -> Tensor | None:
-        """-> bool [batch or 1, 1, q_pos, k_pos], True where a query may read a key; None: plain causal."""
+        """-> bool [batch or 1, 1, q_pos, k_pos], True where a query may read a key; None: plain causal.
+        attention_mask (checked by the caller) covers the n_past earlier positions and the T new ones."""
         T = shape[1]
         if attention_mask is None and n_past == 0:
             return None
         causal = torch.ones(T, n_past + T, dtype=torch.bool, device=device).tril(n_past)  # [q_pos, k_pos]
         if attention_mask is None:
             return causal[None, None]
-        if attention_mask.shape[0] != shape[0] or attention_mask.shape[1] != n_past + T:
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but the input needs "
-                             f"[{shape[0]}, {n_past + T}]: one 0/1 entry per token")
         keys = attention_mask.bool()[:, None, None, :]  # [batch, 1, 1, k_pos]
         # A padding query may see only itself, so its softmax row is never empty (no NaN).
         itself = (torch.arange(T, device=device)[:, None] + n_past) == torch.arange(n_past + T, device=device)
         return (causal & keys) | itself
 
-    @staticmethod
-    def _check_mask(attention_mask, shape) -> None:
-        if attention_mask is None:
-            return
-        if not isinstance(attention_mask, Tensor):
-            raise TypeError(f"attention_mask must be a tensor [batch, pos] of 0/1, got {type(attention_mask).__name__}")
-        if attention_mask.shape != shape:
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but the input needs "
-                             f"{tuple(shape)}: one 0/1 entry per token")
-        if not ((attention_mask == 0) | (attention_mask == 1)).all():
-            raise ValueError("attention_mask must hold only 0 and 1 (1 = real token, 0 = padding)")
-
-    def _check_tokens(self, tokens) -> Tensor:
-        if not isinstance(tokens, Tensor):
-            raise TypeError(f"tokens must be a LongTensor [batch, pos] of token ids, got {type(tokens).__name__}; "
-                            "use minitx.to_tokens(text, prepend_bos=...) for text")
-        if tokens.dtype not in (torch.long, torch.int, torch.int16, torch.uint8):
-            raise TypeError(f"tokens must be integer ids, got {tokens.dtype}")
-        tokens = tokens.unsqueeze(0) if tokens.dim() == 1 else tokens
-        if tokens.dim() != 2 or tokens.numel() == 0:
-            raise ValueError(f"tokens must be [batch, pos] with at least one token, got shape {tuple(tokens.shape)}")
-        lo, hi = int(tokens.min()), int(tokens.max())
-        if lo < 0 or hi >= self.cfg.d_vocab:
-            raise ValueError(f"token id {lo if lo < 0 else hi} is outside the vocabulary; allowed ids are "
-                             f"0..{self.cfg.d_vocab - 1}")
-        return tokens.long()
+    def _check_tokens(self, tokens) -> Tensor:  # -> LongTensor [batch, pos]
+        return check_tokens(tokens, self.cfg.d_vocab)
 
     # -- hooks and caches -------------------------------------------------------------------------
     def _context_run(self) -> Run:
@@ -516,18 +491,8 @@ class Transformer(nn.Module):
         """-> [batch, pos + max_new_tokens]. temperature 0 is greedy; else sampled (top_k, seed).
         Once a row emits eos_token_id it is padded with eos; generation stops when every row has."""
         tokens = self._check_tokens(tokens)
-        self._check_mask(attention_mask, tokens.shape)
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
-        if not temperature >= 0:  # also refuses NaN
-            raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy)")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k={top_k} must be a positive integer or None")
-        if eos_token_id is not None and not 0 <= eos_token_id < self.cfg.d_vocab:
-            raise ValueError(f"eos_token_id={eos_token_id} is outside the vocabulary 0..{self.cfg.d_vocab - 1}")
-        if tokens.shape[1] + max_new_tokens > self.cfg.n_ctx:
-            raise ValueError(f"{tokens.shape[1]} prompt tokens + {max_new_tokens} new ones exceed "
-                             f"n_positions={self.cfg.n_ctx}")
+        check_attention_mask(attention_mask, tokens.shape)
+        check_generation(tokens.shape[1], max_new_tokens, temperature, top_k, eos_token_id, self.cfg)
         generator = torch.Generator(tokens.device).manual_seed(seed) if seed is not None else None
         mask = torch.ones_like(tokens) if attention_mask is None else attention_mask.long()
         run, past, done = Run(0), [None] * self.cfg.n_layer, torch.zeros(len(tokens), dtype=torch.bool)

@@ -1,0 +1,51 @@
+"""Checks of what a user passes to the model: token ids, attention masks, generation arguments.
+
+Each failure says what was wrong and what is allowed, in one line (the table: docs/bad-inputs.md).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def check_tokens(tokens, d_vocab: int) -> Tensor:
+    """tokens [batch, pos] or [pos] of ids in 0..d_vocab-1 -> LongTensor [batch, pos]."""
+    if not isinstance(tokens, Tensor):
+        raise TypeError(f"tokens must be a LongTensor [batch, pos] of token ids, got {type(tokens).__name__}; "
+                        "use minitx.to_tokens(text, prepend_bos=...) for text")
+    if tokens.dtype not in (torch.long, torch.int, torch.int16, torch.uint8):
+        raise TypeError(f"tokens must be integer ids, got {tokens.dtype}")
+    tokens = tokens.unsqueeze(0) if tokens.dim() == 1 else tokens
+    if tokens.dim() != 2 or tokens.numel() == 0:
+        raise ValueError(f"tokens must be [batch, pos] with at least one token, got shape {tuple(tokens.shape)}")
+    lo, hi = int(tokens.min()), int(tokens.max())
+    if lo < 0 or hi >= d_vocab:
+        raise ValueError(f"token id {lo if lo < 0 else hi} is outside the vocabulary; allowed ids are 0..{d_vocab - 1}")
+    return tokens.long()
+
+
+def check_attention_mask(attention_mask, shape) -> None:
+    """None, or a 0/1 tensor of exactly the tokens' [batch, pos] shape."""
+    if attention_mask is None:
+        return
+    if not isinstance(attention_mask, Tensor):
+        raise TypeError(f"attention_mask must be a tensor [batch, pos] of 0/1, got {type(attention_mask).__name__}")
+    if attention_mask.shape != shape:
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but the input needs "
+                         f"{tuple(shape)}: one 0/1 entry per token")
+    if not ((attention_mask == 0) | (attention_mask == 1)).all():
+        raise ValueError("attention_mask must hold only 0 and 1 (1 = real token, 0 = padding)")
+
+
+def check_generation(n_prompt: int, max_new_tokens: int, temperature: float, top_k, eos_token_id, cfg) -> None:
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
+    if not temperature >= 0:  # also refuses NaN
+        raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy)")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k={top_k} must be a positive integer or None")
+    if eos_token_id is not None and not 0 <= eos_token_id < cfg.d_vocab:
+        raise ValueError(f"eos_token_id={eos_token_id} is outside the vocabulary 0..{cfg.d_vocab - 1}")
+    if n_prompt + max_new_tokens > cfg.n_ctx:
+        raise ValueError(f"{n_prompt} prompt tokens + {max_new_tokens} new ones exceed n_positions={cfg.n_ctx}")
