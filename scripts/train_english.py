@@ -44,10 +44,10 @@ import minitx  # noqa: E402
 from minitx.tokenizer import Tokenizer  # noqa: E402
 
 
-def model_config(smoke: bool = False) -> minitx.Config:
+def model_config(smoke: bool = False, n_layer: int = 4) -> minitx.Config:
     if smoke:
         return minitx.Config(n_layer=1, n_head=2, n_embd=32, n_positions=32, vocab_size=50257)
-    return minitx.Config(n_layer=4, n_head=4, n_embd=128, n_positions=128, vocab_size=50257)
+    return minitx.Config(n_layer=n_layer, n_head=4, n_embd=128, n_positions=128, vocab_size=50257)
 
 
 class UsedVocab:
@@ -127,6 +127,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="directory for config.json + model.safetensors")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-layer", type=int, default=4, help="blocks (the shipped model: 4)")
     parser.add_argument("--minutes", type=float, default=35.0, help="wall-clock training budget")
     parser.add_argument("--max-steps", type=int, default=10**9)
     parser.add_argument("--steps", type=int, default=None, help="a step budget instead of --minutes: the "
@@ -148,7 +149,7 @@ def main(argv=None) -> dict:
     if args.smoke:
         args.max_steps, args.batch, args.log_every, args.probe_every = 6, 4, 2, 6
 
-    cfg = model_config(args.smoke)
+    cfg = model_config(args.smoke, args.n_layer)
     vocab = UsedVocab(make_corpus.used_ids(), cfg.vocab_size)
     model = minitx.Transformer(cfg).init_weights(args.seed)
     model.W_E.requires_grad_(False)
