@@ -11,11 +11,11 @@ import sys
 import warnings
 from pathlib import Path
 
-# The small English model trained here (weights/english-4l/MODEL_CARD.md), next to the package in the
+# The small English model trained here (weights/english-6l/MODEL_CARD.md), next to the package in the
 # repository; weights/induction-2l is the 2-layer induction fixture (token ids, no text). A relative
 # --model path is tried from the current directory first, then from the repository root, so every
 # command works from any directory.
-DEFAULT_MODEL = "weights/english-4l"
+DEFAULT_MODEL = "weights/english-6l"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -12,7 +12,7 @@ Two tours, chosen by the vocabulary:
   (1) head roles on repeated random tokens [BOS] + r + r; (2) noising each head with the first copy
   replaced, and path patching of the main layer-0 head into the induction head's q/k/v and the logits,
   answering one hypothesis; (3) the logit lens on a repeated sequence.
-- a GPT-2-vocabulary model (the shipped `weights/english-4l`, or `--model gpt2`): the logit lens on
+- a GPT-2-vocabulary model (the shipped `weights/english-6l`, or `--model gpt2`): the logit lens on
   "The cat sat on the" -> " mat"; head roles on repeated word sequences; the role swap "The cat chased
   the mouse" / "The mouse chased the cat"; and patching with the role-swapped story as the corruption,
   testing "head L.H carries the subject-object relation" end to end.

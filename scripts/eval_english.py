@@ -1,11 +1,11 @@
-"""Held-out evaluation of `weights/english-4l` (or any GPT-2-vocabulary checkpoint) on make_corpus's tasks.
+"""Held-out evaluation of `weights/english-6l` (or any GPT-2-vocabulary checkpoint) on make_corpus's tasks.
 
 Every prompt comes from combinations held out of training (make_corpus.eval_sets), each with and
 without a leading <|endoftext|> and after 0..3 filler sentences. Logits are the loaded checkpoint's
 own full-vocabulary logits (50,257 entries) at the last prompt position; top-1 means the argmax
 over the whole vocabulary equals the answer token.
 
-    python scripts/eval_english.py weights/english-4l [--json out.json]
+    python scripts/eval_english.py weights/english-6l [--json out.json]
 
 Reports, per task: top-1 overall, by <|endoftext|> and by preamble length; for "fixed", the logit
 lens probability of the answer at each readout (resid_pre and resid_mid of each layer, then the
@@ -133,7 +133,7 @@ def evaluate(model: minitx.Transformer, sets: dict | None = None) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", nargs="?", default="weights/english-4l")
+    parser.add_argument("model", nargs="?", default="weights/english-6l")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)

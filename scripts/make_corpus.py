@@ -1,4 +1,4 @@
-"""A small synthetic English corpus in GPT-2 tokenization, for the `weights/english-4l` model.
+"""A small synthetic English corpus in GPT-2 tokenization, for the `weights/english-6l` model.
 
 Deterministic from a seed. Every noun, name and verb below is ONE GPT-2 token with its leading space
 (checked by `check_vocabulary` with `Tokenizer.to_single_token`). A training row is an optional

@@ -1,4 +1,4 @@
-"""Train `weights/english-4l`: a 4-layer GPT-2 (d_model 128, 4 heads, 128 positions, tied embeddings,
+"""Train `weights/english-6l`: a 4-layer GPT-2 (d_model 128, 4 heads, 128 positions, tied embeddings,
 the full 50,257-token GPT-2 vocabulary) on the synthetic corpus of scripts/make_corpus.py.
 
 Only the corpus's few hundred vocabulary rows are trained; every other row of W_E stays exactly zero.
@@ -12,9 +12,9 @@ Training keeps W_E as the full [50257, d] parameter (frozen, for export) and tra
 `start_at_layer=0, stop_at_layer=n_layer` on the table's embeddings). On saving, the table is
 scattered into W_E and the model is written in float16 with `minitx.save_pretrained`.
 
-    python scripts/train_english.py --minutes 38 --out weights/english-4l     # the shipped model
+    python scripts/train_english.py --minutes 38 --out weights/english-6l     # the shipped model
     python scripts/train_english.py --smoke --out /tmp/english-smoke          # a few steps, seconds
-    python scripts/train_english.py --steps 8000 --out /tmp/english-4l        # step budget: exactly repeatable
+    python scripts/train_english.py --steps 8000 --out /tmp/english-6l        # step budget: exactly repeatable
 
 With --minutes the learning-rate schedule and the repeats-first data mixture follow elapsed wall-clock
 time, so the number of steps (and which step gets which rate) depends on the machine's speed.

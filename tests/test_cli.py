@@ -137,10 +137,10 @@ def test_default_model_from_any_directory(model_dir, tmp_path, capsys, monkeypat
     assert code == 0
     monkeypatch.setattr(cli, "REPO_ROOT", tmp_path / "empty")
     code, out, err = run(capsys, "lens", "--prompt", "1 2 3")
-    check_clean_error(code, out, err, r"default model weights/english-4l is not at .*train_english\.py")
+    check_clean_error(code, out, err, r"default model weights/english-6l is not at .*train_english\.py")
 
 
-@pytest.mark.skipif(not FIXTURE.is_dir(), reason="weights/english-4l has not been trained yet")
+@pytest.mark.skipif(not FIXTURE.is_dir(), reason="weights/english-6l has not been trained yet")
 def test_shipped_model_by_default(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, out, _ = run(capsys, "attention", "--prompt", "The cat chased the mouse", "--layer", 1)

@@ -148,10 +148,10 @@ def test_gpt2_vocabulary_branch_runs_end_to_end(tmp_path):
     assert result["path_logits"].shape == (2, 2) and result["hypothesis"] in report
 
 
-ENGLISH = cli.REPO_ROOT / "weights/english-4l"
+ENGLISH = cli.REPO_ROOT / "weights/english-6l"
 
 
-@pytest.mark.skipif(not ENGLISH.is_dir(), reason="weights/english-4l has not been trained yet")
+@pytest.mark.skipif(not ENGLISH.is_dir(), reason="weights/english-6l has not been trained yet")
 def test_english_demo_on_the_shipped_model(tmp_path, capsys, monkeypatch):
     """`minitx demo` with no arguments: the shipped English model, report and figures, numbers from the library."""
     from minitx import lens, metrics, patching

@@ -1,4 +1,4 @@
-"""The shipped `weights/english-4l` model: held-out behaviour, HF round trip, the exact training loss,
+"""The shipped `weights/english-6l` model: held-out behaviour, HF round trip, the exact training loss,
 and the training script's smoke mode."""
 
 import json
@@ -15,17 +15,17 @@ import torch.nn.functional as F
 import minitx
 
 ROOT = Path(__file__).resolve().parents[1]
-WEIGHTS = ROOT / "weights" / "english-4l"
+WEIGHTS = ROOT / "weights" / "english-6l"
 sys.path.insert(0, str(ROOT / "scripts"))
 import eval_english  # noqa: E402
 import make_corpus  # noqa: E402
 import train_english  # noqa: E402
 
 
-# Held-out thresholds. Measured on the full sets (scripts/eval_english.py): role 0.971, twins 0.947,
-# IOI 1.0, repeats 1.0; on these smaller sets role 0.972, twins 0.944. The issue's thresholds are
-# role >= 0.8 for a prompt and its twin (aim 0.95) and IOI/repeat >= 0.9 (aim).
-ROLE_TOP1, ROLE_TWINS, IOI_TOP1, REPEAT_TOP1 = 0.95, 0.9, 0.95, 0.95
+# Held-out thresholds. Measured on the full sets (scripts/eval_english.py): role 0.994, twins 0.989,
+# IOI 1.0, repeats 1.0. The issue's thresholds are role >= 0.8 for a prompt and its twin (aim 0.95)
+# and IOI/repeat >= 0.9 (aim); asserted at the aims.
+ROLE_TOP1, ROLE_TWINS, IOI_TOP1, REPEAT_TOP1 = 0.95, 0.95, 0.95, 0.95
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def metrics(model):
 def test_shipped_files():
     config = json.loads((WEIGHTS / "config.json").read_text())
     assert (config["n_layer"], config["n_embd"], config["n_head"], config["n_positions"], config["vocab_size"]) == \
-        (4, 128, 4, 128, 50257)
+        (6, 128, 4, 128, 50257)
     assert (WEIGHTS / "model.safetensors").stat().st_size <= 30 * 2**20
     assert (WEIGHTS / "MODEL_CARD.md").is_file()
     from safetensors import safe_open
@@ -65,12 +65,12 @@ def test_subject_fixed_completion(metrics):
     fixed = metrics["fixed"]
     assert fixed["top1"] >= 0.95
     assert min(fixed["by_bos"].values()) >= 0.95 and min(fixed["by_preamble"].values()) >= 0.9
-    # The issue asks for > 0.5 before the last block; this model reaches 0.29 there (mean over the
-    # held-out prompts) and 0.61 right after the last block's attention: asserted as achieved, minus a margin.
-    assert fixed["lens_mean_prob"]["3_pre"] > 0.2
-    assert fixed["lens_mean_prob"]["3_mid"] > 0.5
-    assert fixed["lens_mean_prob"]["final"] > 0.99
-    assert fixed["lens_mean_prob"]["0_pre"] < 0.01 and fixed["lens_mean_prob"]["2_pre"] < 0.1
+    # The issue: the target's probability rises with depth and exceeds 0.5 by the second-to-last layer,
+    # i.e. in the residual stream before the last block (measured: 0.89 mean over the held-out prompts).
+    probs = [fixed["lens_mean_prob"][f"{layer}_pre"] for layer in range(6)] + [fixed["lens_mean_prob"]["final"]]
+    assert probs[5] > 0.5 and probs[-1] > 0.99
+    assert all(later >= earlier - 0.01 for earlier, later in zip(probs, probs[1:]))  # rising with depth
+    assert probs[0] < 0.01 and probs[2] < 0.1
     lens = metrics["demo_lens_p_mat"]
     assert lens[-1] > 0.9 and lens[0] < 0.1
 
