@@ -49,3 +49,12 @@ def check_generation(n_prompt: int, max_new_tokens: int, temperature: float, top
         raise ValueError(f"eos_token_id={eos_token_id} is outside the vocabulary 0..{cfg.d_vocab - 1}")
     if n_prompt + max_new_tokens > cfg.n_ctx:
         raise ValueError(f"{n_prompt} prompt tokens + {max_new_tokens} new ones exceed n_positions={cfg.n_ctx}")
+
+
+def check_keep_last(keep_last, n_pos: int, n_blocks: int) -> None:
+    """keep_last: a positive int no larger than the positions run, and at least one block to run."""
+    if isinstance(keep_last, bool) or not isinstance(keep_last, int) or not 1 <= keep_last <= n_pos:
+        raise ValueError(f"keep_last={keep_last!r} is not allowed: an int from 1 to the {n_pos} positions run")
+    if n_blocks == 0:
+        raise ValueError("keep_last applies to the last block a call runs, and this call runs none "
+                         "(start_at_layer == stop_at_layer)")

@@ -124,12 +124,14 @@ class Metric:
     """A metric bound to its answers and its read position: logits [batch, pos, d_vocab] -> [batch].
 
     `at_pos` maps the logits at that position, [batch, d_vocab], to [batch]; patching code uses it
-    with `pos` so that only the position read is unembedded."""
+    with `pos` so that only the position read is unembedded. token_ids: every vocabulary entry at_pos
+    reads, when it reads no others (a logit difference): then only those columns are unembedded."""
 
-    def __init__(self, name: str, at_pos: Callable[[Tensor], Tensor], pos: int | Tensor = -1):
+    def __init__(self, name: str, at_pos: Callable[[Tensor], Tensor], pos: int | Tensor = -1,
+                 token_ids: Tensor | None = None):
         if isinstance(pos, bool) or not isinstance(pos, (int, Tensor)):
             raise TypeError(f"pos must be an int or a LongTensor [batch], got {type(pos).__name__}")
-        self.name, self.at_pos, self.pos = name, at_pos, pos
+        self.name, self.at_pos, self.pos, self.token_ids = name, at_pos, pos, token_ids
 
     def __call__(self, logits: Tensor) -> Tensor:
         return self.at_pos(logits_at(logits, self.pos))
@@ -140,7 +142,8 @@ class Metric:
 
 def logit_diff_metric(answer: int | Tensor, wrong: int | Tensor, pos: int | Tensor = -1) -> Metric:
     """Returns a Metric: logits [batch, pos, d_vocab] -> [batch] logit differences at `pos`."""
-    return Metric("logit_diff", lambda x: _logit_diff_at(x, answer, wrong), pos)
+    ids = torch.cat([torch.as_tensor(answer).reshape(-1), torch.as_tensor(wrong).reshape(-1)]).long().unique()
+    return Metric("logit_diff", lambda x: _logit_diff_at(x, answer, wrong), pos, token_ids=ids)
 
 
 def log_prob_metric(answer: int | Tensor, pos: int | Tensor = -1) -> Metric:

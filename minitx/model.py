@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from minitx.checks import check_attention_mask, check_generation, check_tokens
+from minitx.checks import check_attention_mask, check_generation, check_keep_last, check_tokens
 from minitx.hooks import (Cache, HookPoint, NamesFilter, check_replacement, get_act_name,  # noqa: F401
                           resolve_hooks, resolve_names)
 
@@ -236,8 +236,9 @@ class Attention(nn.Module):
         split = fused.view(*fused.shape[:-1], 3, self.n_head, self.d_head)
         return split.permute(1, 2, 0, 3) if fused.dim() == 2 else split
 
-    def forward(self, x: Tensor, qkv_inputs, run: Run, mask: Tensor | None, past=None):
-        """x: ln1 output [batch, pos, d_model]; qkv_inputs: per-head normalised inputs or None."""
+    def forward(self, x: Tensor, qkv_inputs, run: Run, mask: Tensor | None, past=None, keep_last: int | None = None):
+        """x: ln1 output [batch, pos, d_model]; qkv_inputs: per-head normalised inputs or None.
+        keep_last=k: only the last k positions query (every position is still a key and value)."""
         p, (B, T, _) = f"blocks.{self.layer}.attn.", x.shape
         H, dh = self.n_head, self.d_head
         if qkv_inputs is None:
@@ -251,6 +252,8 @@ class Attention(nn.Module):
         if past is not None:  # generation: keys and values of earlier tokens, [batch, k_pos, head, d_head]
             k, v = torch.cat([past[0], k], 1), torch.cat([past[1], v], 1)
         present = (k, v)
+        if keep_last is not None:  # the mask holds the rows of these k queries
+            q, T = q[:, -keep_last:], keep_last
         if run.wants(p + "hook_attn_scores") or run.wants(p + "hook_pattern"):
             if mask is None:  # plain causal, no earlier positions
                 mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
@@ -295,7 +298,7 @@ class Block(nn.Module):
         self.ln2, self.mlp = LayerNorm(cfg.d_model, cfg.layer_norm_epsilon), MLP(cfg, layer)
         self.n_head, self.p = cfg.n_head, f"blocks.{layer}."
 
-    def forward(self, resid: Tensor, run: Run, mask: Tensor | None, past=None):
+    def forward(self, resid: Tensor, run: Run, mask: Tensor | None, past=None, keep_last: int | None = None):
         p = self.p
         resid = run(p + "hook_resid_pre", resid)  # [batch, pos, d_model]
         normalized = self.ln1(resid, run, p + "ln1.")
@@ -311,7 +314,9 @@ class Block(nn.Module):
             copy = resid.unsqueeze(2).expand(-1, -1, self.n_head, -1)  # [batch, pos, head, d_model]
             no_hooks = Run(0)  # the per-head layer norms are not separate points
             qkv_inputs = [self.ln1(run(n, copy.clone()), no_hooks, "") for n in split]
-        attn_out, present = self.attn(normalized, qkv_inputs, run, mask, past)
+        attn_out, present = self.attn(normalized, qkv_inputs, run, mask, past, keep_last)
+        if keep_last is not None:  # from here on only the last k positions are computed
+            resid = resid[:, -keep_last:]
         attn_out = run(p + "hook_attn_out", attn_out)
         resid = run(p + "hook_resid_mid", resid + attn_out)
         mlp_in = run(p + "hook_mlp_in", resid)
@@ -380,7 +385,8 @@ class Transformer(nn.Module):
 
     # -- the forward pass -------------------------------------------------------------------------
     def forward(self, tokens: Tensor, attention_mask: Tensor | None = None, *, start_at_layer: int | None = None,
-                stop_at_layer: int | None = None, past_kv: list | None = None, _run: Run | None = None) -> Tensor:
+                stop_at_layer: int | None = None, past_kv: list | None = None, keep_last: int | None = None,
+                _run: Run | None = None) -> Tensor:
         """tokens [batch, pos] (or [pos]) -> logits [batch, pos, d_vocab].
 
         attention_mask [batch, pos]: 1 for real tokens, 0 for padding (left or right). Positions
@@ -389,6 +395,9 @@ class Transformer(nn.Module):
         stop_at_layer=l: return the residual stream before block l (l = n_layer: before ln_final).
         past_kv (with start_at_layer): [(k, v) [batch, n_past, head, d_head]] for each block run, the keys
         and values of n_past earlier positions; the input then holds only the positions after them.
+        keep_last=k: the last block this call runs computes only the last k positions (their attention
+        still reads every position), and so does the output: [batch, k, ...]. A metric that reads one
+        position needs no more; in that block, the points after q, k and v hold only those positions.
         """
         run = _run or self._context_run()
         start = start_at_layer or 0
@@ -408,8 +417,15 @@ class Transformer(nn.Module):
                              f"({stop - start}); got {len(past_kv)}")
         n_past = 0 if past_kv is None else past_kv[0][0].shape[1]
         mask = self._attention_mask(attention_mask, resid.shape[:2], resid.device, n_past)
+        if keep_last is not None:
+            check_keep_last(keep_last, resid.shape[1], stop - start)
+            last_mask = self._attention_mask(attention_mask, resid.shape[:2], resid.device, n_past, keep_last)
         for i, block in enumerate(self.blocks[start:stop]):
-            resid, _ = block(resid, run, mask, None if past_kv is None else past_kv[i])
+            past = None if past_kv is None else past_kv[i]
+            if keep_last is not None and start + i == stop - 1:
+                resid, _ = block(resid, run, last_mask, past, keep_last)
+            else:
+                resid, _ = block(resid, run, mask, past)
         if stop_at_layer is not None:
             return resid  # the residual stream before block `stop` (before ln_final when stop == n_layer)
         return self.unembed(resid, run)
@@ -423,10 +439,13 @@ class Transformer(nn.Module):
         pos_embed = run("hook_pos_embed", self.W_pos[positions].expand_as(embed))
         return embed + pos_embed
 
-    def unembed(self, resid: Tensor, run: Run | None = None, fwd_hooks=()) -> Tensor:  # [..., d_model] -> [..., d_vocab]
-        """The final layer norm (on resid's own statistics) and W_U. ln_final hooks: those of `run`, else
-        fwd_hooks plus any set with `model.hooks(...)`."""
+    def unembed(self, resid: Tensor, run: Run | None = None, fwd_hooks=(), token_ids: Tensor | None = None) -> Tensor:
+        """[..., d_model] -> [..., d_vocab]: the final layer norm (on resid's own statistics) and W_U.
+        ln_final hooks: those of `run`, else fwd_hooks plus any set with `model.hooks(...)`.
+        token_ids [k]: only these columns of W_U, [..., k] (a logit difference reads two)."""
         x = self.ln_final(resid, run or Run(self.cfg.n_layer, self._context_hooks[0] + list(fwd_hooks)), "ln_final.")
+        if token_ids is not None:
+            return x @ self.W_U[:, token_ids]
         return F.linear(x, self.W_E) if self.W_U_untied is None else x @ self.W_U_untied
 
     @staticmethod
@@ -435,19 +454,22 @@ class Transformer(nn.Module):
             return torch.arange(shape[-1], device=device).unsqueeze(0)  # [1, pos]
         return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [batch, pos]
 
-    def _attention_mask(self, attention_mask, shape, device, n_past: int = 0) -> Tensor | None:
+    def _attention_mask(self, attention_mask, shape, device, n_past: int = 0, keep_last: int | None = None):
         """-> bool [batch or 1, 1, q_pos, k_pos], True where a query may read a key; None: plain causal.
-        attention_mask (checked by the caller) covers the n_past earlier positions and the T new ones."""
+        attention_mask (checked by the caller) covers the n_past earlier positions and the T new ones.
+        keep_last=k: only the rows of the last k queries."""
         T = shape[1]
-        if attention_mask is None and n_past == 0:
+        if attention_mask is None and n_past == 0 and keep_last is None:
             return None
         causal = torch.ones(T, n_past + T, dtype=torch.bool, device=device).tril(n_past)  # [q_pos, k_pos]
         if attention_mask is None:
-            return causal[None, None]
-        keys = attention_mask.bool()[:, None, None, :]  # [batch, 1, 1, k_pos]
-        # A padding query may see only itself, so its softmax row is never empty (no NaN).
-        itself = (torch.arange(T, device=device)[:, None] + n_past) == torch.arange(n_past + T, device=device)
-        return (causal & keys) | itself
+            mask = causal[None, None]
+        else:
+            keys = attention_mask.bool()[:, None, None, :]  # [batch, 1, 1, k_pos]
+            # A padding query may see only itself, so its softmax row is never empty (no NaN).
+            itself = (torch.arange(T, device=device)[:, None] + n_past) == torch.arange(n_past + T, device=device)
+            mask = (causal & keys) | itself
+        return mask if keep_last is None else mask[..., -keep_last:, :]
 
     def _check_tokens(self, tokens) -> Tensor:  # -> LongTensor [batch, pos]
         return check_tokens(tokens, self.cfg.d_vocab)

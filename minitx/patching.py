@@ -11,11 +11,12 @@ they are not mirror images). Mean ablation follows Wang et al. 2022; resample ab
 
 Sweeps are batched: for layer l, every patch of that layer runs in one forward of
 (n_patches x batch) rows that starts from the cached residual stream before block l
-(`start_at_layer=l`), with one hook writing patch i into row block i; the final residual is then
-unembedded only at the metric's position when the metric is a `minitx.metrics.Metric`.
-`patch_one` is the one-forward-per-patch definition the sweeps are tested against.
-Not done: a per-position patch at p still recomputes positions < p (the public API has no way
-to reuse their keys and values).
+(`start_at_layer=l`), with one hook writing patch i into row block i. Causality trims the rest:
+a per-position patch at p runs positions p.. only, reading earlier keys and values from the base
+run's cache (`past_kv`); a z, q or post-attention patch runs layer l at p alone; and a
+`minitx.metrics.Metric` reading position R stops at R, running the last block and the unembedding
+there only (`keep_last=1`). `patch_one` is the one-forward-per-patch definition the sweeps are
+tested against.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from minitx.model import get_act_name, point_names
 
 RESID_LIKE = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 HEAD_LIKE = ("z", "q", "k", "v", "pattern")
+LOCAL = ("z", "q", "attn_out", "resid_mid", "mlp_out", "resid_post")  # a patch at p moves layer l at p only
+AFTER_QKV = ("z", "pattern", "attn_out", "resid_mid", "mlp_out", "resid_post")  # keep_last=1 cuts these
 DIRECTIONS = ("denoising", "noising")
 
 
@@ -178,17 +181,27 @@ def final_resid(model, x: Tensor, start_at_layer: int | None = None, fwd_hooks=(
                                 fwd_hooks=list(fwd_hooks))
 
 
-def metric_blocks(model, resid: Tensor, metric: Callable, batch: int, ln_final_scale: Tensor | None = None) -> Tensor:
+def metric_blocks(model, resid: Tensor, metric: Callable, batch: int, ln_final_scale: Tensor | None = None,
+                  read_only: bool = False) -> Tensor:
     """Final residual [n * batch, pos, d_model] (row block i = experiment i) -> metric values [n, batch].
-    A `Metric` is unembedded only at its position; ln_final_scale [batch, pos, 1] freezes ln_final."""
+    A `Metric` is unembedded only at its position; ln_final_scale [batch, pos, 1] freezes ln_final.
+    read_only: resid holds only the Metric's read position, [n * batch, 1, d_model] (a keep_last=1 run)."""
     rows, n_pos = resid.shape[:2]
     n = rows // batch
     scale = None if ln_final_scale is None else ln_final_scale.repeat(n, 1, 1)  # [rows, pos, 1]
     if isinstance(metric, Metric):
-        idx = resolve_pos(metric.pos, batch, n_pos).to(resid.device).repeat(n)
+        full_len = n_pos if not read_only else None if scale is None else scale.shape[1]
+        idx = None if full_len is None else resolve_pos(metric.pos, batch, full_len).to(resid.device).repeat(n)
         ar = torch.arange(rows, device=resid.device)
+        at_read = resid if read_only else resid[ar, idx][:, None]  # [rows, 1, d_model]
         hooks = [] if scale is None else [("ln_final.hook_scale", lambda x, h: scale[ar, idx][:, None])]
-        logits = model.unembed(resid[ar, idx][:, None], fwd_hooks=hooks)[:, 0]
+        ids, d_vocab = metric.token_ids, model.cfg.d_vocab
+        if ids is not None and bool(((ids >= 0) & (ids < d_vocab)).all()):  # out of range: at_pos says so
+            ids = ids.to(resid.device)
+            logits = resid.new_full((rows, d_vocab), float("nan"))  # columns at_pos never reads stay NaN
+            logits[:, ids] = model.unembed(at_read, fwd_hooks=hooks, token_ids=ids)[:, 0]
+        else:
+            logits = model.unembed(at_read, fwd_hooks=hooks)[:, 0]
         values = [metric.at_pos(block) for block in logits.view(n, batch, -1)]
     else:
         values = []
@@ -197,6 +210,14 @@ def metric_blocks(model, resid: Tensor, metric: Callable, batch: int, ln_final_s
             hooks = [] if scale is None else [("ln_final.hook_scale", lambda x, h, s=scale[rows_i]: s)]
             values.append(metric(model.unembed(resid[rows_i], fwd_hooks=hooks)))
     return torch.stack([_check_metric(v, batch) for v in values])
+
+
+def read_position(metric: Callable, batch: int, n_pos: int) -> int | None:
+    """The one position a `Metric` reads in every prompt, or None (another callable, or per-prompt positions)."""
+    if not isinstance(metric, Metric):
+        return None
+    idx = resolve_pos(metric.pos, batch, n_pos)
+    return int(idx[0]) if bool((idx == idx[0]).all()) else None
 
 
 def _check_metric(values, batch: int) -> Tensor:
@@ -255,12 +276,49 @@ def _prepare(model, clean, corrupted, direction):
     return clean, corrupted
 
 
-def _run(model, c: Corruption, names: list[str], batch: int):
-    """-> logits, cache (values expanded to the batch) of a clean or corrupted input."""
+def _run(model, c: Corruption, names: list[str], metric: Callable, batch: int):
+    """-> metric values [batch], cache (values expanded to the batch) of a clean or corrupted input."""
+    L = model.cfg.n_layer
     if c.tokens is not None:
-        return model.run_with_cache(c.tokens, names_filter=names, fwd_hooks=list(c.fwd_hooks))
-    cache = {n: c.values[n].expand(batch, *c.values[n].shape[1:]) for n in names}
-    return model(cache["blocks.0.hook_resid_pre"], start_at_layer=0), cache
+        final, cache = model.run_with_cache(c.tokens, names_filter=names, fwd_hooks=list(c.fwd_hooks), stop_at_layer=L)
+    else:
+        cache = {n: c.values[n].expand(batch, *c.values[n].shape[1:]) for n in names}
+        final = model(cache["blocks.0.hook_resid_pre"], start_at_layer=0, stop_at_layer=L)
+    return metric_blocks(model, final, metric, batch)[0], cache
+
+
+def _positions(x: Tensor, point: str, first: int, end: int | None = None) -> Tensor:
+    """An activation cut to positions first..end-1: the query axis of a pattern (its keys: 0..end-1)."""
+    return x[:, :, first:end, :end] if point == "pattern" else x[:, first:end]
+
+
+def _patched_final(model, base, resid: list[str], l: int, p: int, n_pos: int, keep, n: int, B: int, hook,
+                   local: bool) -> Tensor:
+    """The final residual of n experiments (row blocks of B), each patched by `hook` at layer l, run over
+    positions p..n_pos-1 from the base cache: [n * B, n_pos or keep, d_model].
+    local: the patched point changes layer l only at position p (z, q, or after the attention), so layer l
+    runs that one position and later positions take the base run's resid_post."""
+    L = model.cfg.n_layer
+
+    def past(layers):  # the base run's keys and values of positions < p
+        return None if not p else [(base[get_act_name("k", j)][:, :p].repeat(n, 1, 1, 1),
+                                    base[get_act_name("v", j)][:, :p].repeat(n, 1, 1, 1)) for j in layers]
+
+    def rows(name, a, b):
+        return base[name][:, a:b].repeat(n, 1, 1)
+
+    if local:
+        at_p = model.run_with_hooks(rows(resid[l], p, p + 1), start_at_layer=l, stop_at_layer=l + 1,
+                                    past_kv=past([l]), fwd_hooks=[hook])
+        after = torch.cat([at_p, rows(resid[l + 1], p + 1, n_pos)], 1)  # resid_post of layer l, positions p..
+        final = after[:, -keep:] if keep and l == L - 1 else after if l == L - 1 else \
+            model(after, start_at_layer=l + 1, stop_at_layer=L, past_kv=past(range(l + 1, L)), keep_last=keep)
+    else:
+        final = model.run_with_hooks(rows(resid[l], p, n_pos), start_at_layer=l, stop_at_layer=L,
+                                     past_kv=past(range(l, L)), keep_last=keep, fwd_hooks=[hook])
+    if p and not keep:  # earlier positions are the base run's, untouched by the patch
+        final = torch.cat([rows(resid[L], 0, p), final], 1)
+    return final
 
 
 def _writer(indices: list[tuple], source: Tensor, batch: int) -> Callable:
@@ -291,16 +349,19 @@ def activation_patching(model, clean: Tensor, corrupted, metric: Callable, point
     L, H = model.cfg.n_layer, model.cfg.n_head
     axes, sites = _sites(point, by, L, T, H)
     names = [get_act_name(point, l) for l in range(L)]
-    resid = [f"blocks.{l}.hook_resid_pre" for l in range(L)]
+    resid = [f"blocks.{l}.hook_resid_pre" for l in range(L)] + [f"blocks.{L - 1}.hook_resid_post"]
     # A patch at position p changes nothing before p (causal attention), so per-position sweeps run
     # only positions p.. and read the earlier positions' keys and values from the base run's cache.
     suffix = by == "pos" and T > 1
-    kv = [get_act_name(kind, l) for l in range(L) for kind in "kv"] + [f"blocks.{L - 1}.hook_resid_post"]
+    kv = [get_act_name(kind, l) for l in range(L) for kind in "kv"]
     wanted = sorted(set(names) | set(resid) | (set(kv) if suffix else set()))
-    clean_logits, clean_cache = _run(model, clean, wanted, B)
-    corr_logits, corr_cache = _run(model, corrupted, wanted, B)
-    m_clean, m_corr = _check_metric(metric(clean_logits), B), _check_metric(metric(corr_logits), B)
+    m_clean, clean_cache = _run(model, clean, wanted, metric, B)
+    m_corr, corr_cache = _run(model, corrupted, wanted, metric, B)
     base, source = (corr_cache, clean_cache) if direction == "denoising" else (clean_cache, corr_cache)
+    m_base = m_corr if direction == "denoising" else m_clean
+    # A Metric reading one position R needs positions 0..R only, and the last block only at R.
+    read = read_position(metric, B, T)
+    n_pos, keep = (T, None) if read is None else (read + 1, 1)
 
     shape = tuple(L if a == "layer" else T if a == "pos" else H for a in axes)
     per_prompt = torch.empty(*shape, B)
@@ -310,18 +371,19 @@ def activation_patching(model, clean: Tensor, corrupted, metric: Callable, point
         for site in (s for s in sites if s[0] == l):
             groups.setdefault(site[1][1] if suffix else 0, []).append(site)
         for p, group in groups.items():
+            if p >= n_pos:  # after the read position: the metric cannot move
+                for _, where, _ in group:
+                    per_prompt[where] = m_base.cpu()
+                continue
+            src = _positions(source[names[l]], point, p, n_pos)
+            if keep and l == L - 1 and point in AFTER_QKV and not (suffix and point in LOCAL):
+                src = _positions(src, point, src.shape[1] - 1 if point != "pattern" else src.shape[2] - 1)
             for start in range(0, len(group), per_chunk):
                 chunk = group[start:start + per_chunk]
-                n = len(chunk)
                 shifted = [(idx[0] - p, *idx[1:]) if p else idx for _, _, idx in chunk]  # positions from p on
-                hook = _writer(shifted, source[names[l]][:, p:], B)
-                past = None if not p else [(base[get_act_name("k", j)][:, :p].repeat(n, 1, 1, 1),
-                                            base[get_act_name("v", j)][:, :p].repeat(n, 1, 1, 1)) for j in range(l, L)]
-                final = model.run_with_hooks(base[resid[l]][:, p:].repeat(n, 1, 1), start_at_layer=l,
-                                             stop_at_layer=L, past_kv=past, fwd_hooks=[(names[l], hook)])
-                if p:  # earlier positions are the base run's, untouched by the patch
-                    final = torch.cat([base[kv[-1]][:, :p].repeat(n, 1, 1), final], 1)
-                for (_, where, _), values in zip(chunk, metric_blocks(model, final, metric, B)):
+                final = _patched_final(model, base, resid, l, p, n_pos, keep, len(chunk), B,
+                                       (names[l], _writer(shifted, src, B)), local=suffix and point in LOCAL)
+                for (_, where, _), values in zip(chunk, metric_blocks(model, final, metric, B, read_only=bool(keep))):
                     per_prompt[where] = values.cpu()
     return PatchingResult(scores=normalized(per_prompt, m_clean.cpu(), m_corr.cpu()), raw=per_prompt.mean(-1),
                           clean=float(m_clean.mean()), corrupted=float(m_corr.mean()), direction=direction,

@@ -127,6 +127,22 @@ def test_noising_sweep_equals_one_patch_at_a_time(model, point, by):
     assert_close(res.per_prompt, reference(model, res, CLEAN, CORRUPTED, METRIC, "noising"), **EXACT)
 
 
+@pytest.mark.parametrize("point,by", [("z", "pos"), ("q", "pos"), ("resid_post", "pos"), ("attn_out", "pos"),
+                                      ("k", "pos"), ("resid_pre", "pos"), ("z", "all"), ("mlp_out", "all"),
+                                      ("pattern", "all")])
+@pytest.mark.parametrize("read", ["middle", "plain callable"])
+def test_sweep_shortcuts_equal_one_patch_at_a_time(model, point, by, read):
+    """The causal shortcuts (stop at the read position, layer l at p alone, keep_last=1 in the last block)
+    against full forwards: a Metric reading position 2 (patches after it cannot move it), and a plain
+    callable, which gets full logits."""
+    metric = M.logit_diff_metric(torch.tensor([3, 4]), torch.tensor([5, 6]), pos=2)
+    if read == "plain callable":
+        metric = lambda logits: M.logit_diff(logits, torch.tensor([3, 4]), torch.tensor([5, 6]), pos=-2)  # noqa: E731
+    for direction in ("denoising", "noising"):
+        res = P.activation_patching(model, CLEAN, CORRUPTED, metric, point, by, direction=direction, max_rows=6)
+        assert_close(res.per_prompt, reference(model, res, CLEAN, CORRUPTED, metric, direction), **EXACT)
+
+
 def test_per_prompt_positions_and_plain_callable_metrics(model):
     pos = torch.tensor([4, 3])
     as_metric = M.log_prob_metric(torch.tensor([3, 9]), pos)
