@@ -13,8 +13,10 @@ tokens, logits within 1e-4; a failed check stops the script with an error.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -28,17 +30,33 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import minitx  # noqa: E402
+
+try:  # TransformerLens is an optional peer (install: see the README's benchmark section)
+    import transformer_lens  # noqa: F401
+    import tl_peers  # scripts/tl_peers.py, beside this file
+except ImportError:
+    tl_peers = None
 from minitx.loading import load  # noqa: E402
 from minitx.metrics import logit_diff_metric  # noqa: E402
 from minitx.patching import activation_patching  # noqa: E402
 from minitx.path_patching import path_patch  # noqa: E402
 
 
+DEVICE = "cpu"
+
+
+def sync():
+    if DEVICE.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def timed(fn, repeats: int) -> list[float]:
     out = []
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         fn()
+        sync()
         out.append(time.perf_counter() - start)
     return out
 
@@ -65,13 +83,13 @@ def report(title: str, times: dict[str, list[float]], flops: float | None = None
         if flops and peak:
             extra = f"  {flops / med / 1e9:7.1f} GFLOP/s ({flops / med / peak:4.0%} of matmul)"
         ratio = med / base
-        print(f"  {name:<22} median {med * 1e3:9.1f} ms  min {min(t) * 1e3:9.1f} ms  peer/minitx {ratio:5.2f}x{extra}")
+        print(f"  {name:<32} median {med * 1e3:9.1f} ms  min {min(t) * 1e3:9.1f} ms  peer/minitx {ratio:5.2f}x{extra}")
         rows[name] = {"median_s": med, "min_s": min(t), "ratio_vs_minitx": ratio}
     return rows
 
 
 def matmul_rate(repeats: int) -> float:
-    a, b = torch.randn(1024, 768), torch.randn(768, 3072)
+    a, b = torch.randn(1024, 768, device=DEVICE), torch.randn(768, 3072, device=DEVICE)
     t = statistics.median(race({"minitx": lambda: a @ b}, repeats, warmup=3)["minitx"])
     return 2 * 1024 * 768 * 3072 / t
 
@@ -88,31 +106,36 @@ def build(cfg_kwargs: dict, workdir: Path):
     import transformers
     model = minitx.Transformer(minitx.Config(**cfg_kwargs)).init_weights(0)
     model.save_pretrained(workdir)
-    ours = load(str(workdir))
+    ours = load(str(workdir), device=DEVICE)
     peers = {"transformers-sdpa": transformers.GPT2LMHeadModel.from_pretrained(workdir, attn_implementation="sdpa"),
              "transformers-eager": transformers.GPT2LMHeadModel.from_pretrained(workdir, attn_implementation="eager")}
     for peer in peers.values():
-        peer.eval().requires_grad_(False)
-    try:  # optional peer, never a dependency
-        import transformer_lens  # noqa: F401
-        peers["transformer_lens"] = _transformer_lens(peers["transformers-eager"], cfg_kwargs)
-    except Exception as error:  # not installed, or an API this script does not know
-        print(f"(TransformerLens not measured: {type(error).__name__}: {str(error)[:80]})")
+        peer.to(DEVICE).eval().requires_grad_(False)
+    if tl_peers is not None:  # optional peer, never a dependency
+        try:
+            peers.update(tl_peers.peers(peers["transformers-eager"], workdir, DEVICE))
+        except Exception as error:  # an API this script does not know
+            print(f"(TransformerLens not measured: {type(error).__name__}: {str(error)[:100]})")
     return ours, peers
 
 
-def _transformer_lens(hf_model, cfg_kwargs):
-    from transformer_lens import HookedTransformer
-    return HookedTransformer.from_pretrained("gpt2", hf_model=hf_model, fold_ln=False, center_writing_weights=False,
-                                             center_unembed=False, device="cpu").eval()
+def logits_of(peer, tokens):
+    out = peer(tokens)
+    return out if isinstance(out, torch.Tensor) else out.logits  # TransformerLens gives a tensor
+
+
+def random_tokens(cfg, shape, seed):
+    return torch.randint(0, cfg.d_vocab, shape, generator=torch.Generator().manual_seed(seed)).to(DEVICE)
 
 
 def bench_forward(ours, peers, shapes, repeats, peak, results):
     for batch, pos in shapes:
-        tokens = torch.randint(0, ours.cfg.d_vocab, (batch, pos), generator=torch.Generator().manual_seed(0))
+        tokens = random_tokens(ours.cfg, (batch, pos), 0)
         with torch.inference_mode():
             expected = peers["transformers-eager"](tokens).logits
-            torch.testing.assert_close(ours(tokens), expected, atol=1e-4, rtol=1e-4)
+            for name, model in {"minitx": ours, **peers}.items():  # every peer computes the same function
+                torch.testing.assert_close(logits_of(model, tokens), expected, atol=1e-4, rtol=1e-4,
+                                           msg=lambda m, name=name: f"{name}: {m}")
             contestants = {"minitx": lambda: ours(tokens)}
             contestants.update({name: (lambda p=p: p(tokens)) for name, p in peers.items()})
             times = race(contestants, repeats)
@@ -120,25 +143,67 @@ def bench_forward(ours, peers, shapes, repeats, peak, results):
                                                    forward_flops(ours.cfg, batch, pos), peak)
 
 
+def page_faults() -> int:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def bench_cache(ours, peers, repeats, results):
-    tokens = torch.randint(0, ours.cfg.d_vocab, (8, 128), generator=torch.Generator().manual_seed(1))
+    tokens = random_tokens(ours.cfg, (8, 128), 1)
+    faults = {"minitx": [], "minitx run_with_cache": []}
+
+    def counted(name, fn):  # minor page faults: fresh memory the kernel hands over and zeroes
+        def call():
+            before = page_faults()
+            fn()
+            faults[name].append(page_faults() - before)
+        return call
+
     with torch.inference_mode():
         _, cache = ours.run_with_cache(tokens)
         asked = sum(t.numel() * t.element_size() for t in cache.values())
         storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in cache.values()}
-        contestants = {"minitx": lambda: ours(tokens), "minitx run_with_cache": lambda: ours.run_with_cache(tokens)}
-        if "transformer_lens" in peers:
-            contestants["transformer_lens cache"] = lambda: peers["transformer_lens"].run_with_cache(tokens)
+        n_points = len(cache)
+        del cache
+        contestants = {"minitx": counted("minitx", lambda: ours(tokens)),
+                       "minitx run_with_cache": counted("minitx run_with_cache", lambda: ours.run_with_cache(tokens))}
+        for name in ("TL bridge", "TL native"):
+            if name in peers:
+                contestants[f"{name} run_with_cache"] = lambda p=peers[name]: p.run_with_cache(tokens)
         times = race(contestants, repeats)
     results["cache_8x128"] = report("run_with_cache of every default point, 8x128 (ratio = time / plain forward)",
                                     times)
-    print(f"  {len(cache)} points; bytes of the tensors asked for {asked / 2**20:.1f} MiB, "
-          f"bytes of the storages they live in {sum(storages.values()) / 2**20:.1f} MiB")
-    results["cache_8x128"]["bytes_asked"] = asked
-    results["cache_8x128"]["bytes_held"] = sum(storages.values())
+    print(f"  {n_points} points; bytes of the tensors asked for "
+          f"{asked / 2**20:.1f} MiB, bytes of the storages they live in {sum(storages.values()) / 2**20:.1f} MiB")
+    print("  minor page faults per call (median): " + ", ".join(
+        f"{name} {statistics.median(f):.0f}" for name, f in faults.items()) +
+        f"; malloc settings from the environment: {os.environ.get('MALLOC_MMAP_THRESHOLD_', 'default')}")
+    results["cache_8x128"].update(bytes_asked=asked, bytes_held=sum(storages.values()), points=n_points,
+                                  page_faults={name: statistics.median(f) for name, f in faults.items()})
 
 
-def bench_sweeps(ours, repeats, results, n_layers):
+def one_forward_per_patch(model, clean, corrupted, metric, shape, by):
+    """The definition, as every hook-based tool runs it: cache the clean run once, then one full
+    forward of the corrupted prompt per patch. Works on minitx and on TransformerLens alike."""
+    _, cache = model.run_with_cache(clean, names_filter=lambda n: n.endswith("hook_z"))
+    out = torch.empty(shape)
+    for index in torch.cartesian_prod(*[torch.arange(s) for s in shape]).tolist():
+        layer, *rest = index
+        site = (slice(None), rest[0], rest[1]) if by == "pos" else (slice(None), slice(None), rest[0])
+
+        name = f"blocks.{layer}.attn.hook_z"
+
+        def hook(z, hook, site=site, name=name):
+            z = z.clone()
+            z[site] = cache[name][site]
+            return z
+
+        logits = model.run_with_hooks(corrupted, fwd_hooks=[(name, hook)])
+        out[tuple(index)] = metric(logits).mean()
+    return out
+
+
+def bench_sweeps(ours, peers, repeats, results):
     """All-heads and by-position head patching: batched sweep against one forward per patch."""
     gen = torch.Generator().manual_seed(2)
     for title, (batch, pos), by in [("all-heads sweep (z, all positions)", (8, 16), "all"),
@@ -146,44 +211,29 @@ def bench_sweeps(ours, repeats, results, n_layers):
         clean = torch.randint(0, ours.cfg.d_vocab, (batch, pos), generator=gen)
         corrupted = clean.clone()
         corrupted[:, : pos // 2] = torch.randint(0, ours.cfg.d_vocab, (batch, pos // 2), generator=gen)
+        clean, corrupted = clean.to(DEVICE), corrupted.to(DEVICE)
         metric = logit_diff_metric(answer=1, wrong=2, pos=-1)
         with torch.inference_mode():
             sweep = lambda: activation_patching(ours, clean, corrupted, metric, point="z", by=by)  # noqa: E731
             grid = sweep().raw
-
-            def one_per_patch():
-                """The definition, as every hook-based peer runs it: cache the clean run once, then one
-                full forward of the corrupted prompt per patch."""
-                _, cache = ours.run_with_cache(clean, names_filter=lambda n: n.endswith("hook_z"))
-                out = torch.empty_like(grid)
-                for index in torch.cartesian_prod(*[torch.arange(s) for s in grid.shape]).tolist():
-                    layer, *rest = index
-                    site = (slice(None), rest[0], rest[1]) if by == "pos" else (slice(None), slice(None), rest[0])
-
-                    def hook(z, point, site=site):
-                        z = z.clone()
-                        z[site] = cache[point.name][site]
-                        return z
-
-                    logits = ours.run_with_hooks(corrupted, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", hook)])
-                    out[tuple(index)] = metric(logits).mean()
-                return out
-
-            start = time.perf_counter()
-            reference = one_per_patch()
-            naive = time.perf_counter() - start
-            torch.testing.assert_close(grid, reference, atol=1e-5, rtol=1e-5)  # identical grids
-            times = race({"minitx": sweep}, repeats)
-        n = grid.numel()
-        times["one forward per patch"] = [naive]
-        results[f"sweep_{by}"] = report(f"{title}: {n} patches, batch {batch} x {pos} tokens "
-                                        f"(ratio = one-per-patch / batched; grids equal to 1e-5)", times)
+            naive_grids = []
+            times = race({"minitx": sweep, "one forward per patch": lambda: naive_grids.append(
+                one_forward_per_patch(ours, clean, corrupted, metric, grid.shape, by))},
+                repeats, warmup=0)  # the sweep above warmed the model
+            torch.testing.assert_close(grid, naive_grids[-1], atol=1e-5, rtol=1e-5)  # identical grids
+            if "TL bridge" in peers:  # TransformerLens pays one full forward per patch: one run is enough
+                tl_grid = []
+                times["TL bridge, one forward per patch"] = timed(lambda: tl_grid.append(one_forward_per_patch(
+                    peers["TL bridge"], clean, corrupted, metric, grid.shape, by)), 1)
+                torch.testing.assert_close(grid, tl_grid[0], atol=1e-4, rtol=1e-4)
+        results[f"sweep_{by}"] = report(f"{title}: {grid.numel()} patches, batch {batch} x {pos} tokens "
+                                        f"(ratio = peer / batched; grids equal)", times)
 
 
 def bench_path(ours, results):
     gen = torch.Generator().manual_seed(3)
-    clean = torch.randint(0, ours.cfg.d_vocab, (8, 16), generator=gen)
-    new = torch.randint(0, ours.cfg.d_vocab, (8, 16), generator=gen)
+    clean = torch.randint(0, ours.cfg.d_vocab, (8, 16), generator=gen).to(DEVICE)
+    new = torch.randint(0, ours.cfg.d_vocab, (8, 16), generator=gen).to(DEVICE)
     H, L = ours.cfg.n_head, ours.cfg.n_layer
     receivers = [("q", layer, head) for layer in range(1, L) for head in range(H)]
     calls = {"n": 0}
@@ -208,16 +258,23 @@ def bench_path(ours, results):
 
 
 def bench_generate(ours, peers, repeats, results):
-    prompt = torch.randint(0, ours.cfg.d_vocab, (1, 16), generator=torch.Generator().manual_seed(4))
+    prompt = random_tokens(ours.cfg, (1, 16), 4)
     hf = peers["transformers-sdpa"]
     kwargs = dict(max_new_tokens=64, do_sample=False, pad_token_id=0, eos_token_id=None)
     with torch.inference_mode():
-        assert torch.equal(ours.generate(prompt, 64), hf.generate(prompt, **kwargs)), "greedy tokens differ"
+        expected = hf.generate(prompt, **kwargs)
+        assert torch.equal(ours.generate(prompt, 64), expected), "greedy tokens differ"
         times = race({"minitx": lambda: ours.generate(prompt, 64),
                       "transformers-sdpa": lambda: hf.generate(prompt, **kwargs)}, repeats)
+        for name in ("TL bridge", "TL native"):  # no working KV cache in either (see tl_peers.py): one run
+            if name in peers:
+                out = []
+                times[name] = timed(lambda p=peers[name]: out.append(p.generate(prompt, max_new_tokens=64,
+                                                                                **tl_peers.GREEDY)), 1)
+                assert torch.equal(out[0].to(expected.device), expected), f"{name}: greedy tokens differ"
     rows = report("greedy generation, 64 new tokens from 16, batch 1 (tokens identical)", times)
     for name, row in rows.items():
-        print(f"  {name:<22} {64 / row['median_s']:.1f} tokens/s")
+        print(f"  {name:<32} {64 / row['median_s']:.1f} tokens/s")
     results["generate"] = rows
 
 
@@ -228,6 +285,8 @@ def bench_fresh_process(workdir: Path, repeats: int, results):
         "transformers-sdpa": ("import torch, transformers; m = transformers.GPT2LMHeadModel.from_pretrained("
                               f"{str(workdir)!r}); m(torch.tensor([[1, 2, 3]]))"),
     }
+    if tl_peers is not None:
+        snippets["TL bridge"] = tl_peers.FRESH_PROCESS.format(path=str(workdir))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     contestants = {name: (lambda code=code: subprocess.run([sys.executable, "-c", code], check=True, env=env,
                                                            capture_output=True)) for name, code in snippets.items()}
@@ -238,7 +297,7 @@ def bench_scaling(ours, peers, results, lengths):
     print("\nhow cost grows with sequence length (batch 1): forward time, cache bytes")
     rows = []
     for n in lengths:
-        tokens = torch.randint(0, ours.cfg.d_vocab, (1, n))
+        tokens = random_tokens(ours.cfg, (1, n), n)
         with torch.inference_mode():
             t = statistics.median(timed(lambda: ours(tokens), 3))
             _, cache = ours.run_with_cache(tokens)
@@ -248,22 +307,51 @@ def bench_scaling(ours, peers, results, lengths):
     results["scaling"] = rows
 
 
+def bench_bfloat16(ours, peers, repeats, results):
+    """bfloat16 against float32: speed of the plain forward and the logit error it costs."""
+    tokens = random_tokens(ours.cfg, (8, 128), 5)
+    hf = peers["transformers-sdpa"]
+    with torch.inference_mode():
+        reference = ours(tokens).double()
+        ours16, hf16 = copy.deepcopy(ours).to(torch.bfloat16), copy.deepcopy(hf).to(torch.bfloat16)
+        times = race({"minitx": lambda: ours(tokens), "minitx bfloat16": lambda: ours16(tokens),
+                      "transformers-sdpa": lambda: hf(tokens), "transformers-sdpa bfloat16": lambda: hf16(tokens)},
+                     repeats)
+        rows = report("bfloat16, plain forward 8x128 (ratio = time / minitx float32)", times)
+        for name, model in (("minitx bfloat16", ours16), ("transformers-sdpa bfloat16", hf16)):
+            logits = logits_of(model, tokens).double()
+            error = (logits - reference).abs()
+            same_top1 = (logits.argmax(-1) == reference.argmax(-1)).double().mean()
+            print(f"  {name:<27} logits vs float32: max |error| {float(error.max()):.3f}, "
+                  f"mean {float(error.mean()):.4f} (logit std {float(reference.std()):.2f}); "
+                  f"same top-1 token at {float(same_top1):.1%} of positions")
+            rows[name].update(max_abs_error=float(error.max()), mean_abs_error=float(error.mean()),
+                              top1_agreement=float(same_top1))
+        del ours16, hf16
+    results["bfloat16_8x128"] = rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny model, one repeat: a smoke test, not a measurement")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--only", default="forward,cache,sweeps,path,generate,fresh,scaling,medium")
+    parser.add_argument("--only", default="forward,cache,sweeps,path,generate,fresh,scaling,medium,bfloat16")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (every peer runs there)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    global DEVICE
+    DEVICE = args.device
     only = set(args.only.split(","))
     small = dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024, vocab_size=50257)
     if args.quick:
         small = dict(n_layer=2, n_head=4, n_embd=64, n_positions=128, vocab_size=500)
         args.repeats = 1
-    results = {"machine": {"threads": torch.get_num_threads(), "torch": torch.__version__, "cpu_count": os.cpu_count()},
+    results = {"machine": {"threads": torch.get_num_threads(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
+                           "device": torch.cuda.get_device_name() if DEVICE.startswith("cuda") else platform.processor()
+                           or platform.machine(), "transformer_lens": tl_peers is not None},
                "config": small}
     peak = matmul_rate(args.repeats)
     print(f"matmul (1024x768 @ 768x3072) in this run: {peak / 1e9:.1f} GFLOP/s; torch threads {torch.get_num_threads()}")
@@ -276,12 +364,14 @@ def main():
         if "cache" in only:
             bench_cache(ours, peers, args.repeats, results)
         if "sweeps" in only:
-            bench_sweeps(ours, max(1, args.repeats // 2), results, small["n_layer"])
+            bench_sweeps(ours, peers, max(1, args.repeats // 2), results)
         if "path" in only:
             bench_path(ours, results)
         if "generate" in only:
             bench_generate(ours, peers, max(1, args.repeats // 2), results)
-        if "fresh" in only:
+        if "bfloat16" in only:
+            bench_bfloat16(ours, peers, args.repeats, results)
+        if "fresh" in only and DEVICE == "cpu":
             bench_fresh_process(Path(tmp), args.repeats, results)
         if "scaling" in only:
             bench_scaling(ours, peers, results, [16, 32] if args.quick else [64, 128, 256, 512, 1024])
