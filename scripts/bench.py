@@ -128,7 +128,7 @@ def random_tokens(cfg, shape, seed):
     return torch.randint(0, cfg.d_vocab, shape, generator=torch.Generator().manual_seed(seed)).to(DEVICE)
 
 
-def bench_forward(ours, peers, shapes, repeats, peak, results):
+def bench_forward(ours, peers, shapes, repeats, results):
     for batch, pos in shapes:
         tokens = random_tokens(ours.cfg, (batch, pos), 0)
         with torch.inference_mode():
@@ -138,9 +138,14 @@ def bench_forward(ours, peers, shapes, repeats, peak, results):
                                            msg=lambda m, name=name: f"{name}: {m}")
             contestants = {"minitx": lambda: ours(tokens)}
             contestants.update({name: (lambda p=p: p(tokens)) for name, p in peers.items()})
+            a, b = torch.randn(1024, 768, device=DEVICE), torch.randn(768, 3072, device=DEVICE)
+            contestants["matmul"] = lambda: a @ b  # the reference rate, taken in the same moments
             times = race(contestants, repeats)
-        results[f"forward_{batch}x{pos}"] = report(f"plain forward {batch}x{pos}", times,
-                                                   forward_flops(ours.cfg, batch, pos), peak)
+        rate = 2 * 1024 * 768 * 3072 / statistics.median(times.pop("matmul"))
+        results[f"forward_{batch}x{pos}"] = report(f"plain forward {batch}x{pos} (matmul in the same race: "
+                                                   f"{rate / 1e9:.0f} GFLOP/s)", times,
+                                                   forward_flops(ours.cfg, batch, pos), rate)
+        results[f"forward_{batch}x{pos}"]["matmul_flops"] = rate
 
 
 def page_faults() -> int:
@@ -360,7 +365,7 @@ def main():
         ours, peers = build(small, Path(tmp))
         shapes = [(1, 16), (2, 32)] if args.quick else [(1, 128), (8, 128), (1, 1024)]
         if "forward" in only:
-            bench_forward(ours, peers, shapes, args.repeats, peak, results)
+            bench_forward(ours, peers, shapes, args.repeats, results)
         if "cache" in only:
             bench_cache(ours, peers, args.repeats, results)
         if "sweeps" in only:
@@ -379,7 +384,7 @@ def main():
     if "medium" in only and not args.quick:
         with tempfile.TemporaryDirectory() as tmp:
             ours, peers = build(dict(n_layer=24, n_head=16, n_embd=1024, n_positions=1024, vocab_size=50257), Path(tmp))
-            bench_forward(ours, peers, [(1, 128)], args.repeats, peak, results)
+            bench_forward(ours, peers, [(1, 128)], args.repeats, results)
             results["forward_medium_1x128"] = results.pop("forward_1x128")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

@@ -226,3 +226,26 @@ def test_past_keys_and_values_let_a_suffix_run_alone(tiny_model):
         assert_close(suffix_cache["pattern", 1], cache["pattern", 1][:, :, p:], atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError, match="past_kv needs start_at_layer"):
         tiny_model(tokens, past_kv=past)
+
+
+def test_keep_last_computes_the_last_block_at_the_last_positions_only(tiny_model):
+    tokens = torch.randint(0, 257, (3, 9))
+    logits, cache = tiny_model.run_with_cache(tokens)
+    for k in (1, 4, 9):
+        kept, kept_cache = tiny_model.run_with_cache(tokens, keep_last=k)
+        assert_close(kept, logits[:, -k:], atol=1e-5, rtol=1e-5)
+        # earlier blocks are whole; in the last block, points after q/k/v hold the kept positions only
+        assert kept_cache["resid_post", 0].shape == cache["resid_post", 0].shape
+        assert kept_cache["k", 1].shape == cache["k", 1].shape
+        assert_close(kept_cache["pattern", 1], cache["pattern", 1][:, :, -k:], atol=1e-6, rtol=1e-5)
+        assert_close(kept_cache["resid_post", 1], cache["resid_post", 1][:, -k:], atol=1e-5, rtol=1e-5)
+    # with padding, with a suffix run from cached keys and values, and stopping early
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[0, :4] = 0
+    assert_close(tiny_model(tokens, attention_mask=mask, keep_last=2),
+                 tiny_model(tokens, attention_mask=mask)[:, -2:], atol=1e-5, rtol=1e-5)
+    past = [(cache["k", 1][:, :5], cache["v", 1][:, :5])]
+    assert_close(tiny_model(cache["resid_pre", 1][:, 5:], start_at_layer=1, past_kv=past, keep_last=1),
+                 logits[:, -1:], atol=1e-5, rtol=1e-5)
+    assert_close(tiny_model(tokens, stop_at_layer=1, keep_last=3), cache["resid_post", 0][:, -3:],
+                 atol=1e-5, rtol=1e-5)
