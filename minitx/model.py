@@ -517,7 +517,8 @@ class Transformer(nn.Module):
         check_generation(tokens.shape[1], max_new_tokens, temperature, top_k, eos_token_id, self.cfg)
         generator = torch.Generator(tokens.device).manual_seed(seed) if seed is not None else None
         mask = torch.ones_like(tokens) if attention_mask is None else attention_mask.long()
-        run, past, done = Run(0), [None] * self.cfg.n_layer, torch.zeros(len(tokens), dtype=torch.bool)
+        run, past = Run(0), [None] * self.cfg.n_layer
+        done = torch.zeros(len(tokens), dtype=torch.bool, device=tokens.device)  # rows that emitted eos
         step_input, offset = tokens, 0
         for _ in range(max_new_tokens):
             # Positions: from the mask for the prompt, then one past each row's last real token.

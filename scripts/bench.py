@@ -128,7 +128,7 @@ def random_tokens(cfg, shape, seed):
     return torch.randint(0, cfg.d_vocab, shape, generator=torch.Generator().manual_seed(seed)).to(DEVICE)
 
 
-def bench_forward(ours, peers, shapes, repeats, results):
+def bench_forward(ours, peers, shapes, repeats, results, key="forward"):
     for batch, pos in shapes:
         tokens = random_tokens(ours.cfg, (batch, pos), 0)
         with torch.inference_mode():
@@ -142,10 +142,10 @@ def bench_forward(ours, peers, shapes, repeats, results):
             contestants["matmul"] = lambda: a @ b  # the reference rate, taken in the same moments
             times = race(contestants, repeats)
         rate = 2 * 1024 * 768 * 3072 / statistics.median(times.pop("matmul"))
-        results[f"forward_{batch}x{pos}"] = report(f"plain forward {batch}x{pos} (matmul in the same race: "
-                                                   f"{rate / 1e9:.0f} GFLOP/s)", times,
-                                                   forward_flops(ours.cfg, batch, pos), rate)
-        results[f"forward_{batch}x{pos}"]["matmul_flops"] = rate
+        results[f"{key}_{batch}x{pos}"] = report(f"{key.replace('_', ' ')}: plain forward {batch}x{pos} (matmul in "
+                                                 f"the same race: {rate / 1e9:.0f} GFLOP/s)", times,
+                                                 forward_flops(ours.cfg, batch, pos), rate)
+        results[f"{key}_{batch}x{pos}"]["matmul_flops"] = rate
 
 
 def page_faults() -> int:
@@ -336,6 +336,13 @@ def bench_bfloat16(ours, peers, repeats, results):
     results["bfloat16_8x128"] = rows
 
 
+def cpu_name() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny model, one repeat: a smoke test, not a measurement")
@@ -355,8 +362,8 @@ def main():
         small = dict(n_layer=2, n_head=4, n_embd=64, n_positions=128, vocab_size=500)
         args.repeats = 1
     results = {"machine": {"threads": torch.get_num_threads(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
-                           "device": torch.cuda.get_device_name() if DEVICE.startswith("cuda") else platform.processor()
-                           or platform.machine(), "transformer_lens": tl_peers is not None},
+                           "device": torch.cuda.get_device_name() if DEVICE.startswith("cuda") else cpu_name(),
+                           "transformer_lens": tl_peers is not None},
                "config": small}
     peak = matmul_rate(args.repeats)
     print(f"matmul (1024x768 @ 768x3072) in this run: {peak / 1e9:.1f} GFLOP/s; torch threads {torch.get_num_threads()}")
@@ -384,8 +391,7 @@ def main():
     if "medium" in only and not args.quick:
         with tempfile.TemporaryDirectory() as tmp:
             ours, peers = build(dict(n_layer=24, n_head=16, n_embd=1024, n_positions=1024, vocab_size=50257), Path(tmp))
-            bench_forward(ours, peers, [(1, 128)], args.repeats, results)
-            results["forward_medium_1x128"] = results.pop("forward_1x128")
+            bench_forward(ours, peers, [(1, 128)], args.repeats, results, key="GPT-2_medium_shape")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
         print(f"\nwrote {args.json}")
