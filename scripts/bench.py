@@ -187,6 +187,19 @@ def bench_cache(ours, peers, repeats, results):
                                   page_faults={name: statistics.median(f) for name, f in faults.items()})
 
 
+def all_heads_flops(cfg, batch: int, pos: int) -> tuple[float, float]:
+    """Matmul FLOPs of the batched all-heads z sweep (metric at the last position, logit difference) and
+    of one full forward per patch. Attention scores are left out (small at these lengths)."""
+    d, L, H = cfg.d_model, cfg.n_layer, cfg.n_head
+    layer = 2 * (4 * d * d + 2 * d * cfg.d_mlp)  # per token: QKV + O + MLP in and out
+    rows = H * batch  # the 12 head patches of one layer run together, each over the batch
+    qkv = 2 * 3 * d * d
+    last = rows * pos * qkv + rows * (layer - qkv)  # keep_last=1: q/k/v at every position, the rest at one
+    swept = sum((L - 1 - l) * rows * pos * layer + last for l in range(L))
+    naive = H * L * (L * batch * pos * layer + 2 * batch * pos * d * cfg.d_vocab)
+    return swept, naive
+
+
 def one_forward_per_patch(model, clean, corrupted, metric, shape, by):
     """The definition, as every hook-based tool runs it: cache the clean run once, then one full
     forward of the corrupted prompt per patch. Works on minitx and on TransformerLens alike."""
@@ -233,6 +246,12 @@ def bench_sweeps(ours, peers, repeats, results):
                 torch.testing.assert_close(grid, tl_grid[0], atol=1e-4, rtol=1e-4)
         results[f"sweep_{by}"] = report(f"{title}: {grid.numel()} patches, batch {batch} x {pos} tokens "
                                         f"(ratio = peer / batched; grids equal)", times)
+        if by == "all":  # the work each does, to tell a better algorithm from a faster machine
+            swept, naive = all_heads_flops(ours.cfg, batch, pos)
+            rates = [work / statistics.median(times[name]) / 1e9
+                     for work, name in ((swept, "minitx"), (naive, "one forward per patch"))]
+            print(f"  matmul work: batched {swept / 1e12:.2f} TFLOP, one forward per patch {naive / 1e12:.2f} TFLOP "
+                  f"(bound {naive / swept:.2f}x at equal speed); achieved {rates[0]:.0f} and {rates[1]:.0f} GFLOP/s")
 
 
 def bench_path(ours, results):
