@@ -21,6 +21,9 @@ GRANULARITIES = [(p, "pos") for p in P.RESID_LIKE] + [(p, "all") for p in ("attn
     [(p, "all") for p in P.HEAD_LIKE] + [(p, "pos") for p in ("z", "q", "k", "v")]
 
 
+THREE_LAYERS = random_model(seed=3, n_layer=3)
+
+
 @pytest.fixture(scope="module")
 def model():
     return random_model()
@@ -131,10 +134,11 @@ def test_noising_sweep_equals_one_patch_at_a_time(model, point, by):
                                       ("k", "pos"), ("resid_pre", "pos"), ("z", "all"), ("mlp_out", "all"),
                                       ("pattern", "all")])
 @pytest.mark.parametrize("read", ["middle", "plain callable"])
-def test_sweep_shortcuts_equal_one_patch_at_a_time(model, point, by, read):
+def test_sweep_shortcuts_equal_one_patch_at_a_time(point, by, read):
     """The causal shortcuts (stop at the read position, layer l at p alone, keep_last=1 in the last block)
     against full forwards: a Metric reading position 2 (patches after it cannot move it), and a plain
     callable, which gets full logits."""
+    model = THREE_LAYERS  # so that layers run between the patched one and the last
     metric = M.logit_diff_metric(torch.tensor([3, 4]), torch.tensor([5, 6]), pos=2)
     if read == "plain callable":
         metric = lambda logits: M.logit_diff(logits, torch.tensor([3, 4]), torch.tensor([5, 6]), pos=-2)  # noqa: E731
@@ -186,8 +190,9 @@ def test_mean_and_resample_ablation(model):
     assert_close(mean.values["blocks.1.attn.hook_z"], cache["blocks.1.attn.hook_z"].mean(0, keepdim=True), **EXACT)
     res = P.activation_patching(model, CLEAN, mean, METRIC, "resid_pre", "all", direction="noising")
     assert_close(res.scores[0], torch.tensor(0.0), atol=1e-5, rtol=0)
-    z = P.activation_patching(model, CLEAN, mean, METRIC, "z", "all", direction="noising")
-    assert_close(z.per_prompt, reference(model, z, CLEAN, mean, METRIC, "noising"), **EXACT)
+    for by in ("all", "pos"):
+        z = P.activation_patching(model, CLEAN, mean, METRIC, "z", by, direction="noising")
+        assert_close(z.per_prompt, reference(model, z, CLEAN, mean, METRIC, "noising"), **EXACT)
     with pytest.raises(ValueError, match="no corrupted prompt"):
         P.activation_patching(model, CLEAN, mean, METRIC)
     tokens = torch.arange(20).view(5, 4)
