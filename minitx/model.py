@@ -298,27 +298,33 @@ class Block(nn.Module):
         self.ln2, self.mlp = LayerNorm(cfg.d_model, cfg.layer_norm_epsilon), MLP(cfg, layer)
         self.n_head, self.p = cfg.n_head, f"blocks.{layer}."
 
-    def forward(self, resid: Tensor, run: Run, mask: Tensor | None, past=None, keep_last: int | None = None):
-        p = self.p
-        resid = run(p + "hook_resid_pre", resid)  # [batch, pos, d_model]
-        normalized = self.ln1(resid, run, p + "ln1.")
-        qkv_inputs = None
-        split = [p + f"hook_{c}_input" for c in "qkv"]
-        if any(run.wants(n) for n in split):
-            # q, k and v now read per-head copies, normalised each on its own; a replaced ln1 output
-            # would feed nothing, so say so rather than ignore it.
-            for n in (p + "ln1.hook_scale", p + "ln1.hook_normalized"):
-                if n in run.replaced:
-                    raise ValueError(f"a hook replaced {n} in a call that also uses per-head inputs of layer "
-                                     f"{p.split('.')[1]}; patch {split[0]} (or k/v) instead")
-            copy = resid.unsqueeze(2).expand(-1, -1, self.n_head, -1)  # [batch, pos, head, d_model]
-            no_hooks = Run(0)  # the per-head layer norms are not separate points
-            qkv_inputs = [self.ln1(run(n, copy.clone()), no_hooks, "") for n in split]
-        attn_out, present = self.attn(normalized, qkv_inputs, run, mask, past, keep_last)
-        if keep_last is not None:  # from here on only the last k positions are computed
+    def forward(self, resid: Tensor, run: Run, mask: Tensor | None, past=None, keep_last: int | None = None,
+                from_mid: bool = False):
+        """resid: the stream before the block [batch, pos, d_model]; from_mid: after its attention instead,
+        so only the MLP half runs. Returns (resid_post, this block's keys and values or None)."""
+        p, present = self.p, None
+        if not from_mid:
+            resid = run(p + "hook_resid_pre", resid)  # [batch, pos, d_model]
+            normalized = self.ln1(resid, run, p + "ln1.")
+            qkv_inputs = None
+            split = [p + f"hook_{c}_input" for c in "qkv"]
+            if any(run.wants(n) for n in split):
+                # q, k and v now read per-head copies, normalised each on its own; a replaced ln1 output
+                # would feed nothing, so say so rather than ignore it.
+                for n in (p + "ln1.hook_scale", p + "ln1.hook_normalized"):
+                    if n in run.replaced:
+                        raise ValueError(f"a hook replaced {n} in a call that also uses per-head inputs of layer "
+                                         f"{p.split('.')[1]}; patch {split[0]} (or k/v) instead")
+                copy = resid.unsqueeze(2).expand(-1, -1, self.n_head, -1)  # [batch, pos, head, d_model]
+                no_hooks = Run(0)  # the per-head layer norms are not separate points
+                qkv_inputs = [self.ln1(run(n, copy.clone()), no_hooks, "") for n in split]
+            attn_out, present = self.attn(normalized, qkv_inputs, run, mask, past, keep_last)
+            if keep_last is not None:  # from here on only the last k positions are computed
+                resid = resid[:, -keep_last:]
+            resid = resid + run(p + "hook_attn_out", attn_out)
+        elif keep_last is not None:
             resid = resid[:, -keep_last:]
-        attn_out = run(p + "hook_attn_out", attn_out)
-        resid = run(p + "hook_resid_mid", resid + attn_out)
+        resid = run(p + "hook_resid_mid", resid)
         mlp_in = run(p + "hook_mlp_in", resid)
         mlp_out = run(p + "hook_mlp_out", self.mlp(self.ln2(mlp_in, run, p + "ln2."), run))
         return run(p + "hook_resid_post", resid + mlp_out), present
@@ -386,12 +392,13 @@ class Transformer(nn.Module):
     # -- the forward pass -------------------------------------------------------------------------
     def forward(self, tokens: Tensor, attention_mask: Tensor | None = None, *, start_at_layer: int | None = None,
                 stop_at_layer: int | None = None, past_kv: list | None = None, keep_last: int | None = None,
-                _run: Run | None = None) -> Tensor:
+                start_at_mid: bool = False, _run: Run | None = None) -> Tensor:
         """tokens [batch, pos] (or [pos]) -> logits [batch, pos, d_vocab].
 
         attention_mask [batch, pos]: 1 for real tokens, 0 for padding (left or right). Positions
         count real tokens only (HF generate's rule), so a padded prompt sees what it sees alone.
-        start_at_layer=l: `tokens` is instead the residual stream before block l [batch, pos, d_model].
+        start_at_layer=l: `tokens` is instead the residual stream before block l [batch, pos, d_model];
+        with start_at_mid=True, block l's resid_mid (after its attention): block l runs only its MLP.
         stop_at_layer=l: return the residual stream before block l (l = n_layer: before ln_final).
         past_kv (with start_at_layer): [(k, v) [batch, n_past, head, d_head]] for each block run, the keys
         and values of n_past earlier positions; the input then holds only the positions after them.
@@ -415,6 +422,8 @@ class Transformer(nn.Module):
         if past_kv is not None and (start_at_layer is None or len(past_kv) != stop - start or attention_mask is not None):
             raise ValueError(f"past_kv needs start_at_layer, no attention_mask, and one (k, v) per block run "
                              f"({stop - start}); got {len(past_kv)}")
+        if start_at_mid and (start_at_layer is None or start == stop or past_kv is not None):
+            raise ValueError("start_at_mid needs start_at_layer, at least one block to run, and no past_kv")
         n_past = 0 if past_kv is None else past_kv[0][0].shape[1]
         mask = self._attention_mask(attention_mask, resid.shape[:2], resid.device, n_past)
         if keep_last is not None:
@@ -422,10 +431,9 @@ class Transformer(nn.Module):
             last_mask = self._attention_mask(attention_mask, resid.shape[:2], resid.device, n_past, keep_last)
         for i, block in enumerate(self.blocks[start:stop]):
             past = None if past_kv is None else past_kv[i]
-            if keep_last is not None and start + i == stop - 1:
-                resid, _ = block(resid, run, last_mask, past, keep_last)
-            else:
-                resid, _ = block(resid, run, mask, past)
+            last = keep_last is not None and start + i == stop - 1
+            resid, _ = block(resid, run, last_mask if last else mask, past, keep_last if last else None,
+                             from_mid=start_at_mid and i == 0)
         if stop_at_layer is not None:
             return resid  # the residual stream before block `stop` (before ln_final when stop == n_layer)
         return self.unembed(resid, run)

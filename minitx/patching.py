@@ -321,6 +321,19 @@ def _patched_final(model, base, resid: list[str], l: int, p: int, n_pos: int, ke
     return final
 
 
+def _patched_mid(base, mid_name: str, name: str, source: Tensor, indices: list[tuple], B: int, W_O) -> Tensor:
+    """resid_mid of one layer for n all-position patches [n * B, pos, d_model]: the base run's plus, in row
+    block i, what patch i changes: source - base of attn_out or resid_mid, or a head's z difference
+    through that layer's W_O [head, d_head, d_model] (attn_out is b_O + the sum of z_h W_O[h])."""
+    n_pos = source.shape[1]  # the source is already cut to the positions run
+    mid = base[mid_name][:, :n_pos].repeat(len(indices), 1, 1)
+    change = source - base[name][:, :n_pos]
+    for i, idx in enumerate(indices):
+        rows = slice(i * B, (i + 1) * B)
+        mid[rows] += change if W_O is None else change[:, :, idx[1]] @ W_O[idx[1]]
+    return mid
+
+
 def _writer(indices: list[tuple], source: Tensor, batch: int) -> Callable:
     """Hook writing source[:, idx_i] into row block i of the activation, for each patch i."""
     def hook(x, _):
@@ -354,7 +367,11 @@ def activation_patching(model, clean: Tensor, corrupted, metric: Callable, point
     # only positions p.. and read the earlier positions' keys and values from the base run's cache.
     suffix = by == "pos" and T > 1
     kv = [get_act_name(kind, l) for l in range(L) for kind in "kv"]
-    wanted = sorted(set(names) | set(resid) | (set(kv) if suffix else set()))
+    # Patches of z, attn_out or resid_mid at every position change nothing before layer l's attention
+    # output, so they start there, from resid_mid plus the patch (z's through W_O), and skip the attention.
+    from_mid = by == "all" and point in ("z", "attn_out", "resid_mid")
+    mids = [f"blocks.{l}.hook_resid_mid" for l in range(L)] if from_mid else []
+    wanted = sorted(set(names) | set(resid) | (set(kv) if suffix else set()) | set(mids))
     m_clean, clean_cache = _run(model, clean, wanted, metric, B)
     m_corr, corr_cache = _run(model, corrupted, wanted, metric, B)
     base, source = (corr_cache, clean_cache) if direction == "denoising" else (clean_cache, corr_cache)
@@ -363,6 +380,7 @@ def activation_patching(model, clean: Tensor, corrupted, metric: Callable, point
     read = read_position(metric, B, T)
     n_pos, keep = (T, None) if read is None else (read + 1, 1)
 
+    W_O = model.W_O if point == "z" else None  # [layer, head, d_head, d_model]
     shape = tuple(L if a == "layer" else T if a == "pos" else H for a in axes)
     per_prompt = torch.empty(*shape, B)
     per_chunk = max(1, max_rows // B)
@@ -376,13 +394,18 @@ def activation_patching(model, clean: Tensor, corrupted, metric: Callable, point
                     per_prompt[where] = m_base.cpu()
                 continue
             src = _positions(source[names[l]], point, p, n_pos)
-            if keep and l == L - 1 and point in AFTER_QKV and not (suffix and point in LOCAL):
+            if keep and l == L - 1 and point in AFTER_QKV and not (suffix and point in LOCAL) and not from_mid:
                 src = _positions(src, point, src.shape[1] - 1 if point != "pattern" else src.shape[2] - 1)
             for start in range(0, len(group), per_chunk):
                 chunk = group[start:start + per_chunk]
-                shifted = [(idx[0] - p, *idx[1:]) if p else idx for _, _, idx in chunk]  # positions from p on
-                final = _patched_final(model, base, resid, l, p, n_pos, keep, len(chunk), B,
-                                       (names[l], _writer(shifted, src, B)), local=suffix and point in LOCAL)
+                if from_mid:
+                    mid = _patched_mid(base, mids[l], names[l], src, [idx for _, _, idx in chunk], B,
+                                       None if W_O is None else W_O[l])
+                    final = model(mid, start_at_layer=l, start_at_mid=True, stop_at_layer=L, keep_last=keep)
+                else:
+                    shifted = [(idx[0] - p, *idx[1:]) if p else idx for _, _, idx in chunk]  # positions from p on
+                    final = _patched_final(model, base, resid, l, p, n_pos, keep, len(chunk), B,
+                                           (names[l], _writer(shifted, src, B)), local=suffix and point in LOCAL)
                 for (_, where, _), values in zip(chunk, metric_blocks(model, final, metric, B, read_only=bool(keep))):
                     per_prompt[where] = values.cpu()
     return PatchingResult(scores=normalized(per_prompt, m_clean.cpu(), m_corr.cpu()), raw=per_prompt.mean(-1),

@@ -191,11 +191,13 @@ def all_heads_flops(cfg, batch: int, pos: int) -> tuple[float, float]:
     """Matmul FLOPs of the batched all-heads z sweep (metric at the last position, logit difference) and
     of one full forward per patch. Attention scores are left out (small at these lengths)."""
     d, L, H = cfg.d_model, cfg.n_layer, cfg.n_head
-    layer = 2 * (4 * d * d + 2 * d * cfg.d_mlp)  # per token: QKV + O + MLP in and out
+    mlp = 2 * 2 * d * cfg.d_mlp  # per token: MLP in and out
+    layer = 2 * 4 * d * d + mlp  # per token: QKV + O + MLP
     rows = H * batch  # the 12 head patches of one layer run together, each over the batch
     qkv = 2 * 3 * d * d
     last = rows * pos * qkv + rows * (layer - qkv)  # keep_last=1: q/k/v at every position, the rest at one
-    swept = sum((L - 1 - l) * rows * pos * layer + last for l in range(L))
+    # a patch at layer l starts after l's attention (start_at_mid): l's MLP, the blocks between, the last
+    swept = sum(rows * pos * mlp + (L - 2 - l) * rows * pos * layer + last for l in range(L - 1)) + rows * mlp
     naive = H * L * (L * batch * pos * layer + 2 * batch * pos * d * cfg.d_vocab)
     return swept, naive
 

@@ -157,6 +157,8 @@ CASES = [
     case("keep_last-too-many", lambda e: e.m(e.T, keep_last=6), ValueError, "an int from 1 to the 5 positions run"),
     case("keep_last-no-block", lambda e: e.m(e.T, stop_at_layer=0, keep_last=1), ValueError,
          "this call runs none"),
+    case("start_at_mid-without-start", lambda e: e.m(e.T, start_at_mid=True), ValueError,
+         "start_at_mid needs start_at_layer"),
     case("type-patching-list", lambda e: patching.activation_patching(e.m, [[1, 2]], e.C, e.metric), TypeError,
          "tokens must be a LongTensor [batch, pos], got list"),
     case("type-patching-float-tensor", lambda e: patching.activation_patching(e.m, e.T.float(), e.C, e.metric),

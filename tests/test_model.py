@@ -249,3 +249,14 @@ def test_keep_last_computes_the_last_block_at_the_last_positions_only(tiny_model
                  logits[:, -1:], atol=1e-5, rtol=1e-5)
     assert_close(tiny_model(tokens, stop_at_layer=1, keep_last=3), cache["resid_post", 0][:, -3:],
                  atol=1e-5, rtol=1e-5)
+
+
+def test_start_at_mid_runs_only_the_mlp_half_of_the_first_block(tiny_model):
+    tokens = torch.randint(0, 257, (2, 7))
+    logits, cache = tiny_model.run_with_cache(tokens)
+    for layer in range(2):
+        _, mid_cache = tiny_model.run_with_cache(cache["resid_mid", layer], start_at_layer=layer, start_at_mid=True)
+        assert f"blocks.{layer}.attn.hook_z" not in mid_cache and f"blocks.{layer}.hook_resid_pre" not in mid_cache
+        assert_close(mid_cache["resid_post", layer], cache["resid_post", layer], atol=1e-5, rtol=1e-5)
+        assert_close(tiny_model(cache["resid_mid", layer], start_at_layer=layer, start_at_mid=True, keep_last=1),
+                     logits[:, -1:], atol=1e-5, rtol=1e-5)
