@@ -13,7 +13,8 @@ Sweeps are batched: for layer l, every patch of that layer runs in one forward o
 (n_patches x batch) rows that starts from the cached residual stream before block l
 (`start_at_layer=l`), with one hook writing patch i into row block i. Causality trims the rest:
 a per-position patch at p runs positions p.. only, reading earlier keys and values from the base
-run's cache (`past_kv`); a z, q or post-attention patch runs layer l at p alone; and a
+run's cache (`past_kv`); a z, q or post-attention patch runs layer l at p alone; an all-position
+patch of z, attn_out or resid_mid starts after layer l's attention (`start_at_mid`); and a
 `minitx.metrics.Metric` reading position R stops at R, running the last block and the unembedding
 there only (`keep_last=1`). `patch_one` is the one-forward-per-patch definition the sweeps are
 tested against.
