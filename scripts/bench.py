@@ -355,6 +355,26 @@ def bench_bfloat16(ours, peers, repeats, results):
                               top1_agreement=float(same_top1))
         del ours16, hf16
     results["bfloat16_8x128"] = rows
+    trained = ROOT / "weights" / "english-6l"  # the shipped trained model, on text like its training data
+    if trained.exists():
+        import random
+        import make_corpus  # scripts/make_corpus.py, beside this file
+        rng = random.Random(0)
+        text = torch.tensor([make_corpus.row_tokens(rng, 64) for _ in range(32)], device=DEVICE)
+        with torch.inference_mode():
+            full = load(str(trained), device=DEVICE)
+            reference, logits = full(text).double(), full.to(torch.bfloat16)(text).double()
+        error = (logits - reference).abs()
+        same = logits.argmax(-1) == reference.argmax(-1)
+        logp, logp16 = reference.log_softmax(-1), logits.log_softmax(-1)
+        kl = float((logp.exp() * (logp - logp16)).sum(-1).mean())
+        sure = logp.max(-1).values.exp() > 0.5  # positions where float32 gives its top token p > 0.5
+        row = {"max_abs_error": float(error.max()), "kl_nats": kl, "top1_agreement": float(same.double().mean()),
+               "top1_agreement_where_p_over_half": float(same[sure].double().mean())}
+        print(f"  trained weights/english-6l on 32 x 64 tokens of its corpus, bfloat16 vs float32: max |logit error| "
+              f"{row['max_abs_error']:.3f}, mean KL {kl:.2e} nats; same top-1 token at {row['top1_agreement']:.1%} "
+              f"of positions, {row['top1_agreement_where_p_over_half']:.1%} where float32's top token has p > 0.5")
+        results["bfloat16_english-6l"] = row
 
 
 def cpu_name() -> str:
