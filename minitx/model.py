@@ -298,32 +298,37 @@ class Block(nn.Module):
         self.ln2, self.mlp = LayerNorm(cfg.d_model, cfg.layer_norm_epsilon), MLP(cfg, layer)
         self.n_head, self.p = cfg.n_head, f"blocks.{layer}."
 
+    def attention_half(self, resid: Tensor, run: Run, mask: Tensor | None, past, keep_last: int | None):
+        """resid_pre -> (resid_pre + attention output, at the kept positions; (k, v) of every position)."""
+        p = self.p
+        resid = run(p + "hook_resid_pre", resid)  # [batch, pos, d_model]
+        normalized = self.ln1(resid, run, p + "ln1.")
+        qkv_inputs = None
+        split = [p + f"hook_{c}_input" for c in "qkv"]
+        if any(run.wants(n) for n in split):
+            # q, k and v now read per-head copies, normalised each on its own; a replaced ln1 output
+            # would feed nothing, so say so rather than ignore it.
+            for n in (p + "ln1.hook_scale", p + "ln1.hook_normalized"):
+                if n in run.replaced:
+                    raise ValueError(f"a hook replaced {n} in a call that also uses per-head inputs of layer "
+                                     f"{p.split('.')[1]}; patch {split[0]} (or k/v) instead")
+            copy = resid.unsqueeze(2).expand(-1, -1, self.n_head, -1)  # [batch, pos, head, d_model]
+            no_hooks = Run(0)  # the per-head layer norms are not separate points
+            qkv_inputs = [self.ln1(run(n, copy.clone()), no_hooks, "") for n in split]
+        attn_out, present = self.attn(normalized, qkv_inputs, run, mask, past, keep_last)
+        if keep_last is not None:  # from here on only the last k positions are computed
+            resid = resid[:, -keep_last:]
+        return resid + run(p + "hook_attn_out", attn_out), present
+
     def forward(self, resid: Tensor, run: Run, mask: Tensor | None, past=None, keep_last: int | None = None,
                 from_mid: bool = False):
         """resid: the stream before the block [batch, pos, d_model]; from_mid: after its attention instead,
         so only the MLP half runs. Returns (resid_post, this block's keys and values or None)."""
         p, present = self.p, None
-        if not from_mid:
-            resid = run(p + "hook_resid_pre", resid)  # [batch, pos, d_model]
-            normalized = self.ln1(resid, run, p + "ln1.")
-            qkv_inputs = None
-            split = [p + f"hook_{c}_input" for c in "qkv"]
-            if any(run.wants(n) for n in split):
-                # q, k and v now read per-head copies, normalised each on its own; a replaced ln1 output
-                # would feed nothing, so say so rather than ignore it.
-                for n in (p + "ln1.hook_scale", p + "ln1.hook_normalized"):
-                    if n in run.replaced:
-                        raise ValueError(f"a hook replaced {n} in a call that also uses per-head inputs of layer "
-                                         f"{p.split('.')[1]}; patch {split[0]} (or k/v) instead")
-                copy = resid.unsqueeze(2).expand(-1, -1, self.n_head, -1)  # [batch, pos, head, d_model]
-                no_hooks = Run(0)  # the per-head layer norms are not separate points
-                qkv_inputs = [self.ln1(run(n, copy.clone()), no_hooks, "") for n in split]
-            attn_out, present = self.attn(normalized, qkv_inputs, run, mask, past, keep_last)
-            if keep_last is not None:  # from here on only the last k positions are computed
-                resid = resid[:, -keep_last:]
-            resid = resid + run(p + "hook_attn_out", attn_out)
-        elif keep_last is not None:
-            resid = resid[:, -keep_last:]
+        if from_mid:
+            resid = resid if keep_last is None else resid[:, -keep_last:]
+        else:
+            resid, present = self.attention_half(resid, run, mask, past, keep_last)
         resid = run(p + "hook_resid_mid", resid)
         mlp_in = run(p + "hook_mlp_in", resid)
         mlp_out = run(p + "hook_mlp_out", self.mlp(self.ln2(mlp_in, run, p + "ln2."), run))
