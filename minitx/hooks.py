@@ -1,5 +1,5 @@
 """Hook plumbing shared by every forward: point-name shorthands, name resolution with typo
-suggestions, validation of what a hook returns, and the Cache a run fills.
+suggestions, validation of what a hook returns, one call's hooks (`Run`) and the Cache it fills.
 
 The names are TransformerLens's (`blocks.3.attn.hook_pattern`); the mechanism is not: a hook is a
 plain function passed to one call, never a module or global state.
@@ -104,6 +104,49 @@ def check_replacement(name: str, x: Tensor, out) -> None:
         raise FloatingPointError(f"hook on {name} returned NaN or inf values where the activation was finite")
     if name.endswith("hook_scale") and (out <= 0).any():
         raise ValueError(f"hook on {name} returned a scale <= 0; a layer-norm scale must be positive")
+
+
+class Run:
+    """The hooks and cache requests of one forward call. Every activation passes through
+    `run(name, tensor)`, which consults only what this call asked for; nothing is stored on the model,
+    so nothing outlives the call. all_names: the model's point names; default_names: those a cache
+    holds when names_filter is None (the points computed anyway). Run() is a call with no hooks."""
+
+    def __init__(self, all_names: tuple = (), default_names: tuple = (), fwd_hooks=(), bwd_hooks=(),
+                 cache_filter: NamesFilter = False, cache: dict | None = None, keep_grad: bool = False):
+        self.fwd = resolve_hooks(fwd_hooks, all_names)
+        self.bwd = resolve_hooks(bwd_hooks, all_names)
+        if cache_filter is None:  # None means every point that is computed anyway
+            self.cache_names = set(default_names)
+        else:
+            self.cache_names = set(resolve_names(cache_filter, all_names)) if cache_filter is not False else set()
+        self.cache = cache
+        self.keep_grad = keep_grad
+        self.wanted = self.cache_names | set(self.fwd) | set(self.bwd)
+        self.replaced: set[str] = set()  # points whose hooks returned a replacement in this call
+
+    def wants(self, name: str) -> bool:
+        return name in self.wanted
+
+    def __call__(self, name: str, x: Tensor) -> Tensor:
+        if name not in self.wanted:
+            return x
+        for fn in self.fwd.get(name, ()):
+            out = fn(x, HookPoint(name))
+            if out is not None:
+                check_replacement(name, x, out)
+                x = out
+                self.replaced.add(name)
+            elif x.isnan().any():  # a hook may also write in place and return None
+                raise FloatingPointError(f"hook on {name} left NaN in the activation (written in place?)")
+        for fn in self.bwd.get(name, ()):
+            if not x.requires_grad:
+                raise RuntimeError(f"backward hook on {name}: no gradient flows through this point; "
+                                   "run with torch.enable_grad() and an input or weight that requires grad")
+            x.register_hook(lambda grad, fn=fn: fn(grad, HookPoint(name)))
+        if name in self.cache_names:
+            self.cache[name] = x if self.keep_grad else x.detach()
+        return x
 
 
 class Cache(dict):

@@ -155,7 +155,7 @@ def logit_lens(model: Transformer, tokens: Tensor, targets: Tensor | str | None 
         check_integers(targets, "targets", TARGETS)
     _check_top_k(top_k)
     stack, pos, _ = _residuals(model, tokens, incl_mid, positions)
-    no_hooks = Run(0)  # the lens is the model's own unembed, without this call's hooks
+    no_hooks = Run()  # the lens is the model's own unembed, without this call's hooks
     logits = torch.stack([model.unembed(resid, no_hooks) for resid in stack])  # [layer+1, batch, pos, d_vocab]
     if isinstance(targets, str):
         targets = _next_tokens(tokens, pos)

@@ -15,6 +15,7 @@ leaves nothing that a later load would trust.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.client
 import json
@@ -130,8 +131,8 @@ def _config_from(hf, source: str) -> Config:
         raise ValueError(f"{source}: a config must be a JSON object, got {type(hf).__name__}")
     if hf.get("model_type", "gpt2") != "gpt2":
         raise ValueError(f"{source}: model_type={hf['model_type']!r}; minitx loads GPT-2 checkpoints only")
-    try:
-        return Config.from_hf(hf)
+    try:  # the fields minitx uses; HF's other keys are ignored
+        return Config(**{k: v for k, v in hf.items() if k in {f.name for f in dataclasses.fields(Config)}})
     except (ValueError, TypeError) as e:
         raise ValueError(f"{source}: {e}") from e
 
@@ -260,7 +261,9 @@ def save_pretrained(model: Transformer, directory) -> Path:
         tensor = param.detach().T if name == "W_U_untied" else param.detach()
         key = hf_key(name)
         state[key if key == LM_HEAD else "transformer." + key] = tensor.to("cpu").contiguous()
-    text = json.dumps(model.cfg.to_hf(), indent=2)
+    hf_config = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], **dataclasses.asdict(model.cfg),
+                 "eos_token_id": model.cfg.bos_token_id}
+    text = json.dumps(hf_config, indent=2)
     tmp = directory / "model.safetensors.tmp"
     save_file(state, tmp, metadata={"format": "pt", "config": text})  # "format": HF's loader requires it
     os.replace(tmp, directory / "model.safetensors")

@@ -3,8 +3,9 @@
 Axis vocabulary used in every shape comment:
     batch, pos, d_model, head, d_head, d_mlp, d_vocab, q_pos, k_pos, layer
 
-Reading order: Config -> the table of activation points -> one call's hooks (`Run`) ->
-layer norm, attention, MLP, block -> the model (forward, run_with_cache, run_with_hooks, generate).
+Reading order: Config -> the table of activation points -> layer norm, attention, MLP, block ->
+the model (forward, run_with_cache, run_with_hooks, generate). Every activation passes through
+`run(name, tensor)`, one call's hooks (`Run`, in `minitx/hooks.py`); nothing is stored on the model.
 
 References: Radford et al. 2019 (GPT-2); Elhage et al. 2021, "A Mathematical Framework for
 Transformer Circuits" (per-head W_Q/W_K/W_V/W_O notation); the point names follow TransformerLens.
@@ -14,7 +15,6 @@ Checkpoint names (c_attn, wte, ...) appear only in `minitx/loading.py`.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -24,9 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from minitx.checks import check_attention_mask, check_generation, check_keep_last, check_tokens
-from minitx.hooks import (Cache, HookPoint, NamesFilter, check_replacement, get_act_name,  # noqa: F401
-                          resolve_hooks, resolve_names)
+from minitx.checks import check_attention_mask, check_config, check_generation, check_keep_last, check_tokens
+from minitx.hooks import Cache, HookPoint, NamesFilter, Run, get_act_name  # noqa: F401
 
 # ---------------------------------------------------------------------------------------------
 # Configuration: the fields of a Hugging Face GPT-2 config.json that change the computation.
@@ -65,30 +64,7 @@ class Config:
     bos_token_id: int = 50256  # <|endoftext|>, which GPT-2 also uses as end of text and padding
 
     def __post_init__(self):
-        for field in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"config {field}={value!r} is not allowed: it must be a positive integer")
-        if self.n_inner is not None and (not isinstance(self.n_inner, int) or self.n_inner < 1):
-            raise ValueError(f"config n_inner={self.n_inner!r} is not allowed: a positive integer or null")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"config n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
-                             "each head needs an equal share of the model width")
-        if self.activation_function not in ACTIVATIONS:
-            raise ValueError(f"config activation_function={self.activation_function!r} is not supported; "
-                             f"allowed: {', '.join(sorted(ACTIVATIONS))}")
-        if not self.layer_norm_epsilon > 0:
-            raise ValueError(f"config layer_norm_epsilon={self.layer_norm_epsilon!r} must be > 0")
-
-    @classmethod
-    def from_hf(cls, hf: dict) -> "Config":
-        """Reads the fields we use from a HF config.json dict; other keys are ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in hf.items() if k in names})
-
-    def to_hf(self) -> dict:
-        return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], **dataclasses.asdict(self),
-                "eos_token_id": self.bos_token_id}
+        check_config(self, ACTIVATIONS)
 
     # The analysis names for the same numbers.
     d_model = property(lambda self: self.n_embd)
@@ -140,51 +116,6 @@ def point_names(n_layer: int, include_on_request: bool = True) -> tuple[str, ...
     per_layer = [t for t in POINTS if "{l}" in t and (include_on_request or not t.endswith(ON_REQUEST))]
     return ("hook_embed", "hook_pos_embed", *(t.format(l=l) for l in range(n_layer) for t in per_layer),
             "ln_final.hook_scale", "ln_final.hook_normalized")
-
-
-# ---------------------------------------------------------------------------------------------
-# One call's hooks. Every activation passes through `run(name, tensor)`, which consults only what
-# this call asked for; nothing is stored on the model, so nothing outlives the call.
-
-class Run:
-    """The hooks and cache requests of one forward call, resolved against the model's point names."""
-
-    def __init__(self, n_layer: int, fwd_hooks=(), bwd_hooks=(), cache_filter: NamesFilter = False,
-                 cache: dict | None = None, keep_grad: bool = False):
-        all_names = point_names(n_layer)
-        self.fwd = resolve_hooks(fwd_hooks, all_names)
-        self.bwd = resolve_hooks(bwd_hooks, all_names)
-        if cache_filter is None:  # None means every point that is computed anyway
-            self.cache_names = set(point_names(n_layer, include_on_request=False))
-        else:
-            self.cache_names = set(resolve_names(cache_filter, all_names)) if cache_filter is not False else set()
-        self.cache = cache
-        self.keep_grad = keep_grad
-        self.wanted = self.cache_names | set(self.fwd) | set(self.bwd)
-        self.replaced: set[str] = set()  # points whose hooks returned a replacement in this call
-
-    def wants(self, name: str) -> bool:
-        return name in self.wanted
-
-    def __call__(self, name: str, x: Tensor) -> Tensor:
-        if name not in self.wanted:
-            return x
-        for fn in self.fwd.get(name, ()):
-            out = fn(x, HookPoint(name))
-            if out is not None:
-                check_replacement(name, x, out)
-                x = out
-                self.replaced.add(name)
-            elif x.isnan().any():  # a hook may also write in place and return None
-                raise FloatingPointError(f"hook on {name} left NaN in the activation (written in place?)")
-        for fn in self.bwd.get(name, ()):
-            if not x.requires_grad:
-                raise RuntimeError(f"backward hook on {name}: no gradient flows through this point; "
-                                   "run with torch.enable_grad() and an input or weight that requires grad")
-            x.register_hook(lambda grad, fn=fn: fn(grad, HookPoint(name)))
-        if name in self.cache_names:
-            self.cache[name] = x if self.keep_grad else x.detach()
-        return x
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,7 +244,7 @@ class Block(nn.Module):
                     raise ValueError(f"a hook replaced {n} in a call that also uses per-head inputs of layer "
                                      f"{p.split('.')[1]}; patch {split[0]} (or k/v) instead")
             copy = resid.unsqueeze(2).expand(-1, -1, self.n_head, -1)  # [batch, pos, head, d_model]
-            no_hooks = Run(0)  # the per-head layer norms are not separate points
+            no_hooks = Run()  # the per-head layer norms are not separate points
             qkv_inputs = [self.ln1(run(n, copy.clone()), no_hooks, "") for n in split]
         attn_out, present = self.attn(normalized, qkv_inputs, run, mask, past, keep_last)
         if keep_last is not None:  # from here on only the last k positions are computed
@@ -456,7 +387,7 @@ class Transformer(nn.Module):
         """[..., d_model] -> [..., d_vocab]: the final layer norm (on resid's own statistics) and W_U.
         ln_final hooks: those of `run`, else fwd_hooks plus any set with `model.hooks(...)`.
         token_ids [k]: only these columns of W_U, [..., k] (a logit difference reads two)."""
-        x = self.ln_final(resid, run or Run(self.cfg.n_layer, self._context_hooks[0] + list(fwd_hooks)), "ln_final.")
+        x = self.ln_final(resid, run or self._run(self._context_hooks[0] + list(fwd_hooks)), "ln_final.")
         if token_ids is not None:
             return x @ self.W_U[:, token_ids]
         return F.linear(x, self.W_E) if self.W_U_untied is None else x @ self.W_U_untied
@@ -490,12 +421,19 @@ class Transformer(nn.Module):
     # -- hooks and caches -------------------------------------------------------------------------
     def _context_run(self) -> Run:
         fwd, bwd = self._context_hooks
-        return Run(self.cfg.n_layer, fwd, bwd)
+        return self._run(fwd, bwd)
+
+    def _run(self, fwd_hooks=(), bwd_hooks=(), cache_filter: NamesFilter = False, cache: dict | None = None,
+             keep_grad: bool = False) -> Run:
+        """One call's hooks and cache requests, resolved against this model's point names."""
+        n = self.cfg.n_layer
+        return Run(point_names(n), point_names(n, include_on_request=False), fwd_hooks, bwd_hooks, cache_filter,
+                   cache, keep_grad)
 
     @contextlib.contextmanager
     def hooks(self, fwd_hooks=(), bwd_hooks=()):
         """Every forward inside the `with` block runs with these hooks; they are gone after it."""
-        Run(self.cfg.n_layer, fwd_hooks, bwd_hooks)  # fail on typos before anything runs
+        self._run(fwd_hooks, bwd_hooks)  # fail on typos before anything runs
         saved = self._context_hooks
         self._context_hooks = (saved[0] + list(fwd_hooks), saved[1] + list(bwd_hooks))
         try:
@@ -506,7 +444,7 @@ class Transformer(nn.Module):
     def run_with_hooks(self, tokens: Tensor, *args, fwd_hooks=(), bwd_hooks=(), **kwargs) -> Tensor:
         """Forward where fwd_hooks [(name | names | predicate, fn(act, hook) -> replacement | None)] fire."""
         fwd, bwd = self._context_hooks
-        run = Run(self.cfg.n_layer, fwd + list(fwd_hooks), bwd + list(bwd_hooks))
+        run = self._run(fwd + list(fwd_hooks), bwd + list(bwd_hooks))
         return self.forward(tokens, *args, _run=run, **kwargs)
 
     def run_with_cache(self, tokens: Tensor, *args, names_filter: NamesFilter = None, fwd_hooks=(),
@@ -515,7 +453,7 @@ class Transformer(nn.Module):
         predicate over all names (on-request points included). The cache holds values after hooks."""
         cache = Cache()
         fwd, bwd = self._context_hooks
-        run = Run(self.cfg.n_layer, fwd + list(fwd_hooks), bwd, names_filter, cache, keep_grad)
+        run = self._run(fwd + list(fwd_hooks), bwd, names_filter, cache, keep_grad)
         return self.forward(tokens, *args, _run=run, **kwargs), cache
 
     # -- generation -------------------------------------------------------------------------------
@@ -530,7 +468,7 @@ class Transformer(nn.Module):
         check_generation(tokens.shape[1], max_new_tokens, temperature, top_k, eos_token_id, self.cfg)
         generator = torch.Generator(tokens.device).manual_seed(seed) if seed is not None else None
         mask = torch.ones_like(tokens) if attention_mask is None else attention_mask.long()
-        run, past = Run(0), [None] * self.cfg.n_layer
+        run, past = Run(), [None] * self.cfg.n_layer
         done = torch.zeros(len(tokens), dtype=torch.bool, device=tokens.device)  # rows that emitted eos
         step_input, offset = tokens, 0
         for _ in range(max_new_tokens):
