@@ -191,10 +191,11 @@ def metric_blocks(model, resid: Tensor, metric: Callable, batch: int, ln_final_s
     n = rows // batch
     scale = None if ln_final_scale is None else ln_final_scale.repeat(n, 1, 1)  # [rows, pos, 1]
     if isinstance(metric, Metric):
-        full_len = n_pos if not read_only else None if scale is None else scale.shape[1]
-        idx = None if full_len is None else resolve_pos(metric.pos, batch, full_len).to(resid.device).repeat(n)
-        ar = torch.arange(rows, device=resid.device)
-        at_read = resid if read_only else resid[ar, idx][:, None]  # [rows, 1, d_model]
+        ar, idx, at_read = torch.arange(rows, device=resid.device), None, resid  # at_read: [rows, 1, d_model]
+        if not read_only or scale is not None:  # the read position in the full run's positions
+            idx = resolve_pos(metric.pos, batch, n_pos if scale is None else scale.shape[1]).to(resid.device).repeat(n)
+        if not read_only:
+            at_read = resid[ar, idx][:, None]
         hooks = [] if scale is None else [("ln_final.hook_scale", lambda x, h: scale[ar, idx][:, None])]
         ids, d_vocab = metric.token_ids, model.cfg.d_vocab
         if ids is not None and bool(((ids >= 0) & (ids < d_vocab)).all()):  # out of range: at_pos says so
@@ -312,8 +313,10 @@ def _patched_final(model, base, resid: list[str], l: int, p: int, n_pos: int, ke
         at_p = model.run_with_hooks(rows(resid[l], p, p + 1), start_at_layer=l, stop_at_layer=l + 1,
                                     past_kv=past([l]), fwd_hooks=[hook])
         after = torch.cat([at_p, rows(resid[l + 1], p + 1, n_pos)], 1)  # resid_post of layer l, positions p..
-        final = after[:, -keep:] if keep and l == L - 1 else after if l == L - 1 else \
-            model(after, start_at_layer=l + 1, stop_at_layer=L, past_kv=past(range(l + 1, L)), keep_last=keep)
+        if l == L - 1:  # layer l was the last: `after` is the final residual
+            final = after[:, -keep:] if keep else after
+        else:
+            final = model(after, start_at_layer=l + 1, stop_at_layer=L, past_kv=past(range(l + 1, L)), keep_last=keep)
     else:
         final = model.run_with_hooks(rows(resid[l], p, n_pos), start_at_layer=l, stop_at_layer=L,
                                      past_kv=past(range(l, L)), keep_last=keep, fwd_hooks=[hook])
@@ -367,6 +370,7 @@ def activation_patching(model, clean: Tensor, corrupted, metric: Callable, point
     # A patch at position p changes nothing before p (causal attention), so per-position sweeps run
     # only positions p.. and read the earlier positions' keys and values from the base run's cache.
     suffix = by == "pos" and T > 1
+    local = suffix and point in LOCAL  # ...and such a patch changes layer l itself at p only
     kv = [get_act_name(kind, l) for l in range(L) for kind in "kv"]
     # Patches of z, attn_out or resid_mid at every position change nothing before layer l's attention
     # output, so they start there, from resid_mid plus the patch (z's through W_O), and skip the attention.
@@ -395,8 +399,8 @@ def activation_patching(model, clean: Tensor, corrupted, metric: Callable, point
                     per_prompt[where] = m_base.cpu()
                 continue
             src = _positions(source[names[l]], point, p, n_pos)
-            if keep and l == L - 1 and point in AFTER_QKV and not (suffix and point in LOCAL) and not from_mid:
-                src = _positions(src, point, src.shape[1] - 1 if point != "pattern" else src.shape[2] - 1)
+            if keep and l == L - 1 and point in AFTER_QKV and not (local or from_mid):  # hooked in a kept block
+                src = _positions(src, point, -1)
             for start in range(0, len(group), per_chunk):
                 chunk = group[start:start + per_chunk]
                 if from_mid:
@@ -406,7 +410,7 @@ def activation_patching(model, clean: Tensor, corrupted, metric: Callable, point
                 else:
                     shifted = [(idx[0] - p, *idx[1:]) if p else idx for _, _, idx in chunk]  # positions from p on
                     final = _patched_final(model, base, resid, l, p, n_pos, keep, len(chunk), B,
-                                           (names[l], _writer(shifted, src, B)), local=suffix and point in LOCAL)
+                                           (names[l], _writer(shifted, src, B)), local)
                 for (_, where, _), values in zip(chunk, metric_blocks(model, final, metric, B, read_only=bool(keep))):
                     per_prompt[where] = values.cpu()
     return PatchingResult(scores=normalized(per_prompt, m_clean.cpu(), m_corr.cpu()), raw=per_prompt.mean(-1),
