@@ -317,6 +317,15 @@ def bench_fresh_process(workdir: Path, repeats: int, results):
     contestants = {name: (lambda code=code: subprocess.run([sys.executable, "-c", code], check=True, env=env,
                                                            capture_output=True)) for name, code in snippets.items()}
     results["fresh_process"] = report("fresh process: import + load + first logits", race(contestants, repeats, 0))
+    steps = ("import torch", "import minitx", "load", "first logits")  # where minitx's fresh process spends it
+    timer = ("import time; t = [time.perf_counter()]; import torch; t.append(time.perf_counter()); import minitx; "
+             f"t.append(time.perf_counter()); m = minitx.load({str(workdir)!r}); t.append(time.perf_counter()); "
+             "m(torch.tensor([[1, 2, 3]])); t.append(time.perf_counter()); print(*[b - a for a, b in zip(t, t[1:])])")
+    runs = [[float(x) for x in subprocess.run([sys.executable, "-c", timer], check=True, env=env, capture_output=True,
+                                              text=True).stdout.split()] for _ in range(repeats)]
+    split = {step: statistics.median(run[i] for run in runs) for i, step in enumerate(steps)}
+    print("  minitx, step by step (median s): " + ", ".join(f"{step} {t:.2f}" for step, t in split.items()))
+    results["fresh_process"]["minitx_steps_s"] = split
 
 
 def bench_scaling(ours, peers, results, lengths):
