@@ -24,12 +24,13 @@ softmax exactly and keeps the linear approximation only from the attention patte
   * to head OUTPUTS ("z"), through their direct edges into later heads' queries and keys. The AtP
     estimate of a head output is, by the chain rule, a sum over the nodes that read it (the residual
     stream is a sum, so every later q/k/v input, MLP input and the final LN reads it directly). For
-    every later receiver head, the term that goes through its query (key) is replaced: the linear term
-    (k(x + d) - k(x)) . dm/dk is subtracted and the exact-softmax term sum (A(k(x + d)) - A) . dm/dA
-    is added, where d is the sender's output change (o_clean - o_corrupted, all positions) added to the
-    receiver's own pre-LN copy of its key (query) input (`hook_k_input`). The model recomputes the
-    receiver's ln1 on that copy, so no layer-norm scale is frozen (exact LN; one single-layer forward
-    per receiver layer and q/k, all senders side by side along the batch axis).
+    every later receiver head, the term that goes through its query (key) is replaced: plain AtP's term
+    d . dm/d(k input), the gradient taken at the receiver's own pre-LN copy of its key (query) input
+    (`hook_k_input`, so it holds exactly that path, its layer norm linearised), is subtracted, and the
+    exact-softmax term sum (A(x + d) - A) . dm/dA is added, where d is the sender's output change
+    (o_clean - o_corrupted, all positions) added to that copy. The model recomputes the receiver's ln1
+    on it, so no layer-norm scale is frozen (exact LN; one single-layer forward per receiver layer and
+    q/k, all senders side by side along the batch axis).
 What stays linear: paths from a sender through an intermediate node's query/key (sender -> v of a
 middle head -> key of a later head), the value paths, and everything after each pattern. GradDrop,
 AtP*'s other fix (cancellation between paths), is not implemented.
@@ -95,8 +96,8 @@ def _metric_values(metric: Callable, logits: Tensor, batch: int) -> Tensor:
 def _runs(model, clean: Tensor, corrupted: Tensor, metric: Callable, names: list[str], grad_names: list[str]):
     """The two forwards and one backward every estimate here needs.
 
-    Returns (clean cache, corrupted cache (detached), {name: d mean(metric) / d activation} for
-    grad_names, m_clean [batch], m_corrupted [batch]). The corrupted run caches with keep_grad and
+    Returns (clean cache of names, corrupted cache of names and grad_names (detached), {name:
+    d mean(metric) / d activation} for grad_names, m_clean [batch], m_corrupted [batch]). The corrupted run caches with keep_grad and
     differentiates with autograd.grad, so parameters' .grad are never touched. Its graph is rooted at
     a leaf made from hook_embed (the weights may not require grad); nothing else is detached, so the
     gradient at an early point still flows through every later one."""
@@ -105,7 +106,8 @@ def _runs(model, clean: Tensor, corrupted: Tensor, metric: Callable, names: list
         m_clean = _metric_values(metric, clean_logits, len(clean))
     with torch.enable_grad():
         leaf = [("hook_embed", lambda x, hook: x.detach().requires_grad_(True))]
-        logits, cache = model.run_with_cache(corrupted, names_filter=names, fwd_hooks=leaf, keep_grad=True)
+        extra = [n for n in grad_names if n not in names]  # gradients only: the clean run need not cache them
+        logits, cache = model.run_with_cache(corrupted, names_filter=names + extra, fwd_hooks=leaf, keep_grad=True)
         m_corr = _metric_values(metric, logits, len(corrupted))
         grads = torch.autograd.grad(m_corr.mean(), [cache[n] for n in grad_names], allow_unused=True)
     grads = {n: torch.zeros_like(cache[n]) if g is None else g for n, g in zip(grad_names, grads)}
@@ -156,13 +158,10 @@ class _Stop(Exception):
     pass
 
 
-def _pattern_of(model, resid: Tensor, layer: int, hooks: list, extra: str | None = None):
+def _pattern_of(model, resid: Tensor, layer: int, hooks: list) -> Tensor:
     """Runs block `layer` alone on resid [rows, pos, d_model] with hooks, stopping at its pattern;
-    -> (pattern [rows, head, q_pos, k_pos], the activation `extra` of the same run or None)."""
+    -> pattern [rows, head, q_pos, k_pos]."""
     seen = {}
-
-    def keep(x, hook):
-        seen[hook.name] = x
 
     def stop(x, hook):
         seen[hook.name] = x
@@ -170,10 +169,9 @@ def _pattern_of(model, resid: Tensor, layer: int, hooks: list, extra: str | None
 
     pattern = get_act_name("pattern", layer)
     try:
-        model.run_with_hooks(resid, start_at_layer=layer, fwd_hooks=[*hooks, *([(extra, keep)] if extra else []),
-                                                                    (pattern, stop)])
+        model.run_with_hooks(resid, start_at_layer=layer, fwd_hooks=[*hooks, (pattern, stop)])
     except _Stop:
-        return seen[pattern], seen.get(extra)
+        return seen[pattern]
     raise RuntimeError(f"{pattern} never fired")
 
 
@@ -196,6 +194,10 @@ def atp_star_qk_fix(model, clean_tokens: Tensor, corrupted_tokens: Tensor, metri
     kinds = ("q", "k")
     names = [get_act_name(p, l) for l in range(L) for p in ("z", "q", "k", "pattern", "result", "resid_pre")]
     grad_names = [get_act_name(p, l) for l in range(L) for p in ("z", "q", "k", "pattern")]
+    # The gradient at each receiver head's own copy of its query (key) input is what plain AtP's chain
+    # rule sends through that head's query (key): the term an edge's exact estimate replaces.
+    input_names = {(r, p): get_act_name(f"{p}_input", r) for r in range(1, L) for p in kinds}
+    grad_names += list(input_names.values())
     with torch.enable_grad():
         clean_cache, corr, grads, m_clean, m_corr = _runs(model, clean, corrupted, metric, names, grad_names)
 
@@ -214,7 +216,7 @@ def atp_star_qk_fix(model, clean_tokens: Tensor, corrupted_tokens: Tensor, metri
         for p in kinds:
             name = get_act_name(p, l)
             source = clean_cache[name]
-            pattern, _ = _pattern_of(model, corr[get_act_name("resid_pre", l)], l,
+            pattern = _pattern_of(model, corr[get_act_name("resid_pre", l)], l,
                                      [(name, lambda x, hook, s=source: s)])
             node[p][l] = exact_minus_base(pattern, l)[0]
 
@@ -234,10 +236,10 @@ def atp_star_qk_fix(model, clean_tokens: Tensor, corrupted_tokens: Tensor, metri
                 return x + d[:, :, None, :]
 
             for i, p in enumerate(kinds):
-                point, name = get_act_name(f"{p}_input", r), get_act_name(p, r)
-                pattern, patched = _pattern_of(model, resid.repeat(len(chunk), 1, 1), r, [(point, add)], name)
+                pattern = _pattern_of(model, resid.repeat(len(chunk), 1, 1), r, [(input_names[r, p], add)])
                 exact = exact_minus_base(pattern, r)  # [n, head]
-                linear = ((patched.view(len(chunk), B, *patched.shape[1:]) - corr[name]) * grads[name]).sum((1, 2, 4))
+                linear = torch.einsum("nbpd,bpgd->ng", delta.view(len(chunk), B, *delta.shape[1:]),
+                                      grads[input_names[r, p]])  # [n, receiver head]
                 for j, (l, h) in enumerate(chunk):
                     edges[l, h, r, :, i] = exact[j]
                     edges_linear[l, h, r, :, i] = linear[j]

@@ -60,15 +60,15 @@ def patched_metric(model, point: str, layer: int, head: int, pos=None) -> float:
     return float(METRIC(model.run_with_hooks(CORRUPTED, fwd_hooks=[(name, hook)])).mean())
 
 
-def edge_metric(model, sender: tuple, kind: str, layer: int, head: int) -> float:
+def edge_metric(model, sender: tuple, kind: str, layer: int, head: int, scale: float = 1.0) -> float:
     """Exact edge patch (as TL's get_act_patch_direct_path): corrupted run, the sender's output change
-    added to one receiver head's own copy of its q or k input."""
+    (times scale) added to one receiver head's own copy of its q or k input."""
     result = minitx.get_act_name("result", sender[0])
     delta = [model.run_with_cache(t, names_filter=result)[1][result][:, :, sender[1]] for t in (CLEAN, CORRUPTED)]
 
     def add(x, _):
         x = x.clone()
-        x[:, :, head] += delta[0] - delta[1]
+        x[:, :, head] += scale * (delta[0] - delta[1])
         return x
 
     point = minitx.get_act_name(f"{kind}_input", layer)
@@ -105,6 +105,18 @@ def test_linear_case_qk_fix_equals_patching_for_last_layer_queries_keys_and_edge
         for (sl, sh), rh, i in [((0, 1), 2, 0), ((1, 3), 0, 1), ((0, 0), 3, 1), ((1, 0), 1, 0)]:
             exact = edge_metric(model, (sl, sh), "qk"[i], L - 1, rh) - base
             assert_close(fixed.edges[sl, sh, L - 1, rh, i], torch.tensor(exact, dtype=torch.float64), **EXACT)
+
+
+def test_qk_fix_subtracts_the_edge_term_plain_atp_counts(model):
+    """edges_linear is plain AtP's term for the path sender -> receiver's query (key): the derivative of
+    the metric along that edge alone, at the corrupted run. Checked by central differences, which use
+    forward patching only (layer norms included, nothing linearised by hand)."""
+    fixed = atp_star_qk_fix(model, CLEAN, CORRUPTED, METRIC)
+    eps = 1e-4
+    for (sl, sh), kind, rl, rh in [((0, 1), "k", 1, 2), ((0, 3), "q", 2, 0), ((1, 2), "k", 2, 3), ((0, 0), "q", 1, 1)]:
+        up, down = (edge_metric(model, (sl, sh), kind, rl, rh, scale) for scale in (eps, -eps))
+        derivative = torch.tensor((up - down) / (2 * eps), dtype=torch.float64)
+        assert_close(fixed.edges_linear[sl, sh, rl, rh, "qk".index(kind)], derivative, atol=1e-9, rtol=1e-5)
 
 
 def test_qk_fix_bookkeeping(model):
