@@ -48,7 +48,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from minitx.metrics import metric_name
+from minitx.metrics import check_count, metric_name
 from minitx.model import get_act_name
 from minitx.patching import HEAD_LIKE, RESID_LIKE, check_same_shape
 
@@ -109,6 +109,9 @@ def _runs(model, clean: Tensor, corrupted: Tensor, metric: Callable, names: list
         extra = [n for n in grad_names if n not in names]  # gradients only: the clean run need not cache them
         logits, cache = model.run_with_cache(corrupted, names_filter=names + extra, fwd_hooks=leaf, keep_grad=True)
         m_corr = _metric_values(metric, logits, len(corrupted))
+        if not m_corr.requires_grad:
+            raise ValueError("the metric must be differentiable in the logits: its value on the corrupted run "
+                             "carries no gradient (an argmax, a comparison, .item() or .detach() inside?)")
         grads = torch.autograd.grad(m_corr.mean(), [cache[n] for n in grad_names], allow_unused=True)
     grads = {n: torch.zeros_like(cache[n]) if g is None else g for n, g in zip(grad_names, grads)}
     corr_cache = {n: x.detach() for n, x in cache.items()}
@@ -189,6 +192,7 @@ def atp_star_qk_fix(model, clean_tokens: Tensor, corrupted_tokens: Tensor, metri
     scores["z"] = plain["z"] + (edges - edges_linear).sum((2, 3, 4)).
     Cost: 2 forwards + 1 backward, plus per layer 2 single-layer forwards for the q/k nodes and
     2 per later layer over (earlier heads x batch) rows, chunked to at most max_rows rows."""
+    check_count(max_rows, "max_rows", "the most rows (senders x batch) one forward may hold")
     clean, corrupted = _check_inputs(model, clean_tokens, corrupted_tokens, ())
     L, H, B = model.cfg.n_layer, model.cfg.n_head, len(clean)
     kinds = ("q", "k")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from minitx.metrics import check_integers
+from minitx.metrics import check_count, check_integers
 from minitx.model import Transformer
 
 HEAD_PATTERNS = ("previous_token_head", "duplicate_token_head", "induction_head")
@@ -182,6 +182,7 @@ def induction_scores(model: Transformer, n: int = 50, batch: int = 10, seed: int
     """
     if exclude_bos and not prepend_bos:
         raise ValueError("exclude_bos=True needs prepend_bos=True: without BOS, position 0 is a real token")
+    check_count(n, "n", "the number of random tokens in each half")
     o = int(prepend_bos)
     if 2 * n + o > model.cfg.n_ctx:
         raise ValueError(f"n={n} gives {2 * n + o} positions but the model has n_positions={model.cfg.n_ctx}")

@@ -64,6 +64,8 @@ def _positions(positions, seq_len: int) -> Tensor:
         return torch.arange(seq_len)
     check_integers(positions, "positions", POSITIONS)
     pos = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
+    if not len(pos):
+        raise ValueError(f"positions is empty; give None (all) or at least one of -{seq_len}..{seq_len - 1}")
     bad = pos[(pos < -seq_len) | (pos >= seq_len)]
     if len(bad):
         raise ValueError(f"position {int(bad[0])} is out of range; allowed -{seq_len}..{seq_len - 1}")

@@ -51,6 +51,12 @@ def check_integers(value, what: str, allowed: str) -> None:
         raise TypeError(f"{what} must be {allowed}, got {describe(value)}")
 
 
+def check_count(value, what: str, meaning: str) -> None:
+    """ValueError unless value is an int >= 1 (not a bool, a float or a string)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{what}={value!r}: {meaning}, an int >= 1")
+
+
 def _per_prompt(value: int | Tensor, batch: int, what: str, kind: str) -> Tensor:
     """An int, or an integer tensor [batch] -> LongTensor [batch] (one value per prompt); kind: "" or "token id"."""
     if isinstance(value, bool) or not isinstance(value, (int, Tensor)):

@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from minitx.metrics import Metric, check_integers, describe, metric_name, normalized, resolve_pos
+from minitx.metrics import Metric, check_count, check_integers, describe, metric_name, normalized, resolve_pos
 from minitx.model import get_act_name, point_names
 
 RESID_LIKE = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
@@ -125,14 +125,20 @@ def position_mask(positions, batch: int, n_pos: int) -> Tensor:
     return torch.zeros(batch, n_pos, dtype=torch.bool).scatter_(1, flat, True)
 
 
-def gaussian_noise_embeddings(model, tokens: Tensor, positions, std_factor: float = 3.0, seed: int = 0) -> Corruption:
+def gaussian_noise_embeddings(model, tokens: Tensor, positions, std_factor: float = 3.0, seed: int = 0,
+                              reference_tokens: Tensor | None = None) -> Corruption:
     """Returns a Corruption: `tokens` with N(0, std^2) noise added to hook_embed at `positions`.
 
-    Meng et al. 2022 (ROME) causal tracing: std = std_factor (3) x the std of the token embeddings,
-    here taken over W_E. Off-distribution (Zhang & Nanda 2023); prefer token replacement."""
+    Meng et al. 2022 (ROME) causal tracing: std = std_factor (3) x the std of the token embeddings over
+    a text set, here the embeddings of `reference_tokens` (default: `tokens` themselves), not all of W_E,
+    whose unused rows (never trained, or zero in a small model) would shrink it. Off-distribution
+    (Zhang & Nanda 2023); prefer token replacement."""
     tokens = _2d(tokens)
+    if isinstance(std_factor, bool) or not isinstance(std_factor, (int, float)) or not std_factor > 0:
+        raise ValueError(f"std_factor={std_factor!r}: the noise std in units of the embeddings' std, a number > 0")
     mask = position_mask(positions, *tokens.shape)
-    std = std_factor * float(model.W_E.detach().float().std())
+    reference = tokens if reference_tokens is None else model._check_tokens(reference_tokens)
+    std = std_factor * float(model.W_E.detach()[reference.reshape(-1).to(model.W_E.device)].float().std())
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(*tokens.shape, model.cfg.d_model, generator=g) * std * mask[..., None]
     noise = noise.to(model.W_E.dtype).to(model.W_E.device)
@@ -361,6 +367,7 @@ def activation_patching(model, clean: Tensor, corrupted, metric: Callable, point
     [batch, pos, d_vocab] -> [batch]; a metrics.Metric is unembedded at its position only.
     max_rows bounds the rows of one forward (patches x batch).
     Meng et al. 2022 (ROME); Zhang & Nanda 2023; Heimersheim & Nanda 2024; axes as TL's get_act_patch_*."""
+    check_count(max_rows, "max_rows", "the most rows (patches x batch) one forward may hold")
     clean, corrupted = _prepare(model, clean, corrupted, direction)
     B, T = clean.tokens.shape
     L, H = model.cfg.n_layer, model.cfg.n_head

@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from minitx.metrics import metric_name, normalized
+from minitx.metrics import check_count, metric_name, normalized
 from minitx.model import get_act_name
 from minitx.patching import check_same_shape, final_resid, metric_blocks, position_mask, _check_metric, _2d
 
@@ -88,8 +88,8 @@ def _as_list(x, single: Callable) -> list:
         return [x]
 
 
-def _is_single_sender(s) -> bool:
-    return s == "embed" or (isinstance(s, tuple) and len(s) == 2 and (s[0] == "mlp" or isinstance(s[0], int)))
+def _is_single_sender(s) -> bool:  # a tuple of ints or ("mlp", l) is one sender, validated whole
+    return s == "embed" or (isinstance(s, tuple) and len(s) > 0 and (s[0] == "mlp" or isinstance(s[0], int)))
 
 
 def _is_single_receiver(r) -> bool:
@@ -241,6 +241,7 @@ def path_patch_senders(model, x_orig: Tensor, x_new: Tensor, receivers, metric: 
     Each sender is its own experiment; experiments run side by side along the batch axis, up to
     max_rows rows per forward, each pass C starting at its sender's layer from the cached x_orig.
     Wang et al. 2022 (IOI), App. B; the sweep of their Fig. 3b (receiver "logits") and Fig. 4b/5b (q/v)."""
+    check_count(max_rows, "max_rows", "the most rows (senders x batch) one forward may hold")
     L, H = model.cfg.n_layer, model.cfg.n_head
     grid = senders is None
     senders = [(l, h) for l in range(L) for h in range(H)] if grid else list(senders)
@@ -256,7 +257,7 @@ def direct_path_patch(model, clean: Tensor, corrupted: Tensor, sender: tuple[int
                       metric: Callable) -> Tensor:
     """Returns a 0-d denoising score for one edge: TL 4.3's get_act_patch_direct_path (METHODS.md §2.3).
 
-    Runs `corrupted`; adds (z_clean - z_corr)[sender] @ W_O[sender] at every position to the receiver
+    Runs `corrupted`; adds the sender's write (hook_result, z W_O) clean minus corrupted at every position to the receiver
     head's own pre-LN copy of its q/k/v input only (hook_{q,k,v}_input); nothing is frozen, LN is
     recomputed on the copy. Not equal to Wang et al. path patching (different baseline, no freezing,
     no MLP-mediated paths). Score = (m - m_corr)/(m_clean - m_corr); 0 when receiver layer <= sender layer."""
@@ -270,13 +271,13 @@ def direct_path_patch(model, clean: Tensor, corrupted: Tensor, sender: tuple[int
         raise ValueError(f"direct_path_patch receivers are ('q'|'k'|'v', layer, head); got {receiver!r}")
     clean, corrupted = _2d(clean), _2d(corrupted)
     check_same_shape(clean, corrupted)
-    zname = get_act_name("z", sl)
-    logits_c, cache_c = model.run_with_cache(clean, names_filter=zname)
-    logits_x, cache_x = model.run_with_cache(corrupted, names_filter=zname)
+    write = get_act_name("result", sl)  # each head's own write into the residual stream
+    logits_c, cache_c = model.run_with_cache(clean, names_filter=write)
+    logits_x, cache_x = model.run_with_cache(corrupted, names_filter=write)
     m_c, m_x = metric(logits_c), metric(logits_x)
     if rl <= sl:
         return normalized(m_x, m_c, m_x)
-    delta = (cache_c[zname] - cache_x[zname])[:, :, sh] @ model.W_O[sl, sh]  # [batch, pos, d_model]
+    delta = (cache_c[write] - cache_x[write])[:, :, sh]  # [batch, pos, d_model]
 
     def add(x, _):
         x = x.clone()

@@ -171,13 +171,25 @@ def test_unequal_lengths_raise_naming_lengths_and_positions(model):
         P.activation_patching(model, CLEAN, CORRUPTED, METRIC, "pattern", "pos")
 
 
+def test_gaussian_noise_scale_is_the_std_of_the_embeddings_of_a_text_set(model):
+    """ROME's nu = 3 x the std of token embeddings over text: rows no text uses must not count."""
+    text = torch.tensor([[5, 9, 2, 5, 9, 14]])
+    with torch.no_grad():
+        sparse = random_model(vocab_size=257)
+        sparse.W_E[20:] = 0  # as a small model's never-used rows
+    noisy = P.gaussian_noise_embeddings(sparse, CLEAN % 20, [0, 1, 2, 3, 4], reference_tokens=text, seed=1)
+    expected = 3 * float(sparse.W_E[text].std())
+    assert expected > 2.5 * 3 * float(sparse.W_E.std())  # the whole table would give a much smaller scale
+    assert noisy.name == f"gaussian_noise(std={expected:.3g})"
+
+
 def test_gaussian_noise_embeddings(model):
     noisy = P.gaussian_noise_embeddings(model, CLEAN, [1, 2], seed=3)
     _, clean_cache = model.run_with_cache(CLEAN, names_filter="hook_embed")
     _, noisy_cache = model.run_with_cache(CLEAN, names_filter="hook_embed", fwd_hooks=list(noisy.fwd_hooks))
     diff = noisy_cache["hook_embed"] - clean_cache["hook_embed"]
     assert (diff[:, [0, 3, 4]] == 0).all() and (diff[:, [1, 2]] != 0).all()
-    assert float(diff[:, [1, 2]].std()) == pytest.approx(3 * float(model.W_E.std()), rel=0.15)
+    assert float(diff[:, [1, 2]].std()) == pytest.approx(3 * float(model.W_E[CLEAN].std()), rel=0.15)
     res = P.activation_patching(model, CLEAN, noisy, METRIC, "resid_pre", "pos", max_rows=4)
     assert_close(res.per_prompt, reference(model, res, CLEAN, noisy, METRIC, "denoising"), **EXACT)
     assert_close(res.raw[:, 0], torch.full((2,), res.corrupted), **EXACT)  # before the noise: no-op
