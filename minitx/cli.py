@@ -464,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--prepend-bos", action=argparse.BooleanOptionalAction, default=True, help=BOS_HELP)
     p.add_argument("--out", default="minitx-demo", help="folder for report.md and the PNGs (default ./minitx-demo)")
-    p.add_argument("--n", type=int, default=20, help="random tokens per copy, fixture tour (default 20)")
+    p.add_argument("--n", type=int, default=12, help="random tokens per copy, fixture tour (default 12)")
     p.add_argument("--batch", type=int, default=8, help="random sequences, fixture tour (default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random tokens (default 0)")
     p.set_defaults(func=cmd_demo)

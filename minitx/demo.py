@@ -10,7 +10,7 @@ Every number in the report comes from a library call made here (minitx.heads, .p
 Two tours, chosen by the vocabulary:
 - a small model with its own id vocabulary (the shipped fixture `weights/induction-2l`: vocab 64 + BOS):
   (1) head roles on repeated random tokens [BOS] + r + r; (2) noising each head with the first copy
-  replaced, and path patching of the main layer-0 head into the induction head's q/k/v and the logits,
+  replaced, and path patching of the top previous-token head into the induction head's q/k/v and the logits,
   answering one hypothesis; (3) the logit lens on a repeated sequence.
 - a GPT-2-vocabulary model (the shipped `weights/english-6l`, or `--model gpt2`): the logit lens on
   "The cat sat on the" -> " mat"; head roles on repeated word sequences; the role swap "The cat chased
@@ -273,8 +273,10 @@ def _induction_demo(model, vocab: Vocab, out: Path, n: int, batch: int, seed: in
         md.append("Path patching needs a head in a later layer; this model has one layer, so it is skipped.\n")
         r["path"] = {}
     else:
-        main = (0, int(noise.scores[0].nan_to_num(float("inf")).argmin()))  # the layer-0 head whose loss hurts most
         li, hi = ind_head
+        # The textbook hypothesis is about the previous-token head found above; the head whose noising hurts
+        # most may be another one (a current-token head feeding the values), which would test something else.
+        main = prev_head if prev_head[0] < li else (0, int(prev[0].argmax()))
         path, removed = {}, {}
         for name, receiver in (("q", ("q", li, hi)), ("k", ("k", li, hi)), ("v", ("v", li, hi)), ("logits", "logits")):
             result = PP.path_patch(model, clean, corrupted, main, receiver, metric)
@@ -291,8 +293,8 @@ def _induction_demo(model, vocab: Vocab, out: Path, n: int, batch: int, seed: in
                     f"queries {_pct(removed['q'])}, values {_pct(removed['v'])} (directly to the logits: "
                     f"{_pct(removed['logits'])}). Verdict: {verdict}.")
         r.update(main_l0_head=main, path=path, path_removed=removed, hypothesis=sentence, verdict=verdict)
-        md += [f"**Hypothesis.** Head {main[0]}.{main[1]}, the layer-0 head whose noising hurts most (previous-token "
-               f"score {float(prev[main]):.2f}), acts as the previous-token half of an induction circuit: it tells "
+        md += [f"**Hypothesis.** Head {main[0]}.{main[1]}, the top previous-token head (score "
+               f"{float(prev[main]):.2f}; noising it removes {_pct(1 - noise.scores[main])}), acts as the previous-token half of an induction circuit: it tells "
                f"induction head {li}.{hi} which key follows the earlier occurrence, so it should act through that "
                "head's **keys** (K-composition, Elhage et al. 2021).\n",
                f"Path patching (Wang et al. 2022, App. B): the sender {main[0]}.{main[1]} takes its corrupted output; "
@@ -539,7 +541,7 @@ def check_demo_args(n, batch, flags: bool = False) -> None:
         raise ValueError(f"{name_batch}{batch!r}: the number of random sequences must be at least 1")
 
 
-def run_demo(model, out_dir, *, n: int = 20, batch: int = 8, seed: int = 0, prepend_bos: bool = True,
+def run_demo(model, out_dir, *, n: int = 12, batch: int = 8, seed: int = 0, prepend_bos: bool = True,
              log: Callable[[str], None] | None = _stderr) -> dict:
     """Writes report.md and PNG figures into out_dir; returns the numbers reported (library tensors as returned).
 
