@@ -62,8 +62,11 @@ def test_dla_sums_to_logit_and_logit_difference(model, bias):
     L, H = model.cfg.n_layer, model.cfg.n_head
     assert diff.heads.shape == (L, H, 3)
     assert_close(diff.heads[1, 3], diff.contributions[diff.labels.index("1.3")])
-    # Frozen scale: each component's attribution is linear in it, so they add like the components do.
-    assert_close(diff.bias_term, (model.W_U[:, answer].T - model.W_U[:, wrong]) @ model.ln_final.b)
+    # The bias term is what the logits hold once the stream's own share is gone: with ln_final's scale
+    # replaced by a huge one, the normalised stream is ~0 and only beta_f W_U is left.
+    huge = [("ln_final.hook_scale", lambda scale, hook: torch.full_like(scale, 1e30))]
+    only_bias = model.run_with_hooks(tokens, fwd_hooks=huge)[torch.arange(3), pos]
+    assert_close(diff.bias_term, only_bias[torch.arange(3), answer] - only_bias[:, wrong], atol=1e-5, rtol=1e-5)
 
 
 def test_errors(model):
