@@ -1,0 +1,117 @@
+"""Parity with TransformerLens 4.x on the same weights (METHODS.md §1.6 item 6, §5.6 item 2).
+
+TransformerLens is an optional peer, never a dependency: these tests skip unless it imports, e.g.
+    python3 -m venv --system-site-packages .venv-tl && .venv-tl/bin/pip install transformer_lens==4.3.0
+    .venv-tl/bin/python -m pytest tests/test_transformer_lens_parity.py
+TransformerLens runs its own code end to end: its bridge wraps a transformers GPT-2 loaded from the
+checkpoint minitx saved (with GPT-2's tokenizer files beside it), its get_act_patch_* functions run one
+hooked forward per patch, and its head detector tokenizes the text itself (prepending BOS).
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+import minitx
+from minitx import heads, metrics, patching
+from tests.conftest import random_model
+
+tl_patching = pytest.importorskip("transformer_lens.patching")
+tl_heads = pytest.importorskip("transformer_lens.head_detector")
+
+PROMPTS = ["When Mary and John went to the store, John gave a drink to",
+           "When Tom and Anna went to the park, Anna gave a ball to"]
+CORRUPTED = ["When Mary and John went to the store, Mary gave a drink to",
+             "When Tom and Anna went to the park, Tom gave a ball to"]
+TEXT = "When Mary and John went to the store, John gave a drink to Mary. When Mary and John went"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    from transformer_lens.model_bridge import TransformerBridge
+    ours = random_model(vocab_size=50257, n_layer=2, n_head=4, n_embd=64, n_positions=64)
+    directory = tmp_path_factory.mktemp("checkpoint")
+    ours.save_pretrained(directory)
+    source = Path(minitx.__file__).parent / "data" / "gpt2"  # GPT-2's files, under transformers' names
+    shutil.copy(source / "encoder.json", directory / "vocab.json")
+    shutil.copy(source / "vocab.bpe", directory / "merges.txt")
+    (directory / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "GPT2Tokenizer", **dict.fromkeys(["bos_token", "eos_token", "unk_token"], "<|endoftext|>")}))
+    theirs = TransformerBridge.boot_transformers(str(directory), device="cpu", dtype=torch.float32).eval()
+    return ours, theirs
+
+
+@pytest.fixture(scope="module")
+def pair():
+    tok = minitx.Tokenizer.default()
+    clean, corrupted = tok.to_tokens(PROMPTS, prepend_bos=True), tok.to_tokens(CORRUPTED, prepend_bos=True)
+    assert clean.shape == corrupted.shape
+    answer = torch.tensor([tok.to_single_token(" Mary"), tok.to_single_token(" Tom")])
+    wrong = torch.tensor([tok.to_single_token(" John"), tok.to_single_token(" Anna")])
+    return clean, corrupted, metrics.logit_diff_metric(answer, wrong)
+
+
+def test_same_tokens_and_logits(models, pair):
+    ours, theirs = models
+    clean, _, _ = pair
+    assert torch.equal(theirs.to_tokens(PROMPTS[0]), clean[:1])
+    assert_close(theirs(clean), ours(clean), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("point, by, tl_name", [
+    ("resid_pre", "pos", "get_act_patch_resid_pre"),
+    ("attn_out", "pos", "get_act_patch_attn_out"), ("mlp_out", "pos", "get_act_patch_mlp_out"),
+    ("z", "all", "get_act_patch_attn_head_out_all_pos"), ("z", "pos", "get_act_patch_attn_head_out_by_pos"),
+    ("q", "all", "get_act_patch_attn_head_q_all_pos"), ("k", "pos", "get_act_patch_attn_head_k_by_pos"),
+    ("v", "all", "get_act_patch_attn_head_v_all_pos"), ("pattern", "all", "get_act_patch_attn_head_pattern_all_pos"),
+])
+def test_activation_patching_equals_get_act_patch(models, pair, point, by, tl_name):
+    """Same axes, same order, same raw metric (denoising: corrupted run, clean activations)."""
+    ours, theirs = models
+    clean, corrupted, metric = pair
+    _, clean_cache = theirs.run_with_cache(clean)
+    expected = getattr(tl_patching, tl_name)(theirs, corrupted, clean_cache, lambda logits: metric(logits).mean())
+    result = patching.activation_patching(ours, clean, corrupted, metric, point, by=by)
+    assert result.raw.shape == expected.shape
+    assert_close(result.raw, expected.to(result.raw.dtype), atol=1e-4, rtol=0)
+    assert float((expected - result.corrupted).abs().max()) > 1e-3  # the patches do something
+
+
+def test_transformer_lens_resid_mid_patch_reaches_only_the_mlp(models, pair):
+    """A difference found here: TransformerLens 4.3's bridge applies a patch of hook_resid_mid to the MLP's
+    input only; the residual stream that goes on to resid_post keeps the corrupted value. Its grid equals
+    minitx patching hook_mlp_in, and patching the last layer's resid_mid at the last position does not
+    give the clean logits there, as it must by definition (resid_post = resid_mid + MLP(resid_mid))."""
+    ours, theirs = models
+    clean, corrupted, metric = pair
+    _, clean_cache = theirs.run_with_cache(clean)
+    tl_grid = tl_patching.get_act_patch_resid_mid(theirs, corrupted, clean_cache, lambda logits: metric(logits).mean())
+    ours_grid = patching.activation_patching(ours, clean, corrupted, metric, "resid_mid", by="pos")
+    last = (ours.cfg.n_layer - 1, clean.shape[1] - 1)
+    assert ours_grid.raw[last] == pytest.approx(ours_grid.clean, abs=1e-5)
+    if abs(float(tl_grid[last]) - ours_grid.clean) < 1e-4:
+        pytest.fail("TransformerLens now patches resid_mid as the residual stream: move resid_mid to the parity table")
+    _, resid_mid = ours.run_with_cache(clean, names_filter=lambda name: name.endswith("hook_resid_mid"))
+    mlp_in_grid = torch.empty_like(ours_grid.raw)
+    for layer, pos in torch.cartesian_prod(*map(torch.arange, mlp_in_grid.shape)).tolist():
+        def restore(x, hook, layer=layer, pos=pos):
+            x = x.clone()
+            x[:, pos] = resid_mid[f"blocks.{layer}.hook_resid_mid"][:, pos]
+            return x
+        patched = ours.run_with_hooks(corrupted, fwd_hooks=[(f"blocks.{layer}.hook_mlp_in", restore)])
+        mlp_in_grid[layer, pos] = metric(patched).mean()
+    assert_close(tl_grid.to(mlp_in_grid.dtype), mlp_in_grid, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["previous_token_head", "duplicate_token_head", "induction_head"])
+@pytest.mark.parametrize("options", [dict(), dict(exclude_bos=True), dict(exclude_current_token=True),
+                                     dict(error_measure="abs"), dict(error_measure="abs", exclude_bos=True)])
+def test_detect_head_equals_transformer_lens(models, name, options):
+    ours, theirs = models
+    expected = tl_heads.detect_head(theirs, TEXT, name, **options)
+    tokens = minitx.Tokenizer.default().to_tokens(TEXT, prepend_bos=True)  # TL prepends BOS itself
+    assert_close(heads.detect_head(ours, tokens, name, **options), expected, atol=1e-6, rtol=0)
