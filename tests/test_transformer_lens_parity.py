@@ -5,7 +5,8 @@ TransformerLens is an optional peer, never a dependency: these tests skip unless
     .venv-tl/bin/python -m pytest tests/test_transformer_lens_parity.py
 TransformerLens runs its own code end to end: its bridge wraps a transformers GPT-2 loaded from the
 checkpoint minitx saved (with GPT-2's tokenizer files beside it), its get_act_patch_* functions run one
-hooked forward per patch, and its head detector tokenizes the text itself (prepending BOS).
+hooked forward per patch, its head detector tokenizes the text itself (prepending BOS), and its
+direct-path patching, logit lens and attribution patching run their own hooks and autograd.
 """
 
 import json
@@ -17,7 +18,7 @@ import torch
 from torch.testing import assert_close
 
 import minitx
-from minitx import heads, metrics, patching
+from minitx import attribution, heads, lens, metrics, patching, path_patching
 from tests.conftest import random_model
 
 tl_patching = pytest.importorskip("transformer_lens.patching")
@@ -115,3 +116,52 @@ def test_detect_head_equals_transformer_lens(models, name, options):
     expected = tl_heads.detect_head(theirs, TEXT, name, **options)
     tokens = minitx.Tokenizer.default().to_tokens(TEXT, prepend_bos=True)  # TL prepends BOS itself
     assert_close(heads.detect_head(ours, tokens, name, **options), expected, atol=1e-6, rtol=0)
+
+
+def test_direct_path_patch_equals_get_act_patch_direct_path(models, pair):
+    """METHODS §2.3: one sender's clean-minus-corrupted write added to one receiver head's q/k/v input copy."""
+    ours, theirs = models
+    clean, corrupted, metric = pair
+    _, clean_cache = theirs.run_with_cache(clean)
+    _, corrupted_cache = theirs.run_with_cache(corrupted)
+    m_clean, m_corrupted = float(metric(ours(clean)).mean()), float(metric(ours(corrupted)).mean())
+    for sender, kind in [((0, 2), "k"), ((0, 0), "q"), ((0, 3), "v")]:
+        raw = tl_patching.get_act_patch_direct_path(theirs, corrupted, clean_cache, corrupted_cache,
+                                                    lambda logits: metric(logits).mean(), *sender, kind, verbose=False)
+        expected = (raw[1] - m_corrupted) / (m_clean - m_corrupted)  # [head] of layer 1, normalised
+        got = torch.stack([path_patching.direct_path_patch(ours, clean, corrupted, sender, (kind, 1, h), metric)
+                           for h in range(ours.cfg.n_head)])
+        assert_close(got, expected.to(got.dtype), atol=1e-4, rtol=0)
+
+
+def test_logit_lens_equals_transformer_lens(models, pair):
+    from transformer_lens.tools.analysis.logit_lens import logit_lens as tl_logit_lens
+    ours, theirs = models
+    clean, _, _ = pair
+    expected = tl_logit_lens(theirs, clean, positions=None)  # every position, each layer's own LN statistics
+    result = lens.logit_lens(ours, clean)
+    assert len(result.labels) == len(expected.labels)
+    assert_close(result.logits, expected.values.to(result.logits.dtype), atol=1e-4, rtol=0)
+
+
+def test_attribution_patching_equals_transformer_lens(models, pair):
+    """Node AtP, denoising (gradient on the corrupted run). TransformerLens scores each pair alone and
+    averages; minitx differentiates the batch mean: the same number. The answer is one id for every
+    prompt because TransformerLens hands the metric one prompt's logits without saying which."""
+    from transformer_lens.tools.analysis.attribution_patching import attribution_patch
+    ours, theirs = models
+    clean, corrupted, _ = pair
+    tok = minitx.Tokenizer.default()
+    metric = metrics.logit_diff_metric(tok.to_single_token(" Mary"), tok.to_single_token(" John"))
+    expected = attribution_patch(theirs, clean, corrupted, lambda logits: metric(logits).mean()).node_scores
+    result = attribution.attribution_patching(ours, clean, corrupted, metric, points=("z", "mlp_out"))
+    heads_by_pos = torch.zeros_like(result.by_pos["z"])  # [layer, pos, head]
+    mlp_by_pos = torch.zeros_like(result.by_pos["mlp_out"])  # [layer, pos]
+    for node, score in expected.items():
+        if node.kind == "attn_head_out":
+            heads_by_pos[node.layer, node.position, node.head] = score
+        elif node.kind == "mlp_out":
+            mlp_by_pos[node.layer, node.position] = score
+    assert_close(result.by_pos["z"], heads_by_pos, atol=1e-5, rtol=1e-4)
+    assert_close(result.by_pos["mlp_out"], mlp_by_pos, atol=1e-5, rtol=1e-4)
+    assert float(heads_by_pos.abs().max()) > 1e-3
