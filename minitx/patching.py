@@ -295,6 +295,15 @@ def _run(model, c: Corruption, names: list[str], metric: Callable, batch: int):
     return metric_blocks(model, final, metric, batch)[0], cache
 
 
+def _shared_prefix(clean: Corruption, corrupted: Corruption) -> int:
+    """The number of leading positions where every prompt's clean and corrupted tokens agree (0 when a
+    corruption is not plain tokens: hooks or stored values may differ anywhere)."""
+    if corrupted.tokens is None or corrupted.fwd_hooks:
+        return 0
+    differ = (clean.tokens != corrupted.tokens).any(0).nonzero()
+    return int(differ[0, 0]) if len(differ) else clean.tokens.shape[1]
+
+
 def _positions(x: Tensor, point: str, first: int, end: int | None = None) -> Tensor:
     """An activation cut to positions first..end-1: the query axis of a pattern (its keys: 0..end-1)."""
     return x[:, :, first:end, :end] if point == "pattern" else x[:, first:end]
@@ -376,12 +385,15 @@ def activation_patching(model, clean: Tensor, corrupted, metric: Callable, point
     resid = [f"blocks.{l}.hook_resid_pre" for l in range(L)] + [f"blocks.{L - 1}.hook_resid_post"]
     # A patch at position p changes nothing before p (causal attention), so per-position sweeps run
     # only positions p.. and read the earlier positions' keys and values from the base run's cache.
-    suffix = by == "pos" and T > 1
-    local = suffix and point in LOCAL  # ...and such a patch changes layer l itself at p only
+    # Before the first position where the prompts differ (`shared`), both runs hold the same values:
+    # a patch there changes nothing at all, and an all-position patch acts from `shared` on.
+    shared = _shared_prefix(clean, corrupted)
+    suffix = T > 1 and (by == "pos" or shared > 0)
+    local = by == "pos" and suffix and point in LOCAL  # ...and such a patch changes layer l itself at p only
     kv = [get_act_name(kind, l) for l in range(L) for kind in "kv"]
     # Patches of z, attn_out or resid_mid at every position change nothing before layer l's attention
     # output, so they start there, from resid_mid plus the patch (z's through W_O), and skip the attention.
-    from_mid = by == "all" and point in ("z", "attn_out", "resid_mid")
+    from_mid = by == "all" and shared == 0 and point in ("z", "attn_out", "resid_mid")
     mids = [f"blocks.{l}.hook_resid_mid" for l in range(L)] if from_mid else []
     wanted = sorted(set(names) | set(resid) | (set(kv) if suffix else set()) | set(mids))
     m_clean, clean_cache = _run(model, clean, wanted, metric, B)
@@ -399,9 +411,9 @@ def activation_patching(model, clean: Tensor, corrupted, metric: Callable, point
     for l in range(L):
         groups = {}  # first position a forward must compute -> its sites
         for site in (s for s in sites if s[0] == l):
-            groups.setdefault(site[1][1] if suffix else 0, []).append(site)
+            groups.setdefault(site[1][1] if by == "pos" else shared, []).append(site)
         for p, group in groups.items():
-            if p >= n_pos:  # after the read position: the metric cannot move
+            if p >= n_pos or (by == "pos" and p < shared):  # after the read position, or a no-op patch
                 for _, where, _ in group:
                     per_prompt[where] = m_base.cpu()
                 continue
@@ -415,7 +427,7 @@ def activation_patching(model, clean: Tensor, corrupted, metric: Callable, point
                                        None if W_O is None else W_O[l])
                     final = model(mid, start_at_layer=l, start_at_mid=True, stop_at_layer=L, keep_last=keep)
                 else:
-                    shifted = [(idx[0] - p, *idx[1:]) if p else idx for _, _, idx in chunk]  # positions from p on
+                    shifted = [(idx[0] - p, *idx[1:]) if by == "pos" else idx for _, _, idx in chunk]  # from p on
                     final = _patched_final(model, base, resid, l, p, n_pos, keep, len(chunk), B,
                                            (names[l], _writer(shifted, src, B)), local)
                 for (_, where, _), values in zip(chunk, metric_blocks(model, final, metric, B, read_only=bool(keep))):

@@ -134,17 +134,46 @@ def test_noising_sweep_equals_one_patch_at_a_time(model, point, by):
                                       ("k", "pos"), ("resid_pre", "pos"), ("z", "all"), ("mlp_out", "all"),
                                       ("pattern", "all")])
 @pytest.mark.parametrize("read", ["middle", "plain callable"])
-def test_sweep_shortcuts_equal_one_patch_at_a_time(point, by, read):
-    """The causal shortcuts (stop at the read position, layer l at p alone, keep_last=1 in the last block)
-    against full forwards: a Metric reading position 2 (patches after it cannot move it), and a plain
-    callable, which gets full logits."""
+@pytest.mark.parametrize("shared", [0, 2])
+def test_sweep_shortcuts_equal_one_patch_at_a_time(point, by, read, shared):
+    """The causal shortcuts (stop at the read position, layer l at p alone, keep_last=1 in the last block,
+    nothing run before the first differing position) against full forwards: a Metric reading position 2
+    (patches after it cannot move it), and a plain callable, which gets full logits; prompts that differ
+    from position 0, or share their first two tokens."""
     model = THREE_LAYERS  # so that layers run between the patched one and the last
+    corrupted = CORRUPTED.clone()
+    corrupted[:, 0] = CORRUPTED[:, 0] if shared else torch.tensor([150, 160])
     metric = M.logit_diff_metric(torch.tensor([3, 4]), torch.tensor([5, 6]), pos=2)
     if read == "plain callable":
         metric = lambda logits: M.logit_diff(logits, torch.tensor([3, 4]), torch.tensor([5, 6]), pos=-2)  # noqa: E731
     for direction in ("denoising", "noising"):
-        res = P.activation_patching(model, CLEAN, CORRUPTED, metric, point, by, direction=direction, max_rows=6)
-        assert_close(res.per_prompt, reference(model, res, CLEAN, CORRUPTED, metric, direction), **EXACT)
+        res = P.activation_patching(model, CLEAN, corrupted, metric, point, by, direction=direction, max_rows=6)
+        assert_close(res.per_prompt, reference(model, res, CLEAN, corrupted, metric, direction), **EXACT)
+
+
+def test_patches_before_the_prompts_differ_run_nothing(model):
+    """Positions before the first differing token hold the same values in both runs: the sweep scores
+    them as the baseline without a forward, and an all-position patch runs from that position on."""
+    calls = []
+    original = type(model).forward
+
+    def counting(self, tokens, *args, **kwargs):
+        calls.append(tokens.shape[1])
+        return original(self, tokens, *args, **kwargs)
+
+    type(model).forward = counting
+    try:
+        by_pos = P.activation_patching(model, CLEAN, CORRUPTED, METRIC, "resid_pre", "pos")
+        widths_by_pos, calls[:] = list(calls), []
+        P.activation_patching(model, CLEAN, CORRUPTED, METRIC, "z", "all")
+        widths_all = list(calls)
+    finally:
+        type(model).forward = original
+    assert_close(by_pos.raw[:, :2], torch.full((2, 2), by_pos.corrupted), atol=0, rtol=0)
+    assert max(widths_by_pos[2:]) <= T - 2 and max(widths_all[2:]) <= T - 2  # after the two baseline runs
+    with pytest.warns(RuntimeWarning, match="undefined"):  # clean = corrupted: no normalised score
+        identical = P.activation_patching(model, CLEAN, CLEAN, METRIC, "z", "pos")
+    assert_close(identical.raw, torch.full_like(identical.raw, identical.clean), atol=0, rtol=0)
 
 
 def test_per_prompt_positions_and_plain_callable_metrics(model):
