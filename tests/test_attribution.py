@@ -221,7 +221,7 @@ def test_fixture_atp_misses_the_previous_token_head_and_the_qk_fix_finds_it(indu
     fixed = atp_star_qk_fix(model, clean, corrupted, metric)
     assert float(exact[0, prev]) <= -0.5  # measured -0.98
     assert abs(float(atp[0, prev])) < 0.05  # measured -0.015
-    # The QK fix recovers 15% here (-0.150 of -0.978: ten times plain AtP), and not more because the
+    # The QK fix recovers 15% here (-0.147 of -0.978: ten times plain AtP), and not more because the
     # rest is the final layer norm's nonlinearity, not the softmax: with ln_final's scale frozen the
     # same estimate recovers it all (next test). Threshold set from that measurement.
     assert float(fixed.normalized("z")[0, prev]) <= -0.1
