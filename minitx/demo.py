@@ -276,7 +276,7 @@ def _induction_demo(model, vocab: Vocab, out: Path, n: int, batch: int, seed: in
         li, hi = ind_head
         # The textbook hypothesis is about the previous-token head found above; the head whose noising hurts
         # most may be another one (a current-token head feeding the values), which would test something else.
-        main = prev_head if prev_head[0] < li else (0, int(prev[0].argmax()))
+        main = prev_head if prev_head[0] < li else divmod(int(prev[:li].flatten().argmax()), n_head)
         path, removed = {}, {}
         for name, receiver in (("q", ("q", li, hi)), ("k", ("k", li, hi)), ("v", ("v", li, hi)), ("logits", "logits")):
             result = PP.path_patch(model, clean, corrupted, main, receiver, metric)

@@ -22,6 +22,7 @@ tested against.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -133,9 +134,9 @@ def gaussian_noise_embeddings(model, tokens: Tensor, positions, std_factor: floa
     a text set, here the embeddings of `reference_tokens` (default: `tokens` themselves), not all of W_E,
     whose unused rows (never trained, or zero in a small model) would shrink it. Off-distribution
     (Zhang & Nanda 2023); prefer token replacement."""
-    tokens = _2d(tokens)
-    if isinstance(std_factor, bool) or not isinstance(std_factor, (int, float)) or not std_factor > 0:
-        raise ValueError(f"std_factor={std_factor!r}: the noise std in units of the embeddings' std, a number > 0")
+    tokens = model._check_tokens(tokens)
+    if isinstance(std_factor, bool) or not isinstance(std_factor, (int, float)) or not 0 < std_factor < math.inf:
+        raise ValueError(f"std_factor={std_factor!r}: the noise std in units of the embeddings' std, a finite number > 0")
     mask = position_mask(positions, *tokens.shape)
     reference = tokens if reference_tokens is None else model._check_tokens(reference_tokens)
     std = std_factor * float(model.W_E.detach()[reference.reshape(-1).to(model.W_E.device)].float().std())
@@ -374,7 +375,8 @@ def activation_patching(model, clean: Tensor, corrupted, metric: Callable, point
     direction: "denoising" runs corrupted and patches in clean activations (sufficiency; ROME's
     restoration); "noising" runs clean and patches in corrupted ones (necessity). metric: logits
     [batch, pos, d_vocab] -> [batch]; a metrics.Metric is unembedded at its position only.
-    max_rows bounds the rows of one forward (patches x batch).
+    max_rows bounds the rows of one forward (patches x batch). Under hooks set with model.hooks(...), which
+    may index positions, the positional shortcuts are off: every patch runs every position.
     Meng et al. 2022 (ROME); Zhang & Nanda 2023; Heimersheim & Nanda 2024; axes as TL's get_act_patch_*."""
     check_count(max_rows, "max_rows", "the most rows (patches x batch) one forward may hold")
     clean, corrupted = _prepare(model, clean, corrupted, direction)
@@ -387,13 +389,16 @@ def activation_patching(model, clean: Tensor, corrupted, metric: Callable, point
     # only positions p.. and read the earlier positions' keys and values from the base run's cache.
     # Before the first position where the prompts differ (`shared`), both runs hold the same values:
     # a patch there changes nothing at all, and an all-position patch acts from `shared` on.
-    shared = _shared_prefix(clean, corrupted)
-    suffix = T > 1 and (by == "pos" or shared > 0)
+    # These shortcuts assume hooks act on each position of the stream they are given; hooks set with
+    # model.hooks(...) may index or mix positions, so under them every patch runs every position.
+    causal = not any(model._context_hooks)
+    shared = _shared_prefix(clean, corrupted) if causal else 0
+    suffix = causal and T > 1 and (by == "pos" or shared > 0)
     local = by == "pos" and suffix and point in LOCAL  # ...and such a patch changes layer l itself at p only
     kv = [get_act_name(kind, l) for l in range(L) for kind in "kv"]
     # Patches of z, attn_out or resid_mid at every position change nothing before layer l's attention
     # output, so they start there, from resid_mid plus the patch (z's through W_O), and skip the attention.
-    from_mid = by == "all" and shared == 0 and point in ("z", "attn_out", "resid_mid")
+    from_mid = causal and by == "all" and shared == 0 and point in ("z", "attn_out", "resid_mid")
     mids = [f"blocks.{l}.hook_resid_mid" for l in range(L)] if from_mid else []
     wanted = sorted(set(names) | set(resid) | (set(kv) if suffix else set()) | set(mids))
     m_clean, clean_cache = _run(model, clean, wanted, metric, B)
@@ -401,7 +406,7 @@ def activation_patching(model, clean: Tensor, corrupted, metric: Callable, point
     base, source = (corr_cache, clean_cache) if direction == "denoising" else (clean_cache, corr_cache)
     m_base = m_corr if direction == "denoising" else m_clean
     # A Metric reading one position R needs positions 0..R only, and the last block only at R.
-    read = read_position(metric, B, T)
+    read = read_position(metric, B, T) if causal else None
     n_pos, keep = (T, None) if read is None else (read + 1, 1)
 
     W_O = model.W_O if point == "z" else None  # [layer, head, d_head, d_model]
@@ -411,7 +416,7 @@ def activation_patching(model, clean: Tensor, corrupted, metric: Callable, point
     for l in range(L):
         groups = {}  # first position a forward must compute -> its sites
         for site in (s for s in sites if s[0] == l):
-            groups.setdefault(site[1][1] if by == "pos" else shared, []).append(site)
+            groups.setdefault(site[1][1] if by == "pos" and suffix else shared, []).append(site)
         for p, group in groups.items():
             if p >= n_pos or (by == "pos" and p < shared):  # after the read position, or a no-op patch
                 for _, where, _ in group:
@@ -427,7 +432,7 @@ def activation_patching(model, clean: Tensor, corrupted, metric: Callable, point
                                        None if W_O is None else W_O[l])
                     final = model(mid, start_at_layer=l, start_at_mid=True, stop_at_layer=L, keep_last=keep)
                 else:
-                    shifted = [(idx[0] - p, *idx[1:]) if by == "pos" else idx for _, _, idx in chunk]  # from p on
+                    shifted = [(idx[0] - p, *idx[1:]) if by == "pos" and p else idx for _, _, idx in chunk]  # from p on
                     final = _patched_final(model, base, resid, l, p, n_pos, keep, len(chunk), B,
                                            (names[l], _writer(shifted, src, B)), local)
                 for (_, where, _), values in zip(chunk, metric_blocks(model, final, metric, B, read_only=bool(keep))):

@@ -9,8 +9,9 @@ methods without any training. The model reads orthogonal one-hot subspaces of th
     OUT (17)   the predicted token, written by L1.0 (induction head: query TOK(t), key PREV(t))
     W_U reads OUT: logit t = s * OUT(t).
 
-GPT-2 has layer norms and MLPs; §9.2 has neither. The MLPs get zero weights, so they add exactly 0.
-The layer norms are made the identity, to float precision:
+GPT-2 has layer norms and MLPs; §9.2 has neither. The MLPs get zero weights, so they add exactly 0
+(their ln2 keeps gain 1: it feeds only them). The other layer norms are made the identity, to float
+precision:
   * every component also writes -1 on a balance coordinate of its own, so each has mean 0: centring
     does nothing (DLA's split is then the LN-free model's);
   * W_pos writes +A and -A (A = 1000) on two anchor coordinates nobody reads, so the variance of every

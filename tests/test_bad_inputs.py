@@ -178,7 +178,7 @@ CASES = [
     case("count-induction-n-str", lambda e: heads.induction_scores(e.m, n="5"), ValueError,
          "n='5': the number of random tokens in each half, an int >= 1"),
     case("scale-gaussian-noise-std_factor", lambda e: patching.gaussian_noise_embeddings(e.m, e.T, 1, std_factor="3"),
-         ValueError, "std_factor='3': the noise std in units of the embeddings' std, a number > 0"),
+         ValueError, "std_factor='3': the noise std in units of the embeddings' std, a finite number > 0"),
     case("metric-atp-not-differentiable", lambda e: attribution.attribution_patching(
         e.m, e.T, e.C, lambda logits: logits[:, -1].argmax(-1).float()), ValueError,
          "the metric must be differentiable in the logits"),
@@ -240,6 +240,8 @@ CASES = [
          "pos must be an int or a LongTensor [batch], got bool"),
     case("pos-patching-metric", lambda e: patching.activation_patching(e.m, e.T, e.C, metrics.logit_diff_metric(
         3, 5, pos=7)), ValueError, "position 7 is out of range for prompts of 5 tokens; allowed: -5..4"),
+    case("vocab-gaussian-noise", lambda e: patching.gaussian_noise_embeddings(e.m, e.T + 300, 1), ValueError,
+         "token id 410 is outside the vocabulary; allowed ids are 0..256"),
     case("pos-gaussian-noise", lambda e: patching.gaussian_noise_embeddings(e.m, e.T, [1, 9]), ValueError,
          "position 9 is out of range"),
     case("pos-gaussian-noise-float", lambda e: patching.gaussian_noise_embeddings(e.m, e.T, 1.5), ValueError,

@@ -151,6 +151,22 @@ def test_sweep_shortcuts_equal_one_patch_at_a_time(point, by, read, shared):
         assert_close(res.per_prompt, reference(model, res, CLEAN, corrupted, metric, direction), **EXACT)
 
 
+@pytest.mark.parametrize("point,by", [("z", "all"), ("resid_pre", "pos"), ("z", "pos"), ("attn_out", "all")])
+def test_sweeps_under_context_hooks_that_index_positions(point, by):
+    """A hook set with model.hooks(...) that writes one absolute position: the positional shortcuts (runs
+    that start at a later position, or stop at the metric's) would move it, so sweeps run every position."""
+    def zero_position_1(x, hook):
+        x = x.clone()
+        x[:, 1] = 0
+        return x
+
+    model = THREE_LAYERS
+    metric = M.logit_diff_metric(torch.tensor([3, 4]), torch.tensor([5, 6]), pos=3)
+    with model.hooks(fwd_hooks=[("blocks.1.hook_resid_pre", zero_position_1)]):
+        res = P.activation_patching(model, CLEAN, CORRUPTED, metric, point, by)
+        assert_close(res.per_prompt, reference(model, res, CLEAN, CORRUPTED, metric, "denoising"), **EXACT)
+
+
 def test_patches_before_the_prompts_differ_run_nothing(model):
     """Positions before the first differing token hold the same values in both runs: the sweep scores
     them as the baseline without a forward, and an all-position patch runs from that position on."""
@@ -210,6 +226,9 @@ def test_gaussian_noise_scale_is_the_std_of_the_embeddings_of_a_text_set(model):
     expected = 3 * float(sparse.W_E[text].std())
     assert expected > 2.5 * 3 * float(sparse.W_E.std())  # the whole table would give a much smaller scale
     assert noisy.name == f"gaussian_noise(std={expected:.3g})"
+    prompts = torch.tensor([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]])  # by default, the prompts are the text set
+    default = P.gaussian_noise_embeddings(sparse, prompts, [1, 2])
+    assert default.name == f"gaussian_noise(std={3 * float(sparse.W_E[prompts].std()):.3g})"
 
 
 def test_gaussian_noise_embeddings(model):
