@@ -197,7 +197,7 @@ def metric_blocks(model, resid: Tensor, metric: Callable, batch: int, ln_final_s
     rows, n_pos = resid.shape[:2]
     n = rows // batch
     scale = None if ln_final_scale is None else ln_final_scale.repeat(n, 1, 1)  # [rows, pos, 1]
-    if isinstance(metric, Metric):
+    if isinstance(metric, Metric) and (read_only or not any(model._context_hooks)):  # those may index positions
         ar, idx, at_read = torch.arange(rows, device=resid.device), None, resid  # at_read: [rows, 1, d_model]
         if not read_only or scale is not None:  # the read position in the full run's positions
             idx = resolve_pos(metric.pos, batch, n_pos if scale is None else scale.shape[1]).to(resid.device).repeat(n)

@@ -152,9 +152,12 @@ def test_sweep_shortcuts_equal_one_patch_at_a_time(point, by, read, shared):
 
 
 @pytest.mark.parametrize("point,by", [("z", "all"), ("resid_pre", "pos"), ("z", "pos"), ("attn_out", "all")])
-def test_sweeps_under_context_hooks_that_index_positions(point, by):
-    """A hook set with model.hooks(...) that writes one absolute position: the positional shortcuts (runs
-    that start at a later position, or stop at the metric's) would move it, so sweeps run every position."""
+@pytest.mark.parametrize("context", ["zero position 1", "frozen ln_final scale"])
+def test_sweeps_under_context_hooks_that_index_positions(point, by, context):
+    """Hooks set with model.hooks(...) that index absolute positions (one writes position 1; one pins
+    ln_final's scale [batch, pos, 1] to a cached run's, as a linearised analysis does): the positional
+    shortcuts (runs that start at a later position, or stop at or unembed only the metric's) would
+    misplace them, so sweeps run and unembed every position."""
     def zero_position_1(x, hook):
         x = x.clone()
         x[:, 1] = 0
@@ -162,7 +165,10 @@ def test_sweeps_under_context_hooks_that_index_positions(point, by):
 
     model = THREE_LAYERS
     metric = M.logit_diff_metric(torch.tensor([3, 4]), torch.tensor([5, 6]), pos=3)
-    with model.hooks(fwd_hooks=[("blocks.1.hook_resid_pre", zero_position_1)]):
+    _, cached = model.run_with_cache(CORRUPTED, names_filter="ln_final.hook_scale")
+    hooks = {"zero position 1": [("blocks.1.hook_resid_pre", zero_position_1)],
+             "frozen ln_final scale": [("ln_final.hook_scale", lambda x, hook: cached["ln_final.hook_scale"])]}
+    with model.hooks(fwd_hooks=hooks[context]):
         res = P.activation_patching(model, CLEAN, CORRUPTED, metric, point, by)
         assert_close(res.per_prompt, reference(model, res, CLEAN, CORRUPTED, metric, "denoising"), **EXACT)
 
