@@ -60,6 +60,59 @@ def test_last_layer_sender_to_logits_is_noising_activation_patching(model, pos):
         assert_close(res.score, act.scores[L - 1, head] if pos is None else act.scores[L - 1, T - 1, head], **EXACT)
 
 
+def two_full_forwards(model, sender: tuple, receivers, x_orig=X_ORIG, x_new=X_NEW, receiver_pos=None):
+    """Wang et al. 2022 App. B written out literally, per prompt [batch]: pass C runs x_orig with every
+    head's z frozen to x_orig's but the sender's, set to x_new's, recording each receiver before any
+    hook changes it; pass D runs x_orig with only the receivers set to the recorded values (at
+    receiver_pos, an int, or all positions). Receiver "logits": the metric of pass C's logits there."""
+    zs = [f"blocks.{l}.attn.hook_z" for l in range(L)]
+    new, orig = (model.run_with_cache(x, names_filter=zs)[1] for x in (x_new, x_orig))
+    where = slice(None) if receiver_pos is None else receiver_pos
+    recorded = {}
+
+    def freeze(z, hook):
+        frozen = orig[hook.name].clone()
+        if hook.name == zs[sender[0]]:
+            frozen[:, :, sender[1]] = new[hook.name][:, :, sender[1]]
+        return frozen
+
+    def record(x, hook):
+        recorded[hook.name] = x.clone()
+
+    receivers = [receivers] if receivers == "logits" or isinstance(receivers, tuple) else receivers
+    names = sorted({f"blocks.{r[1]}.attn.hook_{r[0]}" for r in receivers if r != "logits"})
+    logits_c = model.run_with_hooks(x_orig, fwd_hooks=[(n, record) for n in names] + [(z, freeze) for z in zs])
+    if receivers == ["logits"]:
+        logits = model(x_orig).clone()
+        logits[:, where] = logits_c[:, where]
+        return METRIC(logits)
+
+    def patch(x, hook):
+        x = x.clone()
+        for kind, layer, head in receivers:
+            if hook.name == f"blocks.{layer}.attn.hook_{kind}":
+                x[:, where, head] = recorded[hook.name][:, where, head]
+        return x
+
+    return METRIC(model.run_with_hooks(x_orig, fwd_hooks=[(n, patch) for n in names]))
+
+
+@pytest.mark.parametrize("sender, receivers", [((0, 1), ("k", 2, 0)), ((0, 2), [("q", 1, 3), ("v", 2, 1)]),
+                                                ((1, 0), [("v", 2, 2), ("k", 2, 3)]), ((0, 3), "logits"),
+                                                ((1, 2), [("q", 2, h) for h in range(H)])])
+@pytest.mark.parametrize("receiver_pos", [None, -1])
+@pytest.mark.parametrize("shared", [0, 1])
+def test_equals_the_algorithm_as_two_full_forwards(model, sender, receivers, receiver_pos, shared):
+    """Against the literal algorithm, on prompts that differ from position 0 or share their first token."""
+    x_new = X_NEW.clone()
+    x_new[:, 0] = X_NEW[:, 0] if shared else torch.tensor([180, 190])
+    expected = two_full_forwards(model, sender, receivers, X_ORIG, x_new, receiver_pos)
+    result = PP.path_patch(model, X_ORIG, x_new, sender, receivers, METRIC, receiver_pos=receiver_pos)
+    assert_close(result.per_prompt, expected, **EXACT)
+    sweep = PP.path_patch_senders(model, X_ORIG, x_new, receivers, METRIC, receiver_pos=receiver_pos, max_rows=6)
+    assert_close(sweep.per_prompt[sender], expected, **EXACT)
+
+
 def test_sender_at_all_positions_equals_sender_at_receiver_positions(model):
     per_example = torch.tensor([5, 3])  # one receiver position per prompt
     for receivers in RECEIVERS:
