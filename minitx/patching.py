@@ -182,11 +182,11 @@ def resample_ablation(tokens: Tensor, reference_tokens: Tensor | None = None, se
 
 
 # -- engine pieces shared with path_patching ------------------------------------------------------
-def final_resid(model, x: Tensor, start_at_layer: int | None = None, fwd_hooks=()) -> Tensor:
+def final_resid(model, x: Tensor, start_at_layer: int | None = None, fwd_hooks=(), past_kv=None) -> Tensor:
     """Returns the residual stream after the last block [rows, pos, d_model], not unembedded:
     runs the blocks from start_at_layer (x is then that layer's resid_pre) with fwd_hooks."""
     return model.run_with_hooks(x, start_at_layer=start_at_layer, stop_at_layer=model.cfg.n_layer,
-                                fwd_hooks=list(fwd_hooks))
+                                past_kv=past_kv, fwd_hooks=list(fwd_hooks))
 
 
 def metric_blocks(model, resid: Tensor, metric: Callable, batch: int, ln_final_scale: Tensor | None = None,
@@ -296,13 +296,18 @@ def _run(model, c: Corruption, names: list[str], metric: Callable, batch: int):
     return metric_blocks(model, final, metric, batch)[0], cache
 
 
+def shared_prefix(a: Tensor, b: Tensor) -> int:
+    """The number of leading positions where every prompt of a and b [batch, pos] has the same tokens."""
+    differ = (a != b).any(0).nonzero()
+    return int(differ[0, 0]) if len(differ) else a.shape[1]
+
+
 def _shared_prefix(clean: Corruption, corrupted: Corruption) -> int:
-    """The number of leading positions where every prompt's clean and corrupted tokens agree (0 when a
-    corruption is not plain tokens: hooks or stored values may differ anywhere)."""
+    """shared_prefix of the token pair; 0 when a corruption is not plain tokens (hooks or stored values
+    may differ anywhere)."""
     if corrupted.tokens is None or corrupted.fwd_hooks:
         return 0
-    differ = (clean.tokens != corrupted.tokens).any(0).nonzero()
-    return int(differ[0, 0]) if len(differ) else clean.tokens.shape[1]
+    return shared_prefix(clean.tokens, corrupted.tokens)
 
 
 def _positions(x: Tensor, point: str, first: int, end: int | None = None) -> Tensor:

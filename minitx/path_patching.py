@@ -33,7 +33,7 @@ from torch import Tensor
 
 from minitx.metrics import check_count, metric_name, normalized
 from minitx.model import get_act_name
-from minitx.patching import check_same_shape, final_resid, metric_blocks, position_mask, _check_metric, _2d
+from minitx.patching import check_same_shape, final_resid, metric_blocks, position_mask, shared_prefix, _check_metric, _2d
 
 
 @dataclass
@@ -116,18 +116,32 @@ def _experiments(model, x_orig, x_new, experiments, receivers, metric, sender_po
     scales = [f"blocks.{l}.ln{i}.hook_scale" for l in range(L) for i in (1, 2)] + ["ln_final.hook_scale"]
     last = f"blocks.{L - 1}.hook_resid_post"
     rec_names = sorted({r[0] for r in recs if r[0] != "logits"})
-    names = z + mlp + resid + [last] + rec_names + (scales if freeze_ln else [])
+    # Before the first position where x_orig and x_new differ, both hold the same values, so neither pass
+    # changes anything there: passes C and D run positions S.. with x_orig's earlier keys and values.
+    # (Not under model.hooks(...) context hooks, which may index positions.)
+    S = 0 if any(model._context_hooks) else min(shared_prefix(x_orig, x_new), T - 1)
+    kv = [get_act_name(kind, l) for l in range(L) for kind in "kv"] if S else []
+    names = z + mlp + resid + [last] + rec_names + (scales if freeze_ln else []) + kv
     logits_new, new = model.run_with_cache(x_new, names_filter=z + mlp + resid)  # pass A
     logits_orig, orig = model.run_with_cache(x_orig, names_filter=names)  # pass B
     m_orig, m_new = _check_metric(metric(logits_orig), B), _check_metric(metric(logits_new), B)
+
+    def past(first_layer: int, stop_layer: int, n: int):  # x_orig's keys and values of positions < S
+        return None if not S else [(orig[get_act_name("k", j)][:, :S].repeat(n, 1, 1, 1),
+                                    orig[get_act_name("v", j)][:, :S].repeat(n, 1, 1, 1))
+                                   for j in range(first_layer, stop_layer)]
 
     def ln_hooks(first_layer: int, n: int) -> list:
         if not freeze_ln:
             return []
         frozen = [s for s in scales if not s.startswith("blocks.") or int(s.split(".")[1]) >= first_layer]
-        return [(s, lambda x, h: orig[h.name].repeat(n, 1, 1)) for s in frozen]
+        return [(s, lambda x, h: orig[h.name][:, S:].repeat(n, 1, 1)) for s in frozen]
+
+    def cut(x):  # a cached [rows, pos, ...] activation holds every position; the passes run S..
+        return x[:, S:] if S and x.shape[1] == T else x
 
     def where(mask, new_value, base, n):  # mask [n, batch, pos, *]; values [batch or n*batch, pos, ...]
+        mask, new_value, base = mask[:, :, S:], cut(new_value), cut(base)
         shape = base.shape
         base = base.reshape(-1, B, *shape[1:])
         mask = mask.reshape(*mask.shape, *[1] * (base.dim() - mask.dim()))
@@ -135,7 +149,7 @@ def _experiments(model, x_orig, x_new, experiments, receivers, metric, sender_po
             n * B, *shape[1:])
 
     def frozen_mlp(x, h):
-        return orig[h.name] if freeze_mlps else x
+        return orig[h.name][:, S:] if freeze_mlps else x
 
     start_of = lambda exp: min((0 if s[0] == "embed" else s[1] for s in exp), default=L)
     out = torch.empty(len(experiments), B)
@@ -148,8 +162,8 @@ def _experiments(model, x_orig, x_new, experiments, receivers, metric, sender_po
         n, s0 = len(chunk), start_of(experiments[chunk[0]])
         exps = [experiments[i] for i in chunk]
         # ---- pass C: record receivers first, then freeze every head to x_orig except the senders
-        recorded = {name: orig[name].repeat(n, *[1] * (orig[name].dim() - 1)) for name in rec_names}
-        recorded["logits"] = orig[last].repeat(n, 1, 1)
+        recorded = {name: orig[name][:, S:].repeat(n, *[1] * (orig[name].dim() - 1)) for name in rec_names}
+        recorded["logits"] = orig[last][:, S:].repeat(n, 1, 1)
 
         def record(x, h):
             recorded[h.name] = x.clone()
@@ -172,11 +186,12 @@ def _experiments(model, x_orig, x_new, experiments, receivers, metric, sender_po
             hooks.append((resid[0], lambda x, h: where(emb_mask, new[resid[0]], x, n)))
         hooks += ln_hooks(s0, n)
         if s0 < min(stop, L):
-            start = orig[resid[s0]].repeat(n, 1, 1)
+            start = orig[resid[s0]][:, S:].repeat(n, 1, 1)
             if stop >= L:  # also the receiver "logits": C's final residual is what D unembeds
-                recorded["logits"] = final_resid(model, start, s0, hooks)
+                recorded["logits"] = final_resid(model, start, s0, hooks, past(s0, L, n))
             else:
-                model.run_with_hooks(start, start_at_layer=s0, stop_at_layer=stop, fwd_hooks=hooks)
+                model.run_with_hooks(start, start_at_layer=s0, stop_at_layer=stop, past_kv=past(s0, stop, n),
+                                     fwd_hooks=hooks)
         # ---- pass D: x_orig with only the receivers patched, at the receiver positions
         scale = orig["ln_final.hook_scale"] if freeze_ln else None
         if to_logits:
@@ -187,7 +202,10 @@ def _experiments(model, x_orig, x_new, experiments, receivers, metric, sender_po
             for name in rec_names:
                 mask = _receiver_mask(r_mask, [r[1] for r in recs if r[0] == name], H)
                 hooks.append((name, lambda x, h, m=mask: where(m, recorded[h.name], x, n)))
-            final = final_resid(model, orig[resid[first]].repeat(n, 1, 1), first, hooks + ln_hooks(first, n))
+            final = final_resid(model, orig[resid[first]][:, S:].repeat(n, 1, 1), first, hooks + ln_hooks(first, n),
+                                past(first, L, n))
+        if S:  # the positions before S are x_orig's in every experiment
+            final = torch.cat([orig[last][:, :S].repeat(n, 1, 1), final], 1)
         out[chunk] = metric_blocks(model, final, metric, B, scale).cpu()
     return out, m_orig.cpu(), m_new.cpu()
 
