@@ -113,6 +113,23 @@ def test_equals_the_algorithm_as_two_full_forwards(model, sender, receivers, rec
     assert_close(sweep.per_prompt[sender], expected, **EXACT)
 
 
+def test_under_context_hooks_that_index_positions(model):
+    """A model.hooks(...) hook writing absolute position 1 would be misplaced by runs that start at the
+    first differing position (2 here), so under context hooks every position runs."""
+    def zero_position_1(x, hook):
+        x = x.clone()
+        x[:, 1] = 0
+        return x
+
+    x_new = X_NEW.clone()
+    x_new[:, 1] = X_ORIG[:, 1]  # the prompts now share positions 0 and 1
+    with model.hooks(fwd_hooks=[("blocks.1.hook_resid_pre", zero_position_1)]):
+        for receivers in [("k", 2, 0), "logits"]:
+            expected = two_full_forwards(model, (0, 1), receivers, X_ORIG, x_new)
+            result = PP.path_patch(model, X_ORIG, x_new, (0, 1), receivers, METRIC)
+            assert_close(result.per_prompt, expected, **EXACT)
+
+
 def test_sender_at_all_positions_equals_sender_at_receiver_positions(model):
     per_example = torch.tensor([5, 3])  # one receiver position per prompt
     for receivers in RECEIVERS:
