@@ -176,6 +176,9 @@ def _read_tensors(path: Path) -> dict:
         except (SafetensorError, OSError) as e:
             raise ValueError(f"{path}: not a readable safetensors file ({e}); it may be truncated or "
                              "corrupt: delete it and fetch it again") from e
+    if path.suffix not in (".bin", ".pt", ".pth", ".ckpt"):
+        raise ValueError(f"{path}: not a weights file; give a model directory, a .safetensors file, a PyTorch "
+                         ".bin/.pt/.pth file or a *.index.json of shards")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # torch's own text advises weights_only=False: we do not repeat it
@@ -299,11 +302,15 @@ def _check_revision(revision) -> None:
 
 
 def hub_cache_dir() -> Path:
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    """huggingface_hub's rule: HF_HUB_CACHE, else the older HUGGINGFACE_HUB_CACHE, else HF_HOME/hub, where
+    HF_HOME defaults to $XDG_CACHE_HOME/huggingface (XDG_CACHE_HOME defaults to ~/.cache)."""
+    for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(variable):
+            return Path(os.environ[variable]).expanduser()
     if os.environ.get("HF_HOME"):
         return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    return Path.home() / ".cache" / "huggingface" / "hub"
+    xdg = Path(os.environ["XDG_CACHE_HOME"]).expanduser() if os.environ.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+    return xdg / "huggingface" / "hub"
 
 
 def _repo_dir(repo_id: str) -> Path:
@@ -370,10 +377,13 @@ def download(repo_id: str, revision: str = "main", *, endpoint: str | None = Non
         return _fetch(url, repo / "blobs", timeout, retries, required, f"{repo_id}@{revision}")
 
     config_blob, commit = fetch("config.json", revision)
+    if commit is not None and not _SHA1.fullmatch(commit):  # it becomes a folder name inside the cache
+        raise ValueError(f"{base}: the server named commit {commit[:60]!r} for {repo_id}@{revision}; a commit is "
+                         "40 hex digits, so nothing was written")
     commit = commit or revision.replace("/", "--")  # no header: the revision name stands in for the commit
     rev = commit if _SHA1.fullmatch(commit) else revision  # the rest from the same commit, even if main moves
     files = {"config.json": config_blob}
-    for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"):
+    for name in WEIGHT_FILES:
         if (got := fetch(name, rev, required=False)) is None:
             continue
         files[name] = got[0]
@@ -381,8 +391,7 @@ def download(repo_id: str, revision: str = "main", *, endpoint: str | None = Non
             files.update({shard: fetch(shard, rev)[0] for shard in _shards(got[0])})
         break
     else:
-        raise FileNotFoundError(f"{repo_id}@{revision}: the repo has no model.safetensors, "
-                                "model.safetensors.index.json or pytorch_model.bin")
+        raise FileNotFoundError(f"{repo_id}@{revision}: the repo has none of {', '.join(WEIGHT_FILES)}")
     for name in ("vocab.json", "merges.txt"):
         if (got := fetch(name, rev, required=False)) is not None:
             files[name] = got[0]

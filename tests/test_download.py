@@ -27,7 +27,7 @@ from tests.conftest import random_model
 COMMIT = "c0ffee" + "0" * 34
 
 
-def checkpoint_files(model, tmp_path, sharded=False, as_bin=False) -> dict:
+def checkpoint_files(model, tmp_path, sharded=False, as_bin=False, bin_sharded=False) -> dict:
     out = tmp_path / "src"
     save_pretrained(model, out)
     files = {"config.json": (out / "config.json").read_bytes(), "vocab.json": b'{"a": 0}'}
@@ -36,10 +36,14 @@ def checkpoint_files(model, tmp_path, sharded=False, as_bin=False) -> dict:
         files["model.safetensors.index.json"] = json.dumps(
             {"metadata": {}, "weight_map": {"transformer.wte.weight": "model-00001-of-00001.safetensors"}}).encode()
         files["model-00001-of-00001.safetensors"] = weights
-    elif as_bin:
+    elif as_bin or bin_sharded:
         buffer = io.BytesIO()
         torch.save(load_file(out / "model.safetensors"), buffer)
-        files["pytorch_model.bin"] = buffer.getvalue()
+        name = "pytorch_model-00001-of-00001.bin" if bin_sharded else "pytorch_model.bin"
+        files[name] = buffer.getvalue()
+        if bin_sharded:
+            files["pytorch_model.bin.index.json"] = json.dumps(
+                {"metadata": {}, "weight_map": {"transformer.wte.weight": name}}).encode()
     else:
         files["model.safetensors"] = weights
     return files
@@ -55,6 +59,7 @@ class FakeHub(http.server.ThreadingHTTPServer):
         self.plan: dict[str, list[str]] = {}  # file name -> how its next responses misbehave
         self.requests: list[str] = []
         self.stop = threading.Event()  # releases stalled handlers at teardown
+        self.commit = COMMIT  # what X-Repo-Commit says
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -83,9 +88,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if filename.endswith((".safetensors", ".bin")):  # LFS: checksum on the redirect, bytes on the CDN
             sha = hashlib.sha256(b"other bytes" if mode == "badsum" else data).hexdigest()
             return self.reply(302, {"Location": f"/cdn/{head.lstrip('/').replace('/', '~')}/{filename}/{mode}",
-                                    "X-Repo-Commit": COMMIT, "X-Linked-Etag": f'"{sha}"',
+                                    "X-Repo-Commit": hub.commit, "X-Linked-Etag": f'"{sha}"',
                                     "X-Linked-Size": str(len(data)), "ETag": f'W/"{sha}"'}, b"")
-        return self.send_bytes(data, mode, {"X-Repo-Commit": COMMIT,
+        return self.send_bytes(data, mode, {"X-Repo-Commit": hub.commit,
                                             "ETag": f'"{hashlib.sha1(data).hexdigest()}"'})
 
     def handle(self):
@@ -191,12 +196,35 @@ def test_load_downloads_when_missing(hub, tmp_path):
     assert (repo_dir(tmp_path, "tiny") / "refs" / "main").is_file()
 
 
-@pytest.mark.parametrize("layout", ["sharded", "as_bin"])
+@pytest.mark.parametrize("layout", ["sharded", "as_bin", "bin_sharded"])
 def test_fallbacks_to_index_and_bin(hub, tmp_path, layout):
     model = random_model()
     hub.repos["org/tiny"] = checkpoint_files(model, tmp_path, **{layout: True})
     download("org/tiny")
     assert_loads_as(model)
+
+
+def test_a_commit_that_is_not_a_hash_writes_nothing(hub, tmp_path):
+    """The server's X-Repo-Commit becomes a folder name in the cache: '../..' must not lead out of it."""
+    hub.repos["org/tiny"] = checkpoint_files(random_model(), tmp_path)
+    hub.commit = "../../../../escaped"
+    with pytest.raises(ValueError, match="a commit is 40 hex digits, so nothing was written"):
+        download("org/tiny")
+    assert not list(tmp_path.rglob("escaped")) and not (repo_dir(tmp_path) / "snapshots").exists()
+
+
+@pytest.mark.parametrize("variables, expected", [
+    ({"HF_HUB_CACHE": "a", "HUGGINGFACE_HUB_CACHE": "b", "HF_HOME": "c", "XDG_CACHE_HOME": "d"}, "a"),
+    ({"HUGGINGFACE_HUB_CACHE": "b", "HF_HOME": "c", "XDG_CACHE_HOME": "d"}, "b"),
+    ({"HF_HOME": "c", "XDG_CACHE_HOME": "d"}, "c/hub"),
+    ({"XDG_CACHE_HOME": "d"}, "d/huggingface/hub"),
+    ({}, "~/.cache/huggingface/hub")])
+def test_cache_folder_follows_huggingface_hub(monkeypatch, variables, expected):
+    for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(variable, raising=False)
+    for variable, value in variables.items():
+        monkeypatch.setenv(variable, value)
+    assert loading.hub_cache_dir() == Path(expected).expanduser()
 
 
 def test_connection_cut_mid_file_then_retry(hub, tmp_path, monkeypatch):
@@ -247,8 +275,8 @@ def test_not_found(hub, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"HTTP 404: org/nope@main or this file was not found.*check"):
         download("org/nope")
     hub.repos["org/noweights"] = {"config.json": b"{}"}
-    with pytest.raises(FileNotFoundError, match="has no model.safetensors, model.safetensors.index.json or "
-                                                "pytorch_model.bin"):
+    with pytest.raises(FileNotFoundError, match="has none of model.safetensors, model.safetensors.index.json, "
+                                                "pytorch_model.bin, pytorch_model.bin.index.json"):
         download("org/noweights")
     assert not (repo_dir(tmp_path, "org/noweights") / "refs").exists()
 

@@ -268,6 +268,8 @@ def test_unreadable_config_and_missing_files(tmp_path):
     (tmp_path / "empty" / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="no weights; expected one of model.safetensors"):
         load(tmp_path / "empty")
+    with pytest.raises(ValueError, match=r"config.json: not a weights file; give a model directory"):
+        load(tmp_path / "empty" / "config.json")
 
 
 @pytest.mark.parametrize("tied", [True, False])
