@@ -462,13 +462,15 @@ class Transformer(nn.Module):
                  temperature: float = 0.0, top_k: int | None = None, seed: int | None = None,
                  eos_token_id: int | None = None) -> Tensor:
         """-> [batch, pos + max_new_tokens]. temperature 0 is greedy; else sampled (top_k, seed).
-        Once a row emits eos_token_id it is padded with eos; generation stops when every row has."""
+        Once a row emits eos_token_id it is padded with eos; generation stops when every row has.
+        attention_mask: left or right padding (new tokens follow the padding; each row continues from its
+        last real token). Hooks set with model.hooks(...) apply; each step's hooks see only its new positions."""
         tokens = self._check_tokens(tokens)
         check_attention_mask(attention_mask, tokens.shape)
         check_generation(tokens.shape[1], max_new_tokens, temperature, top_k, eos_token_id, self.cfg)
         generator = torch.Generator(tokens.device).manual_seed(seed) if seed is not None else None
         mask = torch.ones_like(tokens) if attention_mask is None else attention_mask.long()
-        run, past = Run(), [None] * self.cfg.n_layer
+        run, past = self._context_run(), [None] * self.cfg.n_layer
         done = torch.zeros(len(tokens), dtype=torch.bool, device=tokens.device)  # rows that emitted eos
         step_input, offset = tokens, 0
         for _ in range(max_new_tokens):
@@ -478,7 +480,8 @@ class Transformer(nn.Module):
             attn = self._attention_mask(mask, step_input.shape, tokens.device, n_past=offset)
             for layer, block in enumerate(self.blocks):
                 resid, past[layer] = block(resid, run, attn, past[layer])
-            logits = self.unembed(resid[:, -1:], run)[:, 0]  # [batch, d_vocab]
+            last = mask.shape[1] - 1 - mask.flip(1).argmax(1) - offset  # each row's last real token
+            logits = self.unembed(resid[torch.arange(len(resid)), last][:, None], run)[:, 0]  # [batch, d_vocab]
             if temperature == 0:
                 next_token = logits.argmax(-1)
             else:

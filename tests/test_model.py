@@ -207,6 +207,36 @@ def test_sampling_is_seeded(tiny_model):
     assert torch.equal(a, b) and a.shape == (1, 11)
 
 
+def greedy_by_full_forwards(model, tokens, n):
+    """Greedy decoding by the definition: a full forward of the whole sequence for every new token."""
+    for _ in range(n):
+        tokens = torch.cat([tokens, model(tokens)[:, -1].argmax(-1, keepdim=True)], 1)
+    return tokens
+
+
+def test_generate_continues_each_row_from_its_last_real_token():
+    """Right padding (to_tokens_padded's default) as well as left: each row continues as it would alone."""
+    model = random_model(4)
+    rows = [torch.tensor([5, 9, 2, 7, 3]), torch.tensor([8, 1, 4])]
+    alone = [greedy_by_full_forwards(model, row[None], 6)[0, len(row):] for row in rows]
+    for side in ("right", "left"):
+        tokens, mask = torch.zeros(2, 5, dtype=torch.long), torch.zeros(2, 5, dtype=torch.long)
+        for i, row in enumerate(rows):
+            where = slice(0, len(row)) if side == "right" else slice(5 - len(row), 5)
+            tokens[i, where], mask[i, where] = row, 1
+        out = model.generate(tokens, 6, attention_mask=mask)
+        assert torch.equal(out[:, 5:], torch.stack(alone)), side
+
+
+def test_generate_runs_under_context_hooks():
+    model = random_model(5)
+    prompt = torch.tensor([[3, 1, 4, 1, 5]])
+    with model.hooks(fwd_hooks=[("blocks.0.hook_mlp_out", lambda x, hook: -3 * x)]):
+        hooked = model.generate(prompt, 8)
+        expected = greedy_by_full_forwards(model, prompt, 8)
+    assert torch.equal(hooked, expected) and not torch.equal(hooked, model.generate(prompt, 8))
+
+
 def test_get_act_name():
     assert minitx.get_act_name("pattern", 3) == "blocks.3.attn.hook_pattern"
     assert minitx.get_act_name("scale", 2, "ln2") == "blocks.2.ln2.hook_scale"
