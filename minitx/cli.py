@@ -28,7 +28,7 @@ def cmd_download(args) -> int:
 
 def cmd_verify(args) -> int:
     from minitx.verify import format_rows, verify
-    rows = verify(args.model, tolerance=args.tolerance)
+    rows = verify(resolve_model(args.model), tolerance=args.tolerance)
     print(format_rows(rows))
     failed = [r for r in rows if not r.ok]
     print(f"\n{len(rows) - len(failed)} of {len(rows)} checks within tolerance {args.tolerance:g}")
@@ -36,13 +36,15 @@ def cmd_verify(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    import minitx
-    from minitx.loading import load
-    model = load(args.model)
-    tokenizer = minitx.Tokenizer.default()
-    tokens = tokenizer.to_tokens(args.prompt, prepend_bos=args.prepend_bos)
-    out = model.generate(tokens, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
-    print(tokenizer.to_string(out[0]))
+    model, vocab = _load(args)
+    tokens = vocab.tokens(args.prompt, prepend_bos=args.prepend_bos)
+    # GPT-2 ends a text with <|endoftext|> (its BOS id); a model of bare ids has no end token.
+    eos = model.cfg.bos_token_id if vocab.is_text and not args.ignore_eos else None
+    out = model.generate(tokens, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed,
+                         eos_token_id=eos)[0]
+    if eos is not None and bool((out[tokens.shape[1]:] == eos).any()):
+        out = out[:tokens.shape[1] + int((out[tokens.shape[1]:] == eos).nonzero()[0])]  # the text ends there
+    print(vocab.tokenizer.to_string(out) if vocab.is_text else " ".join(map(str, out.tolist())))
     return 0
 
 
@@ -380,8 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("generate", help="continue a prompt (greedy unless --temperature > 0)")
-    p.add_argument("prompt")
-    p.add_argument("--model", default="gpt2")
+    p.add_argument("prompt", help="text for a GPT-2-vocabulary model, else space-separated token ids")
+    p.add_argument("--model", default=None, help=MODEL_HELP)
+    p.add_argument("--ignore-eos", action="store_true", help="keep going after <|endoftext|> (default: stop there)")
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-k", type=int, default=None)

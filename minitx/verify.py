@@ -69,25 +69,43 @@ def verify(name_or_path: str, tolerance: float = 1e-4, seed: int = 0) -> list[Ro
     from minitx.loading import load
 
     model = load(name_or_path)
-    hf_model = transformers.GPT2LMHeadModel.from_pretrained(_hf_source(name_or_path),
-                                                            attn_implementation="eager").eval()
+    source = _hf_source(name_or_path)
+    try:  # float32 whatever the checkpoint stores, as minitx loads it
+        hf_model = transformers.GPT2LMHeadModel.from_pretrained(source, attn_implementation="eager",
+                                                                dtype=torch.float32).eval()
+    except Exception as error:  # noqa: BLE001 - any failure of the reference is one line, not a traceback
+        raise ValueError(f"transformers could not load {source} ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''})") from None
     generator = torch.Generator().manual_seed(seed)
-    length = min(12, model.cfg.n_ctx - 20)
-    if model.cfg.d_vocab == 50257:  # a real GPT-2 vocabulary: use English prompts
-        texts = ["The cat sat on the mat because", "When Mary and John went to the store, John gave a drink to",
-                 "def fibonacci(n):"]
+    n_ctx = model.cfg.n_ctx
+    texts = ["The cat sat on the mat because", "When Mary and John went to the store, John gave a drink to",
+             "def fibonacci(n):"]
+    tokens = None
+    if model.cfg.d_vocab == 50257:  # a real GPT-2 vocabulary: English prompts, if they leave room to generate
         tokens, mask = minitx.Tokenizer.default().to_tokens_padded(texts, prepend_bos=False, padding_side="left")
-    else:
+        tokens = tokens if tokens.shape[1] < n_ctx else None
+    if tokens is None:
+        length = max(1, min(12, n_ctx // 2))
         tokens = torch.randint(0, model.cfg.d_vocab, (3, length), generator=generator)
         mask = torch.ones_like(tokens)
-        mask[1, :3] = 0  # one left-padded row
-    return parity_rows(model, hf_model, tokens, mask, tolerance)
+        mask[1, :min(3, length - 1)] = 0  # one left-padded row
+    return parity_rows(model, hf_model, tokens, mask, tolerance, new_tokens=min(20, n_ctx - tokens.shape[1]))
 
 
 def _hf_source(name_or_path: str) -> str:
-    """transformers reads a directory; for a single .safetensors file, its directory."""
-    import os
-    return os.path.dirname(name_or_path) or "." if name_or_path.endswith(".safetensors") else name_or_path
+    """The directory transformers reads: a local directory; a file's folder (its config.json must be
+    there); a hub id's cached snapshot, which `load` has just filled."""
+    from pathlib import Path
+    from minitx.loading import cached_snapshot
+    path = Path(name_or_path)
+    if path.exists():
+        folder = path if path.is_dir() else path.parent
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"{name_or_path}: transformers needs the model's config.json beside the weights, "
+                             "which minitx found in the file's metadata; save it with minitx.save_pretrained or "
+                             "give the model's directory")
+        return str(folder)
+    return str(cached_snapshot(name_or_path))
 
 
 def format_rows(rows: list[Row]) -> str:

@@ -149,6 +149,22 @@ def test_shipped_model_by_default(tmp_path, capsys, monkeypatch):
     assert code == 0
 
 
+@pytest.mark.skipif(not FIXTURE.is_dir(), reason="weights/english-6l has not been trained yet")
+def test_generate_on_the_shipped_models(tmp_path, capsys, monkeypatch):
+    """Like every command: the shipped English model by default, found from any directory; token ids for
+    the fixture; the text ends at <|endoftext|> unless --ignore-eos."""
+    monkeypatch.chdir(tmp_path)
+    model, tok = minitx.load(FIXTURE), minitx.Tokenizer.default()
+    prompt = tok.to_tokens("The cat sat on the", prepend_bos=False)
+    expected = model.generate(prompt, 12, eos_token_id=tok.bos_token_id)[0]
+    if bool((expected[prompt.shape[1]:] == tok.bos_token_id).any()):
+        expected = expected[:prompt.shape[1] + int((expected[prompt.shape[1]:] == tok.bos_token_id).nonzero()[0])]
+    code, out, _ = run(capsys, "generate", "The cat sat on the", "--max-new-tokens", 12)
+    assert code == 0 and out.strip() == tok.to_string(expected).strip()
+    code, out, _ = run(capsys, "generate", "5 9 2 5 9", "--model", "weights/induction-2l", "--max-new-tokens", 5)
+    assert code == 0 and out.split() == ["5", "9", "2", "5", "9", "2", "5", "9", "2", "5"]  # induction
+
+
 @pytest.mark.parametrize("argv, pattern", [
     (["attention", "--prompt", "hello world", "--layer", "0"], r"space-separated token ids 0\.\.64"),
     (["attention", "--prompt", "5 99", "--layer", "0"], r"token id 99 is outside the vocabulary; allowed ids are 0\.\.64"),

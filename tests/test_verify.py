@@ -25,6 +25,27 @@ def test_verify_fails_past_tolerance(tmp_path, capsys):
     assert " NO" in capsys.readouterr().out
 
 
+def test_verify_a_float16_checkpoint(tmp_path, capsys):
+    """Both libraries read the float16 file into float32 (transformers would otherwise keep float16)."""
+    random_model(6).half().save_pretrained(tmp_path)
+    assert main(["verify", str(tmp_path)]) == 0, capsys.readouterr().out
+
+
+def test_verify_a_gpt2_vocabulary_with_few_positions(tmp_path, capsys):
+    """The English prompts need 14 positions: with 16 only 2 tokens are generated, with 12 random ids are used."""
+    for n_positions in (16, 12):
+        random_model(7, vocab_size=50257, n_positions=n_positions, n_embd=32).save_pretrained(tmp_path / str(n_positions))
+        assert main(["verify", str(tmp_path / str(n_positions))]) == 0
+        assert f"greedy tokens ({ {16: 2, 12: 6}[n_positions]} new" in capsys.readouterr().out
+
+
+def test_verify_a_file_without_config_beside_it(tmp_path, capsys):
+    random_model(5).save_pretrained(tmp_path)
+    (tmp_path / "config.json").unlink()  # minitx reads the config from the file's metadata; transformers cannot
+    assert main(["verify", str(tmp_path / "model.safetensors")]) == 2
+    assert "transformers needs the model's config.json beside the weights" in capsys.readouterr().err
+
+
 def test_import_does_not_pull_in_transformers():
     code = "import sys, minitx; minitx.Transformer; assert 'transformers' not in sys.modules, 'transformers imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
