@@ -132,10 +132,22 @@ def _pct(x) -> str:
     return f"{100 * float(x):.0f}%"
 
 
+MIN_GAP = 0.5  # below this clean - corrupted difference, normalised scores are noise: no verdict
+
+
+def _withheld(clean: float, corrupted: float) -> str | None:
+    """The reason a verdict is withheld, or None."""
+    gap = abs(clean - corrupted)
+    if gap >= MIN_GAP:
+        return None
+    return (f"the clean and corrupted logit differences are only {gap:.3f} apart (under {MIN_GAP}), so the "
+            "normalised scores divide by noise: this model does not do the task")
+
+
 def _gap_note(clean: float, corrupted: float) -> list[str]:
     """A warning line when normalised scores divide by a small clean - corrupted difference."""
     gap = abs(clean - corrupted)
-    if gap >= 0.5:
+    if gap >= MIN_GAP:
         return []
     return [f"*Note: the clean and corrupted logit differences are only {gap:.3f} apart, so every normalised score "
             "below divides by a small number and is unstable; read the raw values with care.*\n"]
@@ -292,6 +304,9 @@ def _induction_demo(model, vocab: Vocab, out: Path, n: int, batch: int, seed: in
                     f"{main[0]}.{main[1]} -> {li}.{hi} keys removes {_pct(removed['k'])} of the logit difference, "
                     f"queries {_pct(removed['q'])}, values {_pct(removed['v'])} (directly to the logits: "
                     f"{_pct(removed['logits'])}). Verdict: {verdict}.")
+        if reason := _withheld(noise.clean, noise.corrupted):
+            verdict = "undetermined"
+            sentence = f"Head {main[0]}.{main[1]} feeds induction head {li}.{hi}: verdict {verdict}; {reason}."
         r.update(main_l0_head=main, path=path, path_removed=removed, hypothesis=sentence, verdict=verdict)
         md += [f"**Hypothesis.** Head {main[0]}.{main[1]}, the top previous-token head (score "
                f"{float(prev[main]):.2f}; noising it removes {_pct(1 - noise.scores[main])}), acts as the previous-token half of an induction circuit: it tells "
@@ -445,6 +460,9 @@ def _gpt2_demo(model, vocab: Vocab, out: Path, bos: bool, log: Callable) -> dict
     senders = PP.path_patch_senders(model, clean, corrupted, "logits", metric)
     main = _argmax(1 - noise.scores)
     test = _test_head(model, clean, corrupted, metric, main, noise, senders)
+    if reason := _withheld(noise.clean, noise.corrupted):
+        test["verdict"] = "undetermined"
+        test["sentence"] = f"Head {main[0]}.{main[1]} carries the subject-object relation: verdict undetermined; {reason}."
     sentence = test["sentence"]
     r.update(clean_tokens=clean, corrupted_tokens=corrupted, answer=answer, wrong=wrong,
              clean_logit_diff=noise.clean, corrupted_logit_diff=noise.corrupted, resid_denoising=resid.scores,

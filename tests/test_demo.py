@@ -65,6 +65,15 @@ def test_report_and_figures(demo):
     assert demo["summary"] and all(isinstance(line, str) for line in demo["summary"])
 
 
+def test_no_verdict_from_a_model_that_does_not_do_the_task(tmp_path):
+    """A random model: clean and corrupted differ by noise, so the verdict is withheld, in the report too."""
+    model = random_model(n_layer=2, n_head=2, n_embd=32, n_positions=48, vocab_size=65, tie_word_embeddings=False)
+    result = run_demo(model, tmp_path, n=N, batch=BATCH, seed=SEED, log=None)
+    assert abs(result["clean_logit_diff"] - result["corrupted_logit_diff"]) < 0.5  # measured 0.018
+    assert result["verdict"] == "undetermined" and "verdict undetermined" in result["hypothesis"]
+    assert result["hypothesis"] in result["summary"] and result["hypothesis"] in (tmp_path / "report.md").read_text()
+
+
 @pytest.mark.skipif(not FIXTURE.is_dir(), reason="the known answer needs the trained fixture")
 def test_fixture_tour_finds_k_composition(demo):
     """Known answer (METHODS §9.3): the previous-token head acts on the induction head through its keys."""
