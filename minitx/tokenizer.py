@@ -18,6 +18,7 @@ References: Radford et al. 2019, "Language Models are Unsupervised Multitask Lea
 from __future__ import annotations
 
 import functools
+import heapq
 import json
 import numbers
 from pathlib import Path
@@ -101,22 +102,34 @@ class Tokenizer:
         """Ids of one pre-tokenized word (already in byte-characters)."""
         if word in self.cache:
             return self.cache[word]
-        parts = list(word)
-        while len(parts) > 1:
-            pairs = list(zip(parts, parts[1:]))
-            best = min(pairs, key=lambda p: self.ranks.get(p, float("inf")))
-            if best not in self.ranks:
-                break  # no pair left that was ever merged in training
-            merged, i = [], 0
-            while i < len(parts):  # merge every occurrence, left to right, without overlap
-                if i + 1 < len(parts) and (parts[i], parts[i + 1]) == best:
-                    merged.append(parts[i] + parts[i + 1])
-                    i += 2
-                else:
-                    merged.append(parts[i])
-                    i += 1
-            parts = merged
-        ids = tuple(self.encoder[p] for p in parts)
+        # GPT-2's rule: repeatedly merge every occurrence of the lowest-ranked adjacent pair, left to right.
+        # A pair that contains a merged symbol was learned after that merge, so it always ranks higher:
+        # taking pairs from a heap by (rank, position) gives the same order, in O(n log n) rather than
+        # O(n^2) for a long unbroken word. parts[i] is None once merged into its left neighbour.
+        parts, n = list(word), len(word)
+        following = list(range(1, n + 1))  # the next live position (n: none)
+        preceding = list(range(-1, n - 1))
+        heap = []
+
+        def push(i: int, j: int) -> None:
+            if (rank := self.ranks.get((parts[i], parts[j]))) is not None:
+                heapq.heappush(heap, (rank, i, parts[i], parts[j]))
+
+        for i in range(n - 1):
+            push(i, i + 1)
+        while heap:
+            _, i, left, right = heapq.heappop(heap)
+            j = following[i]
+            if parts[i] != left or j == n or parts[j] != right:
+                continue  # stale: one of the two has been merged since
+            parts[i], parts[j] = left + right, None
+            following[i] = following[j]
+            if following[i] < n:
+                preceding[following[i]] = i
+                push(i, following[i])
+            if preceding[i] >= 0:
+                push(preceding[i], i)
+        ids = tuple(self.encoder[p] for p in parts if p is not None)
         self.cache[word] = ids
         return ids
 

@@ -122,6 +122,43 @@ def test_random_text_matches_transformers(tok, hf, text):
     assert tok.decode(ids) == text
 
 
+def merge_by_the_rule(tok, word: str) -> tuple:
+    """GPT-2's BPE as its definition reads: merge every occurrence of the lowest-ranked pair, left to right,
+    until no pair was ever merged in training (quadratic in the word's length)."""
+    parts = list(word)
+    while len(parts) > 1:
+        best = min(zip(parts, parts[1:]), key=lambda pair: tok.ranks.get(pair, float("inf")))
+        if best not in tok.ranks:
+            break
+        merged, i = [], 0
+        while i < len(parts):
+            if tuple(parts[i:i + 2]) == best:
+                merged.append(parts[i] + parts[i + 1])
+                i += 2
+            else:
+                merged.append(parts[i])
+                i += 1
+        parts = merged
+    return tuple(tok.encoder[p] for p in parts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(word=st.text(st.sampled_from(list("aab eéACGT0\u00e9\u6f22")), min_size=1, max_size=80))
+def test_bpe_merges_as_the_rule_says(tok, word):
+    """The heap-ordered merge (O(n log n), for long unbroken words) gives the rule's tokens."""
+    chars = "".join(tok.byte_encoder[b] for b in word.encode())
+    tok.cache.clear()
+    assert tok._bpe(chars) == merge_by_the_rule(tok, chars)
+
+
+def test_long_unbroken_words_match_transformers(tok, hf):
+    import random
+    rng = random.Random(1)
+    for alphabet in ("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/", "ACGT", "ab"):
+        text = "".join(rng.choice(alphabet) for _ in range(3000))
+        assert tok.encode(text) == hf.encode(text)
+
+
 def test_from_directory_reads_checkpoint_layout(tmp_path):
     shutil.copy(DATA_DIR / "encoder.json", tmp_path / "vocab.json")
     shutil.copy(DATA_DIR / "vocab.bpe", tmp_path / "merges.txt")
