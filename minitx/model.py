@@ -470,13 +470,16 @@ class Transformer(nn.Module):
         check_generation(tokens.shape[1], max_new_tokens, temperature, top_k, eos_token_id, self.cfg)
         generator = torch.Generator(tokens.device).manual_seed(seed) if seed is not None else None
         mask = torch.ones_like(tokens) if attention_mask is None else attention_mask.long()
+        if not bool(mask.any(1).all()):
+            raise ValueError(f"attention_mask row {int((~mask.bool().any(1)).nonzero()[0])} has no real token, so "
+                             "there is nothing to continue; give every prompt at least one token")
         run, past = self._context_run(), [None] * self.cfg.n_layer
         done = torch.zeros(len(tokens), dtype=torch.bool, device=tokens.device)  # rows that emitted eos
         step_input, offset = tokens, 0
         for _ in range(max_new_tokens):
             # Positions: from the mask for the prompt, then one past each row's last real token.
             positions = self.positions(mask.shape, mask, tokens.device)[:, offset:]  # [batch, new]
-            resid = self.W_E[step_input] + self.W_pos[positions]
+            resid = run("hook_embed", self.W_E[step_input]) + run("hook_pos_embed", self.W_pos[positions])
             attn = self._attention_mask(mask, step_input.shape, tokens.device, n_past=offset)
             for layer, block in enumerate(self.blocks):
                 resid, past[layer] = block(resid, run, attn, past[layer])

@@ -70,9 +70,11 @@ def verify(name_or_path: str, tolerance: float = 1e-4, seed: int = 0) -> list[Ro
 
     model = load(name_or_path)
     source = _hf_source(name_or_path)
-    try:  # float32 whatever the checkpoint stores, as minitx loads it
-        hf_model = transformers.GPT2LMHeadModel.from_pretrained(source, attn_implementation="eager",
-                                                                dtype=torch.float32).eval()
+    # float32 whatever the checkpoint stores, as minitx loads it (the keyword was torch_dtype before 4.56)
+    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
+    dtype = {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": torch.float32}
+    try:
+        hf_model = transformers.GPT2LMHeadModel.from_pretrained(source, attn_implementation="eager", **dtype).eval()
     except Exception as error:  # noqa: BLE001 - any failure of the reference is one line, not a traceback
         raise ValueError(f"transformers could not load {source} ({type(error).__name__}: "
                          f"{str(error).splitlines()[0] if str(error) else ''})") from None

@@ -102,6 +102,8 @@ CASES = [
          "token id -1 is not in the vocabulary of 50257"),
     case("vocab-tokenizer-to_string-batch", lambda e: e.tok.to_string(torch.tensor([[1, 60000]])), ValueError,
          "token id 60000 is not in the vocabulary of 50257"),
+    case("generate-all-padding-row", lambda e: e.m.generate(e.T, 2, attention_mask=torch.tensor([[1] * 5, [0] * 5])),
+         ValueError, "attention_mask row 1 has no real token, so there is nothing to continue"),
     case("vocab-generate-eos_token_id", lambda e: e.m.generate(e.T, 2, eos_token_id=999), ValueError,
          "eos_token_id"),
     case("vocab-lens-target-id", lambda e: lens.logit_lens(e.m, e.T, targets=300), ValueError,

@@ -231,10 +231,11 @@ def test_generate_continues_each_row_from_its_last_real_token():
 def test_generate_runs_under_context_hooks():
     model = random_model(5)
     prompt = torch.tensor([[3, 1, 4, 1, 5]])
-    with model.hooks(fwd_hooks=[("blocks.0.hook_mlp_out", lambda x, hook: -3 * x)]):
-        hooked = model.generate(prompt, 8)
-        expected = greedy_by_full_forwards(model, prompt, 8)
-    assert torch.equal(hooked, expected) and not torch.equal(hooked, model.generate(prompt, 8))
+    for point in ("blocks.0.hook_mlp_out", "hook_embed", "hook_pos_embed"):
+        with model.hooks(fwd_hooks=[(point, lambda x, hook: -3 * x)]):
+            hooked = model.generate(prompt, 8)
+            expected = greedy_by_full_forwards(model, prompt, 8)
+        assert torch.equal(hooked, expected) and not torch.equal(hooked, model.generate(prompt, 8)), point
 
 
 def test_get_act_name():
