@@ -56,6 +56,13 @@ def check_attention_mask(attention_mask, shape) -> None:
         raise ValueError("attention_mask must hold only 0 and 1 (1 = real token, 0 = padding)")
 
 
+def check_prompt_rows(mask) -> None:
+    """generate continues each row from its last real token: every row needs one."""
+    if not bool(mask.any(1).all()):
+        raise ValueError(f"attention_mask row {int((~mask.bool().any(1)).nonzero()[0])} has no real token, so "
+                         "there is nothing to continue; give every prompt at least one token")
+
+
 def check_generation(n_prompt: int, max_new_tokens: int, temperature: float, top_k, eos_token_id, cfg) -> None:
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")

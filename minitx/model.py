@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from minitx.checks import check_attention_mask, check_config, check_generation, check_keep_last, check_tokens
+from minitx.checks import (check_attention_mask, check_config, check_generation, check_keep_last, check_prompt_rows,
+                           check_tokens)
 from minitx.hooks import Cache, HookPoint, NamesFilter, Run, get_act_name  # noqa: F401
 
 # ---------------------------------------------------------------------------------------------
@@ -470,9 +471,7 @@ class Transformer(nn.Module):
         check_generation(tokens.shape[1], max_new_tokens, temperature, top_k, eos_token_id, self.cfg)
         generator = torch.Generator(tokens.device).manual_seed(seed) if seed is not None else None
         mask = torch.ones_like(tokens) if attention_mask is None else attention_mask.long()
-        if not bool(mask.any(1).all()):
-            raise ValueError(f"attention_mask row {int((~mask.bool().any(1)).nonzero()[0])} has no real token, so "
-                             "there is nothing to continue; give every prompt at least one token")
+        check_prompt_rows(mask)
         run, past = self._context_run(), [None] * self.cfg.n_layer
         done = torch.zeros(len(tokens), dtype=torch.bool, device=tokens.device)  # rows that emitted eos
         step_input, offset = tokens, 0
