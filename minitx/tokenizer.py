@@ -105,7 +105,9 @@ class Tokenizer:
         # GPT-2's rule: repeatedly merge every occurrence of the lowest-ranked adjacent pair, left to right.
         # A pair that contains a merged symbol was learned after that merge, so it always ranks higher:
         # taking pairs from a heap by (rank, position) gives the same order, in O(n log n) rather than
-        # O(n^2) for a long unbroken word. parts[i] is None once merged into its left neighbour.
+        # O(n^2) for a long unbroken word. parts[i] is None once merged into its left neighbour. (A merges
+        # file that broke that order, which GPT-2's never does, would get the order of transformers' fast
+        # tokenizer, not of the slow one.)
         parts, n = list(word), len(word)
         following = list(range(1, n + 1))  # the next live position (n: none)
         preceding = list(range(-1, n - 1))
