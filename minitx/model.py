@@ -138,12 +138,11 @@ class LayerNorm(nn.Module):
     def forward(self, x: Tensor, run: Run, prefix: str) -> Tensor:  # [..., d_model] -> same
         if not (run.wants(prefix + "hook_scale") or run.wants(prefix + "hook_normalized")):
             return F.layer_norm(x, x.shape[-1:], self.w, self.b, self.eps)  # fused fast path
-        var, mean = torch.var_mean(x, -1, correction=0, keepdim=True)  # [..., 1] each
-        scale = run(prefix + "hook_scale", (var + self.eps).sqrt())
+        # The fused kernel that F.layer_norm runs, which also returns its statistics ([..., 1] each).
+        out, _, rstd = torch.native_layer_norm(x, x.shape[-1:], self.w, self.b, self.eps)
+        scale = run(prefix + "hook_scale", rstd.reciprocal())  # sqrt(var + eps)
         if prefix + "hook_scale" in run.replaced:  # a frozen or patched scale must divide this stream
-            out = (x - mean) / scale * self.w + self.b
-        else:  # same numbers, one fused kernel
-            out = F.layer_norm(x, x.shape[-1:], self.w, self.b, self.eps)
+            out = (x - x.mean(-1, keepdim=True)) * scale.reciprocal() * self.w + self.b  # as the kernel: times rstd
         return run(prefix + "hook_normalized", out)
 
 
