@@ -16,34 +16,19 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from minitx.activations import ACTIVATIONS
 from minitx.checks import (check_attention_mask, check_config, check_generation, check_keep_last, check_prompt_rows,
                            check_tokens)
 from minitx.hooks import Cache, HookPoint, NamesFilter, Run, get_act_name  # noqa: F401
 
 # ---------------------------------------------------------------------------------------------
 # Configuration: the fields of a Hugging Face GPT-2 config.json that change the computation.
-
-
-# GPT-2's own is "gelu_new", the tanh approximation; torch's fused kernel computes the same formula
-# (to float rounding) much faster than writing it out. Every parameter-free HF activation is here.
-_gelu_tanh = functools.partial(F.gelu, approximate="tanh")
-ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
-    **dict.fromkeys(["gelu_new", "gelu_pytorch_tanh", "gelu_python_tanh", "gelu_fast", "gelu_accurate"], _gelu_tanh),
-    **dict.fromkeys(["gelu", "gelu_python"], F.gelu), **dict.fromkeys(["silu", "swish"], F.silu),
-    "gelu_10": lambda x: F.gelu(x).clamp(-10, 10), "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
-    "relu": F.relu, "relu2": lambda x: F.relu(x).square(), "relu6": F.relu6, "leaky_relu": F.leaky_relu,
-    "mish": F.mish, "hardswish": F.hardswish, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
-    "sqrtsoftplus": lambda x: F.softplus(x).sqrt(), "linear": lambda x: x,
-    "laplace": lambda x: 0.5 * (1.0 + torch.erf((x - 0.707107) / (0.282095 * math.sqrt(2.0)))),
-}
 
 
 @dataclass(frozen=True)
@@ -354,7 +339,12 @@ class Transformer(nn.Module):
             raise ValueError(f"with start_at_layer the input is a residual stream [batch, pos, "
                              f"{self.cfg.d_model}], got shape {tuple(tokens.shape)}")
         check_attention_mask(attention_mask, tokens.shape[:2])
-        resid = self.embed(tokens, attention_mask, run) if start_at_layer is None else tokens  # [batch, pos, d_model]
+        if start_at_layer is None:
+            positions = self.positions(tokens.shape, attention_mask, tokens.device)  # [batch or 1, pos]
+            if int(positions.max()) >= self.cfg.n_ctx:
+                raise ValueError(f"the sequence reaches position {int(positions.max())}, but this model has n_positions="
+                                 f"{self.cfg.n_ctx} (positions 0..{self.cfg.n_ctx - 1}); shorten the prompt")
+        resid = self.embed(tokens, positions, run) if start_at_layer is None else tokens  # [batch, pos, d_model]
         if past_kv is not None and (start_at_layer is None or len(past_kv) != stop - start or attention_mask is not None):
             raise ValueError(f"past_kv needs start_at_layer, no attention_mask, and one (k, v) per block run "
                              f"({stop - start}); got {len(past_kv)}")
@@ -374,11 +364,7 @@ class Transformer(nn.Module):
             return resid  # the residual stream before block `stop` (before ln_final when stop == n_layer)
         return self.unembed(resid, run)
 
-    def embed(self, tokens: Tensor, attention_mask: Tensor | None, run: Run) -> Tensor:
-        positions = self.positions(tokens.shape, attention_mask, tokens.device)  # [batch or 1, pos]
-        if int(positions.max()) >= self.cfg.n_ctx:
-            raise ValueError(f"the sequence reaches position {int(positions.max())}, but this model has "
-                             f"n_positions={self.cfg.n_ctx} (positions 0..{self.cfg.n_ctx - 1}); shorten the prompt")
+    def embed(self, tokens: Tensor, positions: Tensor, run: Run) -> Tensor:  # [batch, pos], [batch or 1, pos]
         embed = run("hook_embed", self.W_E[tokens])  # [batch, pos, d_model]
         pos_embed = run("hook_pos_embed", self.W_pos[positions].expand_as(embed))
         return embed + pos_embed
@@ -477,7 +463,7 @@ class Transformer(nn.Module):
         for _ in range(max_new_tokens):
             # Positions: from the mask for the prompt, then one past each row's last real token.
             positions = self.positions(mask.shape, mask, tokens.device)[:, offset:]  # [batch, new]
-            resid = run("hook_embed", self.W_E[step_input]) + run("hook_pos_embed", self.W_pos[positions])
+            resid = self.embed(step_input, positions, run)
             attn = self._attention_mask(mask, step_input.shape, tokens.device, n_past=offset)
             for layer, block in enumerate(self.blocks):
                 resid, past[layer] = block(resid, run, attn, past[layer])

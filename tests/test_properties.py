@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 from torch.testing import assert_close
 
 import minitx
-from minitx.model import ACTIVATIONS, point_names
+from minitx.activations import ACTIVATIONS
+from minitx.model import point_names
 from tests.conftest import random_model
 
 transformers = pytest.importorskip("transformers")
