@@ -315,6 +315,13 @@ def _positions(x: Tensor, point: str, first: int, end: int | None = None) -> Ten
     return x[:, :, first:end, :end] if point == "pattern" else x[:, first:end]
 
 
+def cached_past(cache, layers, p: int, n: int) -> list | None:
+    """past_kv for a run of positions p..: the cached run's keys and values of positions < p in `layers`,
+    repeated for n experiments side by side ([n * batch, p, head, d_head] each); None when p is 0."""
+    return None if not p else [(cache[get_act_name("k", j)][:, :p].repeat(n, 1, 1, 1),
+                                cache[get_act_name("v", j)][:, :p].repeat(n, 1, 1, 1)) for j in layers]
+
+
 def _patched_final(model, base, resid: list[str], l: int, p: int, n_pos: int, keep, n: int, B: int, hook,
                    local: bool) -> Tensor:
     """The final residual of n experiments (row blocks of B), each patched by `hook` at layer l, run over
@@ -323,9 +330,8 @@ def _patched_final(model, base, resid: list[str], l: int, p: int, n_pos: int, ke
     runs that one position and later positions take the base run's resid_post."""
     L = model.cfg.n_layer
 
-    def past(layers):  # the base run's keys and values of positions < p
-        return None if not p else [(base[get_act_name("k", j)][:, :p].repeat(n, 1, 1, 1),
-                                    base[get_act_name("v", j)][:, :p].repeat(n, 1, 1, 1)) for j in layers]
+    def past(layers):
+        return cached_past(base, layers, p, n)
 
     def rows(name, a, b):
         return base[name][:, a:b].repeat(n, 1, 1)

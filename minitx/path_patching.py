@@ -33,7 +33,8 @@ from torch import Tensor
 
 from minitx.metrics import check_count, metric_name, normalized
 from minitx.model import get_act_name
-from minitx.patching import check_same_shape, final_resid, metric_blocks, position_mask, shared_prefix, _check_metric, _2d
+from minitx.patching import (cached_past, check_same_shape, final_resid, metric_blocks, position_mask, shared_prefix,
+                             _check_metric, _2d)
 
 
 @dataclass
@@ -127,9 +128,7 @@ def _experiments(model, x_orig, x_new, experiments, receivers, metric, sender_po
     m_orig, m_new = _check_metric(metric(logits_orig), B), _check_metric(metric(logits_new), B)
 
     def past(first_layer: int, stop_layer: int, n: int):  # x_orig's keys and values of positions < S
-        return None if not S else [(orig[get_act_name("k", j)][:, :S].repeat(n, 1, 1, 1),
-                                    orig[get_act_name("v", j)][:, :S].repeat(n, 1, 1, 1))
-                                   for j in range(first_layer, stop_layer)]
+        return cached_past(orig, range(first_layer, stop_layer), S, n)
 
     def ln_hooks(first_layer: int, n: int) -> list:
         if not freeze_ln:
