@@ -96,7 +96,7 @@ def _metric_values(metric: Callable, logits: Tensor, batch: int) -> Tensor:
 def _runs(model, clean: Tensor, corrupted: Tensor, metric: Callable, names: list[str], grad_names: list[str]):
     """The two forwards and one backward every estimate here needs.
 
-    Returns (clean cache of names, corrupted cache of names and grad_names (detached), {name:
+    Returns (clean cache of names, corrupted cache of names (detached), {name:
     d mean(metric) / d activation} for grad_names, m_clean [batch], m_corrupted [batch]). The corrupted run caches with keep_grad and
     differentiates with autograd.grad, so parameters' .grad are never touched. Its graph is rooted at
     a leaf made from hook_embed (the weights may not require grad); nothing else is detached, so the
@@ -114,7 +114,7 @@ def _runs(model, clean: Tensor, corrupted: Tensor, metric: Callable, names: list
                              "carries no gradient (an argmax, a comparison, .item() or .detach() inside?)")
         grads = torch.autograd.grad(m_corr.mean(), [cache[n] for n in grad_names], allow_unused=True)
     grads = {n: torch.zeros_like(cache[n]) if g is None else g for n, g in zip(grad_names, grads)}
-    corr_cache = {n: x.detach() for n, x in cache.items()}
+    corr_cache = {n: x.detach() for n, x in cache.items() if n not in extra}  # extra: only their gradients
     return clean_cache, corr_cache, grads, m_clean.detach(), m_corr.detach()
 
 

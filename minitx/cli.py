@@ -42,8 +42,9 @@ def cmd_generate(args) -> int:
     eos = model.cfg.bos_token_id if vocab.is_text and not args.ignore_eos else None
     out = model.generate(tokens, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed,
                          eos_token_id=eos)[0]
-    if eos is not None and bool((out[tokens.shape[1]:] == eos).any()):
-        out = out[:tokens.shape[1] + int((out[tokens.shape[1]:] == eos).nonzero()[0])]  # the text ends there
+    ends = [] if eos is None else (out[tokens.shape[1]:] == eos).nonzero()
+    if len(ends):
+        out = out[:tokens.shape[1] + int(ends[0])]  # the text ends there
     print(vocab.tokenizer.to_string(out) if vocab.is_text else " ".join(map(str, out.tolist())))
     return 0
 

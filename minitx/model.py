@@ -467,8 +467,9 @@ class Transformer(nn.Module):
             attn = self._attention_mask(mask, step_input.shape, tokens.device, n_past=offset)
             for layer, block in enumerate(self.blocks):
                 resid, past[layer] = block(resid, run, attn, past[layer])
-            last = mask.shape[1] - 1 - mask.flip(1).argmax(1) - offset  # each row's last real token
-            logits = self.unembed(resid[torch.arange(len(resid)), last][:, None], run)[:, 0]  # [batch, d_vocab]
+            if offset == 0:  # the prompt: each row's last real token (right padding ends in pads)
+                resid = resid[torch.arange(len(resid)), mask.shape[1] - 1 - mask.flip(1).argmax(1)][:, None]
+            logits = self.unembed(resid[:, -1:], run)[:, 0]  # [batch, d_vocab]
             if temperature == 0:
                 next_token = logits.argmax(-1)
             else:

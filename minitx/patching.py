@@ -298,8 +298,7 @@ def _run(model, c: Corruption, names: list[str], metric: Callable, batch: int):
 
 def shared_prefix(a: Tensor, b: Tensor) -> int:
     """The number of leading positions where every prompt of a and b [batch, pos] has the same tokens."""
-    differ = (a != b).any(0).nonzero()
-    return int(differ[0, 0]) if len(differ) else a.shape[1]
+    return (differing_positions(a, b) or [a.shape[1]])[0]
 
 
 def _shared_prefix(clean: Corruption, corrupted: Corruption) -> int:
@@ -330,23 +329,21 @@ def _patched_final(model, base, resid: list[str], l: int, p: int, n_pos: int, ke
     runs that one position and later positions take the base run's resid_post."""
     L = model.cfg.n_layer
 
-    def past(layers):
-        return cached_past(base, layers, p, n)
 
     def rows(name, a, b):
         return base[name][:, a:b].repeat(n, 1, 1)
 
     if local:
         at_p = model.run_with_hooks(rows(resid[l], p, p + 1), start_at_layer=l, stop_at_layer=l + 1,
-                                    past_kv=past([l]), fwd_hooks=[hook])
+                                    past_kv=cached_past(base, [l], p, n), fwd_hooks=[hook])
         after = torch.cat([at_p, rows(resid[l + 1], p + 1, n_pos)], 1)  # resid_post of layer l, positions p..
         if l == L - 1:  # layer l was the last: `after` is the final residual
             final = after[:, -keep:] if keep else after
         else:
-            final = model(after, start_at_layer=l + 1, stop_at_layer=L, past_kv=past(range(l + 1, L)), keep_last=keep)
+            final = model(after, start_at_layer=l + 1, stop_at_layer=L, past_kv=cached_past(base, range(l + 1, L), p, n), keep_last=keep)
     else:
         final = model.run_with_hooks(rows(resid[l], p, n_pos), start_at_layer=l, stop_at_layer=L,
-                                     past_kv=past(range(l, L)), keep_last=keep, fwd_hooks=[hook])
+                                     past_kv=cached_past(base, range(l, L), p, n), keep_last=keep, fwd_hooks=[hook])
     if p and not keep:  # earlier positions are the base run's, untouched by the patch
         final = torch.cat([rows(resid[L], 0, p), final], 1)
     return final

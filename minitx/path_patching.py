@@ -127,9 +127,6 @@ def _experiments(model, x_orig, x_new, experiments, receivers, metric, sender_po
     logits_orig, orig = model.run_with_cache(x_orig, names_filter=names)  # pass B
     m_orig, m_new = _check_metric(metric(logits_orig), B), _check_metric(metric(logits_new), B)
 
-    def past(first_layer: int, stop_layer: int, n: int):  # x_orig's keys and values of positions < S
-        return cached_past(orig, range(first_layer, stop_layer), S, n)
-
     def ln_hooks(first_layer: int, n: int) -> list:
         if not freeze_ln:
             return []
@@ -187,9 +184,9 @@ def _experiments(model, x_orig, x_new, experiments, receivers, metric, sender_po
         if s0 < min(stop, L):
             start = orig[resid[s0]][:, S:].repeat(n, 1, 1)
             if stop >= L:  # also the receiver "logits": C's final residual is what D unembeds
-                recorded["logits"] = final_resid(model, start, s0, hooks, past(s0, L, n))
+                recorded["logits"] = final_resid(model, start, s0, hooks, cached_past(orig, range(s0, L), S, n))
             else:
-                model.run_with_hooks(start, start_at_layer=s0, stop_at_layer=stop, past_kv=past(s0, stop, n),
+                model.run_with_hooks(start, start_at_layer=s0, stop_at_layer=stop, past_kv=cached_past(orig, range(s0, stop), S, n),
                                      fwd_hooks=hooks)
         # ---- pass D: x_orig with only the receivers patched, at the receiver positions
         scale = orig["ln_final.hook_scale"] if freeze_ln else None
@@ -202,7 +199,7 @@ def _experiments(model, x_orig, x_new, experiments, receivers, metric, sender_po
                 mask = _receiver_mask(r_mask, [r[1] for r in recs if r[0] == name], H)
                 hooks.append((name, lambda x, h, m=mask: where(m, recorded[h.name], x, n)))
             final = final_resid(model, orig[resid[first]][:, S:].repeat(n, 1, 1), first, hooks + ln_hooks(first, n),
-                                past(first, L, n))
+                                cached_past(orig, range(first, L), S, n))
         if S:  # the positions before S are x_orig's in every experiment
             final = torch.cat([orig[last][:, :S].repeat(n, 1, 1), final], 1)
         out[chunk] = metric_blocks(model, final, metric, B, scale).cpu()
