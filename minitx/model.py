@@ -15,6 +15,7 @@ Checkpoint names (c_attn, wte, ...) appear only in `minitx/loading.py`.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 from dataclasses import dataclass
 
@@ -254,6 +255,9 @@ class Block(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # The model.
 
+# Hooks set with `with model.hooks(...)`: (model, fwd, bwd) entries, per thread and asyncio task.
+_CONTEXT_HOOKS: contextvars.ContextVar[tuple] = contextvars.ContextVar("minitx_context_hooks", default=())
+
 
 class Transformer(nn.Module):
     """GPT-2. `model(tokens)` gives logits [batch, pos, d_vocab]; hooks and caches are per call."""
@@ -267,7 +271,6 @@ class Transformer(nn.Module):
         self.ln_final = LayerNorm(cfg.d_model, cfg.layer_norm_epsilon)
         # GPT-2 ties the unembedding to the embedding and has no unembedding bias.
         self.W_U_untied = None if cfg.tie_word_embeddings else nn.Parameter(torch.zeros(cfg.d_model, cfg.d_vocab))
-        self._context_hooks: tuple[list, list] = ([], [])
 
     @torch.no_grad()
     def init_weights(self, seed: int = 0, std: float = 0.02) -> "Transformer":
@@ -418,14 +421,26 @@ class Transformer(nn.Module):
 
     @contextlib.contextmanager
     def hooks(self, fwd_hooks=(), bwd_hooks=()):
-        """Every forward inside the `with` block runs with these hooks; they are gone after it."""
+        """Every forward inside the `with` block, in this thread (or asyncio task), runs with these hooks;
+        they are gone after it, whatever order overlapping blocks exit in. Other threads never see them."""
         self._run(fwd_hooks, bwd_hooks)  # fail on typos before anything runs
-        saved = self._context_hooks
-        self._context_hooks = (saved[0] + list(fwd_hooks), saved[1] + list(bwd_hooks))
+        entry = (self, list(fwd_hooks), list(bwd_hooks))
+        _CONTEXT_HOOKS.set(_CONTEXT_HOOKS.get() + (entry,))
         try:
             yield self
         finally:
-            self._context_hooks = saved
+            _CONTEXT_HOOKS.set(tuple(e for e in _CONTEXT_HOOKS.get() if e is not entry))
+
+    @property
+    def _context_hooks(self) -> tuple[list, list]:  # (fwd, bwd) set with model.hooks(...) in this thread
+        entries = [e for e in _CONTEXT_HOOKS.get() if e[0] is self]
+        return [h for e in entries for h in e[1]], [h for e in entries for h in e[2]]
+
+    @property
+    def has_context_hooks(self) -> bool:
+        """True while a `with model.hooks(...)` block is active in the calling thread: then hooks may index
+        positions, so analysis shortcuts that drop or reuse positions are not exact."""
+        return any(self._context_hooks)
 
     def run_with_hooks(self, tokens: Tensor, *args, fwd_hooks=(), bwd_hooks=(), **kwargs) -> Tensor:
         """Forward where fwd_hooks [(name | names | predicate, fn(act, hook) -> replacement | None)] fire."""

@@ -291,3 +291,61 @@ def test_start_at_mid_runs_only_the_mlp_half_of_the_first_block(tiny_model):
         assert_close(mid_cache["resid_post", layer], cache["resid_post", layer], atol=1e-5, rtol=1e-5)
         assert_close(tiny_model(cache["resid_mid", layer], start_at_layer=layer, start_at_mid=True, keep_last=1),
                      logits[:, -1:], atol=1e-5, rtol=1e-5)
+
+
+def test_context_hooks_are_per_thread_and_leave_nothing_whatever_the_exit_order(tiny_model):
+    """A enters, B enters, A exits, B exits: each thread sees only its own hooks; none remain."""
+    import threading
+    tokens = torch.randint(0, 257, (1, 5))
+    clean = tiny_model(tokens)
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen, errors = {}, []
+
+    def mark(tag):
+        def hook(x, h):
+            seen.setdefault(tag, []).append(threading.current_thread().name)
+        return hook
+
+    def thread_a():
+        try:
+            with tiny_model.hooks([("hook_embed", mark("A"))]):
+                a_in.set()
+                b_in.wait(10)
+                tiny_model(tokens)
+                seen["A_has"] = tiny_model.has_context_hooks
+            a_out.set()
+        except Exception as e:  # noqa: BLE001 -- reported below
+            errors.append(e)
+            a_out.set()
+
+    def thread_b():
+        try:
+            a_in.wait(10)
+            seen["B_before"] = tiny_model.has_context_hooks  # A's hooks are not B's
+            with tiny_model.hooks([("hook_embed", mark("B"))]):
+                b_in.set()
+                a_out.wait(10)
+                tiny_model(tokens)
+            seen["B_after"] = tiny_model.has_context_hooks
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+            b_in.set()
+
+    ta, tb = threading.Thread(target=thread_a, name="A"), threading.Thread(target=thread_b, name="B")
+    ta.start(), tb.start(), ta.join(20), tb.join(20)
+    assert not errors, errors
+    assert seen["A"] == ["A"] and seen["B"] == ["B"]  # each hook fired once, in its own thread only
+    assert seen["A_has"] and not seen["B_before"] and not seen["B_after"]
+    assert not tiny_model.has_context_hooks and tiny_model._context_hooks == ([], [])
+    assert torch.equal(tiny_model(tokens), clean)
+
+
+def test_context_hooks_exit_out_of_order_in_one_thread(tiny_model):
+    tokens = torch.randint(0, 257, (1, 5))
+    outer = tiny_model.hooks([("hook_embed", lambda x, h: x * 0)])
+    inner = tiny_model.hooks([("hook_pos_embed", lambda x, h: x * 0)])
+    outer.__enter__(), inner.__enter__()
+    outer.__exit__(None, None, None)  # the outer block ends first: only its hooks go
+    assert len(tiny_model._context_hooks[0]) == 1 and tiny_model.has_context_hooks
+    inner.__exit__(None, None, None)
+    assert not tiny_model.has_context_hooks
