@@ -1,12 +1,100 @@
-"""Checks of what a user passes to the model: its config, token ids, attention masks, generation arguments.
+"""Checks of what a user passes to minitx: the config, token ids, positions, counts, integers, attention masks,
+generation arguments. This is the only home of argument checks; every module calls these.
 
 Each failure says what was wrong and what is allowed, in one line (the table: docs/bad-inputs.md).
+
+    describe(value)                                 a one-line description of an argument, for messages
+    check_integers(value, what, allowed)            TypeError unless ints (no bools, no floats)
+    check_count(value, what, meaning)               an int >= 1
+    check_positions(pos, n_pos, what, batch=None)   positions (negative from the end) -> LongTensor >= 0
+    check_token_ids(ids, d_vocab, what, batch=None) token ids in the vocabulary -> LongTensor
+    check_tokens(tokens, d_vocab)                   a prompt batch [batch, pos] (or [pos]) of ids
 """
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import Tensor
+
+
+def describe(value) -> str:
+    """A short one-line description of an argument for error messages: its type and value, or a tensor's dtype."""
+    if isinstance(value, Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}" if value.dim() else \
+            f"a {value.dtype} tensor {value.item()!r}"
+    text = " ".join(repr(value).split())  # one line, whatever the repr
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:39] + '…'}"
+
+
+def check_integers(value, what: str, allowed: str) -> None:
+    """TypeError naming `what` and saying what is `allowed` unless value is an int, a (nested) list or tuple
+    of ints, or an integer tensor. Bools and floats are refused, so no id or position is silently truncated."""
+    if isinstance(value, Tensor):
+        ok = not (value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool)
+    elif isinstance(value, (list, tuple, range)) or hasattr(value, "__array__"):  # also numpy arrays
+        try:
+            as_tensor = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            ok = False
+        else:
+            ok = as_tensor.numel() == 0 or not (as_tensor.dtype.is_floating_point or as_tensor.dtype == torch.bool)
+    else:
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not ok:
+        raise TypeError(f"{what} must be {allowed}, got {describe(value)}")
+
+
+def check_count(value, what: str, meaning: str) -> None:
+    """ValueError unless value is an int >= 1 (not a bool, a float or a string)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{what}={value!r}: {meaning}, an int >= 1")
+
+
+def _integer_values(value, what: str, kind: str, batch: int | None) -> Tensor:
+    """An int, a list of ints or an integer tensor -> LongTensor (on the tensor's device).
+
+    With batch: one value per prompt, an int (or 0-d tensor) for every prompt or a 1-d [batch] -> [batch]."""
+    allowed = f"an int or a LongTensor [batch] of {kind}" if batch is not None else f"an int or a list of {kind}"
+    if isinstance(value, Tensor) and (value.dtype.is_floating_point or value.dtype.is_complex
+                                      or value.dtype == torch.bool or (batch is not None and value.dim() > 1)):
+        raise ValueError(f"{what} as a tensor must be integer {kind} of shape [batch]"
+                         f"{f'=[{batch}]' if batch is not None else ''}, got {value.dtype} {tuple(value.shape)}")
+    check_integers(value, what, allowed)
+    values = value.long() if isinstance(value, Tensor) else torch.as_tensor(value, dtype=torch.long)
+    if batch is None:
+        return values
+    if values.dim() == 0:
+        return values.expand(batch)
+    if values.shape != (batch,):
+        raise ValueError(f"{what} must be an int or one of {kind} per prompt, of shape [batch]=[{batch}]; "
+                         f"got shape {tuple(values.shape)}")
+    return values
+
+
+def check_positions(pos, n_pos: int, what: str = "pos", batch: int | None = None) -> Tensor:
+    """Positions in prompts of n_pos tokens (negative counts from the end) -> LongTensor of positions 0..n_pos-1.
+
+    pos: an int, a list of ints or an integer tensor, any shape; with `batch`, one position per prompt
+    (an int for all, or [batch]) -> [batch]. The one position check of minitx: every module calls it."""
+    values = _integer_values(pos, what, "positions", batch)
+    bad = (values < -n_pos) | (values >= n_pos)
+    if bool(bad.any()):
+        raise ValueError(f"position {int(values[bad][0])} is out of range for prompts of {n_pos} tokens; "
+                         f"allowed: {-n_pos}..{n_pos - 1}")
+    return values % n_pos
+
+
+def check_token_ids(ids, d_vocab: int, what: str = "token", batch: int | None = None) -> Tensor:
+    """Token ids in 0..d_vocab-1 (an int, a list or an integer tensor, any shape) -> LongTensor.
+
+    With `batch`, one id per prompt (an int for all, or [batch]) -> [batch]. Messages read "{what} id 7 ..."."""
+    values = _integer_values(ids, what, "ids", batch)
+    bad = (values < 0) | (values >= d_vocab)
+    if bool(bad.any()):
+        raise ValueError(f"{what} id {int(values[bad][0])} is outside the vocabulary; allowed ids are 0..{d_vocab - 1}")
+    return values
 
 
 def check_config(cfg, activations) -> None:

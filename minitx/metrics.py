@@ -16,68 +16,19 @@ reads, so patching sweeps can unembed only that position (`Metric.at_pos` takes 
 
 from __future__ import annotations
 
-import numbers
 import warnings
 from typing import Callable
 
 import torch
 from torch import Tensor
 
-
-def describe(value) -> str:
-    """A short one-line description of an argument for error messages: its type and value, or a tensor's dtype."""
-    if isinstance(value, Tensor):
-        return f"a {value.dtype} tensor of shape {tuple(value.shape)}" if value.dim() else \
-            f"a {value.dtype} tensor {value.item()!r}"
-    text = " ".join(repr(value).split())  # one line, whatever the repr
-    return f"{type(value).__name__} {text if len(text) <= 40 else text[:39] + '…'}"
-
-
-def check_integers(value, what: str, allowed: str) -> None:
-    """TypeError naming `what` and saying what is `allowed` unless value is an int, a (nested) list or tuple
-    of ints, or an integer tensor. Bools and floats are refused, so no id or position is silently truncated."""
-    if isinstance(value, Tensor):
-        ok = not (value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool)
-    elif isinstance(value, (list, tuple, range)) or hasattr(value, "__array__"):  # also numpy arrays
-        try:
-            as_tensor = torch.as_tensor(value)
-        except (TypeError, ValueError, RuntimeError):
-            ok = False
-        else:
-            ok = as_tensor.numel() == 0 or not (as_tensor.dtype.is_floating_point or as_tensor.dtype == torch.bool)
-    else:
-        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if not ok:
-        raise TypeError(f"{what} must be {allowed}, got {describe(value)}")
-
-
-def check_count(value, what: str, meaning: str) -> None:
-    """ValueError unless value is an int >= 1 (not a bool, a float or a string)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{what}={value!r}: {meaning}, an int >= 1")
-
-
-def _per_prompt(value: int | Tensor, batch: int, what: str, kind: str) -> Tensor:
-    """An int, or an integer tensor [batch] -> LongTensor [batch] (one value per prompt); kind: "" or "token id"."""
-    if isinstance(value, bool) or not isinstance(value, (int, Tensor)):
-        raise TypeError(f"{what} must be an int{' ' + kind if kind else ''} or a LongTensor [batch], "
-                        f"got {type(value).__name__}")
-    if not isinstance(value, Tensor):
-        return torch.full((batch,), value, dtype=torch.long)
-    if value.dtype.is_floating_point or value.dtype == torch.bool or value.dim() != 1 or len(value) != batch:
-        raise ValueError(f"{what} as a tensor must be integer {'ids ' if kind else ''}of shape [batch]=[{batch}], "
-                         f"got {value.dtype} {tuple(value.shape)}")
-    return value.long()
+# describe, check_integers, check_count: temporary re-exports while patching/lens switch to minitx.checks.
+from minitx.checks import check_count, check_integers, check_positions, check_token_ids, describe  # noqa: F401
 
 
 def resolve_pos(pos: int | Tensor, batch: int, n_pos: int) -> Tensor:
-    """-> LongTensor [batch] of non-negative positions; ValueError naming a position out of range."""
-    values = _per_prompt(pos, batch, "pos", "")
-    bad = (values < -n_pos) | (values >= n_pos)
-    if bool(bad.any()):
-        raise ValueError(f"position {int(values[bad][0])} is out of range for prompts of {n_pos} tokens; "
-                         f"allowed: {-n_pos}..{n_pos - 1}")
-    return values % n_pos
+    """Temporary alias of checks.check_positions(pos, n_pos, batch=batch), until its callers switch."""
+    return check_positions(pos, n_pos, batch=batch)
 
 
 def logits_at(logits: Tensor, pos: int | Tensor = -1) -> Tensor:
@@ -85,20 +36,12 @@ def logits_at(logits: Tensor, pos: int | Tensor = -1) -> Tensor:
     if not isinstance(logits, Tensor) or logits.dim() != 3:
         raise ValueError(f"logits must be [batch, pos, d_vocab], got "
                          f"{tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__}")
-    index = resolve_pos(pos, logits.shape[0], logits.shape[1]).to(logits.device)
+    index = check_positions(pos, logits.shape[1], batch=logits.shape[0]).to(logits.device)
     return logits[torch.arange(logits.shape[0], device=logits.device), index]
 
 
-def _ids(ids: int | Tensor, batch: int, d_vocab: int, what: str) -> Tensor:
-    ids = _per_prompt(ids, batch, what, "token id")
-    bad = (ids < 0) | (ids >= d_vocab)
-    if bool(bad.any()):
-        raise ValueError(f"{what} id {int(ids[bad][0])} is outside the vocabulary; allowed ids are 0..{d_vocab - 1}")
-    return ids
-
-
 def _pick(x: Tensor, ids: int | Tensor, what: str) -> Tensor:  # x [batch, d_vocab] -> [batch]
-    ids = _ids(ids, x.shape[0], x.shape[-1], what).to(x.device)
+    ids = check_token_ids(ids, x.shape[-1], what, batch=x.shape[0]).to(x.device)
     return x.gather(-1, ids[:, None])[:, 0]
 
 
