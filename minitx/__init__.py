@@ -7,9 +7,11 @@
     cache["pattern", 3]                              # blocks.3.attn.hook_pattern [batch, head, q_pos, k_pos]
 """
 
+__version__ = "0.1.0"  # the one place the version is written (pyproject.toml reads it)
+
 from minitx.model import POINTS, Cache, Config, HookPoint, Transformer, get_act_name, point_names
 
-__all__ = ["POINTS", "Cache", "Config", "HookPoint", "Transformer", "get_act_name", "point_names"]
+__all__ = ["__version__", "POINTS", "Cache", "Config", "HookPoint", "Transformer", "get_act_name", "point_names"]
 
 
 def __getattr__(name):

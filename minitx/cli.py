@@ -11,12 +11,14 @@ import sys
 import warnings
 from pathlib import Path
 
-# The small English model trained here (weights/english-6l/MODEL_CARD.md), next to the package in the
-# repository; weights/induction-2l is the 2-layer induction fixture (token ids, no text). A relative
-# --model path is tried from the current directory first, then from the repository root, so every
-# command works from any directory.
+from minitx import __version__
+
+# The small English model trained here (weights/english-6l/MODEL_CARD.md); weights/induction-2l is the
+# 2-layer induction fixture (token ids, no text). Both ship inside the package (minitx/shipped.py): a
+# --model that is not a local path but names a shipped model ("english-6l" or "weights/english-6l")
+# reads the packaged copy, so every command works from any directory, installed or not.
 DEFAULT_MODEL = "weights/english-6l"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent  # the source checkout, when there is one (tests use it)
 
 
 def cmd_download(args) -> int:
@@ -53,7 +55,7 @@ def cmd_generate(args) -> int:
 # Shared by the analysis commands: the model, prompts, and compact text tables.
 
 MODEL_HELP = (f"checkpoint directory, .safetensors file or hub id (default: the small English model {DEFAULT_MODEL}, "
-              "found relative to the repository root from any directory). With GPT-2's vocabulary (50257) prompts "
+              "shipped inside the package and found from any directory; also english-6l, induction-2l). With GPT-2's vocabulary (50257) prompts "
               "and tokens are text; with any other (the fixture has 65 ids, BOS = 64) they are space-separated "
               "integer token ids")
 BOS_HELP = ("start every prompt with BOS (default: --prepend-bos, as the fixture was trained and as "
@@ -61,20 +63,14 @@ BOS_HELP = ("start every prompt with BOS (default: --prepend-bos, as the fixture
 
 
 def resolve_model(name: str | None) -> str:
-    """--model -> what minitx.loading.load reads: the default fixture (repo root), a path, or a hub id."""
-    if name is None or name == DEFAULT_MODEL:
-        for path in (Path(DEFAULT_MODEL), REPO_ROOT / DEFAULT_MODEL):
-            if path.is_dir():
-                return str(path)
-        raise FileNotFoundError(f"the default model {DEFAULT_MODEL} is not at {REPO_ROOT / DEFAULT_MODEL}; train it "
-                                f"with `python scripts/train_english.py --out {REPO_ROOT / DEFAULT_MODEL}` or pass "
-                                "--model (a checkpoint directory, a .safetensors file or a hub id such as gpt2)")
+    """--model -> what minitx.loading.load reads: a local path, a shipped model's folder, or a hub id."""
+    from minitx.shipped import shipped_path
+    name = DEFAULT_MODEL if name is None else name
     path = Path(name).expanduser()
     if path.exists():
         return str(path)
-    if not path.is_absolute() and (REPO_ROOT / path).exists():
-        return str(REPO_ROOT / path)
-    return name
+    shipped = shipped_path(name)
+    return str(shipped) if shipped is not None else name
 
 
 def _load(args):
@@ -370,6 +366,7 @@ def _common(p, out_default: str | None = None) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="minitx", description="A small GPT-2 you can see inside.")
+    parser.add_argument("--version", action="version", version=f"minitx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("download", help="fetch a GPT-2 checkpoint into the Hugging Face cache ahead of time")

@@ -124,20 +124,20 @@ def test_text_prompts_with_gpt2_vocabulary(gpt2_vocab_dir, tmp_path, capsys):
 
 
 def test_default_model_from_any_directory(model_dir, tmp_path, capsys, monkeypatch):
-    repo = tmp_path / "repo"
-    (repo / "weights").mkdir(parents=True)
-    shutil.copytree(model_dir, repo / cli.DEFAULT_MODEL)
+    # The shipped models are package data (minitx/shipped.py): the default and "weights/..." names read the
+    # packaged copies from any directory, and a local folder of the same name is read as given.
+    from minitx.shipped import shipped_path
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    monkeypatch.setattr(cli, "REPO_ROOT", repo)
-    code, out, _ = run(capsys, "lens", "--prompt", "1 2 3")
+    assert cli.resolve_model(None) == str(shipped_path("english-6l"))
+    assert cli.resolve_model("weights/induction-2l") == cli.resolve_model("induction-2l") == str(shipped_path("induction-2l"))
+    code, out, _ = run(capsys, "lens", "--model", "weights/induction-2l", "--prompt", "1 2 3")
     assert code == 0 and (elsewhere / "lens.png").is_file()  # the default output lands in the current directory
-    code, out, _ = run(capsys, "lens", "--model", cli.DEFAULT_MODEL, "--prompt", "1 2 3")  # relative to the repo
-    assert code == 0
-    monkeypatch.setattr(cli, "REPO_ROOT", tmp_path / "empty")
-    code, out, err = run(capsys, "lens", "--prompt", "1 2 3")
-    check_clean_error(code, out, err, r"default model weights/english-6l is not at .*train_english\.py")
+    shutil.copytree(model_dir, elsewhere / cli.DEFAULT_MODEL)
+    assert cli.resolve_model(None) == cli.DEFAULT_MODEL
+    code, out, _ = run(capsys, "lens", "--prompt", "1 2 3")
+    assert code == 0 and "0_pre" in out
 
 
 @pytest.mark.skipif(not FIXTURE.is_dir(), reason="weights/english-6l has not been trained yet")
