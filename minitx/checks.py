@@ -7,6 +7,7 @@ Each failure says what was wrong and what is allowed, in one line (the table: do
     check_integers(value, what, allowed)            TypeError unless ints (no bools, no floats)
     check_count(value, what, meaning)               an int >= 1
     check_positions(pos, n_pos, what, batch=None)   positions (negative from the end) -> LongTensor >= 0
+    check_seed(seed)                                an int seed torch's generators accept
     check_token_ids(ids, d_vocab, what, batch=None) token ids in the vocabulary -> LongTensor
     check_tokens(tokens, d_vocab)                   a prompt batch [batch, pos] (or [pos]) of ids
 """
@@ -81,7 +82,8 @@ def check_positions(pos, n_pos: int, what: str = "pos", batch: int | None = None
     values = _integer_values(pos, what, "positions", batch)
     bad = (values < -n_pos) | (values >= n_pos)
     if bool(bad.any()):
-        raise ValueError(f"position {int(values[bad][0])} is out of range for prompts of {n_pos} tokens; "
+        named = "" if what in ("pos", "positions") else f"{what}: "
+        raise ValueError(f"{named}position {int(values[bad][0])} is out of range for prompts of {n_pos} tokens; "
                          f"allowed: {-n_pos}..{n_pos - 1}")
     return values % n_pos
 
@@ -171,3 +173,10 @@ def check_keep_last(keep_last, n_pos: int, n_blocks: int) -> None:
     if n_blocks == 0:
         raise ValueError("keep_last applies to the last block a call runs, and this call runs none "
                          "(start_at_layer == stop_at_layer)")
+
+
+def check_seed(seed, what: str = "seed") -> None:
+    """A random seed: an int in 0..2**64-1 (what torch.Generator.manual_seed takes)."""
+    check_integers(seed, what, "an int from 0 to 2**64-1")
+    if isinstance(seed, Tensor) or not 0 <= seed < 2 ** 64:
+        raise ValueError(f"{what}={seed!r} is not allowed: an int from 0 to 2**64-1")

@@ -12,14 +12,17 @@ TransformerLens `head_detector.detect_head`.
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from minitx.metrics import check_count, check_integers
+from minitx.checks import check_count, check_integers, check_positions, check_seed, check_token_ids, check_tokens
+from minitx.hooks import get_act_name
 from minitx.model import Transformer
+from minitx.results import Result
 
 HEAD_PATTERNS = ("previous_token_head", "duplicate_token_head", "induction_head")
 
@@ -27,8 +30,39 @@ HEAD_PATTERNS = ("previous_token_head", "duplicate_token_head", "induction_head"
 def attention_patterns(model: Transformer, tokens: Tensor) -> Tensor:
     """Returns [layer, batch, head, q_pos, k_pos] attention patterns, caching nothing else.
     Vaswani et al. 2017, "Attention Is All You Need" (the softmax pattern)."""
-    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
-    return torch.stack([cache["pattern", layer] for layer in range(model.cfg.n_layer)])
+    tokens = check_tokens(tokens, model.cfg.d_vocab)
+    check_memory(model.cfg, *tokens.shape)
+    names = [get_act_name("pattern", layer) for layer in range(model.cfg.n_layer)]
+    _, cache = model.run_with_cache(tokens, names_filter=names)
+    return torch.stack([cache[name] for name in names])
+
+
+def memory_estimate(cfg, batch: int, n_pos: int) -> int:
+    """Bytes that scoring heads on [batch, n_pos] tokens needs at its peak, roughly (float32): every layer's
+    patterns kept, twice (cached and stacked), plus one block's activations and the logits."""
+    size = 4
+    patterns = 2 * cfg.n_layer * cfg.n_head * n_pos * n_pos
+    block = n_pos * (6 * cfg.d_model + 2 * cfg.d_mlp + 3 * cfg.n_head * n_pos) + n_pos * cfg.d_vocab
+    return batch * size * (patterns + block)
+
+
+def memory_limit() -> int:
+    """Bytes a head-score call may use: MINITX_MAX_BYTES if set, else half the machine's memory."""
+    if os.environ.get("MINITX_MAX_BYTES"):
+        return int(float(os.environ["MINITX_MAX_BYTES"]))
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):  # no sysconf on this platform
+        return 8 << 30
+
+
+def check_memory(cfg, batch: int, n_pos: int) -> None:
+    """MemoryError with the estimate, before anything is allocated, when scoring heads would not fit."""
+    need, limit = memory_estimate(cfg, batch, n_pos), memory_limit()
+    if need > limit:
+        raise MemoryError(f"scoring heads on {batch} prompts of {n_pos} tokens needs about {need / 2**30:.1f} GiB, "
+                          f"more than the {limit / 2**30:.1f} GiB allowed (half this machine's memory, or "
+                          "MINITX_MAX_BYTES); use fewer or shorter prompts")
 
 
 def _without_bos(pattern: Tensor) -> tuple[Tensor, Tensor]:
@@ -43,11 +77,11 @@ def _without_bos(pattern: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _check_tokens(model: Transformer, tokens: Tensor, fits=None, why=None) -> Tensor:
-    """The model's own check: a LongTensor [batch, pos] (or [pos]) with at least one token, ids in the vocabulary.
+    """checks.check_tokens: a LongTensor [batch, pos] (or [pos]) with at least one token, ids in the vocabulary.
     fits(n_pos) -> bool and why(n_pos) -> message: a score's own length rule, checked first (it says more)."""
     if fits is not None and isinstance(tokens, Tensor) and tokens.dim() in (1, 2) and not fits(tokens.shape[-1]):
         raise ValueError(why(tokens.shape[-1]))
-    return model._check_tokens(tokens)
+    return check_tokens(tokens, model.cfg.d_vocab)
 
 
 def _check_heads(heads, n_layer: int, n_head: int) -> list[tuple[int, list[int]]]:
@@ -118,12 +152,31 @@ def offset_scores(model: Transformer, tokens: Tensor, max_offset: int = 4, exclu
         valid = valid & rows[..., None]  # [layer, batch, head, q, offset]
     profile = offset_profile(patterns, max_offset)  # [layer, batch, head, q, offset]
     valid = valid.expand_as(profile).to(profile.dtype)
-    return (profile * valid).sum((1, 3)) / valid.sum((1, 3))  # [layer, head, offset]
+    scores = (profile * valid).sum((1, 3)) / valid.sum((1, 3))  # [layer, head, offset]
+    _warn_undefined(scores, "offset_scores", "every query put all its attention on BOS, so with exclude_bos no "
+                    "row is left to average")
+    return scores
+
+
+def _warn_undefined(scores: Tensor, what: str, why: str) -> None:
+    """A RuntimeWarning naming the heads whose score is NaN (undefined), and why."""
+    bad = scores.isnan()
+    while bad.dim() > 2:
+        bad = bad.any(-1)
+    if bool(bad.any()):
+        where = [f"{l}.{h}" for l, h in bad.nonzero().tolist()]
+        warnings.warn(f"{what}: the score of head{'s' if len(where) > 1 else ''} {', '.join(where[:8])}"
+                      f"{' ...' if len(where) > 8 else ''} is undefined (NaN): {why}", RuntimeWarning, stacklevel=3)
 
 
 def argmax_offset(scores: Tensor, min_offset: int = 0, threshold: float | None = None) -> Tensor:
     """Returns [layer, head] the offset d >= min_offset with the largest score; -1 where that score < threshold.
     Olsson et al. 2022 (METHODS §5.1: an "offset-d head" has off_d >= tau and d = argmax)."""
+    if not isinstance(scores, Tensor) or scores.dim() < 1:
+        raise TypeError(f"scores must be offset_scores' [layer, head, offset] tensor, got {type(scores).__name__}")
+    check_integers(min_offset, "min_offset", "an int offset")
+    if not 0 <= min_offset < scores.shape[-1]:
+        raise ValueError(f"min_offset={min_offset} is not an offset of these scores; allowed 0..{scores.shape[-1] - 1}")
     best = scores[..., min_offset:].max(-1)  # scores: [layer, head, offset]
     index = best.indices + min_offset
     if threshold is not None:
@@ -156,11 +209,15 @@ def repeated_tokens(d_vocab: int, n: int, batch: int, seed: int, prepend_bos: bo
     token_ids: the ids r is drawn from (default: the whole vocabulary), e.g. the words a small model knows."""
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch={batch!r}: the number of random sequences must be an int >= 1")
+    check_seed(seed)
     bos = d_vocab - 1 if bos_token_id is None else bos_token_id
-    pool = range(d_vocab) if token_ids is None else sorted({int(t) for t in token_ids})
-    if any(not 0 <= t < d_vocab for t in pool):
-        raise ValueError(f"token_ids must lie in the vocabulary 0..{d_vocab - 1}")
-    candidates = torch.tensor([t for t in pool if t != bos])
+    if token_ids is None:
+        pool = range(d_vocab)
+    else:
+        pool = sorted(set(check_token_ids(token_ids, d_vocab, "token_ids").reshape(-1).tolist()))
+        if not [t for t in pool if t != bos]:
+            raise ValueError("token_ids holds no id other than BOS; give the ids r may be drawn from")
+    candidates = torch.tensor([t for t in pool if t != bos], dtype=torch.long)
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(candidates):
         raise ValueError(f"n={n} distinct tokens per half are not available: allowed 1..{len(candidates)}")
     generator = torch.Generator().manual_seed(seed)
@@ -186,6 +243,8 @@ def induction_scores(model: Transformer, n: int = 50, batch: int = 10, seed: int
     o = int(prepend_bos)
     if 2 * n + o > model.cfg.n_ctx:
         raise ValueError(f"n={n} gives {2 * n + o} positions but the model has n_positions={model.cfg.n_ctx}")
+    if isinstance(batch, int) and not isinstance(batch, bool):
+        check_memory(model.cfg, batch, 2 * n + o)  # before the tokens are drawn
     tokens = repeated_tokens(model.cfg.d_vocab, n, batch, seed, prepend_bos, model.cfg.bos_token_id
                              if 0 <= model.cfg.bos_token_id < model.cfg.d_vocab else None, token_ids)
     patterns = attention_patterns(model, tokens)
@@ -243,57 +302,23 @@ def detect_head(model: Transformer, tokens: Tensor, detection: str | Tensor, hea
 
     "mul": sum(A * D) / sum(A) after zeroing A's BOS column / diagonal if excluded.
     "abs": 1 - round(sum|A - D| / S, 3), excluded entries of |A - D| zeroed.
-    detection: a name in HEAD_PATTERNS or a lower-triangular [pos, pos] (or [batch, pos, pos]) tensor.
-    heads: None (all), a list of (layer, head) or {layer: [heads]}. cache: optional, holding the patterns.
+    detection: a name in HEAD_PATTERNS or a lower-triangular [pos, pos] (or [batch, pos, pos]) tensor, list or array.
+    heads: None (all), a list of (layer, head) or {layer: [heads]}. cache: optional, holding the patterns
+    of these tokens (checked against a layer-0 forward). A head whose "mul" score divides by zero (all
+    its attention excluded) is NaN, with a warning.
     Unlike TL, which drops the keyword options when given a list of prompts, every prompt uses them here.
     """
     n_ctx = model.cfg.n_ctx
     tokens = _check_tokens(model, tokens, lambda S: 1 < S < n_ctx,
                            lambda S: f"the prompts have {S} tokens; detect_head needs 1 < pos < n_ctx={n_ctx}")
-    B, S = tokens.shape
     if error_measure not in ("mul", "abs"):
         raise ValueError(f"error_measure={error_measure!r}; allowed: 'mul', 'abs'")
-    L = model.cfg.n_layer
-    pairs = None if heads is None else _check_heads(heads, L, model.cfg.n_head)
-    if cache is not None:
-        missing = [f"blocks.{l}.attn.hook_pattern" for l in range(L) if f"blocks.{l}.attn.hook_pattern" not in cache]
-        if missing:
-            raise KeyError(f"detect_head: the cache has no {missing[0]}; pass cache=None, or a cache from "
-                           "run_with_cache(tokens) whose names_filter keeps every attn.hook_pattern")
-    if isinstance(detection, str):
-        D = torch.stack([detection_pattern(row, detection) for row in tokens])  # [batch, q, k]
-    else:
-        shape_ok = detection.shape in ((S, S), (1, S, S), (B, S, S))
-        D = detection.float().expand(B, S, S) if shape_ok else None
-        if D is None or not torch.equal(D, D.tril()):
-            raise ValueError(f"the detection pattern must be lower-triangular [{S}, {S}] (or [batch, {S}, {S}]) for "
-                             f"{S}-token prompts; got shape {tuple(detection.shape)}")
-        if error_measure == "mul" and not set(D.unique().tolist()) <= {0.0, 1.0}:
-            warnings.warn("detection pattern has values other than 0 or 1 with error_measure 'mul'")
-    if cache is None:
-        patterns = attention_patterns(model, tokens)  # [layer, batch, head, q, k]
-    else:
-        patterns = torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"] for layer in range(L)])
-        if patterns.shape[1] != B or patterns.shape[-1] != S:
-            raise ValueError(f"detect_head: the cache's patterns are for {patterns.shape[1]} prompts of "
-                             f"{patterns.shape[-1]} tokens, but tokens has shape {(B, S)}; cache the same tokens")
-    A = patterns.clone()
-    D = D.to(A.dtype)[None, :, None]  # [1, batch, 1, q, k]
-    if error_measure == "mul":
-        if exclude_bos:
-            A[..., 0] = 0
-        if exclude_current_token:
-            A.diagonal(dim1=-2, dim2=-1).zero_()
-        per_prompt = (A * D).sum((-2, -1)) / A.sum((-2, -1))  # [layer, batch, head]
-    else:
-        diff = (A - D).abs()
-        if exclude_bos:
-            diff[..., 0] = 0
-        if exclude_current_token:
-            diff.diagonal(dim1=-2, dim2=-1).zero_()
-        raw = diff.mean((-2, -1)) * S  # TL's arithmetic, so its 3-decimal rounding lands the same way
-        per_prompt = torch.tensor([[[1 - round(v, 3) for v in hs] for hs in b] for b in raw.tolist()])
+    pairs = None if heads is None else _check_heads(heads, model.cfg.n_layer, model.cfg.n_head)
+    D = _detection_tensor(detection, tokens, error_measure)  # [batch, q, k]
+    patterns = attention_patterns(model, tokens) if cache is None else _cached_patterns(model, tokens, cache)
+    per_prompt = _detector_scores(patterns, D.to(patterns.dtype), exclude_bos, exclude_current_token, error_measure)
     scores = per_prompt.mean(1)  # [layer, head]
+    _warn_undefined(scores, "detect_head", "all its attention fell on excluded entries (BOS or the current token)")
     if heads is None:
         return scores
     out = torch.full_like(scores, -1.0)
@@ -302,29 +327,99 @@ def detect_head(model: Transformer, tokens: Tensor, detection: str | Tensor, hea
     return out
 
 
+def _detection_tensor(detection, tokens: Tensor, error_measure: str) -> Tensor:
+    """detect_head's detection (a pattern name, or a [pos, pos] / [batch, pos, pos] tensor, list or array)
+    -> float [batch, q, k], checked: lower-triangular, finite."""
+    B, S = tokens.shape
+    if isinstance(detection, str):
+        return torch.stack([detection_pattern(row, detection) for row in tokens])
+    try:
+        D = torch.as_tensor(detection, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"detection must be a name ({', '.join(HEAD_PATTERNS)}) or a [pos, pos] tensor of 0/1, "
+                        f"got {type(detection).__name__}") from None
+    if D.shape not in ((S, S), (1, S, S), (B, S, S)) or not torch.equal(D.nan_to_num(), D.nan_to_num().tril()):
+        raise ValueError(f"the detection pattern must be lower-triangular [{S}, {S}] (or [batch, {S}, {S}]) for "
+                         f"{S}-token prompts; got shape {tuple(D.shape)}")
+    if not bool(D.isfinite().all()):
+        raise ValueError("the detection pattern holds NaN or inf; give finite weights (0/1 for error_measure 'mul')")
+    if error_measure == "mul" and not set(D.unique().tolist()) <= {0.0, 1.0}:
+        warnings.warn("detection pattern has values other than 0 or 1 with error_measure 'mul'")
+    return D.expand(B, S, S)
+
+
+def _cached_patterns(model: Transformer, tokens: Tensor, cache) -> Tensor:
+    """[layer, batch, head, q, k] patterns from a user's cache, after checking it holds them for these tokens:
+    its layer-0 pattern must equal a fresh layer-0 forward on tokens (a cache of other prompts would
+    silently score those)."""
+    names = [get_act_name("pattern", layer) for layer in range(model.cfg.n_layer)]
+    missing = [name for name in names if name not in cache]
+    if missing:
+        raise KeyError(f"detect_head: the cache has no {missing[0]}; pass cache=None, or a cache from "
+                       "run_with_cache(tokens) whose names_filter keeps every attn.hook_pattern")
+    patterns = torch.stack([cache[name] for name in names])
+    B, S = tokens.shape
+    if patterns.shape[1] != B or patterns.shape[-1] != S:
+        raise ValueError(f"detect_head: the cache's patterns are for {patterns.shape[1]} prompts of "
+                         f"{patterns.shape[-1]} tokens, but tokens has shape {(B, S)}; cache the same tokens")
+    _, fresh = model.run_with_cache(tokens, names_filter=names[0], stop_at_layer=1)
+    if not torch.allclose(fresh[names[0]].to(patterns.dtype), patterns[0], atol=1e-4, rtol=1e-3):
+        raise ValueError("detect_head: the cache's patterns were not computed from these tokens (layer 0 differs "
+                         "from a forward on them); pass the cache of run_with_cache(tokens), or cache=None")
+    return patterns
+
+
+def _detector_scores(A: Tensor, D: Tensor, exclude_bos: bool, exclude_current_token: bool,
+                     error_measure: str) -> Tensor:
+    """A [layer, batch, head, q, k] patterns, D [batch, q, k] detection -> [layer, batch, head] TL detector scores."""
+    S = A.shape[-1]
+    D = D[None, :, None]  # [1, batch, 1, q, k]
+    if error_measure == "mul":
+        A = A.clone()
+        if exclude_bos:
+            A[..., 0] = 0
+        if exclude_current_token:
+            A.diagonal(dim1=-2, dim2=-1).zero_()
+        return (A * D).sum((-2, -1)) / A.sum((-2, -1))
+    diff = (A - D).abs()
+    if exclude_bos:
+        diff[..., 0] = 0
+    if exclude_current_token:
+        diff.diagonal(dim1=-2, dim2=-1).zero_()
+    raw = diff.mean((-2, -1)) * S  # TL's arithmetic, so its 3-decimal rounding lands the same way
+    return torch.tensor([[[1 - round(v, 3) for v in hs] for hs in b] for b in raw.tolist()])
+
+
 # ---------------------------------------------------------------------------------------------
 # Subject/object role swap, METHODS §5.5.
 
 
-@dataclass
-class RoleSwap:
-    """Pattern changes between a prompt and its role-swapped twin, averaged over prompts and queries."""
+@dataclass(kw_only=True, repr=False)
+class RoleSwap(Result):
+    """Pattern changes between a prompt and its role-swapped twin, averaged over prompts and queries.
 
+    scores [layer, head]: the role index R = tv_tok - tv_pos in [-1, 1]; > 0 role head, < 0 lexical head."""
+
+    axes: tuple = ("layer", "head")
     tv_pos: Tensor  # [layer, head] 1/2 sum_k |A[q,k] - A'[q,k]|: large when attention follows the token
     tv_tok: Tensor  # [layer, head] 1/2 sum_k |A[q,k] - A'[q,pi(k)]|: large when attention follows the slot
-    role_index: Tensor  # [layer, head] R = tv_tok - tv_pos in [-1, 1]; > 0 role head, < 0 lexical head
     query_positions: list[int]
     most_changed: list[tuple[int, int, float]]  # (layer, head, tv_pos), largest tv_pos first
+
+    @property
+    def role_index(self) -> Tensor:
+        """[layer, head] R = tv_tok - tv_pos: the scores, by their name in the role-swap test."""
+        return self.scores
 
 
 def role_swap(model: Transformer, tokens_a: Tensor, tokens_b: Tensor, swap_positions: tuple[int, int],
               query_positions=None, top: int = 5) -> RoleSwap:
-    """Returns RoleSwap with [layer, head] TV_pos, TV_tok and R = TV_tok - TV_pos for prompts whose tokens at a, b swap.
-    Wang et al. 2022 (IOI) minimal pairs; role-swap test as defined in METHODS §5.5.
+    """Returns RoleSwap with [layer, head] TV_pos, TV_tok and R = TV_tok - TV_pos (its scores) for prompts whose
+    tokens at a, b swap. Wang et al. 2022 (IOI) minimal pairs; role-swap test as defined in METHODS §5.5.
 
     tokens_b must equal tokens_a with positions a and b exchanged, token by token; a == b is the identity
     swap (both TVs 0). query_positions default to every q >= max(a, b). Both prompts run as one batch,
-    tokens_a first.
+    tokens_a first. top: how many heads most_changed lists.
     """
     tokens_a, tokens_b = _check_tokens(model, tokens_a), _check_tokens(model, tokens_b)
     if tokens_a.shape != tokens_b.shape:
@@ -333,29 +428,25 @@ def role_swap(model: Transformer, tokens_a: Tensor, tokens_b: Tensor, swap_posit
     S = tokens_a.shape[1]
     if not isinstance(swap_positions, (tuple, list)) or len(swap_positions) != 2:
         raise ValueError(f"swap_positions must be two positions (a, b) whose tokens swap, got {swap_positions!r}")
-    check_integers(swap_positions, "swap_positions", "two int positions (a, b)")
-    a, b = (p + S if p < 0 else p for p in swap_positions)
-    for p, given in zip((a, b), swap_positions):
-        if not 0 <= p < S:
-            raise ValueError(f"swap position {given} is outside the prompts' positions -{S}..{S - 1}")
+    a, b = check_positions(swap_positions, S, "swap_positions").tolist()
+    check_count(top, "top", "how many heads most_changed lists")
     perm = torch.arange(S)
     perm[a], perm[b] = b, a  # pi: a <-> b
-    expected = tokens_a[:, perm]
-    wrong = (tokens_b != expected).nonzero().tolist()
+    wrong = (tokens_b != tokens_a[:, perm]).nonzero().tolist()
     if wrong:
         where = ", ".join(f"prompt {i} position {p}" for i, p in wrong[:8]) + (" ..." if len(wrong) > 8 else "")
         raise ValueError(f"tokens_b is not tokens_a with positions {a} and {b} swapped: they differ at {where}")
     if query_positions is None:
         queries = list(range(max(a, b), S))
     else:
-        check_integers(query_positions, "query_positions", "None or a list of int positions")
-        queries = [q + S if q < 0 else q for q in torch.as_tensor(query_positions).reshape(-1).tolist()]
-    if not queries or not all(0 <= q < S for q in queries):
-        raise ValueError(f"query_positions {query_positions} must be non-empty and within -{S}..{S - 1}")
+        queries = check_positions(query_positions, S, "query_positions").reshape(-1).tolist()
+        if not queries:
+            raise ValueError("query_positions is empty; give None (every q >= max(a, b)) or at least one position")
     patterns = attention_patterns(model, torch.cat([tokens_a, tokens_b]))  # [layer, 2 batch, head, q, k]
     A, A2 = patterns[:, :len(tokens_a), :, queries], patterns[:, len(tokens_a):, :, queries]
     tv_pos = 0.5 * (A - A2).abs().sum(-1).mean((1, 3))  # [layer, head]
     tv_tok = 0.5 * (A - A2[..., perm]).abs().sum(-1).mean((1, 3))
     order = sorted(((tv_pos[l, h].item(), l, h) for l in range(tv_pos.shape[0]) for h in range(tv_pos.shape[1])),
                    reverse=True)
-    return RoleSwap(tv_pos, tv_tok, tv_tok - tv_pos, queries, [(l, h, v) for v, l, h in order[:top]])
+    return RoleSwap(scores=tv_tok - tv_pos, tv_pos=tv_pos, tv_tok=tv_tok, query_positions=queries,
+                    most_changed=[(l, h, v) for v, l, h in order[:top]], metric="role index R = TV_tok - TV_pos")

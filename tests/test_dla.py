@@ -28,9 +28,9 @@ def test_components_sum_to_final_resid(model, pos):
         summed = dla.decompose_resid(model, tokens, pos=pos, bias="summed")
     expected = final_resid(model, tokens, pos)
     L, H = model.cfg.n_layer, model.cfg.n_head
-    assert d.components.shape == (2 + L * (H + 2), 3, model.cfg.d_model)
+    assert d.scores.shape == (2 + L * (H + 2), 3, model.cfg.d_model)
     assert d.labels[:4] == ["embed", "pos_embed", "0.0", "0.1"] and d.labels[-2:] == [f"{L - 1}.b_O", f"{L - 1}.mlp"]
-    for comps in (d.components, summed.components):
+    for comps in (d.scores, summed.scores):
         error = (comps.sum(0) - expected).norm(dim=-1) / expected.norm(dim=-1)
         assert (error < 1e-5).all(), error
     assert summed.labels[-1] == "b_O" and len(summed.labels) == len(d.labels) - L + 1
@@ -41,8 +41,8 @@ def test_heads_match_per_head_results(model):
     tokens = torch.randint(0, 256, (2, 6))
     d = dla.decompose_resid(model, tokens, pos=4)
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_result"))
-    assert_close(d.components[d.labels.index("1.2")], cache["result", 1][:, 4, 2])
-    assert_close(d.components[d.labels.index("embed")], model.W_E[tokens[:, 4]])
+    assert_close(d.scores[d.labels.index("1.2")], cache["result", 1][:, 4, 2])
+    assert_close(d.scores[d.labels.index("embed")], model.W_E[tokens[:, 4]])
 
 
 @pytest.mark.parametrize("bias", ["per_layer", "summed"])
@@ -58,10 +58,10 @@ def test_dla_sums_to_logit_and_logit_difference(model, bias):
     assert_close(single.total, single.target, atol=1e-4, rtol=0)
     assert_close(diff.target, logits[torch.arange(3), answer] - logits[:, wrong], atol=1e-5, rtol=1e-5)
     assert_close(diff.total, diff.target, atol=1e-4, rtol=0)
-    assert diff.contributions.shape == (len(diff.labels), 3)
+    assert diff.per_prompt.shape == (len(diff.labels), 3)
     L, H = model.cfg.n_layer, model.cfg.n_head
     assert diff.heads.shape == (L, H, 3)
-    assert_close(diff.heads[1, 3], diff.contributions[diff.labels.index("1.3")])
+    assert_close(diff.heads[1, 3], diff.per_prompt[diff.labels.index("1.3")])
     # The bias term is what the logits hold once the stream's own share is gone: with ln_final's scale
     # replaced by a huge one, the normalised stream is ~0 and only beta_f W_U is left.
     huge = [("ln_final.hook_scale", lambda scale, hook: torch.full_like(scale, 1e30))]
@@ -71,9 +71,9 @@ def test_dla_sums_to_logit_and_logit_difference(model, bias):
 
 def test_errors(model):
     tokens = torch.randint(0, 256, (2, 5))
-    with pytest.raises(ValueError, match="position 5 is out of range; allowed -5..4"):
+    with pytest.raises(ValueError, match="position 5 is out of range for prompts of 5 tokens; allowed: -5..4"):
         dla.decompose_resid(model, tokens, pos=5)
-    with pytest.raises(ValueError, match=r"LongTensor \[batch=2\]"):
+    with pytest.raises(ValueError, match=r"shape \[batch\]=\[2\]"):
         dla.decompose_resid(model, tokens, pos=torch.tensor([1, 2, 3]))
     with pytest.raises(ValueError, match="outside the vocabulary"):
         dla.direct_logit_attribution(model, tokens, answer=257)

@@ -88,7 +88,7 @@ def test_direct_logit_attribution_splits_the_logit(setup):
     model, clean, _, _, _ = setup
     q = int(hb.PREDICTED[0])
     result = dla.direct_logit_attribution(model, clean, clean[:, q + 1], pos=q)
-    parts = dict(zip(result.labels, result.contributions))
+    parts = dict(zip(result.labels, result.per_prompt))
     for label in ("embed", "pos_embed", "0.0"):
         assert_close(parts[label], torch.zeros(len(clean)), atol=1e-4, rtol=0)
     assert_close(parts["1.0"], torch.full((len(clean),), hb.S), atol=1e-4, rtol=0)
