@@ -16,7 +16,7 @@ mean is differentiated, so estimates are of batch means, as activation patching'
 
 Why a QK fix. When a later head's softmax is saturated, dm/d(scores) is ~0 although patching would
 move that attention a lot: AtP reports ~0 for a previous-token head whose whole effect goes through
-a later induction head's KEYS (METHODS.md §3.1, §9.2-9.3). AtP* (Kramar et al. 2024) recomputes the
+a later induction head's KEYS (docs/methods.md §3.1, §9.2-9.3). AtP* (Kramar et al. 2024) recomputes the
 softmax exactly and keeps the linear approximation only from the attention pattern onwards:
     c_hat(k) = sum_{q,k} (A_patched - A) . dm/dA.
 `atp_star_qk_fix` applies this in two places:

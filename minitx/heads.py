@@ -3,7 +3,7 @@ BOS-sink, TransformerLens's `detect_head`, and the subject/object role-swap test
 
 Every score reads only the patterns (`blocks.{l}.attn.hook_pattern`, A[q, k]: rows are queries, columns
 keys; lower-triangular, rows sum to 1) and averages them over a batch. Index sets are those of
-METHODS §5; no function adds BOS to tokens it is given.
+docs/methods.md §5; no function adds BOS to tokens it is given.
 
 References: Olsson et al. 2022, "In-context Learning and Induction Heads" (arXiv:2209.11895);
 Wang et al. 2022, "Interpretability in the Wild" (IOI, arXiv:2211.00593), App. H/I;
@@ -67,7 +67,7 @@ def check_memory(cfg, batch: int, n_pos: int) -> None:
 
 def _without_bos(pattern: Tensor) -> tuple[Tensor, Tensor]:
     """Returns ([..., q_pos, k_pos] pattern with key 0 dropped and rows renormalised over keys >= 1,
-    [..., q_pos] rows that keep some mass): METHODS §5, "renormalized without BOS". A row that put all its
+    [..., q_pos] rows that keep some mass): docs/methods.md §5, "renormalized without BOS". A row that put all its
     attention on position 0 has no renormalised distribution; callers leave it out."""
     kept = pattern.clone()
     kept[..., 0] = 0
@@ -103,7 +103,7 @@ def _check_heads(heads, n_layer: int, n_head: int) -> list[tuple[int, list[int]]
 
 
 # ---------------------------------------------------------------------------------------------
-# Offset ("k-back") heads, METHODS §5.1.
+# Offset ("k-back") heads, docs/methods.md §5.1.
 
 
 def check_max_offset(max_offset) -> None:
@@ -119,7 +119,7 @@ def check_max_offset(max_offset) -> None:
 def offset_profile(pattern: Tensor, max_offset: int) -> Tensor:
     """Returns [..., q_pos, offset] the mass A[q, q - d] for d = 0..max_offset (0 where q < d).
     With max_offset >= pos - 1 each row sums to 1: every key is exactly one offset back.
-    Olsson et al. 2022 (positional heads; METHODS §5.1)."""
+    Olsson et al. 2022 (positional heads; docs/methods.md §5.1)."""
     S = pattern.shape[-1]
     out = pattern.new_zeros(*pattern.shape[:-1], max_offset + 1)
     for d in range(min(max_offset, S - 1) + 1):
@@ -129,7 +129,7 @@ def offset_profile(pattern: Tensor, max_offset: int) -> Tensor:
 
 def offset_scores(model: Transformer, tokens: Tensor, max_offset: int = 4, exclude_bos: bool = False) -> Tensor:
     """Returns [layer, head, offset] off_d = mean over prompts and queries q >= d of A[q, q - d], d = 0..max_offset.
-    Olsson et al. 2022 (positional / previous-token heads; METHODS §5.1).
+    Olsson et al. 2022 (positional / previous-token heads; docs/methods.md §5.1).
 
     Offsets count backwards only: a causal head at q can read keys k <= q, so a fixed "+k" offset does
     not exist; forward roles exist only relative to an anchor (induction: one after the previous
@@ -171,7 +171,7 @@ def _warn_undefined(scores: Tensor, what: str, why: str) -> None:
 
 def argmax_offset(scores: Tensor, min_offset: int = 0, threshold: float | None = None) -> Tensor:
     """Returns [layer, head] the offset d >= min_offset with the largest score; -1 where that score < threshold.
-    Olsson et al. 2022 (METHODS §5.1: an "offset-d head" has off_d >= tau and d = argmax)."""
+    Olsson et al. 2022 (docs/methods.md §5.1: an "offset-d head" has off_d >= tau and d = argmax)."""
     if not isinstance(scores, Tensor) or scores.dim() < 1:
         raise TypeError(f"scores must be offset_scores' [layer, head, offset] tensor, got {type(scores).__name__}")
     check_integers(min_offset, "min_offset", "an int offset")
@@ -186,7 +186,7 @@ def argmax_offset(scores: Tensor, min_offset: int = 0, threshold: float | None =
 
 def previous_token_scores(model: Transformer, tokens: Tensor, exclude_bos: bool = False) -> Tensor:
     """Returns [layer, head] off_1: mean over prompts and queries q >= 1 of A[q, q - 1].
-    Olsson et al. 2022 (previous-token heads; METHODS §5.1)."""
+    Olsson et al. 2022 (previous-token heads; docs/methods.md §5.1)."""
     return offset_scores(model, tokens, max_offset=1, exclude_bos=exclude_bos)[..., 1]
 
 
@@ -199,7 +199,7 @@ def bos_attention_scores(model: Transformer, tokens: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Content heads on repeated random tokens, METHODS §5.2 and §5.3.
+# Content heads on repeated random tokens, docs/methods.md §5.2 and §5.3.
 
 
 def repeated_tokens(d_vocab: int, n: int, batch: int, seed: int, prepend_bos: bool,
@@ -229,7 +229,7 @@ def repeated_tokens(d_vocab: int, n: int, batch: int, seed: int, prepend_bos: bo
 def induction_scores(model: Transformer, n: int = 50, batch: int = 10, seed: int = 0, prepend_bos: bool = True,
                      exclude_bos: bool = False, token_ids=None) -> Tensor:
     """Returns [layer, head] ind = mean_{i=1..n} A[n+i, i+1] on [BOS] + r + r (positions shift by -1 without BOS).
-    Olsson et al. 2022, "In-context Learning and Induction Heads" (METHODS §5.3, exact index set).
+    Olsson et al. 2022, "In-context Learning and Induction Heads" (docs/methods.md §5.3, exact index set).
 
     The query is the second r_i, the key the token after its first occurrence; for i = n that key is the
     first token of the second half, which is correct (ARENA's diagonal adds two non-induction entries).
@@ -256,7 +256,7 @@ def induction_scores(model: Transformer, n: int = 50, batch: int = 10, seed: int
 
 def duplicate_token_scores(model: Transformer, tokens: Tensor, exclude_bos: bool = False) -> Tensor:
     """Returns [layer, head] the mass sum_{k<q, t_k = t_q} A[q, k], averaged over prompts and the queries q
-    whose token occurred before. Wang et al. 2022 (IOI App. I; METHODS §5.2).
+    whose token occurred before. Wang et al. 2022 (IOI App. I; docs/methods.md §5.2).
 
     On r + r (with or without BOS, r distinct; see `repeated_tokens`) this is exactly IOI's
     mean_{q in second half} A[q, q - n].
@@ -278,7 +278,7 @@ def duplicate_token_scores(model: Transformer, tokens: Tensor, exclude_bos: bool
 
 
 # ---------------------------------------------------------------------------------------------
-# TransformerLens's head detector, METHODS §5.4.
+# TransformerLens's head detector, docs/methods.md §5.4.
 
 
 def detection_pattern(tokens: Tensor, name: str) -> Tensor:
@@ -298,7 +298,7 @@ def detection_pattern(tokens: Tensor, name: str) -> Tensor:
 def detect_head(model: Transformer, tokens: Tensor, detection: str | Tensor, heads=None, cache=None, *,
                 exclude_bos: bool = False, exclude_current_token: bool = False, error_measure: str = "mul") -> Tensor:
     """Returns [layer, head] TransformerLens-compatible detector scores, averaged over prompts (-1 for unlisted heads).
-    TransformerLens `head_detector.detect_head` (METHODS §5.4), on tokens as given (TL prepends BOS).
+    TransformerLens `head_detector.detect_head` (docs/methods.md §5.4), on tokens as given (TL prepends BOS).
 
     "mul": sum(A * D) / sum(A) after zeroing A's BOS column / diagonal if excluded.
     "abs": 1 - round(sum|A - D| / S, 3), excluded entries of |A - D| zeroed.
@@ -391,7 +391,7 @@ def _detector_scores(A: Tensor, D: Tensor, exclude_bos: bool, exclude_current_to
 
 
 # ---------------------------------------------------------------------------------------------
-# Subject/object role swap, METHODS §5.5.
+# Subject/object role swap, docs/methods.md §5.5.
 
 
 @dataclass(kw_only=True, repr=False)
@@ -415,7 +415,7 @@ class RoleSwap(Result):
 def role_swap(model: Transformer, tokens_a: Tensor, tokens_b: Tensor, swap_positions: tuple[int, int],
               query_positions=None, top: int = 5) -> RoleSwap:
     """Returns RoleSwap with [layer, head] TV_pos, TV_tok and R = TV_tok - TV_pos (its scores) for prompts whose
-    tokens at a, b swap. Wang et al. 2022 (IOI) minimal pairs; role-swap test as defined in METHODS §5.5.
+    tokens at a, b swap. Wang et al. 2022 (IOI) minimal pairs; role-swap test as defined in docs/methods.md §5.5.
 
     tokens_b must equal tokens_a with positions a and b exchanged, token by token; a == b is the identity
     swap (both TVs 0). query_positions default to every q >= max(a, b). Both prompts run as one batch,

@@ -20,7 +20,7 @@ Scores: `score` = (m - m_new) / (m_orig - m_new), 1 = undamaged, 0 = as bad as x
 convention); `relative_change` = (m - m_orig) / m_orig, the IOI paper's "% change in logit difference"/100.
 Options freeze_mlps (MLP outputs frozen to x_orig: direct paths only) and freeze_ln (every LN scale
 frozen to x_orig, in C and D: linearised) default to False, the paper's setting.
-`direct_path_patch` is TL 4.3's edge patch (§2.3 of METHODS.md), a different quantity.
+`direct_path_patch` is TL 4.3's edge patch (docs/methods.md §2.3), a different quantity.
 """
 
 from __future__ import annotations
@@ -269,7 +269,7 @@ def path_patch_senders(model, x_orig: Tensor, x_new: Tensor, receivers, metric: 
 @torch.no_grad()
 def direct_path_patch(model, clean: Tensor, corrupted: Tensor, sender: tuple[int, int], receiver: tuple,
                       metric: Callable) -> Tensor:
-    """Returns a 0-d denoising score for one edge: TL 4.3's get_act_patch_direct_path (METHODS.md §2.3).
+    """Returns a 0-d denoising score for one edge: TL 4.3's get_act_patch_direct_path (docs/methods.md §2.3).
 
     Runs `corrupted`; adds the sender's write (hook_result, z W_O) clean minus corrupted at every position to the receiver
     head's own pre-LN copy of its q/k/v input only (hook_{q,k,v}_input); nothing is frozen, LN is

@@ -1,6 +1,6 @@
 """Train the known-answer fixture: a 2-layer, attention-only-in-effect GPT-2 that does induction.
 
-Recipe: METHODS.md section 9.3. n_layer=2, n_head=2, n_embd=64, vocab 64 tokens + BOS (id 64),
+Recipe: docs/methods.md §9.3. n_layer=2, n_head=2, n_embd=64, vocab 64 tokens + BOS (id 64),
 n_positions=48, pre-LN blocks and a final LN as in GPT-2, untied unembedding. Every MLP weight and
 bias (and ln2, which feeds only the MLP) is zero/identity and frozen, so each MLP adds exactly 0 and
 the model is attention-only in effect while staying a plain GPT-2 checkpoint.
@@ -9,7 +9,7 @@ Data: [BOS] + A + A + fresh uniform tokens to length 48, where A is a block of L
 distinct tokens. Varying L keeps the task from being solved by a fixed positional offset.
 AdamW (lr 1e-3, weight decay 0.01), batch 32, 6000 steps, one CPU thread. Init: GPT-2's scheme with
 std 0.1 (TransformerLens's 0.8/sqrt(d_model)); with minitx's default 0.02 no seed tried grew induction
-heads. Seeds differ in the circuit they find; seed 5 passes every check of METHODS 9.3 (see
+heads. Seeds differ in the circuit they find; seed 5 passes every check of docs/methods.md §9.3 (see
 weights/induction-2l/MODEL_CARD.md for the seeds tried).
 
     python scripts/train_induction.py --out weights/induction-2l          # 6000 steps, 3-5 min
@@ -125,7 +125,7 @@ def train(model: minitx.Transformer, steps: int, seed: int, batch: int = 32, lr:
 
 
 def evaluate(model: minitx.Transformer, n: int = 64, seed: int = 2024) -> dict:
-    """The METHODS 9.3 measurements on a held-out batch, through the library's analysis functions.
+    """The docs/methods.md §9.3 measurements on a held-out batch, through the library's analysis functions.
 
     Normalised scores: 1 = clean, 0 = corrupted. h0 (main_L0_head) = the layer-0 head whose noising
     damages the log-prob most (9.3 item 3); prev_L0_head = the layer-0 head with the largest off_1."""
@@ -195,7 +195,7 @@ def evaluate(model: minitx.Transformer, n: int = 64, seed: int = 2024) -> dict:
 
 
 def preconditions_hold(metrics: dict) -> bool:
-    """METHODS 9.3 AC 1-3: the checkpoint is a valid fixture only if all three hold."""
+    """docs/methods.md §9.3 items 1-3: the checkpoint is a valid fixture only if all three hold."""
     return (metrics["second_copy_logprob"] >= -0.5 and max(metrics["induction_L1"]) >= 0.8
             and metrics["main_L0_offset_argmax_1to4"] == 1)
 

@@ -1,4 +1,4 @@
-"""The hand-built 2-layer induction model of METHODS.md §9.2, written as GPT-2 weights.
+"""The hand-built 2-layer induction model of docs/methods.md §9.2, written as GPT-2 weights.
 
 Every answer an analysis method should give on it follows from the construction, so it tests the
 methods without any training. The model reads orthogonal one-hot subspaces of the residual stream:

@@ -1,4 +1,4 @@
-"""Attribution patching (AtP) and AtP*'s QK fix: METHODS.md §3.4 on random models, §9.3 item 9 on the
+"""Attribution patching (AtP) and AtP*'s QK fix: docs/methods.md §3.4 on random models, §9.3 item 9 on the
 trained induction fixture.
 
 Linear-case exactness (§3.4 item 1): with a logit-difference metric, ln_final's scale and the last
@@ -185,7 +185,7 @@ def test_no_state_left_behind_and_errors(model):
         attribution_patching(model, CLEAN, CORRUPTED, lambda logits: logits.sum())
 
 
-# -- the trained induction fixture (METHODS §9.3 item 9) ----------------------------------------------
+# -- the trained induction fixture (docs/methods.md §9.3 item 9) ----------------------------------------------
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "weights" / "induction-2l"
 
@@ -226,7 +226,7 @@ def test_fixture_atp_misses_the_previous_token_head_and_the_qk_fix_finds_it(indu
     # same estimate recovers it all (next test). Threshold set from that measurement.
     assert float(fixed.normalized("z")[0, prev]) <= -0.1
     # Layer 1 (§9.3 item 9): same sign as activation patching, magnitude within a factor of 3
-    # (measured AtP 0.076, 0.073 vs exact 0.170, 0.205: AtP underestimates, as METHODS says).
+    # (measured AtP 0.076, 0.073 vs exact 0.170, 0.205: AtP underestimates, as docs/methods.md §3.1 says).
     assert (atp[1].sign() == exact[1].sign()).all()
     assert ((atp[1] / exact[1]) > 1 / 3).all() and ((atp[1] / exact[1]) < 3).all()
 

@@ -76,7 +76,7 @@ def test_no_verdict_from_a_model_that_does_not_do_the_task(tmp_path):
 
 @pytest.mark.skipif(not FIXTURE.is_dir(), reason="the known answer needs the trained fixture")
 def test_fixture_tour_finds_k_composition(demo):
-    """Known answer (METHODS §9.3): the previous-token head acts on the induction head through its keys."""
+    """Known answer (docs/methods.md §9.3): the previous-token head acts on the induction head through its keys."""
     assert demo["main_l0_head"] == demo["prev_head"]
     assert float(demo["path_removed"]["k"]) >= 0.5 and demo["verdict"] == "supported"
     assert float(demo["path_removed"]["k"]) > 3 * max(float(demo["path_removed"][p]) for p in ("q", "v", "logits"))

@@ -1,4 +1,4 @@
-"""Known answers on the hand-built induction model of METHODS.md §9.2 (tests/handbuilt.py).
+"""Known answers on the hand-built induction model of docs/methods.md §9.2 (tests/handbuilt.py).
 
 Every expected number is derived from the construction, not measured from minitx:
   * clean: L1.0 copies the true next token with weight 1, so its logit is s = 10 and every other is 0;
@@ -105,4 +105,4 @@ def test_logit_lens_after_layer_0_is_uniform(setup):
     entropy = -p * math.log(p) - (1 - p) * math.log((1 - p) / (hb.VOCAB - 1))
     kl = result.kl_to_final[result.labels.index("1_pre")]
     assert_close(kl, torch.full_like(kl, math.log(hb.VOCAB) - entropy), atol=1e-4, rtol=0)
-    assert abs(math.log(hb.VOCAB) - entropy - 2.8252) < 1e-4  # METHODS §9.2's figure
+    assert abs(math.log(hb.VOCAB) - entropy - 2.8252) < 1e-4  # docs/methods.md §9.2's figure

@@ -1,4 +1,4 @@
-"""Head-role scores: closed forms on hand-made patterns (METHODS §5.6), TL detector semantics, role swap."""
+"""Head-role scores: closed forms on hand-made patterns (docs/methods.md §5.6), TL detector semantics, role swap."""
 
 import contextlib
 

@@ -1,4 +1,4 @@
-"""Known answers on the trained induction fixture, weights/induction-2l (METHODS.md §9.3).
+"""Known answers on the trained induction fixture, weights/induction-2l (docs/methods.md §9.3).
 
 The fixture is a 2-layer, 2-head GPT-2 trained by scripts/train_induction.py on [BOS] + A + A + noise
 (MODEL_CARD.md beside the weights). Preconditions (§9.3 items 1-3) say it is a valid fixture; the rest

@@ -1,4 +1,4 @@
-"""Activation patching and metrics: METHODS.md §1.6 identities on small random models."""
+"""Activation patching and metrics: docs/methods.md §1.6 identities on small random models."""
 
 import itertools
 
@@ -71,7 +71,7 @@ def test_metrics_values_and_validation():
         assert torch.isnan(M.normalized(1.0, 2.0, 2.0))
 
 
-# -- identities (METHODS.md §1.6) -------------------------------------------------------------------
+# -- identities (docs/methods.md §1.6) -------------------------------------------------------------------
 def test_resid_pre0_all_positions_restores_clean_and_noising_it_gives_corrupted(model):
     den = P.activation_patching(model, CLEAN, CORRUPTED, METRIC, "resid_pre", "all")
     assert_close(den.raw[0], torch.tensor(den.clean), **EXACT)

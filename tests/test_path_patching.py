@@ -1,4 +1,4 @@
-"""Path patching (Wang et al. 2022, App. B): METHODS.md §2.6 identities on a small random model."""
+"""Path patching (Wang et al. 2022, App. B): docs/methods.md §2.6 identities on a small random model."""
 
 import pytest
 import torch
@@ -158,7 +158,7 @@ def test_batched_sender_sweep_equals_single_experiments(model, freeze_mlps, free
 
 
 def test_frozen_mlps_and_ln_to_logits_is_the_direct_logit_attribution(model):
-    """METHODS.md §2.6.4: with MLPs and LN scales frozen, the change in logit difference at END is
+    """docs/methods.md §2.6 item 4: with MLPs and LN scales frozen, the change in logit difference at END is
     <LN_frozen(delta o_s), W_U[r] - W_U[r']>."""
     (l, h), answer, wrong = (1, 2), torch.tensor([3, 4]), torch.tensor([5, 6])
     res = PP.path_patch(model, X_ORIG, X_NEW, (l, h), "logits", METRIC, freeze_mlps=True, freeze_ln=True)

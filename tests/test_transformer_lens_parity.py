@@ -1,4 +1,4 @@
-"""Parity with TransformerLens 4.x on the same weights (METHODS.md §1.6 item 6, §5.6 item 2).
+"""Parity with TransformerLens 4.x on the same weights (docs/methods.md §1.6 item 6, §5.6 item 2).
 
 TransformerLens is an optional peer, never a dependency: these tests skip unless it imports, e.g.
     python3 -m venv --system-site-packages .venv-tl && .venv-tl/bin/pip install transformer_lens==4.3.0
@@ -119,7 +119,7 @@ def test_detect_head_equals_transformer_lens(models, name, options):
 
 
 def test_direct_path_patch_equals_get_act_patch_direct_path(models, pair):
-    """METHODS §2.3: one sender's clean-minus-corrupted write added to one receiver head's q/k/v input copy."""
+    """docs/methods.md §2.3: one sender's clean-minus-corrupted write added to one receiver head's q/k/v input copy."""
     ours, theirs = models
     clean, corrupted, metric = pair
     _, clean_cache = theirs.run_with_cache(clean)
