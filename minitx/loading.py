@@ -23,7 +23,7 @@ from minitx.checkpoint import (config_in_metadata, convert_state_dict, hf_key, r
                                shard_names, weight_files)
 from minitx.config import Config, config_from_dict, read_config
 from minitx.hub import (DownloadError, cached_snapshot, download, download_for_load, hub_cache_dir,
-                        is_valid_repo_id, repo_dir)
+                        is_valid_repo_id)
 from minitx.model import Transformer
 
 __all__ = ["load", "save_pretrained", "download", "DownloadError", "convert_state_dict", "hf_key",
@@ -104,7 +104,7 @@ def load(name_or_path, *, dtype: torch.dtype = torch.float32, device="cpu", revi
             converted = convert_state_dict(read_state(files), cfg, dtype, str(snapshot))
         except (ValueError, FileNotFoundError) as e:
             raise type(e)(f"{e}. The cached copy of {name_or_path} is damaged: delete the folder "
-                          f"{repo_dir(name_or_path)} and load again to download it afresh") from e
+                          f"{snapshot.parents[1]} and load again to download it afresh") from e
     with torch.device("meta"):  # shapes without memory: loading gpt2-xl does not hold two copies
         model = Transformer(cfg)
     model.load_state_dict(converted, strict=True, assign=True)

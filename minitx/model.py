@@ -9,7 +9,7 @@ the model (forward, run_with_cache, run_with_hooks, generate). Every activation 
 
 References: Radford et al. 2019 (GPT-2); Elhage et al. 2021, "A Mathematical Framework for
 Transformer Circuits" (per-head W_Q/W_K/W_V/W_O notation); the point names follow TransformerLens.
-Checkpoint names (c_attn, wte, ...) appear only in `minitx/loading.py`.
+Checkpoint names (c_attn, wte, ...) appear only in `minitx/checkpoint.py`.
 """
 
 from __future__ import annotations
@@ -17,49 +17,16 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from minitx import checkpoint
 from minitx.activations import ACTIVATIONS
-from minitx.checks import (check_attention_mask, check_config, check_generation, check_keep_last, check_prompt_rows,
-                           check_tokens)
+from minitx.checks import check_attention_mask, check_generation, check_keep_last, check_prompt_rows, check_tokens
+from minitx.config import Config  # noqa: F401  (re-exported: minitx.model.Config)
 from minitx.hooks import Cache, HookPoint, NamesFilter, Run, get_act_name  # noqa: F401
-
-# ---------------------------------------------------------------------------------------------
-# Configuration: the fields of a Hugging Face GPT-2 config.json that change the computation.
-
-
-@dataclass(frozen=True)
-class Config:
-    """The shape and arithmetic of a GPT-2 model; field names are those of HF's config.json."""
-
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    n_positions: int = 1024
-    vocab_size: int = 50257
-    n_inner: int | None = None  # None means 4 * n_embd, as in HF
-    layer_norm_epsilon: float = 1e-5
-    activation_function: str = "gelu_new"
-    scale_attn_weights: bool = True
-    scale_attn_by_inverse_layer_idx: bool = False
-    reorder_and_upcast_attn: bool = False
-    tie_word_embeddings: bool = True
-    bos_token_id: int = 50256  # <|endoftext|>, which GPT-2 also uses as end of text and padding
-
-    def __post_init__(self):
-        check_config(self, ACTIVATIONS)
-
-    # The analysis names for the same numbers.
-    d_model = property(lambda self: self.n_embd)
-    d_head = property(lambda self: self.n_embd // self.n_head)
-    d_mlp = property(lambda self: self.n_inner or 4 * self.n_embd)
-    d_vocab = property(lambda self: self.vocab_size)
-    n_ctx = property(lambda self: self.n_positions)
-
 
 # ---------------------------------------------------------------------------------------------
 # The table of activation points. Every name a user can cache or patch, with its axes, declared
@@ -288,9 +255,8 @@ class Transformer(nn.Module):
         return self
 
     def save_pretrained(self, directory) -> None:
-        """Writes config.json + model.safetensors in HF's GPT-2 layout (names: minitx/loading.py)."""
-        from minitx.loading import save_pretrained
-        save_pretrained(self, directory)
+        """Writes config.json + model.safetensors in HF's GPT-2 layout (names: minitx/checkpoint.py)."""
+        checkpoint.save_pretrained(self, directory)
 
     # -- weights in analysis notation (views, so reading them copies nothing large) -------------
     @property

@@ -98,7 +98,7 @@ def _hf_source(name_or_path: str) -> str:
     """The directory transformers reads: a local directory; a file's folder (its config.json must be
     there); a hub id's cached snapshot, which `load` has just filled."""
     from pathlib import Path
-    from minitx.loading import cached_snapshot
+    from minitx.hub import cached_snapshot
     path = Path(name_or_path)
     if path.exists():
         folder = path if path.is_dir() else path.parent

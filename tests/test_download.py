@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from minitx import loading
+from minitx import hub as hub_module, loading
 from minitx.loading import DownloadError, download, load, save_pretrained
 from tests.conftest import random_model
 
@@ -133,7 +133,7 @@ def hub(tmp_path, monkeypatch):
     for variable in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "http_proxy", "HTTP_PROXY",
                      "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(variable, raising=False)
-    monkeypatch.setattr(loading, "time", SimpleNamespace(sleep=lambda s: None))  # no retry back-off in tests
+    monkeypatch.setattr(hub_module, "time", SimpleNamespace(sleep=lambda s: None))  # no retry back-off in tests
     yield server
     server.stop.set()
     server.shutdown()

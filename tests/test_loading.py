@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import minitx
-from minitx import loading
+from minitx import hub, loading
 from minitx.loading import load, save_pretrained
 from tests.conftest import random_model
 
@@ -322,8 +322,8 @@ def test_hf_cache_first_needs_no_network(tmp_path, monkeypatch):
 
     def no_network(*args, **kwargs):
         raise AssertionError("the network was touched although the cache has the model")
-    monkeypatch.setattr(loading, "_fetch_once", no_network)
-    monkeypatch.setattr(loading.urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(hub, "_fetch_once", no_network)
+    monkeypatch.setattr(hub.urllib.request, "urlopen", no_network)
     assert_same_logits(hf, load("gpt2"))
 
 
@@ -338,7 +338,7 @@ def test_incomplete_cache_snapshot_is_not_trusted(tmp_path):
 def test_offline_and_missing_names_the_command(monkeypatch, variable):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setenv(variable, "1")
-    monkeypatch.setattr(loading, "_fetch_once", lambda *a, **k: pytest.fail("network touched while offline"))
+    monkeypatch.setattr(hub, "_fetch_once", lambda *a, **k: pytest.fail("network touched while offline"))
     with pytest.raises(FileNotFoundError, match=rf"{variable} is set.*`minitx download org/absent`"):
         load("org/absent")
     with pytest.raises(OSError, match=f"{variable} is set"):
