@@ -1,0 +1,394 @@
+"""Circuits read from the weights: QK and OV per head, full OV and QK circuits through the embeddings,
+composition scores against a random baseline, copying scores, and the exact split of one head's
+attention scores on a prompt into query-source x key-source terms (positional vs token-pair heads).
+
+    QK(model), OV(model)                          FactoredMatrix [layer, head, d_model, d_model]
+    full_OV_circuit(model, l, h, embedding=...)   E W_V W_O W_U       [d_vocab, d_vocab], factored
+    token_QK_circuit / positional_QK_circuit      E W_Q W_Kᵀ Eᵀ, P W_Q W_Kᵀ Pᵀ, factored
+    all_composition_scores(model, "K")            CompositionScores [layer, head, layer, head] + baseline
+    copying_scores(model, embedding=...)          CopyingScores [layer, head]
+    score_decomposition(model, tokens, l, h)      ScoreDecomposition: terms sum to hook_attn_scores
+    positional_token_split(model, tokens)         PositionalTokenSplit [layer, head, group]
+
+Every weight circuit reads the model as given: pass `minitx.processing.process(model)` to get the
+numbers TransformerLens reports on its processed weights. Circuits through the embeddings say how
+the head sees the embedding (docs/methods.md §10.1), and the caller must choose:
+    "raw"         W_E, W_pos and W_U as stored; the layer norms are left out.
+    "normalised"  each embedding row as the head's ln1 makes it when the row is the whole stream:
+                  centred, divided by its own RMS, times ln1's gain; W_U times ln_final's gain.
+                  (Layer norm's division is one positive number per row, so it changes no sign or
+                  argmax within a row; its biases are constant terms and are left out.)
+    "processed"   the weights after all four transforms of minitx.processing (fold_ln,
+                  center_writing_weights, center_unembed, fold_value_biases), as TransformerLens uses.
+
+References: Elhage et al. 2021, "A Mathematical Framework for Transformer Circuits" (QK/OV circuits,
+composition, copying via eigenvalues); Olsson et al. 2022 (induction heads); TransformerLens
+`all_composition_scores`. Definitions: docs/methods.md §10.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from minitx.checks import check_token_ids, check_tokens
+from minitx.factored import FactoredMatrix, composition_scores
+from minitx.model import Transformer
+from minitx.results import Result
+
+EMBEDDINGS = ("raw", "normalised", "processed")
+MODES = ("Q", "K", "V")
+
+
+def QK(model: Transformer) -> FactoredMatrix:
+    """W_Q W_Kᵀ [layer, head, d_model, d_model]: score(q, k) = x_q W_QK x_kᵀ (+ biases) times the attention scale."""
+    return FactoredMatrix(model.W_Q, model.W_K.transpose(-2, -1))
+
+
+def OV(model: Transformer) -> FactoredMatrix:
+    """W_V W_O [layer, head, d_model, d_model]: a head attending to x_k writes x_k W_OV (+ biases)."""
+    return FactoredMatrix(model.W_V, model.W_O)
+
+
+# ---------------------------------------------------------------------------------------------
+# Circuits through the embeddings, docs/methods.md §10.1.
+
+
+def _check_embedding(embedding) -> None:
+    if embedding not in EMBEDDINGS:
+        raise ValueError(f"embedding={embedding!r} is not a convention; choose one of {', '.join(EMBEDDINGS)} "
+                         "(docs/methods.md §10.1)")
+
+
+def _check_head(model: Transformer, layer, head) -> None:
+    cfg = model.cfg
+    if not (isinstance(layer, int) and 0 <= layer < cfg.n_layer):
+        raise ValueError(f"layer={layer!r} is not a layer of this model; allowed: 0..{cfg.n_layer - 1}")
+    if head is not None and not (isinstance(head, int) and 0 <= head < cfg.n_head):
+        raise ValueError(f"head={head!r} is not a head of this model; allowed: 0..{cfg.n_head - 1} (or None: all)")
+
+
+def _normalised_rows(x: Tensor) -> Tensor:  # [n, d_model] -> rows centred, each divided by its own RMS
+    centred = x - x.mean(-1, keepdim=True)
+    return centred / centred.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(torch.finfo(x.dtype).tiny)
+
+
+def _in_convention(model: Transformer, embedding: str) -> Transformer:
+    """The model whose weights the convention reads: a processed copy for "processed" (unless it already is)."""
+    _check_embedding(embedding)
+    if embedding == "processed" and "fold_ln" not in getattr(model.cfg, "processing", ()):
+        from minitx.processing import process
+        return process(model)
+    return model
+
+
+def reading_weights(model: Transformer, layer: int, embedding: str) -> dict[str, Tensor]:
+    """The matrices a head in `layer` reads, in one convention: E [d_vocab, d_model], P [n_ctx, d_model],
+    W_Q, W_K, W_V [head, d_model, d_head], W_O [head, d_head, d_model], W_U [d_model, d_vocab]."""
+    _check_head(model, layer, None)
+    model = _in_convention(model, embedding)
+    out = dict(E=model.W_E, P=model.W_pos, W_Q=model.W_Q[layer], W_K=model.W_K[layer], W_V=model.W_V[layer],
+               W_O=model.W_O[layer], W_U=model.W_U)
+    if embedding == "normalised":
+        gain = model.blocks[layer].ln1.w
+        out.update(E=_normalised_rows(model.W_E) * gain, P=_normalised_rows(model.W_pos) * gain,
+                   W_U=model.ln_final.w[:, None] * model.W_U)
+    return out
+
+
+def full_OV_circuit(model: Transformer, layer: int, head: int | None = None, *, embedding: str) -> FactoredMatrix:
+    """E W_V W_O W_U [(head,) d_vocab, d_vocab]: attending to token s raises the logit of t by M[s, t]."""
+    _check_head(model, layer, head)
+    w = reading_weights(model, layer, embedding)
+    heads = slice(None) if head is None else head
+    return FactoredMatrix(w["E"] @ w["W_V"][heads], w["W_O"][heads] @ w["W_U"])
+
+
+def token_QK_circuit(model: Transformer, layer: int, head: int | None = None, *, embedding: str) -> FactoredMatrix:
+    """E W_Q W_Kᵀ Eᵀ [(head,) d_vocab, d_vocab]: how much query token s prefers key token t (no scale, no biases)."""
+    _check_head(model, layer, head)
+    w = reading_weights(model, layer, embedding)
+    heads = slice(None) if head is None else head
+    return FactoredMatrix(w["E"] @ w["W_Q"][heads], (w["E"] @ w["W_K"][heads]).transpose(-2, -1))
+
+
+def positional_QK_circuit(model: Transformer, layer: int, head: int | None = None, *,
+                          embedding: str) -> FactoredMatrix:
+    """P W_Q W_Kᵀ Pᵀ [(head,) n_ctx, n_ctx]: how much query position i prefers key position j. Exact for layer 0
+    (up to the LN scale); for later layers it is the direct path only."""
+    _check_head(model, layer, head)
+    w = reading_weights(model, layer, embedding)
+    heads = slice(None) if head is None else head
+    return FactoredMatrix(w["P"] @ w["W_Q"][heads], (w["P"] @ w["W_K"][heads]).transpose(-2, -1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Composition scores against a random baseline, docs/methods.md §10.2.
+
+
+@dataclass(kw_only=True, repr=False)
+class CompositionScores(Result):
+    """scores [earlier_layer, earlier_head, later_layer, later_head] = C(W_OV of the earlier head, the later
+    head's W_QK (Q), W_QKᵀ (K) or W_OV (V)); 0 where the later layer is not after the earlier one (as
+    TransformerLens). raw: ‖X Y‖_F itself. baseline_mean / baseline_std: C over random Gaussian factors of
+    the same shapes (n_samples of them); above_baseline: scores > mean + 3 std."""
+
+    mode: str
+    baseline_mean: float
+    baseline_std: float
+    n_samples: int
+    above_baseline: Tensor
+    processing: tuple = ()
+
+
+def random_composition_baseline(d_model: int, d_head: int, n_samples: int = 200, seed: int = 0) -> tuple[float, float]:
+    """(mean, std) of C(V O, Q Kᵀ) with every factor N(0, 1) of the head's shapes ([d_model, d_head] and
+    its transpose). C is scale-free and the three modes pair the same shapes, so one baseline serves all."""
+    if not (isinstance(n_samples, int) and n_samples >= 2):
+        raise ValueError(f"n_samples={n_samples!r}: a baseline needs an int of at least 2 random samples")
+    g, scores = torch.Generator().manual_seed(seed), []
+    for start in range(0, n_samples, 16):  # in chunks: 200 samples of GPT-2 small's shapes would be 300 MB
+        n = min(16, n_samples - start)
+        factor = lambda *shape: torch.randn(n, *shape, generator=g, dtype=torch.float64)  # noqa: E731
+        left = FactoredMatrix(factor(d_model, d_head), factor(d_head, d_model))
+        right = FactoredMatrix(factor(d_model, d_head), factor(d_head, d_model))
+        scores.append(composition_scores(left, right, broadcast_dims=False))  # [n]
+    scores = torch.cat(scores)
+    return float(scores.mean()), float(scores.std())
+
+
+def all_composition_scores(model: Transformer, mode: str, n_samples: int = 200, seed: int = 0) -> CompositionScores:
+    """Q-, K- or V-composition of every earlier head into every later head, with the random baseline.
+    Each pair of layers is one batched product of r x r cores; pairs within a layer are never computed."""
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}: choose 'Q' (into queries), 'K' (into keys) or 'V' (into values)")
+    L, H = model.cfg.n_layer, model.cfg.n_head
+    with torch.no_grad():
+        left = OV(model)
+        right = {"Q": QK(model), "K": QK(model).T, "V": left}[mode]
+        raw = torch.zeros(L, H, L, H, dtype=model.W_E.dtype)
+        scores = torch.zeros_like(raw)
+        for earlier in range(L - 1):
+            later = slice(earlier + 1, None)
+            scores[earlier, :, later] = composition_scores(left[earlier], right[later]).to(raw.dtype)
+            norms = left[earlier].norm()[:, None, None] * right[later].norm()[None]  # [head, later layer, head]
+            raw[earlier, :, later] = scores[earlier, :, later] * norms.to(raw.dtype)
+    mean, std = random_composition_baseline(model.cfg.d_model, model.cfg.d_head, n_samples, seed)
+    later_than = torch.arange(L)[:, None, None, None] < torch.arange(L)[None, None, :, None]
+    return CompositionScores(scores=scores, axes=("earlier_layer", "earlier_head", "later_layer", "later_head"),
+                             raw=raw, metric=f"{mode}-composition", mode=mode, baseline_mean=mean,
+                             baseline_std=std, n_samples=n_samples, above_baseline=(scores > mean + 3 * std) & later_than,
+                             processing=tuple(getattr(model.cfg, "processing", ())))
+
+
+# ---------------------------------------------------------------------------------------------
+# Copying, docs/methods.md §10.3.
+
+
+@dataclass(kw_only=True, repr=False)
+class CopyingScores(Result):
+    """scores [layer, head]: Σλ / Σ|λ| over the eigenvalues of the full OV circuit E W_OV W_U (+1 copies what
+    it attends to, -1 suppresses it). argmax_fraction [layer, head]: the share of tokens s in `tokens` whose
+    largest entry M[s, t] over t in `tokens` is t = s. qk_scores [layer, head]: the same eigenvalue score
+    of the token QK circuit E W_QK Eᵀ (positive: prefers keys holding its own token)."""
+
+    argmax_fraction: Tensor
+    qk_scores: Tensor
+    tokens: Tensor
+    embedding: str
+    processing: tuple = ()
+
+
+def eigenvalue_score(M: FactoredMatrix | Tensor) -> Tensor:
+    """Σλ / Σ|λ| [...] over the eigenvalues of a square matrix, factored (through BA) or dense; NaN where all are 0."""
+    eigenvalues = M.eigenvalues if isinstance(M, FactoredMatrix) else torch.linalg.eigvals(M)
+    return eigenvalues.sum(-1).real / eigenvalues.abs().sum(-1)
+
+
+def _diagonal_argmax_fraction(left: Tensor, right: Tensor, chunk: int = 2048) -> Tensor:
+    """left [head, n, r], right [head, r, n] -> [head]: share of rows s of left @ right whose entry s is
+    strictly the largest (a tie, as in an all-zero row, is no hit); a block of rows at a time, so the
+    n x n matrix never exists."""
+    hits = torch.zeros(left.shape[0])
+    for start in range(0, left.shape[1], chunk):
+        rows = left[:, start:start + chunk] @ right  # [head, chunk, n]
+        own = torch.arange(rows.shape[1]), torch.arange(start, start + rows.shape[1])
+        diagonal = rows[:, own[0], own[1]]  # [head, chunk]
+        rows[:, own[0], own[1]] = float("-inf")
+        hits += (diagonal > rows.max(-1).values).sum(-1)
+    return hits / left.shape[1]
+
+
+def copying_scores(model: Transformer, *, embedding: str, tokens=None) -> CopyingScores:
+    """Copying scores of every head. tokens: the token set S of the argmax test (ids; default every token).
+    The eigenvalue scores use the whole vocabulary, through d_head x d_head matrices. The argmax test costs
+    |S|² d_head per head, so a large vocabulary wants a subset (the words the model knows)."""
+    cfg = model.cfg
+    S = torch.arange(cfg.d_vocab) if tokens is None else check_token_ids(tokens, cfg.d_vocab).reshape(-1).unique()
+    model = _in_convention(model, embedding)
+    ov, qk, argmax = (torch.zeros(cfg.n_layer, cfg.n_head) for _ in range(3))
+    with torch.no_grad():
+        for layer in range(cfg.n_layer):
+            w = reading_weights(model, layer, embedding)
+            E, W_U = w["E"], w["W_U"]
+            # The non-zero eigenvalues of E W_V W_O W_U are those of W_O (W_U E) W_V [head, d_head, d_head].
+            ov[layer] = eigenvalue_score(w["W_O"] @ (W_U @ E) @ w["W_V"]).float()
+            qk[layer] = eigenvalue_score(w["W_K"].transpose(-2, -1) @ (E.T @ E) @ w["W_Q"]).float()
+            argmax[layer] = _diagonal_argmax_fraction(E[S] @ w["W_V"], w["W_O"] @ W_U[:, S])
+    return CopyingScores(scores=ov, axes=("layer", "head"), metric="copying score (eigenvalues of E W_OV W_U)",
+                         argmax_fraction=argmax, qk_scores=qk, tokens=S, embedding=embedding,
+                         processing=tuple(getattr(model.cfg, "processing", ())))
+
+
+# ---------------------------------------------------------------------------------------------
+# One attention score, split by where its query and key came from, docs/methods.md §10.4.
+# With the run's ln1 scales frozen, ln1 is linear in the residual stream, and the score is bilinear in
+# the stream's components: S[i, j] = scale (Σ_a ĉ_a[i] W_Q + b_Q) · (Σ_b ĉ_b[j] W_K + b_K).
+
+TOKEN, POSITION, CONSTANT = "token", "position", "constant"
+GROUPS = ("position x position", "token-carrying", "constant and position")
+
+
+def residual_components(model: Transformer, cache, layer: int) -> tuple[list[str], list[str], Tensor]:
+    """(names, kinds, components [component, batch, pos, d_model]) of the stream entering block `layer`:
+    embed, pos, every earlier head, every earlier MLP (with its bias), and the earlier attention biases b_O.
+    They sum to blocks.{layer}.hook_resid_pre. kinds: token (carries token content), position, constant."""
+    names, kinds, parts = ["embed", "pos"], [TOKEN, POSITION], [cache["hook_embed"], cache["hook_pos_embed"]]
+    for earlier in range(layer):
+        result = cache[f"blocks.{earlier}.attn.hook_result"]  # [batch, pos, head, d_model]
+        names += [f"L{earlier}.{h}" for h in range(model.cfg.n_head)]
+        parts += list(result.unbind(2))
+    for earlier in range(layer):
+        names.append(f"mlp{earlier}")
+        parts.append(cache[f"blocks.{earlier}.hook_mlp_out"])
+    kinds += [TOKEN] * (len(names) - 2)
+    names.append("attn_biases")
+    kinds.append(CONSTANT)
+    parts.append((model.b_O[:layer].sum(0) if layer else torch.zeros_like(parts[0][0, 0])).expand_as(parts[0]))
+    return names, kinds, torch.stack(parts)
+
+
+def _cache_for(model: Transformer, tokens: Tensor, layers) -> dict:
+    last = max(layers)
+    wanted = {"hook_embed", "hook_pos_embed", *(f"blocks.{l}.{p}" for l in range(last) for p in
+                                                 ("attn.hook_result", "hook_mlp_out")),
+              *(f"blocks.{l}.{p}" for l in layers for p in ("ln1.hook_scale", "attn.hook_attn_scores"))}
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in wanted, stop_at_layer=last + 1)
+    return cache
+
+
+def _query_key_parts(model: Transformer, cache, layer: int) -> tuple[list[str], list[str], Tensor, Tensor]:
+    """(names, kinds, q [component, batch, head, pos, d_head], k [same]) with Σ over components = the run's q, k.
+    Components: those of residual_components, then ln1's bias β, then b_Q (queries) / b_K (keys)."""
+    names, kinds, parts = residual_components(model, cache, layer)
+    ln = model.blocks[layer].ln1
+    sigma = cache[f"blocks.{layer}.ln1.hook_scale"]  # [batch, pos, 1], frozen: ln1 is now linear
+    normed = (parts - parts.mean(-1, keepdim=True)) / sigma * ln.w  # [component, batch, pos, d_model]
+    normed = torch.cat([normed, ln.b.expand_as(normed[:1])])
+    q = torch.einsum("cbpd,hde->cbhpe", normed, model.W_Q[layer])
+    k = torch.einsum("cbpd,hde->cbhpe", normed, model.W_K[layer])
+    shape = (1, *q.shape[1:])
+    q = torch.cat([q, model.b_Q[layer][None, None, :, None].expand(shape)])
+    k = torch.cat([k, model.b_K[layer][None, None, :, None].expand(shape)])
+    return names + ["ln1_bias", "qk_bias"], kinds + [CONSTANT, CONSTANT], q, k
+
+
+@dataclass(kw_only=True, repr=False)
+class ScoreDecomposition(Result):
+    """scores [query_component, key_component, batch, q_pos, k_pos]: the term of head (layer, head)'s
+    pre-softmax score from that query component and that key component; -inf-free (keys after the query
+    hold the term anyway). Summed over both component axes they equal attn_scores where a key is allowed.
+    components: the names of both component axes; kinds: token, position or constant for each."""
+
+    components: tuple
+    kinds: tuple
+    layer: int
+    head: int
+    attn_scores: Tensor  # [batch, q_pos, k_pos]: blocks.{layer}.attn.hook_attn_scores of this head
+
+
+def score_decomposition(model: Transformer, tokens: Tensor, layer: int, head: int) -> ScoreDecomposition:
+    """The exact split of head (layer, head)'s attention scores on `tokens` [batch, pos] into query-component x
+    key-component terms, with the run's ln1 scales frozen. No BOS is added."""
+    _check_head(model, layer, head)
+    tokens = check_tokens(tokens, model.cfg.d_vocab)
+    cache = _cache_for(model, tokens, [layer])
+    names, kinds, q, k = _query_key_parts(model, cache, layer)
+    scale = model.blocks[layer].attn.scale
+    terms = torch.einsum("abpe,cbqe->acbpq", q[:, :, head], k[:, :, head]) * scale
+    return ScoreDecomposition(scores=terms, axes=("query_component", "key_component", "batch", "q_pos", "k_pos"),
+                              metric=f"L{layer}.{head} attention score", components=tuple(names), kinds=tuple(kinds),
+                              layer=layer, head=head,
+                              attn_scores=cache[f"blocks.{layer}.attn.hook_attn_scores"][:, head])
+
+
+@dataclass(kw_only=True, repr=False)
+class PositionalTokenSplit(Result):
+    """scores [layer, head, group]: the share of the variance of each query's scores over its keys that comes
+    from each group of terms (groups: GROUPS), pooled over queries and averaged over prompts; the shares
+    sum to 1 (a share is Cov(group's terms, score) / Var(score), so one may be negative or above 1).
+    per_prompt [layer, head, group, prompt]. std [layer, head, group]: the std of the shares over prompts.
+    kind [layer][head]: "positional" or "token-pair" when that group's share is above 0.5 with its mean
+    minus two standard errors, else "mixed"."""
+
+    groups: tuple
+    std: Tensor
+    kind: list
+    exclude_bos: bool
+
+
+def _group_shares(q: Tensor, k: Tensor, kinds: list[str], scale: float, exclude_bos: bool) -> Tensor:
+    """q, k [component, batch, head, pos, d_head] -> shares [head, group, batch] of the score variance over keys."""
+    def by_kind(x):  # [3, batch, head, pos, d_head]: token, position, constant components summed
+        index = torch.tensor([(TOKEN, POSITION, CONSTANT).index(kind) for kind in kinds])
+        return torch.zeros(3, *x.shape[1:], dtype=x.dtype).index_add_(0, index, x)
+
+    q3, k3 = by_kind(q), by_kind(k)
+    terms = torch.einsum("abhpe,cbhqe->acbhpq", q3, k3) * scale  # [3, 3, batch, head, q_pos, k_pos]
+    T = terms.shape[-1]
+    keys = torch.ones(T, T, dtype=torch.bool).tril()
+    if exclude_bos:
+        keys[:, 0] = False
+    n_keys = keys.sum(-1).clamp_min(1)  # [q_pos]
+    mean = lambda x: (x * keys).sum(-1, keepdim=True) / n_keys[:, None]  # noqa: E731  over allowed keys
+    centred = (terms - mean(terms)) * keys  # [3, 3, batch, head, q, k]
+    total = centred.sum((0, 1))  # the whole score, centred per query row
+    position = centred[1, 1]
+    token = centred[0].sum(0) + centred[1:, 0].sum(0)  # any term with a token-carrying side
+    groups = torch.stack([position, token, total - position - token])  # [group, batch, head, q, k]
+    variance = (total * total).sum((-2, -1))  # [batch, head], pooled over queries
+    shares = (groups * total).sum((-2, -1)) / variance  # Σ over groups = 1
+    return shares.permute(2, 0, 1)  # [head, group, batch]
+
+
+def positional_token_split(model: Transformer, tokens: Tensor, exclude_bos: bool = False) -> PositionalTokenSplit:
+    """For every head: which share of its attention scores' variation over keys comes from position x position
+    terms, from terms with a token-carrying side (embed, earlier heads, earlier MLPs), and from the rest
+    (constants with positions, constants); on `tokens` [batch, pos], ln1 scales frozen. exclude_bos: leave
+    key 0 out of the variation (its score is often an outlier, an attention sink). No BOS is added."""
+    tokens = check_tokens(tokens, model.cfg.d_vocab)
+    layers = list(range(model.cfg.n_layer))
+    cache = _cache_for(model, tokens, layers)
+    shares = []
+    with torch.no_grad():
+        for layer in layers:
+            _, kinds, q, k = _query_key_parts(model, cache, layer)
+            shares.append(_group_shares(q, k, kinds, model.blocks[layer].attn.scale, exclude_bos))
+    per_prompt = torch.stack(shares).float()  # [layer, head, group, prompt]
+    mean, std = per_prompt.nanmean(-1), _nanstd(per_prompt)
+    sem = std / per_prompt.shape[-1] ** 0.5
+    lower = mean - 2 * sem
+    kind = [["positional" if lower[l, h, 0] > 0.5 else "token-pair" if lower[l, h, 1] > 0.5 else "mixed"
+             for h in range(model.cfg.n_head)] for l in layers]
+    return PositionalTokenSplit(scores=mean, axes=("layer", "head", "group"), per_prompt=per_prompt,
+                                metric="share of the score variance over keys", groups=GROUPS, std=std, kind=kind,
+                                exclude_bos=exclude_bos)
+
+
+def _nanstd(x: Tensor) -> Tensor:  # std over the last axis, ignoring NaN (a prompt too short to vary)
+    n = (~x.isnan()).sum(-1)
+    centred = x - x.nanmean(-1, keepdim=True)
+    return (centred.nan_to_num().pow(2).sum(-1) / (n - 1).clamp_min(1)).sqrt()
