@@ -17,6 +17,7 @@ from pathlib import Path
 from minitx.activations import ACTIVATIONS
 
 GPT2_EOT = 50256  # <|endoftext|>: GPT-2's BOS, end of text and padding
+PROCESSING_STEPS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")  # minitx.processing
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,12 @@ class Config:
     # An id in the vocabulary; GPT-2's 50256 is also accepted for a smaller vocabulary, where it means
     # "not set" and analysis that needs a BOS uses the last id instead.
     bos_token_id: int = GPT2_EOT
+    # Weight processing applied to these weights, in order (minitx/processing.py); () for a raw checkpoint.
+    processing: tuple[str, ...] = ()
 
     def __post_init__(self):
+        if isinstance(self.processing, list):  # as config.json stores it
+            object.__setattr__(self, "processing", tuple(self.processing))
         check_config(self)
 
     # The analysis names for the same numbers.
@@ -80,6 +85,9 @@ def check_config(cfg: Config) -> None:
     bos = cfg.bos_token_id
     if not _is_int(bos) or bos < 0 or (bos >= cfg.vocab_size and bos != GPT2_EOT):
         refuse("bos_token_id", f"an id in the vocabulary 0..{cfg.vocab_size - 1} (or GPT-2's {GPT2_EOT})")
+    steps = cfg.processing
+    if not isinstance(steps, tuple) or any(s not in PROCESSING_STEPS for s in steps) or len(set(steps)) < len(steps):
+        refuse("processing", f"a list of distinct names from {', '.join(PROCESSING_STEPS)} ([] for raw weights)")
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(Config))
