@@ -25,6 +25,7 @@ from minitx.config import Config, config_from_dict, read_config
 from minitx.hub import (DownloadError, cached_snapshot, download, download_for_load, hub_cache_dir,
                         is_valid_repo_id)
 from minitx.model import Transformer
+from minitx.shipped import shipped_path
 
 __all__ = ["load", "save_pretrained", "download", "DownloadError", "convert_state_dict", "hf_key",
            "hub_cache_dir", "cached_snapshot", "is_valid_repo_id"]
@@ -90,6 +91,7 @@ def load(name_or_path, *, dtype: torch.dtype = torch.float32, device="cpu", revi
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating torch.dtype such as torch.float32, got {dtype!r}")
     device = _check_device(device)  # before any loading work
+    name_or_path = shipped_path(name_or_path) or name_or_path  # "english-6l": the packaged copy, before the hub
     if isinstance(name_or_path, os.PathLike) or (name_or_path and Path(str(name_or_path)).exists()):
         cfg, files = _local(Path(name_or_path))
         converted = convert_state_dict(read_state(files), cfg, dtype, str(files[0] if len(files) == 1 else files[0].parent))

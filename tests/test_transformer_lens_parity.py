@@ -23,6 +23,7 @@ from tests.conftest import random_model
 
 tl_patching = pytest.importorskip("transformer_lens.patching")
 tl_heads = pytest.importorskip("transformer_lens.head_detector")
+pytestmark = pytest.mark.peers  # CI runs these in .venv-peers: pytest -m peers
 
 PROMPTS = ["When Mary and John went to the store, John gave a drink to",
            "When Tom and Anna went to the park, Anna gave a ball to"]
