@@ -8,6 +8,7 @@ plain function passed to one call, never a module or global state.
 from __future__ import annotations
 
 import difflib
+import functools
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -132,21 +133,38 @@ class Run:
         if name not in self.wanted:
             return x
         for fn in self.fwd.get(name, ()):
-            out = fn(x, HookPoint(name))
-            if out is not None:
-                check_replacement(name, x, out)
-                x = out
-                self.replaced.add(name)
-            elif x.isnan().any():  # a hook may also write in place and return None
-                raise FloatingPointError(f"hook on {name} left NaN in the activation (written in place?)")
+            x = self.apply(fn, name, x)
         for fn in self.bwd.get(name, ()):
             if not x.requires_grad:
                 raise RuntimeError(f"backward hook on {name}: no gradient flows through this point; "
                                    "run with torch.enable_grad() and an input or weight that requires grad")
-            x.register_hook(lambda grad, fn=fn: fn(grad, HookPoint(name)))
+            x.register_hook(functools.partial(_backward_hook, fn, name))
         if name in self.cache_names:
             self.cache[name] = x if self.keep_grad else x.detach()
         return x
+
+    def apply(self, fn, name: str, x: Tensor) -> Tensor:
+        """One forward hook. It gets its own copy of the activation, so an in-place edit (returning None)
+        means exactly what returning the edited tensor means, and never reaches another point, the
+        residual stream or a cached value. The copy costs one activation, only where a hook is."""
+        own = x.clone()
+        version = own._version  # bumped by every in-place write
+        out = fn(own, HookPoint(name))
+        edited = out is not None or own._version != version or (name.endswith("hook_scale") and not torch.equal(own, x))
+        out = own if out is None else out
+        if edited:
+            check_replacement(name, x, out)
+            self.replaced.add(name)
+        return out
+
+
+def _backward_hook(fn, name: str, grad: Tensor):
+    out = fn(grad, HookPoint(name))
+    if out is not None and (not isinstance(out, Tensor) or out.shape != grad.shape or out.dtype != grad.dtype):
+        got = f"shape {tuple(out.shape)}, {out.dtype}" if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"backward hook on {name} returned {got}; it must return None or a gradient like the one "
+                         f"it got: shape {tuple(grad.shape)}, {grad.dtype}")
+    return out
 
 
 class Cache(dict):

@@ -349,3 +349,80 @@ def test_context_hooks_exit_out_of_order_in_one_thread(tiny_model):
     assert len(tiny_model._context_hooks[0]) == 1 and tiny_model.has_context_hooks
     inner.__exit__(None, None, None)
     assert not tiny_model.has_context_hooks
+
+
+ALL_POINTS = point_names(2)  # tiny_model's, in the order a forward reaches them
+
+
+@pytest.mark.parametrize("point", ALL_POINTS)
+def test_in_place_edit_means_returning_the_edit_and_reaches_no_other_point(tiny_model, point):
+    """For every point: x.mul_(1.5) returning None == returning x * 1.5 (logits and cache), and no
+    point cached before it, nor the residual stream it was read from, changes."""
+    tokens = torch.randint(0, 257, (2, 6), generator=torch.Generator().manual_seed(1))
+    # On-request points change how a layer runs (per-head inputs), so they are cached only when edited.
+    names = [n for n in ALL_POINTS if n == point or n in point_names(2, include_on_request=False)]
+
+    def in_place(x, hook):
+        x.mul_(1.5)
+
+    def returned(x, hook):
+        return x * 1.5
+
+    clean_logits, clean = tiny_model.run_with_cache(tokens, names_filter=names)
+    logits_a, cache_a = tiny_model.run_with_cache(tokens, names_filter=names, fwd_hooks=[(point, in_place)])
+    logits_b, cache_b = tiny_model.run_with_cache(tokens, names_filter=names, fwd_hooks=[(point, returned)])
+    assert torch.equal(logits_a, logits_b), f"in-place edit of {point} differs from returning it"
+    assert not torch.equal(logits_a, clean_logits), f"the edit of {point} had no effect"
+    for name in names:
+        assert torch.equal(cache_a[name], cache_b[name]), name
+    for name in names[:names.index(point)]:  # earlier points keep their values
+        assert torch.equal(cache_a[name], clean[name]), f"an in-place edit of {point} rewrote the cached {name}"
+
+
+def test_in_place_mlp_in_edits_only_the_mlp_input(tiny_model):
+    tokens = torch.randint(0, 257, (1, 5))
+    _, cache = tiny_model.run_with_cache(tokens, fwd_hooks=[("blocks.0.hook_mlp_in", lambda x, h: x.zero_())])
+    _, clean = tiny_model.run_with_cache(tokens)
+    assert torch.equal(cache["blocks.0.hook_resid_mid"], clean["blocks.0.hook_resid_mid"])
+    mlp_out = cache["blocks.0.hook_mlp_out"]
+    assert torch.equal(cache["blocks.0.hook_resid_post"], clean["blocks.0.hook_resid_mid"] + mlp_out)
+
+
+def fill_inf_return_none(x, hook):
+    x.fill_(float("inf"))
+
+
+def fill_nan_return_none(x, hook):
+    x.fill_(float("nan"))
+
+
+@pytest.mark.parametrize("hook", [fill_inf_return_none, fill_nan_return_none,
+                                  lambda x, h: x.fill_(float("inf"))])  # the last returns x itself
+def test_non_finite_in_place_or_returned_is_caught(tiny_model, hook):
+    with pytest.raises(FloatingPointError, match="hook on blocks.0.hook_resid_mid returned NaN or inf"):
+        tiny_model.run_with_hooks(torch.tensor([[1, 2, 3]]), fwd_hooks=[("blocks.0.hook_resid_mid", hook)])
+
+
+@pytest.mark.parametrize("point", ["hook_pos_embed", "blocks.0.attn.hook_q", "blocks.1.attn.hook_k",
+                                   "blocks.0.attn.hook_v", "blocks.0.ln1.hook_scale"])
+def test_in_place_edits_work_with_batches_and_trainable_weights(point):
+    model = random_model().requires_grad_(True)
+    tokens = torch.randint(0, 257, (3, 5), generator=torch.Generator().manual_seed(2))
+    with torch.enable_grad():
+        edited = model.run_with_hooks(tokens, fwd_hooks=[(point, lambda x, h: x.mul_(2.0))])
+        returned = model.run_with_hooks(tokens, fwd_hooks=[(point, lambda x, h: x * 2.0)])
+        edited.sum().backward()  # gradients flow through the edited copy
+    assert torch.equal(edited, returned)
+    assert model.W_E.grad is not None and torch.isfinite(model.W_E.grad).all()
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda g, h: g.double(), r"backward hook on blocks.0.hook_resid_mid returned shape \(1, 3, 64\), torch.float64"),
+    (lambda g, h: g[0], r"backward hook on blocks.0.hook_resid_mid returned shape \(3, 64\)"),
+    (lambda g, h: 3.0, "backward hook on blocks.0.hook_resid_mid returned float")])
+def test_backward_hook_results_are_checked(bad, message):
+    model = random_model().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model.run_with_hooks(torch.tensor([[1, 2, 3]]), bwd_hooks=[("blocks.0.hook_resid_mid", bad)])
+        with pytest.raises(ValueError, match=message):
+            logits.sum().backward()
