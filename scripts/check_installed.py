@@ -56,7 +56,8 @@ def main(argv=None) -> int:
     induction = minitx.load("induction-2l")
     scores = induction_scores(induction, n=14, batch=8, seed=0)  # [layer, head]
     check(bool((scores[1] >= 0.8).all() and (scores[0] < 0.2).all()),
-          f"induction-2l: induction scores L0 {scores[0].tolist()}, L1 {scores[1].tolist()} "
+          f"induction-2l: induction scores L0 {[round(x, 3) for x in scores[0].tolist()]}, "
+          f"L1 {[round(x, 3) for x in scores[1].tolist()]} "
           "(L1 heads >= 0.8, L0 heads < 0.2)")
     print(f"{sum(checks)} of {len(checks)} checks passed")
     return 0 if all(checks) else 1
