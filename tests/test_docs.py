@@ -82,6 +82,36 @@ def test_no_citation_of_the_old_reference_remains():
     assert not left, "cite docs/methods.md §N.M instead of:\n" + "\n".join(left)
 
 
+def defined_tests(tests_dir: Path = ROOT / "tests") -> dict[str, set[str]]:
+    """{file name: names of the test functions it defines}."""
+    return {f.name: set(re.findall(r"^def (test_\w+)", f.read_text(encoding="utf-8"), re.M))
+            for f in tests_dir.glob("test_*.py")}
+
+
+def test_tests_named_in_the_docs_exist():
+    """"tests/test_x.py::test_y" (or "test_x.py::test_y", or "::test_y" after a named file) must name a test."""
+    defined = defined_tests()
+    everywhere = set().union(*defined.values())
+    documents = [METHODS, ROOT / "README.md", ROOT / "docs" / "analysis-conventions.md",
+                 *sorted((ROOT / "weights").glob("*/MODEL_CARD.md"))]
+    missing, checked = [], 0
+    for doc in documents:
+        text = doc.read_text(encoding="utf-8")
+        for file, name in re.findall(r"(?:tests/)?(test_\w+\.py)::(test_\w+)", text):
+            checked += 1
+            if name not in defined.get(file, ()):
+                missing.append(f"{doc.name}: {file}::{name}")
+        for name in re.findall(r"(?<![\w.])::(test_\w+)", text):
+            checked += 1
+            if name not in everywhere:
+                missing.append(f"{doc.name}: ::{name}")
+        for file in re.findall(r"tests/(test_\w+\.py)", text):
+            if file not in defined:
+                missing.append(f"{doc.name}: tests/{file}")
+    assert checked > 50, "the reference lost its test pointers, or the parser is broken"
+    assert not missing, "tests named in the docs that do not exist:\n" + "\n".join(missing)
+
+
 @pytest.mark.parametrize("anchor", re.findall(r"\]\(#([^)]+)\)", METHODS.read_text(encoding="utf-8")))
 def test_table_of_contents_links_reach_a_heading(anchor):
     """GitHub's anchor of a heading: lower case, punctuation dropped, spaces as hyphens."""
