@@ -1,15 +1,28 @@
 """The `minitx` command line: thin wrappers that parse arguments, call the library, print and save.
 
-Errors a user can fix (a typo, a missing file, a bad argument) are printed in one or two lines,
-without a stack of internal frames.
+Every command is one row of `COMMANDS`: its name, a one-line help, a description, a function adding its
+arguments and a function running it. To add a command, write `args_x(p)` (arguments, each with help
+text; defaults are shown automatically) and `cmd_x(args) -> exit code` (load with `_load`, compute with
+two or three library calls, print tables with `say(report.text_table(...))`, save figures with
+`_save_figure`), then append `Command("x", ...)` to COMMANDS. Prompts are positional (`_prompt_args`),
+each with a `--name` alias.
+
+Errors never show a traceback: anything raised below `main` is printed as one line
+`minitx CMD: error: ...` with exit code 2 (set MINITX_DEBUG=1 to see the traceback instead).
+Ctrl-C exits with 130 and one line; a closed pipe (`minitx heads | head -1`) ends the printing,
+not the work, so the figure is still written.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from minitx import __version__
 
@@ -20,47 +33,53 @@ from minitx import __version__
 DEFAULT_MODEL = "weights/english-6l"
 REPO_ROOT = Path(__file__).resolve().parent.parent  # the source checkout, when there is one (tests use it)
 
-
-def cmd_download(args) -> int:
-    from minitx.loading import download
-    path = download(args.name, revision=args.revision)
-    print(f"{args.name}: in the Hugging Face cache at {path}")
-    return 0
-
-
-def cmd_verify(args) -> int:
-    from minitx.verify import format_rows, verify
-    rows = verify(resolve_model(args.model), tolerance=args.tolerance)
-    print(format_rows(rows))
-    failed = [r for r in rows if not r.ok]
-    print(f"\n{len(rows) - len(failed)} of {len(rows)} checks within tolerance {args.tolerance:g}")
-    return 1 if failed else 0
-
-
-def cmd_generate(args) -> int:
-    model, vocab = _load(args)
-    tokens = vocab.tokens(args.prompt, prepend_bos=args.prepend_bos)
-    # GPT-2 ends a text with <|endoftext|> (its BOS id); a model of bare ids has no end token.
-    eos = model.cfg.bos_token_id if vocab.is_text and not args.ignore_eos else None
-    out = model.generate(tokens, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed,
-                         eos_token_id=eos)[0]
-    ends = [] if eos is None else (out[tokens.shape[1]:] == eos).nonzero()
-    if len(ends):
-        out = out[:tokens.shape[1] + int(ends[0])]  # the text ends there
-    print(vocab.tokenizer.to_string(out) if vocab.is_text else " ".join(map(str, out.tolist())))
-    return 0
+MODEL_HELP = (f"checkpoint directory, .safetensors file or hub id (default: the small English model {DEFAULT_MODEL}, "
+              "shipped inside the package and found from any directory; also english-6l, induction-2l). With a "
+              "tokenizer (GPT-2's vocabulary of 50257, or the checkpoint's own vocab.json + merges.txt) prompts "
+              "and tokens are text; with any other vocabulary (the fixture has 65 ids, BOS = 64) they are "
+              "space-separated integer token ids")
+BOS_HELP = ("start every prompt with BOS (default: --prepend-bos, as the fixture was trained and as "
+            "TransformerLens does; <|endoftext|> for GPT-2, cfg.bos_token_id or the last id otherwise)")
+PROMPT_HELP = "text for a model with a tokenizer, else space-separated token ids (e.g. '5 9 2 5 9')"
+TOKEN_HELP = "text: one token such as ' mat' (mind the leading space); ids: one id"
 
 
 # ---------------------------------------------------------------------------------------------
-# Shared by the analysis commands: the model, prompts, and compact text tables.
+# Output: stdout that survives a closed pipe, progress lines on stderr, figures.
 
-MODEL_HELP = (f"checkpoint directory, .safetensors file or hub id (default: the small English model {DEFAULT_MODEL}, "
-              "shipped inside the package and found from any directory; also english-6l, induction-2l). With GPT-2's vocabulary (50257) prompts "
-              "and tokens are text; with any other (the fixture has 65 ids, BOS = 64) they are space-separated "
-              "integer token ids")
-BOS_HELP = ("start every prompt with BOS (default: --prepend-bos, as the fixture was trained and as "
-            "TransformerLens does; <|endoftext|> for GPT-2, cfg.bos_token_id or the last id otherwise)")
+def say(text: str = "") -> None:
+    """Prints a line to stdout; once the reader has gone (`| head -1`), further output is dropped, not an error."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail either
+        os.close(devnull)
 
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _warn(args, message: str) -> None:
+    print(f"minitx {args.command}: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _figure_path(out: str | None, default: str) -> Path:
+    """--out -> the PNG to write: default in the current folder, inside --out when it names a folder."""
+    if out is None:
+        return Path(default)
+    path = Path(out).expanduser()
+    return path / default if path.is_dir() or out.endswith(("/", os.sep)) else path
+
+
+def _save_figure(fig, args, default: str) -> None:
+    from minitx import plots
+    say(f"figure: {plots.save(fig, _figure_path(args.out, default))}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared by the commands: the model, its prompts, small checks.
 
 def resolve_model(name: str | None) -> str:
     """--model -> what minitx.loading.load reads: a local path, a shipped model's folder, or a hub id."""
@@ -74,15 +93,12 @@ def resolve_model(name: str | None) -> str:
 
 
 def _load(args):
-    """-> (model, Vocab) for --model."""
-    from minitx.demo import Vocab
+    """-> (model, prompts.Vocab) for --model; the checkpoint's own vocab.json + merges.txt when it has them."""
     from minitx.loading import load
-    model = load(resolve_model(args.model))
-    return model, Vocab(model.cfg)
-
-
-def _progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    from minitx.prompts import Vocab
+    path = resolve_model(args.model)
+    model = load(path)
+    return model, Vocab.for_model(model, path if Path(path).exists() else None)
 
 
 def _check_runs(model, *tokens) -> None:
@@ -93,9 +109,9 @@ def _check_runs(model, *tokens) -> None:
 
 
 def _check_pos(pos: int, n_pos: int) -> None:
-    from minitx.metrics import resolve_pos
+    from minitx.checks import check_positions
     try:
-        resolve_pos(pos, 1, n_pos)
+        check_positions(pos, n_pos)
     except ValueError as error:
         raise ValueError(f"--pos: {error}") from None
 
@@ -105,104 +121,146 @@ def _check_index(value: int | None, size: int, what: str, plural: str) -> None:
         raise ValueError(f"{what} {value} is out of range; this model has {plural} 0..{size - 1}")
 
 
-def _fmt(v) -> str:
-    if not isinstance(v, float):
-        return str(v)
-    text = "nan" if v != v else f"{v:.3f}"
-    return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.000"
+def _warn_blank(args, model, vocab, tokens, what: str) -> None:
+    """A warning when tokens use ids whose embedding is blank: the model never trained them."""
+    from minitx.prompts import blank_tokens
+    blank = blank_tokens(model, tokens)
+    if blank:
+        shown = ", ".join(repr(vocab.decode(t)) for t in blank[:6]) + (" ..." if len(blank) > 6 else "")
+        _warn(args, f"{what} uses {len(blank)} token(s) this model never trained (blank embeddings): {shown}; "
+                    "its numbers there say little")
 
 
-def _table(header: list[str], rows: list[list]) -> str:
-    """Rows of cells -> aligned text; the first column left-aligned, the others right-aligned."""
-    cells = [header] + [[_fmt(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-    return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths)] + [line(r) for r in cells[1:]])
+# ---------------------------------------------------------------------------------------------
+# Commands without analysis.
+
+def cmd_download(args) -> int:
+    from minitx.loading import download
+    path = download(args.name, revision=args.revision)
+    say(f"{args.name}: in the Hugging Face cache at {path}")
+    return 0
 
 
-def _short(token: str, limit: int = 10) -> str:
-    text = repr(token)[1:-1] if any(c in token for c in "\n\t\r") else token
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+def cmd_verify(args) -> int:
+    from minitx.verify import format_rows, verify
+    rows = verify(resolve_model(args.model), tolerance=args.tolerance)
+    say(format_rows(rows))
+    failed = [r for r in rows if not r.ok]
+    say(f"\n{len(rows) - len(failed)} of {len(rows)} checks within tolerance {args.tolerance:g}")
+    return 1 if failed else 0
 
 
-def _saved(path) -> None:
-    print(f"figure: {path}")
+def cmd_generate(args) -> int:
+    model, vocab = _load(args)
+    tokens = vocab.tokens(args.prompt, prepend_bos=args.prepend_bos)
+    # GPT-2 ends a text with <|endoftext|> (its BOS id); a model of bare ids has no end token.
+    eos = model.cfg.bos_token_id if vocab.is_text and not args.ignore_eos else None
+    out = model.generate(tokens, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed,
+                         eos_token_id=eos)[0]
+    ends = [] if eos is None else (out[tokens.shape[1]:] == eos).nonzero()
+    if len(ends):
+        out = out[:tokens.shape[1] + int(ends[0])]  # the text ends there
+    say(vocab.tokenizer.to_string(out) if vocab.is_text else " ".join(map(str, out.tolist())))
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------
 # Analysis commands. Each: parse, call the library, print a compact table, save one PNG.
 
-
 def cmd_attention(args) -> int:
     from minitx import heads, plots
+    from minitx.report import text_table, token_label
     model, vocab = _load(args)
     cfg = model.cfg
     _check_index(args.layer, cfg.n_layer, "--layer", "layers")
     _check_index(args.head, cfg.n_head, "--head", "heads")
     tokens = vocab.tokens(args.prompt, prepend_bos=args.prepend_bos)
+    _check_runs(model, tokens)
+    _warn_blank(args, model, vocab, tokens, "the prompt")
     patterns = heads.attention_patterns(model, tokens)[args.layer, 0]  # [head, q, k]
     labels = vocab.str_tokens(tokens[0])
     shown = [args.head] if args.head is not None else list(range(cfg.n_head))
     rows = []
     for q, label in enumerate(labels):
-        row = [f"{q} {_short(label)}"]
+        row = [f"{q} {token_label(label, 10)}"]
         for h in shown:
             k = int(patterns[h, q].argmax())
-            row.append(f"{k} {_short(labels[k])} {float(patterns[h, q, k]):.2f}")
+            row.append(f"{k} {token_label(labels[k], 10)} {float(patterns[h, q, k]):.2f}")
         rows.append(row)
-    print(f"layer {args.layer}: the key each query attends to most (position, token, weight)")
-    print(_table(["query", *(f"head {args.layer}.{h}" for h in shown)], rows))
+    say(f"layer {args.layer}: the key each query attends to most (position, token, weight)")
+    say(text_table(["query", *(f"head {args.layer}.{h}" for h in shown)], rows))
     if len(labels) > 1:
         prev = heads.previous_token_scores(model, tokens)[args.layer]
-        print("mean attention to the previous token: "
-              + ", ".join(f"{args.layer}.{h} {float(prev[h]):.2f}" for h in shown))
+        say("mean attention to the previous token: " + ", ".join(f"{args.layer}.{h} {float(prev[h]):.2f}"
+                                                                  for h in shown))
     if args.head is not None:
-        fig = plots.attention_pattern(patterns[args.head], labels, f"head {args.layer}.{args.head}")
-        default = f"attention-{args.layer}.{args.head}.png"
+        fig = plots.attention_pattern(patterns[args.head], labels, f"head {args.layer}.{args.head} on {args.prompt!r}")
+        _save_figure(fig, args, f"attention-{args.layer}.{args.head}.png")
     else:
-        fig, default = plots.attention_grid(patterns, labels, args.layer), f"attention-layer{args.layer}.png"
-    _saved(plots.save(fig, args.out or default))
+        fig = plots.attention_grid(patterns, labels, args.layer, f"layer {args.layer} on {args.prompt!r}")
+        _save_figure(fig, args, f"attention-layer{args.layer}.png")
     return 0
+
+
+def _heads_tokens(args, model, vocab):
+    """-> (tokens the prompt scores use, ids r is drawn from or None, a phrase saying where), all checked first."""
+    from minitx import heads
+    from minitx.prompts import known_token_ids
+    cfg, o = model.cfg, int(args.prepend_bos)
+    if args.batch < 1:
+        raise ValueError(f"--batch {args.batch}: the number of random sequences must be at least 1")
+    heads.check_max_offset(args.max_offset)
+    known = known_token_ids(model)
+    pool = known.tolist() if len(known) < cfg.d_vocab else None  # a small model's trained tokens only
+    heads.repeated_tokens(cfg.d_vocab, args.n, 1, args.seed, args.prepend_bos, token_ids=pool)  # checks --n
+    if 2 * args.n + o > cfg.n_ctx:
+        raise ValueError(f"--n {args.n} gives {2 * args.n + o} positions ({'[BOS] + ' if o else ''}r + r) but this "
+                         f"model has n_positions={cfg.n_ctx}; allowed --n 1..{(cfg.n_ctx - o) // 2}")
+    heads.check_memory(cfg, args.batch, 2 * args.n + o)  # before the batch is drawn
+    drawn = f" from the {len(pool)} tokens this model trained" if pool is not None else ""
+    if args.prompt is not None:
+        tokens = vocab.tokens(args.prompt, prepend_bos=args.prepend_bos)
+        if tokens.shape[1] < 2:
+            raise ValueError("the prompt needs at least 2 tokens to score heads")
+        _check_runs(model, tokens)
+        heads.check_memory(cfg, *tokens.shape)
+        _warn_blank(args, model, vocab, tokens, "the prompt")
+        return tokens, pool, "the prompt"
+    tokens = heads.repeated_tokens(cfg.d_vocab, args.n, args.batch, args.seed, args.prepend_bos, token_ids=pool)
+    where = (f"{args.batch} sequences {'[BOS] + ' if o else ''}r + r (n = {args.n}{drawn}, seed {args.seed})")
+    return tokens, pool, where
 
 
 def cmd_heads(args) -> int:
     from minitx import heads, plots
+    from minitx.report import progress, text_table
     model, vocab = _load(args)
     cfg = model.cfg
-    # Every argument is checked before the progress line, so an error is the only line printed.
-    if args.batch < 1:
-        raise ValueError(f"--batch {args.batch}: the number of random sequences must be at least 1")
-    heads.check_max_offset(args.max_offset)
-    repeated = heads.repeated_tokens(cfg.d_vocab, args.n, args.batch, args.seed, args.prepend_bos)  # checks --n
-    o = int(args.prepend_bos)
-    if repeated.shape[1] > cfg.n_ctx:
-        raise ValueError(f"--n {args.n} gives {repeated.shape[1]} positions ({'[BOS] + ' if o else ''}r + r) but this "
-                         f"model has n_positions={cfg.n_ctx}; allowed --n 1..{(cfg.n_ctx - o) // 2}")
-    if args.prompt is not None:
-        tokens = vocab.tokens(args.prompt, prepend_bos=args.prepend_bos)
-        where = "the prompt"
-    else:
-        tokens = repeated
-        where = f"{args.batch} sequences {'[BOS] + ' if args.prepend_bos else ''}r + r (n = {args.n}, seed {args.seed})"
-    if tokens.shape[1] < 2:
-        raise ValueError("the prompt needs at least 2 tokens to score heads")
-    _check_runs(model, tokens)
+    tokens, pool, where = _heads_tokens(args, model, vocab)  # every argument checked before the progress line
     _progress(f"scoring heads on {where}; induction on repeated random tokens")
-    offsets = heads.offset_scores(model, tokens, max_offset=min(args.max_offset, tokens.shape[1] - 1))
+    max_offset = min(args.max_offset, tokens.shape[1] - 1)
+    scores, offsets = {}, None
+    stages = ["offsets", "induction", "duplicate", "BOS"]
+    for stage in progress(stages, "scoring heads"):
+        if stage == "offsets":
+            offsets = heads.offset_scores(model, tokens, max_offset=max_offset)
+            scores["prev-token"] = offsets[..., 1]
+        elif stage == "induction":
+            scores["induction"] = heads.induction_scores(model, n=args.n, batch=args.batch, seed=args.seed,
+                                                         prepend_bos=args.prepend_bos, token_ids=pool)
+        elif stage == "duplicate":
+            try:
+                scores["duplicate"] = heads.duplicate_token_scores(model, tokens)
+            except ValueError:  # no token repeats in a user's prompt: the score is undefined, not an error
+                _progress("duplicate-token score: no token of the prompt repeats an earlier one; left out")
+        else:
+            scores["pos-0 (BOS)"] = heads.bos_attention_scores(model, tokens)
     best = heads.argmax_offset(offsets, min_offset=1)
-    scores = {"prev-token": offsets[..., 1],
-              "induction": heads.induction_scores(model, n=args.n, batch=args.batch, seed=args.seed,
-                                                  prepend_bos=args.prepend_bos)}
-    try:
-        scores["duplicate"] = heads.duplicate_token_scores(model, tokens)
-    except ValueError:  # no token repeats in a user's prompt: the score is undefined, not an error
-        _progress("duplicate-token score: no token of the prompt repeats an earlier one; left out")
-    scores["pos-0 (BOS)"] = heads.bos_attention_scores(model, tokens)
     rows = [[f"{l}.{h}", *(float(s[l, h]) for s in scores.values()), int(best[l, h]),
              float(offsets[l, h, int(best[l, h])])] for l in range(cfg.n_layer) for h in range(cfg.n_head)]
-    print(f"head scores (mean attention mass) on {where}")
-    print(_table(["head", *scores, "offset 1..k", "its score"], rows))
-    _saved(plots.save(plots.layer_head_grids(scores, f"head scores on {where}"), args.out or "heads.png"))
+    say(f"head scores (mean attention mass) on {where}")
+    say(text_table(["head", *scores, "offset 1..k", "its score"], rows))
+    _save_figure(plots.layer_head_grids(scores, f"head scores on {where}"), args, "heads.png")
     return 0
 
 
@@ -226,10 +284,29 @@ def _receiver(text: str, cfg):
     raise ValueError(f"--receiver {text!r}: use logits, q:L.H, k:L.H, v:L.H (e.g. k:1.0) or mlp_in:L")
 
 
+def _sender(text: str, cfg):
+    """'L.H' | 'mlp:L' | 'embed' -> path_patching's sender."""
+    try:
+        if text == "embed":
+            return "embed"
+        if text.startswith("mlp:"):
+            layer = int(text[4:])
+            _check_index(layer, cfg.n_layer, "sender layer", "layers")
+            return ("mlp", layer)
+        layer, head = (int(x) for x in text.split("."))
+        _check_index(layer, cfg.n_layer, "sender layer", "layers")
+        _check_index(head, cfg.n_head, "sender head", "heads")
+        return (layer, head)
+    except ValueError as error:
+        if "out of range" in str(error):
+            raise
+    raise ValueError(f"--sender {text!r}: use a head L.H (e.g. 0.1), mlp:L or embed")
+
+
 def _pair(args, model, vocab):
     """-> clean, corrupted, answer, wrong, checked (with --pos) before any progress line, so an error stands alone."""
     import torch
-    from minitx.patching import check_same_shape
+    from minitx.engine import check_same_shape
     clean = vocab.tokens(args.clean, prepend_bos=args.prepend_bos, what="--clean")
     corrupted = vocab.tokens(args.corrupted, prepend_bos=args.prepend_bos, what="--corrupted")
     answer, wrong = vocab.token(args.answer, "--answer"), vocab.token(args.wrong, "--wrong")
@@ -243,11 +320,21 @@ def _pair(args, model, vocab):
         raise ValueError(f"--answer and --wrong are the same token ({answer}), so the logit difference is always 0 and "
                          "every score is undefined; --wrong is the competing token (e.g. the corrupted answer)")
     _check_pos(args.pos, clean.shape[1])
+    _warn_blank(args, model, vocab, torch.cat([clean, corrupted, torch.tensor([[answer, wrong]])], 1),
+                "the prompt pair")
     return clean, corrupted, answer, wrong
+
+
+def _position_labels(vocab, clean, corrupted) -> list[str]:
+    """One label per position: the clean token, or "clean/corrupted" where the two prompts differ."""
+    from minitx.report import token_label
+    a, b = vocab.str_tokens(clean[0]), vocab.str_tokens(corrupted[0])
+    return [token_label(x, 10) if x == y else f"{token_label(x, 8)}/{token_label(y, 8)}" for x, y in zip(a, b)]
 
 
 def cmd_patch(args) -> int:
     from minitx import metrics, patching, plots
+    from minitx.report import text_table
     model, vocab = _load(args)
     cfg = model.cfg
     clean, corrupted, answer, wrong = _pair(args, model, vocab)
@@ -258,65 +345,105 @@ def cmd_patch(args) -> int:
     _progress(f"activation patching {args.point} ({args.direction}, by {by}) over {cfg.n_layer} layers ...")
     result = patching.activation_patching(model, clean, corrupted, metric, point=args.point, by=by,
                                           direction=args.direction)
-    labels = [_short(t) for t in vocab.str_tokens(clean[0])]
+    labels = _position_labels(vocab, clean, corrupted)
     S = result.scores
-    print(f"logit difference {vocab.decode(answer)!r} - {vocab.decode(wrong)!r}: clean {result.clean:+.3f}, "
-          f"corrupted {result.corrupted:+.3f}")
-    print(f"{result.direction} {args.point}, score = (patched - corrupted) / (clean - corrupted): "
-          "1 = clean behaviour, 0 = corrupted")
-    title = f"{result.direction} {args.point} (1 = clean, 0 = corrupted)"
+    say(f"logit difference {vocab.decode(answer)!r} - {vocab.decode(wrong)!r}: clean {result.clean:+.3f}, "
+        f"corrupted {result.corrupted:+.3f}")
+    say(f"{result.direction} {args.point}, score = (patched - corrupted) / (clean - corrupted): "
+        "1 = clean behaviour, 0 = corrupted")
+    title = f"{result.direction} {args.point} on {args.clean!r} vs {args.corrupted!r} (1 = clean, 0 = corrupted)"
     if result.axes == ("layer", "pos"):
-        print(_table(["layer", *(f"{p}:{t}" for p, t in enumerate(labels))],
-                     [[str(l), *map(float, S[l])] for l in range(cfg.n_layer)]))
+        say(text_table(["layer", *(f"{p}:{t}" for p, t in enumerate(labels))],
+                       [[str(l), *map(float, S[l])] for l in range(cfg.n_layer)]))
         fig = plots.patching_heatmap(S, labels, title)
     elif result.axes == ("layer",):
-        print(_table(["layer", "score"], [[str(l), float(S[l])] for l in range(cfg.n_layer)]))
+        say(text_table(["layer", "score"], [[str(l), float(S[l])] for l in range(cfg.n_layer)]))
         fig = plots.patching_heatmap(S[:, None], ["all positions"], title)
     elif result.axes == ("layer", "head"):
-        print(_table(["layer", *(f"head {h}" for h in range(cfg.n_head))],
-                     [[str(l), *map(float, S[l])] for l in range(cfg.n_layer)]))
-        fig = plots.layer_head_grid(S, title)
+        say(text_table(["layer", *(f"head {h}" for h in range(cfg.n_head))],
+                       [[str(l), *map(float, S[l])] for l in range(cfg.n_layer)]))
+        fig = plots.layer_head_grid(S, title, limits=(-1.0, 1.0), colorbar_label="score (1 clean, 0 corrupted)")
     else:  # [layer, pos, head] -> rows L.H
         rows = [[f"{l}.{h}", *map(float, S[l, :, h])] for l in range(cfg.n_layer) for h in range(cfg.n_head)]
-        print(_table(["head", *(f"{p}:{t}" for p, t in enumerate(labels))], rows))
+        say(text_table(["head", *(f"{p}:{t}" for p, t in enumerate(labels))], rows))
         fig = plots.patching_heatmap(S.permute(0, 2, 1).reshape(-1, S.shape[1]), labels, title,
                                      row_labels=[r[0] for r in rows], ylabel="head")
-    _saved(plots.save(fig, args.out or "patch.png"))
+    _save_figure(fig, args, "patch.png")
     return 0
+
+
+REL_CHANGE = ("rel. change = (patched - clean) / clean logit difference: the IOI paper's \"% change in logit "
+              "difference\" / 100 (-1 = the difference is gone, 0 = unchanged)")
 
 
 def cmd_path_patch(args) -> int:
     from minitx import metrics, path_patching, plots
+    from minitx.report import text_table
     model, vocab = _load(args)
     cfg = model.cfg
-    receiver = _receiver(args.receiver, cfg)
+    receivers = [_receiver(r, cfg) for r in args.receiver]
+    sender = _sender(args.sender, cfg) if args.sender is not None else None
     clean, corrupted, answer, wrong = _pair(args, model, vocab)
     metric = metrics.logit_diff_metric(answer, wrong, pos=args.pos)
-    _progress(f"path patching each of {cfg.n_layer * cfg.n_head} heads -> {args.receiver} ...")
-    result = path_patching.path_patch_senders(model, clean, corrupted, receiver, metric)
-    removed = 1 - result.score
-    print(f"logit difference {vocab.decode(answer)!r} - {vocab.decode(wrong)!r}: clean {result.orig:+.3f}, "
-          f"corrupted {result.new:+.3f}")
-    print(f"path sender -> {args.receiver}: removed = 1 - score = share of the clean-corrupted difference "
-          "lost when only this path sees the corrupted prompt (0 = no effect, 1 = as corrupted)")
-    print(_table(["sender", "score", "removed", "rel. change"],
-                 [[f"{l}.{h}", float(result.score[l, h]), float(removed[l, h]), float(result.relative_change[l, h])]
-                  for l in range(cfg.n_layer) for h in range(cfg.n_head)]))
-    fig = plots.layer_head_grid(removed, f"path patching sender -> {args.receiver}: removed (1 - score)",
-                                colorbar_label="removed (1 = as corrupted)")
-    _saved(plots.save(fig, args.out or "path-patch.png"))
+    named = " + ".join(args.receiver)
+    frozen = ", MLPs frozen" if args.freeze_mlps else ""
+    if sender is not None:
+        return _path_patch_one_sender(args, model, clean, corrupted, metric, sender, receivers, vocab, answer, wrong)
+    _progress(f"path patching each of {cfg.n_layer * cfg.n_head} heads -> {named}{frozen} ...")
+    result = path_patching.path_patch_senders(model, clean, corrupted, receivers, metric, freeze_mlps=args.freeze_mlps)
+    removed = 1 - result.scores
+    say(f"logit difference {vocab.decode(answer)!r} - {vocab.decode(wrong)!r}: clean {result.clean:+.3f}, "
+        f"corrupted {result.corrupted:+.3f}")
+    say(f"path sender -> {named}{frozen}: removed = 1 - score = share of the clean-corrupted difference "
+        "lost when only this path sees the corrupted prompt (0 = no effect, 1 = as corrupted)")
+    say(REL_CHANGE)
+    if bool(result.scores.isnan().any()):
+        say("nan = no path: the sender is at or after the receivers' layer")
+    say(text_table(["sender", "score", "removed", "rel. change"],
+                   [[f"{l}.{h}", float(result.scores[l, h]), float(removed[l, h]),
+                     float(result.relative_change[l, h])] for l in range(cfg.n_layer) for h in range(cfg.n_head)]))
+    fig = plots.layer_head_grid(removed, f"path patching sender -> {named}{frozen} on {args.clean!r}: removed "
+                                "(1 - score)", limits=(-1.0, 1.0), colorbar_label="removed (1 = as corrupted)")
+    _save_figure(fig, args, "path-patch.png")
+    return 0
+
+
+def _path_patch_one_sender(args, model, clean, corrupted, metric, sender, receivers, vocab, answer, wrong) -> int:
+    """--sender: the path sender -> each receiver alone, and (several receivers) -> all of them together."""
+    from minitx import path_patching
+    from minitx.report import text_table
+    _progress(f"path patching {args.sender} -> {' + '.join(args.receiver)} ...")
+    runs = [(name, [r]) for name, r in zip(args.receiver, receivers)]
+    if len(receivers) > 1:
+        runs.append((" + ".join(args.receiver), receivers))
+    rows, result = [], None
+    for name, recs in runs:
+        result = path_patching.path_patch(model, clean, corrupted, sender, recs, metric, freeze_mlps=args.freeze_mlps)
+        rows.append([f"{args.sender} -> {name}", float(result.scores), float(1 - result.scores),
+                     float(result.relative_change)])
+    say(f"logit difference {vocab.decode(answer)!r} - {vocab.decode(wrong)!r}: clean {result.clean:+.3f}, "
+        f"corrupted {result.corrupted:+.3f}" + (" (MLPs frozen)" if args.freeze_mlps else ""))
+    say("removed = 1 - score: share of the clean-corrupted difference lost when only this path sees the corrupted "
+        "prompt (0 = no effect, 1 = as corrupted)")
+    say(REL_CHANGE)
+    say(text_table(["path", "score", "removed", "rel. change"], rows))
     return 0
 
 
 def cmd_lens(args) -> int:
     from minitx import lens, plots
+    from minitx.report import text_table
     model, vocab = _load(args)
     tokens = vocab.tokens(args.prompt, prepend_bos=args.prepend_bos)
     target = vocab.token(args.target, "--target") if args.target is not None else None
     T = tokens.shape[1]
     if not -T <= args.pos < T:
         raise ValueError(f"--pos {args.pos} is out of range; the prompt has positions {-T}..{T - 1}")
-    result = lens.logit_lens(model, tokens, targets=target)
+    _check_runs(model, tokens)
+    import torch
+    _warn_blank(args, model, vocab, tokens if target is None else torch.cat([tokens, torch.tensor([[target]])], 1),
+                "the prompt" if target is None else "the prompt or --target")
+    result = lens.logit_lens(model, tokens, targets=target, incl_mid=args.incl_mid)
     labels = vocab.str_tokens(tokens[0])
     p = args.pos % T
     header = ["stream", "top-1", "p(top-1)"] + ([f"p({vocab.decode(target)!r})", "rank"] if target is not None else [])
@@ -326,28 +453,208 @@ def cmd_lens(args) -> int:
         if target is not None:
             row += [float(result.target_probs[i, 0, p]), int(result.target_ranks[i, 0, p])]
         rows.append(row)
-    print(f"logit lens at position {p} ({labels[p]!r}); rank 0 = top-1")
-    print(_table(header, rows))
-    _saved(plots.save(plots.lens_table(result, labels, vocab.decode), args.out or "lens.png"))
+    say(f"logit lens at position {p} ({labels[p]!r}); rank 0 = top-1")
+    say(text_table(header, rows))
+    what = f"colour = p({vocab.decode(target)!r})" if target is not None else "colour = p(top-1)"
+    fig = plots.lens_table(result, labels, vocab.decode, title=f"logit lens on {args.prompt!r}: top-1 token per "
+                                                              f"layer; {what}")
+    _save_figure(fig, args, "lens.png")
     return 0
 
 
 def cmd_demo(args) -> int:
-    from minitx.demo import check_demo_args, run_demo
-    from minitx.loading import load
+    from minitx.demo import check_demo_args, check_report_folder, fit_tour, run_demo
     check_demo_args(args.n, args.batch, flags=True)  # before the first line is printed
-    model = load(resolve_model(args.model))
-    out = Path(args.out).resolve()
-    print(f"writing the demo report into {out}", flush=True)
+    model, vocab = _load(args)
+    fit_tour(model, vocab, args.n, args.prepend_bos)
+    out = Path(args.out).expanduser().resolve()
+    check_report_folder(out)
+    say(f"writing the demo report into {out}")
     result = run_demo(model, out, n=args.n, batch=args.batch, seed=args.seed, prepend_bos=args.prepend_bos,
-                      log=_progress)
+                      log=_progress, vocab=vocab)
     for line in result["summary"]:
-        print(f"- {line}")
-    print(f"report: {out / 'report.md'} ({len(result['files']) - 1} figures)")
+        say(f"- {line}")
+    say(f"report: {out / 'report.md'} ({len(result['files']) - 1} figures)")
     return 0
 
 
 # ---------------------------------------------------------------------------------------------
+# Arguments: one function per command. Every option has help text; the formatter adds its default.
+
+def _seed(text: str) -> int:
+    from minitx.checks import check_seed
+    try:
+        value = int(text)
+        check_seed(value)
+    except (ValueError, TypeError):
+        raise argparse.ArgumentTypeError(f"invalid seed {text!r}: an int from 0 to 2**64-1") from None
+    return value
+
+
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"invalid tolerance {text!r}: a finite number > 0, e.g. 1e-4")
+    return value
+
+
+def _prompt_args(p, *names: str, helps: dict | None = None, optional: bool = False) -> None:
+    """Positional prompt arguments, each also accepted as --name (the older spelling)."""
+    for name in names:
+        text = (helps or {}).get(name, PROMPT_HELP)
+        p.add_argument(name, nargs="?", default=None, help=f"{text} (or --{name})")
+        p.add_argument(f"--{name}", dest=f"{name}_flag", default=None, metavar=name.upper(),
+                       help=f"the same as the positional {name}")
+    p.set_defaults(_prompts=[(name, not optional) for name in names], _parser=p)
+
+
+def _common(p, out_default: str | None = None) -> None:
+    p.add_argument("--model", default=None, help=MODEL_HELP)
+    p.add_argument("--prepend-bos", action=argparse.BooleanOptionalAction, default=True, help=BOS_HELP)
+    if out_default is not None:
+        p.add_argument("--out", default=None, help=f"PNG to write, or a folder to write it into (default: "
+                                                   f"{out_default} in the current directory)")
+
+
+def args_download(p) -> None:
+    p.add_argument("name", help="hub id, e.g. gpt2, gpt2-medium, distilgpt2, openai-community/gpt2")
+    p.add_argument("--revision", default="main", help="branch, tag or commit of the hub repository")
+
+
+def args_verify(p) -> None:
+    p.add_argument("model", help="hub id, checkpoint directory or .safetensors file")
+    p.add_argument("--tolerance", type=_tolerance, default=1e-4,
+                   help="largest allowed difference from transformers, a finite number > 0")
+
+
+def args_generate(p) -> None:
+    _prompt_args(p, "prompt")
+    p.add_argument("--model", default=None, help=MODEL_HELP)
+    p.add_argument("--ignore-eos", action="store_true", help="keep going after <|endoftext|> (default: stop there)")
+    p.add_argument("--max-new-tokens", type=int, default=20, help="tokens to add after the prompt")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy")
+    p.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely tokens (default: all)")
+    p.add_argument("--seed", type=_seed, default=None, help="seed of the sampling (default: none, not reproducible)")
+    p.add_argument("--prepend-bos", action="store_true", help="start the prompt with <|endoftext|> (default: no BOS)")
+
+
+def args_attention(p) -> None:
+    _common(p, "attention-layerL.png, or attention-L.H.png with --head")
+    _prompt_args(p, "prompt")
+    p.add_argument("--layer", type=int, required=True, help="the layer whose heads to show (required)")
+    p.add_argument("--head", type=int, default=None, help="one head (default: every head of the layer)")
+
+
+def args_heads(p) -> None:
+    _common(p, "heads.png")
+    _prompt_args(p, "prompt", helps={"prompt": PROMPT_HELP + "; default: repeated random tokens"}, optional=True)
+    p.add_argument("--n", type=int, default=20, help="random tokens per copy of r")
+    p.add_argument("--batch", type=int, default=8, help="random sequences averaged over")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the random tokens")
+    p.add_argument("--max-offset", type=int, default=4, help="largest offset k in the offset argmax")
+
+
+PAIR_HELP = dict(clean="the prompt whose behaviour is measured", corrupted="same token count, with the information "
+                 "removed (e.g. a name swapped)")
+
+
+def _pair_args(p) -> None:
+    _prompt_args(p, "clean", "corrupted", helps=PAIR_HELP)
+    p.add_argument("--answer", required=True, help=f"the clean answer token (required; {TOKEN_HELP})")
+    p.add_argument("--wrong", required=True, help="the competing token, e.g. the corrupted answer (required)")
+    p.add_argument("--pos", type=int, default=-1, help="position the logit difference is read at")
+
+
+def args_patch(p) -> None:
+    from minitx.engine import DIRECTIONS, HEAD_LIKE, RESID_LIKE
+    _common(p, "patch.png")
+    _pair_args(p)
+    p.add_argument("--point", default="resid_pre", choices=RESID_LIKE + HEAD_LIKE, help="activation to patch")
+    p.add_argument("--direction", default="denoising", choices=DIRECTIONS,
+                   help="denoising: run corrupted, patch in clean; noising: run clean, patch in corrupted")
+    p.add_argument("--by", default=None, choices=("pos", "all"),
+                   help="per position, or all positions at once (default: pos for residual points, all for heads)")
+
+
+def args_path_patch(p) -> None:
+    _common(p, "path-patch.png")
+    _pair_args(p)
+    p.add_argument("--receiver", required=True, nargs="+",
+                   help="one or more of logits, q:L.H, k:L.H, v:L.H (e.g. k:1.0), mlp_in:L, patched together "
+                        "(required)")
+    p.add_argument("--sender", default=None, help="one sender L.H, mlp:L or embed: its path to each receiver "
+                                                  "(default: every head, one at a time, as a [layer, head] map)")
+    p.add_argument("--freeze-mlps", action="store_true",
+                   help="MLPs keep their clean values, so a path to the logits is direct only (default: MLPs "
+                        "recomputed, so 'direct' includes paths through them)")
+
+
+def args_lens(p) -> None:
+    _common(p, "lens.png")
+    _prompt_args(p, "prompt")
+    p.add_argument("--target", default=None, help=f"token whose probability and rank to show ({TOKEN_HELP})")
+    p.add_argument("--pos", type=int, default=-1, help="position the table shows; the figure shows all")
+    p.add_argument("--incl-mid", action="store_true", help="also read each block's resid_mid (between attention "
+                                                           "and MLP) (default: resid_pre and the final stream only)")
+
+
+def args_demo(p) -> None:
+    p.add_argument("--model", default=None, help=MODEL_HELP)
+    p.add_argument("--prepend-bos", action=argparse.BooleanOptionalAction, default=True, help=BOS_HELP)
+    p.add_argument("--out", default="minitx-demo", help="folder for report.md and the PNGs; a previous demo's "
+                                                        "folder is replaced, any other non-empty folder refused")
+    p.add_argument("--n", type=int, default=12, help="random tokens per copy, fixture tour")
+    p.add_argument("--batch", type=int, default=8, help="random sequences, fixture tour")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the random tokens")
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    description: str | None
+    add_arguments: Callable
+    run: Callable
+
+
+DEMO_DESCRIPTION = (
+    "Writes report.md and PNGs into --out and prints a summary. With the default English model "
+    f"({DEFAULT_MODEL}) or any GPT-2-vocabulary model (--model gpt2): the logit lens on 'The cat sat on the', "
+    "head roles, attention under a role swap, and path patching testing 'head L.H carries the subject-object "
+    "relation'. With the induction fixture (--model weights/induction-2l): head roles, noising and path patching "
+    "of the layer-0 head into the induction head, and the logit lens.")
+
+COMMANDS = [
+    Command("download", "fetch a GPT-2 checkpoint into the Hugging Face cache ahead of time", None,
+            args_download, cmd_download),
+    Command("verify", "compare every activation point with HF transformers (needs transformers)", None,
+            args_verify, cmd_verify),
+    Command("generate", "continue a prompt (greedy unless --temperature > 0)", None, args_generate, cmd_generate),
+    Command("attention", "one layer's attention patterns on a prompt (a table and a PNG)",
+            "Attention patterns of one layer (or one head): for each query, the key it attends to most, and a "
+            "heatmap with the tokens on both axes.", args_attention, cmd_attention),
+    Command("heads", "score every head: previous-token, offset, induction, duplicate, BOS",
+            "Head-role scores as a [layer, head] table and figure (minitx.heads). Without a prompt, every score is "
+            "computed on repeated random tokens [BOS] + r + r, r drawn from the tokens the model trained (those "
+            "with non-blank embeddings); with one, all but induction (always on r + r) use the prompt.",
+            args_heads, cmd_heads),
+    Command("patch", "activation patching: which layer/position/head restores the answer",
+            "Activation patching (minitx.patching.activation_patching) with the logit difference answer - wrong as "
+            "metric. Score = (patched - corrupted) / (clean - corrupted): 1 = clean behaviour, 0 = corrupted, in "
+            "both directions.", args_patch, cmd_patch),
+    Command("path-patch", "path patching: each head's effect through the receivers only",
+            "Path patching (Wang et al. 2022, App. B; minitx.path_patching) of every head (or one --sender) into "
+            "the receivers. score 1 = undamaged, 0 = as on the corrupted prompt; the table also shows removed = "
+            "1 - score and the relative change of the logit difference.", args_path_patch, cmd_path_patch),
+    Command("lens", "the logit lens: each layer's prediction, as a table and the classic figure",
+            "Logit lens (minitx.lens.logit_lens): every resid_pre (and resid_mid with --incl-mid) and the final "
+            "residual read through ln_final and the unembedding.", args_lens, cmd_lens),
+    Command("demo", "a first tour, offline: report.md and figures from the library's own numbers", DEMO_DESCRIPTION,
+            args_demo, cmd_demo),
+]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -357,138 +664,76 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _common(p, out_default: str | None = None) -> None:
-    p.add_argument("--model", default=None, help=MODEL_HELP)
-    p.add_argument("--prepend-bos", action=argparse.BooleanOptionalAction, default=True, help=BOS_HELP)
-    if out_default is not None:
-        p.add_argument("--out", default=None, help=f"PNG to write (default: {out_default} in the current directory)")
+class _HelpFormatter(argparse.HelpFormatter):
+    """Adds "(default: X)" to an option's help unless the text already says its default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.option_strings and "default" not in text and action.default not in (None, argparse.SUPPRESS)
+                and not action.required and not isinstance(action.default, bool)):
+            text += " (default: %(default)s)"
+        return text
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="minitx", description="A small GPT-2 you can see inside.")
     parser.add_argument("--version", action="version", version=f"minitx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("download", help="fetch a GPT-2 checkpoint into the Hugging Face cache ahead of time")
-    p.add_argument("name", help="hub id, e.g. gpt2, gpt2-medium, distilgpt2, openai-community/gpt2")
-    p.add_argument("--revision", default="main")
-    p.set_defaults(func=cmd_download)
-
-    p = sub.add_parser("verify", help="compare every activation point with HF transformers (needs transformers)")
-    p.add_argument("model", help="hub id, checkpoint directory or .safetensors file")
-    p.add_argument("--tolerance", type=float, default=1e-4)
-    p.set_defaults(func=cmd_verify)
-
-    p = sub.add_parser("generate", help="continue a prompt (greedy unless --temperature > 0)")
-    p.add_argument("prompt", help="text for a GPT-2-vocabulary model, else space-separated token ids")
-    p.add_argument("--model", default=None, help=MODEL_HELP)
-    p.add_argument("--ignore-eos", action="store_true", help="keep going after <|endoftext|> (default: stop there)")
-    p.add_argument("--max-new-tokens", type=int, default=20)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--prepend-bos", action="store_true", help="start the prompt with <|endoftext|> (default: no BOS)")
-    p.set_defaults(func=cmd_generate)
-
-    prompt_help = "text for a GPT-2-vocabulary model, else space-separated token ids (e.g. '5 9 2 5 9')"
-    p = sub.add_parser("attention", help="one layer's attention patterns on a prompt (a table and a PNG)",
-                       description="Attention patterns of one layer (or one head): for each query, the key it "
-                                   "attends to most, and a heatmap with the tokens on both axes.")
-    _common(p, "attention-layerL.png, or attention-L.H.png with --head")
-    p.add_argument("--prompt", required=True, help=prompt_help)
-    p.add_argument("--layer", type=int, required=True)
-    p.add_argument("--head", type=int, default=None, help="one head (default: every head of the layer)")
-    p.set_defaults(func=cmd_attention)
-
-    p = sub.add_parser("heads", help="score every head: previous-token, offset, induction, duplicate, BOS",
-                       description="Head-role scores as a [layer, head] table and figure (minitx.heads). Without "
-                                   "--prompt, every score is computed on repeated random tokens [BOS] + r + r; "
-                                   "with it, all but induction (always on r + r) use the prompt.")
-    _common(p, "heads.png")
-    p.add_argument("--prompt", default=None, help=prompt_help + " (default: repeated random tokens)")
-    p.add_argument("--n", type=int, default=20, help="random tokens per copy of r (default 20)")
-    p.add_argument("--batch", type=int, default=8, help="random sequences averaged over (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random tokens (default 0)")
-    p.add_argument("--max-offset", type=int, default=4, help="largest offset k in the offset argmax (default 4)")
-    p.set_defaults(func=cmd_heads)
-
-    pair = dict(clean="the prompt whose behaviour is measured", corrupted="same token count, with the information "
-                "removed (e.g. a name swapped)", answer="the clean answer token (text: one GPT-2 token such as "
-                "' Mary', mind the space; ids: one id)", wrong="the competing token (e.g. the corrupted answer)")
-
-    def patch_pair(p):
-        for name, text in pair.items():
-            p.add_argument(f"--{name}", required=True, help=text)
-        p.add_argument("--pos", type=int, default=-1, help="position the logit difference is read at (default -1)")
-
-    from minitx.patching import DIRECTIONS, HEAD_LIKE, RESID_LIKE
-    p = sub.add_parser("patch", help="activation patching: which layer/position/head restores the answer",
-                       description="Activation patching (minitx.patching.activation_patching) with the logit "
-                                   "difference answer - wrong as metric. Score = (patched - corrupted) / "
-                                   "(clean - corrupted): 1 = clean behaviour, 0 = corrupted, in both directions.")
-    _common(p, "patch.png")
-    patch_pair(p)
-    p.add_argument("--point", default="resid_pre", choices=RESID_LIKE + HEAD_LIKE,
-                   help="activation to patch (default resid_pre)")
-    p.add_argument("--direction", default="denoising", choices=DIRECTIONS,
-                   help="denoising: run corrupted, patch in clean (default); noising: run clean, patch in corrupted")
-    p.add_argument("--by", default=None, choices=("pos", "all"),
-                   help="per position, or all positions at once (default: pos for residual points, all for heads)")
-    p.set_defaults(func=cmd_patch)
-
-    p = sub.add_parser("path-patch", help="path patching: each head's effect through one receiver only",
-                       description="Path patching (Wang et al. 2022, App. B; minitx.path_patching) of every head "
-                                   "as sender into one receiver. score 1 = undamaged, 0 = as on the corrupted prompt; "
-                                   "the table also shows removed = 1 - score.")
-    _common(p, "path-patch.png")
-    patch_pair(p)
-    p.add_argument("--receiver", required=True, help="logits, q:L.H, k:L.H, v:L.H (e.g. k:1.0) or mlp_in:L")
-    p.set_defaults(func=cmd_path_patch)
-
-    p = sub.add_parser("lens", help="the logit lens: each layer's prediction, as a table and the classic figure",
-                       description="Logit lens (minitx.lens.logit_lens): every resid_pre and the final residual "
-                                   "read through ln_final and the unembedding.")
-    _common(p, "lens.png")
-    p.add_argument("--prompt", required=True, help=prompt_help)
-    p.add_argument("--target", default=None, help="token whose probability and rank to show (text: one GPT-2 "
-                                                  "token such as ' mat'; ids: one id)")
-    p.add_argument("--pos", type=int, default=-1, help="position the table shows (default -1); the figure shows all")
-    p.set_defaults(func=cmd_lens)
-
-    p = sub.add_parser("demo", help="a first tour, offline: report.md and figures from the library's own numbers",
-                       description="Writes report.md and PNGs into --out and prints a summary. With the default "
-                                   f"English model ({DEFAULT_MODEL}) or any GPT-2-vocabulary model (--model gpt2): "
-                                   "the logit lens on 'The cat sat on the', head roles, attention under a role swap, "
-                                   "and path patching testing 'head L.H carries the subject-object relation'. With "
-                                   "the induction fixture (--model weights/induction-2l): head roles, noising and "
-                                   "path patching of the layer-0 head into the induction head, and the logit lens.")
-    p.add_argument("--model", default=None, help=MODEL_HELP)
-    p.add_argument("--prepend-bos", action=argparse.BooleanOptionalAction, default=True, help=BOS_HELP)
-    p.add_argument("--out", default="minitx-demo", help="folder for report.md and the PNGs (default ./minitx-demo)")
-    p.add_argument("--n", type=int, default=12, help="random tokens per copy, fixture tour (default 12)")
-    p.add_argument("--batch", type=int, default=8, help="random sequences, fixture tour (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random tokens (default 0)")
-    p.set_defaults(func=cmd_demo)
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, description=command.description,
+                           formatter_class=_HelpFormatter)
+        command.add_arguments(p)
+        p.set_defaults(func=command.run)
     return parser
+
+
+def _merge_prompts(args) -> None:
+    """Each prompt given positionally or as --name (not both, differently); a required one must be given."""
+    for name, required in getattr(args, "_prompts", []):
+        positional, flag = getattr(args, name), getattr(args, f"{name}_flag")
+        if positional is not None and flag is not None and positional != flag:
+            args._parser.error(f"{name} given twice ({positional!r} and --{name} {flag!r}); give it once")
+        value = positional if positional is not None else flag
+        if value is None and required:
+            args._parser.error(f"the following arguments are required: {name}")
+        setattr(args, name, value)
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("minitx: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv) -> int:
+    try:
         args = build_parser().parse_args(argv)
+        _merge_prompts(args)
     except SystemExit as exit_:  # --help (0) or a usage error (2, already printed): return it, for in-process calls
         return exit_.code if isinstance(exit_.code, int) else 2
     try:
         with warnings.catch_warnings():  # a library warning is one line too, not a file:line plus a line of source
-            warnings.showwarning = lambda message, *_, **__: print(f"minitx {args.command}: warning: {message}",
-                                                                     file=sys.stderr)
+            warnings.showwarning = lambda message, *_, **__: _warn(args, message)
             return args.func(args)
-    except (ValueError, KeyError, TypeError, FileNotFoundError, PermissionError, OSError, FloatingPointError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"minitx {args.command}: error: {message}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print(f"minitx {args.command}: interrupted", file=sys.stderr)
-        return 130
+        raise
+    except Exception as error:  # noqa: BLE001 -- no traceback ever reaches a command-line user
+        if os.environ.get("MINITX_DEBUG"):
+            raise
+        print(f"minitx {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception as one line: our own messages as they are, anything else with its type and a hint."""
+    message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    first = str(message).strip().splitlines()[0] if str(message).strip() else ""
+    expected = (ValueError, KeyError, TypeError, OSError, FloatingPointError, MemoryError)
+    if isinstance(error, expected) and first:
+        return first
+    return f"{type(error).__name__}: {first or 'no message'} (set MINITX_DEBUG=1 to see where)"
 
 
 if __name__ == "__main__":

@@ -99,7 +99,8 @@ def test_path_patch(model_dir, tmp_path, capsys):
     assert code == 0 and "path patching each of 4 heads" in err
     rows = {line.split()[0]: line.split() for line in out.splitlines() if re.match(r"\d\.\d ", line)}
     assert set(rows) == {"0.0", "0.1", "1.0", "1.1"}
-    assert rows["1.0"][1] == "1.000" and rows["1.1"][1] == "1.000"  # a head cannot reach a key of its own layer
+    assert rows["1.0"][1] == "nan" and rows["1.1"][1] == "nan"  # a head cannot reach a key of its own layer
+    assert "nan = no path" in out
     check_png(tmp_path / "pp.png")
 
 

@@ -114,7 +114,7 @@ def test_patching_numbers_equal_the_library(model, demo):
     main, (li, hi) = demo["main_l0_head"], demo["induction_head"]
     assert main == demo["prev_head"] == tuple(divmod(int(demo["previous_token"][:li].argmax()), model.cfg.n_head))
     for name, receiver in (("q", ("q", li, hi)), ("k", ("k", li, hi)), ("v", ("v", li, hi)), ("logits", "logits")):
-        score = path_patching.path_patch(model, clean, corrupted, main, receiver, metric).score
+        score = path_patching.path_patch(model, clean, corrupted, main, receiver, metric).scores
         assert_close(demo["path"][name], score, **SAME)
         assert_close(demo["path_removed"][name], 1 - score, **SAME)
     pct = {k: f"{100 * float(v):.0f}%" for k, v in demo["path_removed"].items()}
@@ -200,3 +200,67 @@ def test_english_demo_on_the_shipped_model(tmp_path, capsys, monkeypatch):
     either = max(test["noised"], test["restored"]) >= 0.3
     assert result["verdict"] == ("supported" if carries else "partly supported" if either else "not supported")
     assert f"{result['verdict']}. Noising it removes" in test["sentence"]
+
+
+# -- the verdict rules, each a pure function of the numbers printed beside it -------------------------------------
+def test_withheld_below_the_minimum_gap():
+    from minitx.demo import MIN_GAP, withheld
+    assert withheld(2.0, 1.0) is None and withheld(-3.0, 3.0) is None
+    assert withheld(1.0, 1.0 + MIN_GAP) is None  # the threshold itself is enough
+    reason = withheld(1.0, 1.2)
+    assert "0.200 apart" in reason and "does not do the task" in reason
+
+
+def test_k_composition_verdict():
+    from minitx.demo import k_composition_verdict
+    assert k_composition_verdict({"q": 0.1, "k": 0.7, "v": 0.2}) == "supported"
+    assert k_composition_verdict({"q": 0.1, "k": 0.5, "v": 0.2}) == "supported"
+    assert k_composition_verdict({"q": 0.1, "k": 0.4, "v": 0.2}).startswith("partly supported")
+    assert k_composition_verdict({"q": 0.6, "k": 0.4, "v": 0.2}) == ("not supported: the queries carry more than "
+                                                                     "the keys")
+    assert k_composition_verdict({"q": 0.1, "k": 0.4, "v": 0.9}).endswith("the values carry more than the keys")
+
+
+def test_head_test_verdict():
+    from minitx.demo import SHARE, head_test_verdict
+    assert head_test_verdict(SHARE, SHARE) == "supported"
+    assert head_test_verdict(0.9, 0.1) == head_test_verdict(0.1, 0.9) == "partly supported"
+    assert head_test_verdict(0.29, 0.29) == "not supported"
+    assert head_test_verdict(-0.8, -0.8) == "not supported"  # a head that helps the corrupted answer carries nothing
+
+
+def test_mechanism_follows_the_larger_share():
+    from minitx.demo import mechanism
+    assert mechanism(0.6, 0.2).startswith("where it attends") and mechanism(-0.6, 0.2).startswith("where it attends")
+    assert mechanism(0.1, 0.2).startswith("what it moves") and mechanism(0.2, 0.2).startswith("what it moves")
+
+
+def test_demo_checks_the_context_before_any_stage(tmp_path):
+    """A GPT-2-vocabulary model with 8 positions: refused at once, naming the prompt that does not fit."""
+    model = random_model(n_layer=1, n_head=2, n_embd=16, n_positions=8, vocab_size=50257)
+    stages = []
+    with pytest.raises(ValueError, match=r"n_positions=8, but the demo's longest prompt .* has \d+ tokens"):
+        run_demo(model, tmp_path / "out", log=stages.append)
+    assert stages == [] and not (tmp_path / "out").exists()
+
+
+def test_report_folder_is_replaced_not_mixed(tmp_path):
+    """A rerun replaces the previous demo's files (and only those); a foreign folder or a missing parent is refused."""
+    from minitx.demo import MANIFEST, write_report
+    from minitx.plots import layer_head_grid
+    out = tmp_path / "report"
+    figure = layer_head_grid(torch.zeros(2, 2), "zeros")
+    assert write_report(out, ["# first"], {"old.png": figure}) == ["report.md", "old.png"]
+    (out / "notes.txt").write_text("mine")  # a user's own file in the demo's folder survives
+    assert write_report(out, ["# second"], {"new.png": figure}) == ["report.md", "new.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST, "new.png", "notes.txt", "report.md"])
+    assert (out / "report.md").read_text() == "# second\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]  # no temporary folder left behind
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("keep")
+    with pytest.raises(FileExistsError, match="did not write"):
+        write_report(foreign, ["# x"], {})
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        write_report(tmp_path / "a" / "b", ["# x"], {})
+    assert not (tmp_path / "a").exists()
