@@ -222,6 +222,13 @@ class Block(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # The model.
 
+# The per-layer weights in analysis notation: (the block parameter, its per-head reading).
+_STACKED = {
+    **{f"W_{c}": ("attn.W_QKV", lambda attn, w, i=i: attn.heads(w)[i]) for i, c in enumerate("QKV")},
+    **{f"b_{c}": ("attn.b_QKV", lambda attn, b, i=i: attn.heads(b)[i]) for i, c in enumerate("QKV")},
+    "W_O": ("attn.W_O", lambda attn, w: w.view(attn.n_head, attn.d_head, -1)), "b_O": ("attn.b_O", lambda attn, b: b),
+    **{n: (f"mlp.{n}", lambda attn, w: w) for n in ("W_in", "b_in", "W_out", "b_out")},
+}
 # Hooks set with `with model.hooks(...)`: (model, fwd, bwd) entries, per thread and asyncio task.
 _CONTEXT_HOOKS: contextvars.ContextVar[tuple] = contextvars.ContextVar("minitx_context_hooks", default=())
 
@@ -258,26 +265,35 @@ class Transformer(nn.Module):
         """Writes config.json + model.safetensors in HF's GPT-2 layout (names: minitx/checkpoint.py)."""
         checkpoint.save_pretrained(self, directory)
 
-    # -- weights in analysis notation (views, so reading them copies nothing large) -------------
+    # -- weights in analysis notation -------------------------------------------------------------
+    # W_U is a view. The per-layer stacks (W_Q [layer, head, d_model, d_head], ...) are copies, made once
+    # and kept until a weight they come from changes (an in-place edit, load_state_dict, .to(): each
+    # parameter's identity, storage and version counter key the copy) or the copy itself is written to.
+    # Edit weights through the parameters (model.blocks[l].attn.W_QKV), not these. Where gradients are
+    # on and the weights require them, each read stacks afresh so gradients flow.
     @property
     def W_U(self) -> Tensor:  # [d_model, d_vocab]
         return self.W_E.T if self.W_U_untied is None else self.W_U_untied
 
-    def _stack(self, weight) -> Tensor:  # one tensor per block -> [layer, ...]
-        return torch.stack([weight(block.attn, block.mlp) for block in self.blocks])
+    def _stacked(self, name: str) -> Tensor:  # [layer, ...]
+        source, view = _STACKED[name]
+        params = [block.get_parameter(source) for block in self.blocks]
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return torch.stack([view(block.attn, p) for block, p in zip(self.blocks, params)])
+        key = [(id(p), p.data_ptr(), p._version) for p in params]
+        cache = self.__dict__.setdefault("_stacked_cache", {})
+        if name in cache and cache[name][0] == key and cache[name][1]._version == cache[name][2]:
+            return cache[name][1]
+        with torch.no_grad():
+            value = torch.stack([view(block.attn, p) for block, p in zip(self.blocks, params)])
+        cache[name] = (key, value, value._version)
+        return value
 
-    W_Q = property(lambda self: self._stack(lambda attn, mlp: attn.heads(attn.W_QKV)[0]))  # [layer, head, d_model, d_head]
-    W_K = property(lambda self: self._stack(lambda attn, mlp: attn.heads(attn.W_QKV)[1]))
-    W_V = property(lambda self: self._stack(lambda attn, mlp: attn.heads(attn.W_QKV)[2]))
-    b_Q = property(lambda self: self._stack(lambda attn, mlp: attn.heads(attn.b_QKV)[0]))  # [layer, head, d_head]
-    b_K = property(lambda self: self._stack(lambda attn, mlp: attn.heads(attn.b_QKV)[1]))
-    b_V = property(lambda self: self._stack(lambda attn, mlp: attn.heads(attn.b_QKV)[2]))
-    W_O = property(lambda self: self._stack(lambda attn, mlp: attn.W_O.view(attn.n_head, attn.d_head, -1)))
-    b_O = property(lambda self: self._stack(lambda attn, mlp: attn.b_O))  # [layer, d_model]
-    W_in = property(lambda self: self._stack(lambda attn, mlp: mlp.W_in))  # [layer, d_model, d_mlp]
-    b_in = property(lambda self: self._stack(lambda attn, mlp: mlp.b_in))
-    W_out = property(lambda self: self._stack(lambda attn, mlp: mlp.W_out))  # [layer, d_mlp, d_model]
-    b_out = property(lambda self: self._stack(lambda attn, mlp: mlp.b_out))
+    W_Q, W_K, W_V = (property(lambda self, n=n: self._stacked(n)) for n in ("W_Q", "W_K", "W_V"))
+    b_Q, b_K, b_V = (property(lambda self, n=n: self._stacked(n)) for n in ("b_Q", "b_K", "b_V"))  # [layer, head, d_head]
+    W_O, b_O = (property(lambda self, n=n: self._stacked(n)) for n in ("W_O", "b_O"))  # [layer, head, d_head, d_model]
+    W_in, b_in = (property(lambda self, n=n: self._stacked(n)) for n in ("W_in", "b_in"))  # [layer, d_model, d_mlp]
+    W_out, b_out = (property(lambda self, n=n: self._stacked(n)) for n in ("W_out", "b_out"))  # [layer, d_mlp, d_model]
 
     # -- the forward pass -------------------------------------------------------------------------
     def forward(self, tokens: Tensor, attention_mask: Tensor | None = None, *, start_at_layer: int | None = None,

@@ -426,3 +426,46 @@ def test_backward_hook_results_are_checked(bad, message):
         logits = model.run_with_hooks(torch.tensor([[1, 2, 3]]), bwd_hooks=[("blocks.0.hook_resid_mid", bad)])
         with pytest.raises(ValueError, match=message):
             logits.sum().backward()
+
+
+STACKED = ["W_Q", "W_K", "W_V", "b_Q", "b_K", "b_V", "W_O", "b_O", "W_in", "b_in", "W_out", "b_out"]
+
+
+def expected_stack(model, name):
+    blocks = model.blocks
+    H, dh = model.cfg.n_head, model.cfg.d_head
+    qkv = {"W": [b.attn.W_QKV for b in blocks], "b": [b.attn.b_QKV for b in blocks]}
+    if name[2] in "QKV":
+        i = "QKV".index(name[2])
+        return torch.stack([t[..., i * H * dh:(i + 1) * H * dh].unflatten(-1, (H, dh)).movedim(-2, 0)
+                            if t.dim() == 2 else t[i * H * dh:(i + 1) * H * dh].view(H, dh) for t in qkv[name[0]]])
+    if name == "W_O":
+        return torch.stack([b.attn.W_O.view(H, dh, -1) for b in blocks])
+    return torch.stack([getattr(b.attn if name == "b_O" else b.mlp, name) for b in blocks])
+
+
+@pytest.mark.parametrize("name", STACKED)
+def test_stacked_weights_are_made_once_and_never_stale(name):
+    model = random_model(4)
+    first = getattr(model, name)
+    assert torch.equal(first, expected_stack(model, name))
+    reads = [getattr(model, name) for _ in range(1000)]  # no copy per read: the same tensor every time
+    assert all(r is first for r in reads) and len({r.data_ptr() for r in reads}) == 1
+    source = {"W_Q": "attn.W_QKV", "W_K": "attn.W_QKV", "W_V": "attn.W_QKV", "b_Q": "attn.b_QKV",
+              "b_K": "attn.b_QKV", "b_V": "attn.b_QKV", "W_O": "attn.W_O", "b_O": "attn.b_O"}.get(name, f"mlp.{name}")
+    with torch.no_grad():
+        model.blocks[1].get_parameter(source).mul_(-2.0)  # an in-place edit of the weight
+    assert torch.equal(getattr(model, name), expected_stack(model, name))
+    state = random_model(9).state_dict()
+    model.load_state_dict(state)  # copies into the same storage
+    assert torch.equal(getattr(model, name), expected_stack(model, name))
+    getattr(model, name).zero_()  # writing to the copy does not poison the next read
+    assert torch.equal(getattr(model, name), expected_stack(model, name))
+
+
+def test_stacked_weights_carry_gradients_when_weights_require_them():
+    model = random_model().requires_grad_(True)
+    with torch.enable_grad():
+        model.W_Q.sum().backward()
+        model.W_Q.sum().backward()  # a fresh stack each read: no graph is reused
+    assert torch.equal(model.blocks[0].attn.W_QKV.grad[:, :64], torch.full((64, 64), 2.0))
