@@ -57,12 +57,15 @@ def _copy(model: Transformer, step: str, untie: bool = False) -> Transformer:
 def fold_ln(model: Transformer) -> Transformer:
     """Each layer norm's gain γ and bias β folded into the weights reading its output: W' = diag(γ) W,
     b' = b + β W; the layer norm keeps only its centring and scaling (gain 1, bias 0; ln_final: see the
-    module docstring). Logits and every activation after the readers are unchanged."""
+    module docstring). As in TransformerLens, W_Q, W_K, W_V and W_in are then centred over d_model (they
+    read a mean-zero vector); W_U is not, since ln_final keeps a bias. Logits and every activation after
+    the readers are unchanged."""
     new = _copy(model, "fold_ln", untie=True)
     for block in new.blocks:
         for ln, W, b in ((block.ln1, block.attn.W_QKV, block.attn.b_QKV), (block.ln2, block.mlp.W_in, block.mlp.b_in)):
             b += ln.b @ W
             W *= ln.w[:, None]
+            W -= W.mean(0, keepdim=True)  # the LN's output is now mean-zero, so a reader's mean over d_model is unread
             ln.w.fill_(1.0)
             ln.b.zero_()
     gain = new.ln_final.w

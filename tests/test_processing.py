@@ -51,6 +51,8 @@ def test_fold_ln(model, tokens):
             assert_close(new_cache[point, layer], cache[point, layer], **EXACT)
         for ln in (new.blocks[layer].ln1, new.blocks[layer].ln2):
             assert torch.equal(ln.w, torch.ones_like(ln.w)) and torch.equal(ln.b, torch.zeros_like(ln.b))
+    for reader in (new.W_Q, new.W_K, new.W_V, new.W_in):  # centred over d_model: they read a mean-zero vector
+        assert_close(reader.mean(-2), torch.zeros_like(reader.mean(-2)), atol=1e-12, rtol=0)
     assert torch.equal(new.ln_final.w, torch.ones_like(new.ln_final.w))
     assert_close(new.ln_final.b, model.ln_final.b / model.ln_final.w, **EXACT)  # no b_U in GPT-2
     assert not new.cfg.tie_word_embeddings
