@@ -112,6 +112,32 @@ def test_tests_named_in_the_docs_exist():
     assert not missing, "tests named in the docs that do not exist:\n" + "\n".join(missing)
 
 
+def lives_in_paragraphs() -> list[str]:
+    text = METHODS.read_text(encoding="utf-8")
+    return [p for p in re.split(r"\n\s*\n", text) if p.startswith("Lives in:")]
+
+
+def test_where_each_method_lives_names_real_functions():
+    """A "Lives in:" paragraph names modules (`minitx/x.py`) and their public names (`name`): every name
+    must exist in one of the paragraph's modules, and a module that does not exist yet must be "planned"."""
+    import importlib
+
+    paragraphs = lives_in_paragraphs()
+    assert len(paragraphs) >= 11, "a method section lost its 'Lives in:' line"
+    wrong = []
+    for paragraph in paragraphs:
+        modules = []
+        for path in re.findall(r"`(minitx/\w+\.py)`", paragraph):
+            if (ROOT / path).is_file():
+                modules.append(importlib.import_module(path[:-3].replace("/", ".")))
+            elif "planned" not in paragraph:
+                wrong.append(f"{path} does not exist and the paragraph does not say 'planned'")
+        for name in re.findall(r"`([A-Za-z_]\w*)`", paragraph):
+            if modules and not any(hasattr(m, name) for m in modules):
+                wrong.append(f"`{name}` is in none of {[m.__name__ for m in modules]}")
+    assert not wrong, "docs/methods.md 'Lives in:' lines out of date:\n" + "\n".join(wrong)
+
+
 @pytest.mark.parametrize("anchor", re.findall(r"\]\(#([^)]+)\)", METHODS.read_text(encoding="utf-8")))
 def test_table_of_contents_links_reach_a_heading(anchor):
     """GitHub's anchor of a heading: lower case, punctuation dropped, spaces as hyphens."""
