@@ -331,8 +331,11 @@ class PositionalTokenSplit(Result):
     from each group of terms (groups: GROUPS), pooled over queries and averaged over prompts; the shares
     sum to 1 (a share is Cov(group's terms, score) / Var(score), so one may be negative or above 1).
     per_prompt [layer, head, group, prompt]. std [layer, head, group]: the std of the shares over prompts.
-    kind [layer][head]: "positional" or "token-pair" when that group's share is above 0.5 with its mean
-    minus two standard errors, else "mixed"."""
+    kind [layer][head], from the mean minus two standard errors of a share: "positional" when that of
+    position x position is above 0.5; when that of token-carrying terms is, "token-pair" in layer 0 and
+    "indirect" after it (earlier heads and MLPs carry what they computed, position included: in GPT-2-like
+    models MLP0 re-encodes token and position, so a later head can be positional without W_pos's own path);
+    else "mixed"."""
 
     groups: tuple
     std: Tensor
@@ -381,7 +384,8 @@ def positional_token_split(model: Transformer, tokens: Tensor, exclude_bos: bool
     mean, std = per_prompt.nanmean(-1), _nanstd(per_prompt)
     sem = std / per_prompt.shape[-1] ** 0.5
     lower = mean - 2 * sem
-    kind = [["positional" if lower[l, h, 0] > 0.5 else "token-pair" if lower[l, h, 1] > 0.5 else "mixed"
+    carried = ["token-pair" if layer == 0 else "indirect" for layer in layers]
+    kind = [["positional" if lower[l, h, 0] > 0.5 else carried[l] if lower[l, h, 1] > 0.5 else "mixed"
              for h in range(model.cfg.n_head)] for l in layers]
     return PositionalTokenSplit(scores=mean, axes=("layer", "head", "group"), per_prompt=per_prompt,
                                 metric="share of the score variance over keys", groups=GROUPS, std=std, kind=kind,

@@ -131,7 +131,8 @@ def test_positional_token_split_shares_sum_to_one(model):
         result = circuits.positional_token_split(model, tokens, exclude_bos=exclude_bos)
         assert result.scores.shape == (3, 4, 3) and result.per_prompt.shape == (3, 4, 3, 4)
         assert_close(result.per_prompt.sum(2), torch.ones(3, 4, 4), **TOL)
-        assert len(result.kind) == 3 and all(k in ("positional", "token-pair", "mixed") for row in result.kind for k in row)
+        assert len(result.kind) == 3 and all(k in ("positional", "token-pair", "mixed") for k in result.kind[0])
+        assert all(k in ("positional", "indirect", "mixed") for row in result.kind[1:] for k in row)
     # By hand for one head and one prompt: Cov(position x position term, score) / Var(score), pooled over queries.
     d = circuits.score_decomposition(model, tokens[:1], 1, 2)
     pos = d.components.index("pos")
@@ -165,7 +166,7 @@ def test_handbuilt_known_answers():
     clean, _ = handbuilt.prompts(8)
     split = circuits.positional_token_split(m, clean)
     assert split.scores[0, 0, 0] > 0.999 and split.kind[0][0] == "positional"
-    assert split.scores[1, 0, 1] > 0.999 and split.kind[1][0] == "token-pair"
+    assert split.scores[1, 0, 1] > 0.999 and split.kind[1][0] == "indirect"  # through L0.0's output
 
 
 def test_trained_fixture_known_answers():
