@@ -35,7 +35,7 @@ What stays linear: paths from a sender through an intermediate node's query/key 
 middle head -> key of a later head), the value paths, and everything after each pattern. GradDrop,
 AtP*'s other fix (cancellation between paths), is not implemented.
 
-References: Nanda 2023, "Attribution Patching: Activation Patching At Industrial Scale" (blog);
+Definitions and identities: docs/methods.md §3. References: Nanda 2023, "Attribution Patching: Activation Patching At Industrial Scale" (blog);
 Kramar, Lieberum, Shah, Nanda 2024, "AtP*: An efficient and scalable method for localizing LLM
 behaviour to components" (arXiv:2403.00745): the QK fix for attention saturation.
 """
@@ -48,24 +48,32 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from minitx.metrics import check_count, metric_name
-from minitx.model import get_act_name
-from minitx.patching import HEAD_LIKE, RESID_LIKE, check_same_shape
+from minitx.checks import check_count, check_tokens
+from minitx.engine import HEAD_LIKE, RESID_LIKE, check_metric_values, check_same_shape
+from minitx.hooks import get_act_name
+from minitx.metrics import metric_name
+from minitx.results import Result
 
 __all__ = ["AttributionResult", "attribution_patching", "atp_star_qk_fix", "compare_with_patching"]
 
 
-@dataclass
-class AttributionResult:
-    """Estimated changes of the batch-mean metric when a node is patched from clean into corrupted."""
+@dataclass(kw_only=True, repr=False)
+class AttributionResult(Result):
+    """Estimated changes of the batch-mean metric when a node is patched from clean into corrupted.
 
-    scores: dict[str, Tensor]  # point -> [layer, head] (head points) or [layer] (residual-stream points)
-    by_pos: dict[str, Tensor]  # point -> [layer, pos, head] or [layer, pos]; the pattern's pos is q_pos
-    clean: float  # batch-mean metric on the clean run
-    corrupted: float  # batch-mean metric on the corrupted run
-    metric: str
-    method: str  # "AtP" or "AtP* QK fix"
+    scores: point -> [layer, head] (head points) or [layer] (residual-stream points), the estimates;
+    axes: point -> the names of its scores' axes; per_prompt: point -> [*axes, batch], each prompt's own
+    estimate (the batch mean of per_prompt is scores); clean/corrupted: the batch-mean metric on each
+    run (clean_per_prompt/corrupted_per_prompt [batch]). Extras: by_pos, point -> [layer, pos, head] or
+    [layer, pos] (the pattern's pos is q_pos); method "AtP" or "AtP* QK fix"; direction "denoising"."""
+
+    scores: dict[str, Tensor]
+    axes: dict = field(default_factory=dict)
+    by_pos: dict[str, Tensor] = field(default_factory=dict)
+    method: str = "AtP"
     direction: str = "denoising"
+    clean_per_prompt: Tensor | None = None
+    corrupted_per_prompt: Tensor | None = None
     # atp_star_qk_fix only: sender (layer, head) -> receiver (layer, head) through its q (0) or k (1).
     edges: Tensor | None = None  # [layer, head, layer, head, 2] exact-softmax estimates (0 where not later)
     edges_linear: Tensor | None = None  # the same edges as plain AtP counts them (linear in q/k)
@@ -77,20 +85,12 @@ class AttributionResult:
 
 
 def _check_inputs(model, clean_tokens: Tensor, corrupted_tokens: Tensor, points) -> tuple[Tensor, Tensor]:
-    clean, corrupted = model._check_tokens(clean_tokens), model._check_tokens(corrupted_tokens)
+    clean, corrupted = check_tokens(clean_tokens, model.cfg.d_vocab), check_tokens(corrupted_tokens, model.cfg.d_vocab)
     check_same_shape(clean, corrupted)
     for point in points:
         if point not in HEAD_LIKE + RESID_LIKE:
             raise ValueError(f"unknown point {point!r}; allowed: {', '.join(HEAD_LIKE + RESID_LIKE)}")
     return clean, corrupted
-
-
-def _metric_values(metric: Callable, logits: Tensor, batch: int) -> Tensor:
-    values = metric(logits)
-    if not isinstance(values, Tensor) or values.shape != (batch,):
-        shape = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
-        raise ValueError(f"the metric must map logits [batch, pos, d_vocab] to [batch]=[{batch}], got {shape}")
-    return values
 
 
 def _runs(model, clean: Tensor, corrupted: Tensor, metric: Callable, names: list[str], grad_names: list[str]):
@@ -103,12 +103,12 @@ def _runs(model, clean: Tensor, corrupted: Tensor, metric: Callable, names: list
     gradient at an early point still flows through every later one."""
     with torch.no_grad():
         clean_logits, clean_cache = model.run_with_cache(clean, names_filter=names)
-        m_clean = _metric_values(metric, clean_logits, len(clean))
+        m_clean = check_metric_values(metric(clean_logits), len(clean))
     with torch.enable_grad():
         leaf = [("hook_embed", lambda x, hook: x.detach().requires_grad_(True))]
         extra = [n for n in grad_names if n not in names]  # gradients only: the clean run need not cache them
         logits, cache = model.run_with_cache(corrupted, names_filter=names + extra, fwd_hooks=leaf, keep_grad=True)
-        m_corr = _metric_values(metric, logits, len(corrupted))
+        m_corr = check_metric_values(metric(logits), len(corrupted))
         if not m_corr.requires_grad:
             raise ValueError("the metric must be differentiable in the logits: its value on the corrupted run "
                              "carries no gradient (an argmax, a comparison, .item() or .detach() inside?)")
@@ -119,17 +119,17 @@ def _runs(model, clean: Tensor, corrupted: Tensor, metric: Callable, names: list
 
 
 def _contract(point: str, delta_times_grad: Tensor) -> Tensor:
-    """Elementwise (a_clean - a_corr) * grad of one layer -> by-position scores, summed over the batch.
-    [batch, pos, head, d] -> [pos, head]; pattern [batch, head, q, k] -> [q, head]; [batch, pos, d] -> [pos]."""
+    """Elementwise (a_clean - a_corr) * grad of one layer -> by-position scores per prompt.
+    [batch, pos, head, d] -> [batch, pos, head]; pattern [batch, head, q, k] -> [batch, q, head];
+    [batch, pos, d] -> [batch, pos]."""
     if point == "pattern":
-        return delta_times_grad.sum((0, 3)).T
-    if point in RESID_LIKE:
-        return delta_times_grad.sum((0, 2))
-    return delta_times_grad.sum((0, 3))
+        return delta_times_grad.sum(3).transpose(1, 2)
+    return delta_times_grad.sum(-1)
 
 
-def _atp_by_pos(points, n_layer: int, clean_cache, corr_cache, grads) -> dict[str, Tensor]:
-    """{point: [layer, pos, head] or [layer, pos]} AtP scores from the caches and gradients of `_runs`."""
+def _atp_per_prompt(points, n_layer: int, clean_cache, corr_cache, grads) -> dict[str, Tensor]:
+    """{point: [layer, batch, pos, head] or [layer, batch, pos]} AtP terms from the caches and gradients of
+    `_runs` (the gradient is of the batch MEAN, so summing over the batch gives the estimate of the mean)."""
     def layer(p, l):
         n = get_act_name(p, l)
         return _contract(p, (clean_cache[n] - corr_cache[n]) * grads[n])
@@ -148,13 +148,20 @@ def attribution_patching(model, clean_tokens: Tensor, corrupted_tokens: Tensor, 
     head outputs, a logit difference, ln_final's scale frozen); a poor guide for big activations
     (the residual stream) and for nodes acting through a saturated softmax (see atp_star_qk_fix)."""
     points = (points,) if isinstance(points, str) else tuple(points)
+    if not points:
+        raise ValueError(f"points is empty: name at least one point to estimate, from "
+                         f"{', '.join(HEAD_LIKE + RESID_LIKE)}")
     clean, corrupted = _check_inputs(model, clean_tokens, corrupted_tokens, points)
-    L = model.cfg.n_layer
+    L, B = model.cfg.n_layer, len(clean)
     names = [get_act_name(p, l) for p in points for l in range(L)]
     clean_cache, corr_cache, grads, m_clean, m_corr = _runs(model, clean, corrupted, metric, names, names)
-    by_pos = _atp_by_pos(points, L, clean_cache, corr_cache, grads)
-    scores = {p: v.sum(1) for p, v in by_pos.items()}
-    return AttributionResult(scores, by_pos, float(m_clean.mean()), float(m_corr.mean()), metric_name(metric), "AtP")
+    terms = _atp_per_prompt(points, L, clean_cache, corr_cache, grads)  # [layer, batch, pos, ...]
+    by_pos = {p: v.sum(1) for p, v in terms.items()}
+    per_prompt = {p: B * v.sum(2).movedim(1, -1) for p, v in terms.items()}  # [layer, (head,) batch]
+    return AttributionResult(scores={p: v.sum(1) for p, v in by_pos.items()}, by_pos=by_pos, per_prompt=per_prompt,
+                             axes={p: ("layer",) if p in RESID_LIKE else ("layer", "head") for p in points},
+                             clean=float(m_clean.mean()), corrupted=float(m_corr.mean()), metric=metric_name(metric),
+                             method="AtP", clean_per_prompt=m_clean, corrupted_per_prompt=m_corr)
 
 
 class _Stop(Exception):
@@ -178,6 +185,63 @@ def _pattern_of(model, resid: Tensor, layer: int, hooks: list) -> Tensor:
     raise RuntimeError(f"{pattern} never fired")
 
 
+def _exact_minus_base(pattern: Tensor, layer: int, corr: dict, grads: dict, batch: int) -> Tensor:
+    """AtP*'s exact-softmax term sum_{q,k} (A_patched - A) . dm/dA of patched patterns [n * batch, head, q, k]
+    of one layer -> [n, head]."""
+    name = get_act_name("pattern", layer)
+    term = (pattern.view(-1, batch, *pattern.shape[1:]) - corr[name]) * grads[name]
+    return term.sum((1, 3, 4))
+
+
+def _qk_nodes(model, clean_cache, corr, grads, batch: int) -> dict[str, Tensor]:
+    """The paper's fix on the q/k nodes themselves: {"q", "k": [layer, head]}, all heads of a layer at once
+    (each head's pattern depends on its own q and k only): one single-layer forward per layer and kind."""
+    L, H = model.cfg.n_layer, model.cfg.n_head
+    node = {p: torch.zeros(L, H, dtype=corr[get_act_name("resid_pre", 0)].dtype) for p in ("q", "k")}
+    for l in range(L):
+        for p in ("q", "k"):
+            source = clean_cache[get_act_name(p, l)]
+            pattern = _pattern_of(model, corr[get_act_name("resid_pre", l)], l,
+                                  [(get_act_name(p, l), lambda x, hook, s=source: s)])
+            node[p][l] = _exact_minus_base(pattern, l, corr, grads, batch)[0]
+    return node
+
+
+def _edge_plan(n_layer: int, n_head: int, batch: int, max_rows: int) -> list[tuple[int, list]]:
+    """[(receiver layer r, senders [(layer, head)] run side by side)]: every head of a layer before r, in
+    chunks of at most max_rows rows (senders x batch)."""
+    per_chunk = max(1, max_rows // batch)
+    plan = []
+    for r in range(1, n_layer):
+        senders = [(l, h) for l in range(r) for h in range(n_head)]
+        plan += [(r, senders[i:i + per_chunk]) for i in range(0, len(senders), per_chunk)]
+    return plan
+
+
+def _qk_edges(model, clean_cache, corr, grads, batch: int, max_rows: int) -> tuple[Tensor, Tensor]:
+    """Head outputs through their direct edges into later heads' queries and keys (module docstring):
+    -> (exact-softmax estimates, plain AtP's linear terms), each [layer, head, layer, head, 2]."""
+    L, H = model.cfg.n_layer, model.cfg.n_head
+    dtype = corr[get_act_name("resid_pre", 0)].dtype
+    edges, edges_linear = torch.zeros(L, H, L, H, 2, dtype=dtype), torch.zeros(L, H, L, H, 2, dtype=dtype)
+    for r, chunk in _edge_plan(L, H, batch, max_rows):
+        delta = torch.cat([(clean_cache[get_act_name("result", l)] - corr[get_act_name("result", l)])[:, :, h]
+                           for l, h in chunk])  # [n * batch, pos, d_model]
+
+        def add(x, hook, d=delta):  # x: [n * batch, pos, head, d_model], every receiver head's own copy
+            return x + d[:, :, None, :]
+
+        resid = corr[get_act_name("resid_pre", r)].repeat(len(chunk), 1, 1)  # [n * batch, pos, d_model]
+        for i, p in enumerate(("q", "k")):
+            copy = get_act_name(f"{p}_input", r)
+            exact = _exact_minus_base(_pattern_of(model, resid, r, [(copy, add)]), r, corr, grads, batch)  # [n, head]
+            linear = torch.einsum("nbpd,bpgd->ng", delta.view(len(chunk), batch, *delta.shape[1:]), grads[copy])
+            for j, (l, h) in enumerate(chunk):
+                edges[l, h, r, :, i] = exact[j]
+                edges_linear[l, h, r, :, i] = linear[j]
+    return edges, edges_linear
+
+
 @torch.no_grad()
 def atp_star_qk_fix(model, clean_tokens: Tensor, corrupted_tokens: Tensor, metric: Callable,
                     max_rows: int = 512) -> AttributionResult:
@@ -194,62 +258,22 @@ def atp_star_qk_fix(model, clean_tokens: Tensor, corrupted_tokens: Tensor, metri
     2 per later layer over (earlier heads x batch) rows, chunked to at most max_rows rows."""
     check_count(max_rows, "max_rows", "the most rows (senders x batch) one forward may hold")
     clean, corrupted = _check_inputs(model, clean_tokens, corrupted_tokens, ())
-    L, H, B = model.cfg.n_layer, model.cfg.n_head, len(clean)
-    kinds = ("q", "k")
+    L, B = model.cfg.n_layer, len(clean)
     names = [get_act_name(p, l) for l in range(L) for p in ("z", "q", "k", "pattern", "result", "resid_pre")]
     grad_names = [get_act_name(p, l) for l in range(L) for p in ("z", "q", "k", "pattern")]
     # The gradient at each receiver head's own copy of its query (key) input is what plain AtP's chain
     # rule sends through that head's query (key): the term an edge's exact estimate replaces.
-    input_names = {(r, p): get_act_name(f"{p}_input", r) for r in range(1, L) for p in kinds}
-    grad_names += list(input_names.values())
+    grad_names += [get_act_name(f"{p}_input", r) for r in range(1, L) for p in ("q", "k")]
     with torch.enable_grad():
         clean_cache, corr, grads, m_clean, m_corr = _runs(model, clean, corrupted, metric, names, grad_names)
-
-    def exact_minus_base(pattern: Tensor, layer: int) -> Tensor:  # [rows, head, q, k] -> [rows // B, head]
-        name = get_act_name("pattern", layer)
-        term = (pattern.view(-1, B, *pattern.shape[1:]) - corr[name]) * grads[name]
-        return term.sum((1, 3, 4))
-
-    plain = {p: v.sum(1) for p, v in _atp_by_pos(("z", "q", "k"), L, clean_cache, corr, grads).items()}
-
-    # The paper's fix on the q/k nodes themselves: all heads of a layer at once, as each head's
-    # pattern depends on its own q and k only.
-    dtype = corr[get_act_name("resid_pre", 0)].dtype
-    node = {p: torch.zeros(L, H, dtype=dtype) for p in kinds}
-    for l in range(L):
-        for p in kinds:
-            name = get_act_name(p, l)
-            source = clean_cache[name]
-            pattern = _pattern_of(model, corr[get_act_name("resid_pre", l)], l,
-                                     [(name, lambda x, hook, s=source: s)])
-            node[p][l] = exact_minus_base(pattern, l)[0]
-
-    # Head outputs through their direct edges into later heads' queries and keys.
-    edges = torch.zeros(L, H, L, H, 2, dtype=dtype)
-    edges_linear = torch.zeros(L, H, L, H, 2, dtype=dtype)
-    for r in range(1, L):
-        senders = [(l, h) for l in range(r) for h in range(H)]
-        resid = corr[get_act_name("resid_pre", r)]  # [batch, pos, d_model]
-        per_chunk = max(1, max_rows // B)
-        for start in range(0, len(senders), per_chunk):
-            chunk = senders[start:start + per_chunk]
-            delta = torch.cat([(clean_cache[get_act_name("result", l)] - corr[get_act_name("result", l)])[:, :, h]
-                               for l, h in chunk])  # [n * batch, pos, d_model]
-
-            def add(x, hook, d=delta):  # x: [n * batch, pos, head, d_model], every receiver head's own copy
-                return x + d[:, :, None, :]
-
-            for i, p in enumerate(kinds):
-                pattern = _pattern_of(model, resid.repeat(len(chunk), 1, 1), r, [(input_names[r, p], add)])
-                exact = exact_minus_base(pattern, r)  # [n, head]
-                linear = torch.einsum("nbpd,bpgd->ng", delta.view(len(chunk), B, *delta.shape[1:]),
-                                      grads[input_names[r, p]])  # [n, receiver head]
-                for j, (l, h) in enumerate(chunk):
-                    edges[l, h, r, :, i] = exact[j]
-                    edges_linear[l, h, r, :, i] = linear[j]
+    plain = {p: v.sum((1, 2)) for p, v in _atp_per_prompt(("z", "q", "k"), L, clean_cache, corr, grads).items()}
+    node = _qk_nodes(model, clean_cache, corr, grads, B)
+    edges, edges_linear = _qk_edges(model, clean_cache, corr, grads, B, max_rows)
     z = plain["z"] + (edges - edges_linear).sum((2, 3, 4))
-    return AttributionResult({"z": z, **node}, {}, float(m_clean.mean()), float(m_corr.mean()), metric_name(metric),
-                             "AtP* QK fix", edges=edges, edges_linear=edges_linear, plain=plain)
+    return AttributionResult(scores={"z": z, **node}, axes={p: ("layer", "head") for p in ("z", "q", "k")},
+                             clean=float(m_clean.mean()), corrupted=float(m_corr.mean()), metric=metric_name(metric),
+                             method="AtP* QK fix", clean_per_prompt=m_clean, corrupted_per_prompt=m_corr,
+                             edges=edges, edges_linear=edges_linear, plain=plain)
 
 
 def _ranks(x: Tensor) -> Tensor:
@@ -277,6 +301,7 @@ def compare_with_patching(estimates: Tensor, exact: Tensor, k: int = 5, min_abs:
     fraction of entries with |exact| > min_abs whose estimate has the same sign (NaN if none).
     top_k_overlap: |top-k by |estimate|  intersect  top-k by |exact|| / k. Correlations are NaN when
     either side is constant."""
+    check_count(k, "k", "how many of the largest entries the top-k overlap compares")
     if estimates.shape != exact.shape:
         raise ValueError(f"estimates {tuple(estimates.shape)} and exact {tuple(exact.shape)} must have one shape")
     a, b = estimates.detach().reshape(-1).double().cpu(), exact.detach().reshape(-1).double().cpu()

@@ -2,7 +2,7 @@
 
 Returns PatchingResult scores in TransformerLens's axis order: [layer, pos], [layer], [layer, head],
 [layer, pos, head]. Score = (patched - corrupted) / (clean - corrupted) on batch means, in both
-directions: 1 = clean behaviour, 0 = corrupted behaviour.
+directions: 1 = clean behaviour, 0 = corrupted behaviour (docs/methods.md §1).
 
 Methods: Meng et al. 2022 (ROME causal tracing: Gaussian noise on the subject embeddings, restored
 one site at a time); Zhang & Nanda 2023 (best practices: token-replacement corruptions, logit
@@ -11,10 +11,11 @@ they are not mirror images). Mean ablation follows Wang et al. 2022; resample ab
 
 Sweeps are batched: for layer l, every patch of that layer runs in one forward of
 (n_patches x batch) rows that starts from the cached residual stream before block l
-(`start_at_layer=l`), with one hook writing patch i into row block i. Causality trims the rest:
-a per-position patch at p runs positions p.. only, reading earlier keys and values from the base
-run's cache (`past_kv`); a z, q or post-attention patch runs layer l at p alone; an all-position
-patch of z, attn_out or resid_mid starts after layer l's attention (`start_at_mid`); and a
+(`start_at_layer=l`), with one hook writing patch i into row block i. Causality trims the rest, and
+`sweep_plan` decides how, in one place (a `SweepPlan`, built on `minitx.engine.Shortcuts`): a
+per-position patch at p runs positions p.. only, reading earlier keys and values from the base run's
+cache (`past_kv`); a z, q or post-attention patch runs layer l at p alone; an all-position patch of
+z, attn_out or resid_mid starts after layer l's attention (`start_at_mid`); and a
 `minitx.metrics.Metric` reading position R stops at R, running the last block and the unembedding
 there only (`keep_last=1`). `patch_one` is the one-forward-per-patch definition the sweeps are
 tested against.
@@ -29,103 +30,33 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from minitx.metrics import Metric, check_count, check_integers, describe, metric_name, normalized, resolve_pos
-from minitx.model import get_act_name, point_names
+from minitx.checks import check_count, check_integers, check_positions, check_tokens
+from minitx.engine import (DIRECTIONS, HEAD_LIKE, RESID_LIKE, Corruption, Shortcuts, cached_past,  # noqa: F401
+                           check_same_shape, metric_blocks, position_mask, shortcuts, token_batch)
+from minitx.hooks import get_act_name
+from minitx.metrics import metric_name, normalized
+from minitx.model import point_names
+from minitx.results import Result
 
-RESID_LIKE = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
-HEAD_LIKE = ("z", "q", "k", "v", "pattern")
 LOCAL = ("z", "q", "attn_out", "resid_mid", "mlp_out", "resid_post")  # a patch at p moves layer l at p only
 AFTER_QKV = ("z", "pattern", "attn_out", "resid_mid", "mlp_out", "resid_post")  # keep_last=1 cuts these
-DIRECTIONS = ("denoising", "noising")
+FROM_MID = ("z", "attn_out", "resid_mid")  # all-position patches that change nothing before l's attention output
 
 
-@dataclass(frozen=True)
-class Corruption:
-    """A corrupted input: tokens plus hooks on the embeddings (e.g. ROME's noise), or, with
-    tokens=None, activation values with no prompt behind them (mean ablation; noising only)."""
+@dataclass(kw_only=True, repr=False)
+class PatchingResult(Result):
+    """scores: normalised [*axes]; raw: batch-mean metric [*axes]; per_prompt [*axes, batch]; clean/corrupted:
+    the baselines' batch means (clean_per_prompt/corrupted_per_prompt [batch]: per prompt). Extras: the
+    direction ("denoising" or "noising"), the patched point, and the normalisation used."""
 
-    tokens: Tensor | None
-    fwd_hooks: tuple = ()
-    values: dict | None = None  # point name -> [1, pos, ...]
-    name: str = "prompt"
-
-
-@dataclass
-class PatchingResult:
-    """scores: normalised [*axes]; raw: batch-mean metric [*axes]; clean/corrupted: baselines."""
-
-    scores: Tensor
-    raw: Tensor
-    clean: float
-    corrupted: float
     direction: str
-    metric: str
-    axes: tuple
     point: str = ""
-    per_prompt: Tensor | None = None  # [*axes, batch]
+    clean_per_prompt: Tensor | None = None
+    corrupted_per_prompt: Tensor | None = None
     normalization: str = "(patched - corrupted) / (clean - corrupted), ratio of batch means"
 
 
 # -- corruptions --------------------------------------------------------------------------------
-def differing_positions(a: Tensor, b: Tensor) -> list[int]:
-    """Positions (over the common length) where any prompt's tokens differ."""
-    a, b = _2d(a), _2d(b)
-    n = min(a.shape[1], b.shape[1])
-    if a.shape[0] != b.shape[0]:
-        return []
-    return (a[:, :n] != b[:, :n]).any(0).nonzero()[:, 0].tolist()
-
-
-def check_same_shape(clean: Tensor, corrupted: Tensor | Corruption) -> None:
-    """ValueError saying the two lengths and where tokens differ, unless the shapes match."""
-    other = corrupted.tokens if isinstance(corrupted, Corruption) else corrupted
-    if other is None:  # prompt-free values: check their positions axis
-        other_shape = next(iter(corrupted.values.values())).shape[:2]
-        other_shape = (clean.shape[0], other_shape[1])
-    else:
-        other_shape = tuple(_2d(other).shape)
-    shape = tuple(_2d(clean).shape)
-    if shape == other_shape:
-        return
-    if shape[0] != other_shape[0]:
-        raise ValueError(f"clean has {shape[0]} prompts and corrupted {other_shape[0]}; patching pairs them "
-                         "one to one")
-    where = ""
-    if other is not None:
-        diff, n, end = differing_positions(clean, other), min(shape[1], other_shape[1]), max(shape[1], other_shape[1])
-        where = f" Over the first {n} positions tokens differ at {diff}; positions {n}..{end - 1} exist in only one."
-    raise ValueError(f"clean and corrupted prompts must have the same length to patch position by position: "
-                     f"clean has {shape[1]} tokens, corrupted {other_shape[1]}.{where} Use a corruption that "
-                     "keeps token counts (e.g. swap single-token names).")
-
-
-def position_mask(positions, batch: int, n_pos: int) -> Tensor:
-    """None (all), int, list of ints, LongTensor [batch] or [batch, k], or bool [batch, pos] -> bool [batch, pos]."""
-    if positions is None:
-        return torch.ones(batch, n_pos, dtype=torch.bool)
-    if isinstance(positions, Tensor) and positions.dtype == torch.bool:
-        if positions.shape != (batch, n_pos):
-            raise ValueError(f"a boolean position mask must be [batch, pos]=[{batch}, {n_pos}], "
-                             f"got {tuple(positions.shape)}")
-        return positions.cpu()
-    usage = ("positions must be None, an int, a list of ints, a LongTensor [batch] or [batch, k], "
-             f"or a bool mask [batch, pos]; got {describe(positions)}")
-    try:
-        check_integers(positions, "positions", "")
-    except TypeError:
-        raise ValueError(usage) from None
-    if isinstance(positions, (list, tuple)):
-        positions = torch.tensor(positions, dtype=torch.long).expand(batch, -1)
-    elif isinstance(positions, int):
-        positions = torch.full((batch, 1), positions, dtype=torch.long)
-    elif isinstance(positions, Tensor) and positions.dim() == 1:
-        positions = positions[:, None]
-    if not isinstance(positions, Tensor) or positions.dim() != 2 or positions.shape[0] != batch:
-        raise ValueError(usage)
-    flat = resolve_pos(positions.reshape(-1).cpu(), positions.numel(), n_pos).view(batch, -1)
-    return torch.zeros(batch, n_pos, dtype=torch.bool).scatter_(1, flat, True)
-
-
 def gaussian_noise_embeddings(model, tokens: Tensor, positions, std_factor: float = 3.0, seed: int = 0,
                               reference_tokens: Tensor | None = None) -> Corruption:
     """Returns a Corruption: `tokens` with N(0, std^2) noise added to hook_embed at `positions`.
@@ -134,11 +65,11 @@ def gaussian_noise_embeddings(model, tokens: Tensor, positions, std_factor: floa
     a text set, here the embeddings of `reference_tokens` (default: `tokens` themselves), not all of W_E,
     whose unused rows (never trained, or zero in a small model) would shrink it. Off-distribution
     (Zhang & Nanda 2023); prefer token replacement."""
-    tokens = model._check_tokens(tokens)
+    tokens = check_tokens(tokens, model.cfg.d_vocab)
     if isinstance(std_factor, bool) or not isinstance(std_factor, (int, float)) or not 0 < std_factor < math.inf:
         raise ValueError(f"std_factor={std_factor!r}: the noise std in units of the embeddings' std, a finite number > 0")
     mask = position_mask(positions, *tokens.shape)
-    reference = tokens if reference_tokens is None else model._check_tokens(reference_tokens)
+    reference = tokens if reference_tokens is None else check_tokens(reference_tokens, model.cfg.d_vocab)
     std = std_factor * float(model.W_E.detach()[reference.reshape(-1).to(model.W_E.device)].float().std())
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(*tokens.shape, model.cfg.d_model, generator=g) * std * mask[..., None]
@@ -152,7 +83,8 @@ def mean_ablation(model, reference_tokens: Tensor, batch_size: int = 32) -> Corr
 
     Wang et al. 2022 mean-ablate over p_ABC (per template: call this once per template). Noising only;
     its corrupted baseline is the run from the mean residual stream before block 0."""
-    ref = _2d(reference_tokens)
+    check_count(batch_size, "batch_size", "the most reference prompts one forward may hold")
+    ref = token_batch(reference_tokens)
     names = [n for n in point_names(model.cfg.n_layer, include_on_request=False) if not n.endswith("attn_scores")]
     sums: dict[str, Tensor] = {}
 
@@ -168,9 +100,9 @@ def mean_ablation(model, reference_tokens: Tensor, batch_size: int = 32) -> Corr
 def resample_ablation(tokens: Tensor, reference_tokens: Tensor | None = None, seed: int = 0) -> Tensor:
     """Returns corrupted tokens [batch, pos]: each prompt paired with a different prompt of the batch
     (a random cyclic derangement), or with a random row of `reference_tokens` (Chan et al. 2022)."""
-    tokens, g = _2d(tokens), torch.Generator().manual_seed(seed)
+    tokens, g = token_batch(tokens), torch.Generator().manual_seed(seed)
     if reference_tokens is not None:
-        ref = _2d(reference_tokens)
+        ref = token_batch(reference_tokens)
         check_same_shape(tokens, ref[:1].expand(len(tokens), -1))
         return ref[torch.randint(len(ref), (len(tokens),), generator=g)].clone()
     if len(tokens) < 2:
@@ -181,59 +113,61 @@ def resample_ablation(tokens: Tensor, reference_tokens: Tensor | None = None, se
     return tokens[partner].clone()
 
 
-# -- engine pieces shared with path_patching ------------------------------------------------------
-def final_resid(model, x: Tensor, start_at_layer: int | None = None, fwd_hooks=(), past_kv=None) -> Tensor:
-    """Returns the residual stream after the last block [rows, pos, d_model], not unembedded:
-    runs the blocks from start_at_layer (x is then that layer's resid_pre) with fwd_hooks."""
-    return model.run_with_hooks(x, start_at_layer=start_at_layer, stop_at_layer=model.cfg.n_layer,
-                                past_kv=past_kv, fwd_hooks=list(fwd_hooks))
+# -- the plan: what the exact shortcuts allow for one sweep ------------------------------------
+@dataclass(frozen=True)
+class SweepPlan:
+    """Where each patched forward of a sweep starts and stops: every shortcut is decided here, as data.
+
+    cut: the engine's Shortcuts for this pair and metric (shared prefix, read position, keep_last).
+    suffix: forwards start at a position p > 0 (the patch's own when by="pos", else the end of the
+        shared prefix) and read earlier positions' keys and values from the base run's cache.
+    local: a patch at p changes layer l at p only (z, q, or after the attention), so layer l runs p alone.
+    from_mid: all-position patches of z, attn_out or resid_mid start after layer l's attention."""
+
+    point: str
+    by: str
+    cut: Shortcuts
+    suffix: bool
+    local: bool
+    from_mid: bool
+
+    def start(self, site: tuple) -> int:
+        """The first position the forward of a patch at site = (layer, result index, activation index) computes."""
+        return site[1][1] if self.by == "pos" and self.suffix else self.cut.shared
+
+    def changes_nothing(self, start: int) -> bool:
+        """True for patches whose forwards would start after the read position, or (by position) inside the
+        shared prefix, where clean and corrupted hold the same values: their value is the base run's."""
+        return start >= self.cut.n_pos or (self.by == "pos" and start < self.cut.shared)
+
+    def source_at_read_only(self, layer: int, n_layer: int) -> bool:
+        """keep_last=1 runs the last block's points after q/k/v at the read position only: cut the source too."""
+        return (bool(self.cut.keep) and layer == n_layer - 1 and self.point in AFTER_QKV
+                and not (self.local or self.from_mid))
+
+    def cached_names(self, n_layer: int) -> list[str]:
+        """The points the clean and corrupted baseline runs must cache for this plan."""
+        names = {get_act_name(self.point, l) for l in range(n_layer)} | set(_resid_names(n_layer))
+        if self.suffix:
+            names |= {get_act_name(kind, l) for l in range(n_layer) for kind in "kv"}
+        if self.from_mid:
+            names |= {get_act_name("resid_mid", l) for l in range(n_layer)}
+        return sorted(names)
 
 
-def metric_blocks(model, resid: Tensor, metric: Callable, batch: int, ln_final_scale: Tensor | None = None,
-                  read_only: bool = False) -> Tensor:
-    """Final residual [n * batch, pos, d_model] (row block i = experiment i) -> metric values [n, batch].
-    A `Metric` is unembedded only at its position; ln_final_scale [batch, pos, 1] freezes ln_final.
-    read_only: resid holds only the Metric's read position, [n * batch, 1, d_model] (a keep_last=1 run)."""
-    rows, n_pos = resid.shape[:2]
-    n = rows // batch
-    scale = None if ln_final_scale is None else ln_final_scale.repeat(n, 1, 1)  # [rows, pos, 1]
-    if isinstance(metric, Metric) and (read_only or not any(model._context_hooks)):  # those may index positions
-        ar, idx, at_read = torch.arange(rows, device=resid.device), None, resid  # at_read: [rows, 1, d_model]
-        if not read_only or scale is not None:  # the read position in the full run's positions
-            idx = resolve_pos(metric.pos, batch, n_pos if scale is None else scale.shape[1]).to(resid.device).repeat(n)
-        if not read_only:
-            at_read = resid[ar, idx][:, None]
-        hooks = [] if scale is None else [("ln_final.hook_scale", lambda x, h: scale[ar, idx][:, None])]
-        ids, d_vocab = metric.token_ids, model.cfg.d_vocab
-        if ids is not None and bool(((ids >= 0) & (ids < d_vocab)).all()):  # out of range: at_pos says so
-            ids = ids.to(resid.device)
-            logits = resid.new_full((rows, d_vocab), float("nan"))  # columns at_pos never reads stay NaN
-            logits[:, ids] = model.unembed(at_read, fwd_hooks=hooks, token_ids=ids)[:, 0]
-        else:
-            logits = model.unembed(at_read, fwd_hooks=hooks)[:, 0]
-        values = [metric.at_pos(block) for block in logits.view(n, batch, -1)]
-    else:
-        values = []
-        for i in range(n):
-            rows_i = slice(i * batch, (i + 1) * batch)
-            hooks = [] if scale is None else [("ln_final.hook_scale", lambda x, h, s=scale[rows_i]: s)]
-            values.append(metric(model.unembed(resid[rows_i], fwd_hooks=hooks)))
-    return torch.stack([_check_metric(v, batch) for v in values])
+def sweep_plan(model, clean: Tensor, corrupted, metric: Callable | None, point: str, by: str) -> SweepPlan:
+    """The SweepPlan for patching `point` by `by` between clean tokens and a corruption, under `metric`.
 
-
-def read_position(metric: Callable, batch: int, n_pos: int) -> int | None:
-    """The one position a `Metric` reads in every prompt, or None (another callable, or per-prompt positions)."""
-    if not isinstance(metric, Metric):
-        return None
-    idx = resolve_pos(metric.pos, batch, n_pos)
-    return int(idx[0]) if bool((idx == idx[0]).all()) else None
-
-
-def _check_metric(values, batch: int) -> Tensor:
-    if not isinstance(values, Tensor) or values.shape != (batch,):
-        shape = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
-        raise ValueError(f"the metric must map logits [batch, pos, d_vocab] to [batch]=[{batch}], got {shape}")
-    return values.float()
+    A patch at position p changes nothing before p (causal attention), so per-position sweeps run only
+    positions p.. Before the first position where the prompts differ (`shared`), both runs hold the same
+    values: a patch there changes nothing at all, and an all-position patch acts from `shared` on.
+    Patches of z, attn_out or resid_mid at every position change nothing before layer l's attention
+    output, so they start there. None of this under context hooks (engine.shortcuts)."""
+    cut = shortcuts(model, clean, corrupted, metric)
+    suffix = cut.exact_positions and clean.shape[1] > 1 and (by == "pos" or cut.shared > 0)
+    local = by == "pos" and suffix and point in LOCAL
+    from_mid = cut.exact_positions and by == "all" and cut.shared == 0 and point in FROM_MID
+    return SweepPlan(point, by, cut, suffix, local, from_mid)
 
 
 # -- activation patching ----------------------------------------------------------------------------
@@ -292,21 +226,13 @@ def _run(model, c: Corruption, names: list[str], metric: Callable, batch: int):
         final, cache = model.run_with_cache(c.tokens, names_filter=names, fwd_hooks=list(c.fwd_hooks), stop_at_layer=L)
     else:
         cache = {n: c.values[n].expand(batch, *c.values[n].shape[1:]) for n in names}
-        final = model(cache["blocks.0.hook_resid_pre"], start_at_layer=0, stop_at_layer=L)
+        final = model(cache[get_act_name("resid_pre", 0)], start_at_layer=0, stop_at_layer=L)
     return metric_blocks(model, final, metric, batch)[0], cache
 
 
-def shared_prefix(a: Tensor, b: Tensor) -> int:
-    """The number of leading positions where every prompt of a and b [batch, pos] has the same tokens."""
-    return (differing_positions(a, b) or [a.shape[1]])[0]
-
-
-def _shared_prefix(clean: Corruption, corrupted: Corruption) -> int:
-    """shared_prefix of the token pair; 0 when a corruption is not plain tokens (hooks or stored values
-    may differ anywhere)."""
-    if corrupted.tokens is None or corrupted.fwd_hooks:
-        return 0
-    return shared_prefix(clean.tokens, corrupted.tokens)
+def _resid_names(n_layer: int) -> list[str]:
+    """resid_pre of every layer, then the last layer's resid_post: the residual before block l is [l]."""
+    return [get_act_name("resid_pre", l) for l in range(n_layer)] + [get_act_name("resid_post", n_layer - 1)]
 
 
 def _positions(x: Tensor, point: str, first: int, end: int | None = None) -> Tensor:
@@ -314,21 +240,12 @@ def _positions(x: Tensor, point: str, first: int, end: int | None = None) -> Ten
     return x[:, :, first:end, :end] if point == "pattern" else x[:, first:end]
 
 
-def cached_past(cache, layers, p: int, n: int) -> list | None:
-    """past_kv for a run of positions p..: the cached run's keys and values of positions < p in `layers`,
-    repeated for n experiments side by side ([n * batch, p, head, d_head] each); None when p is 0."""
-    return None if not p else [(cache[get_act_name("k", j)][:, :p].repeat(n, 1, 1, 1),
-                                cache[get_act_name("v", j)][:, :p].repeat(n, 1, 1, 1)) for j in layers]
-
-
-def _patched_final(model, base, resid: list[str], l: int, p: int, n_pos: int, keep, n: int, B: int, hook,
-                   local: bool) -> Tensor:
+def _patched_final(model, base, l: int, p: int, n_pos: int, keep, n: int, B: int, hook, local: bool) -> Tensor:
     """The final residual of n experiments (row blocks of B), each patched by `hook` at layer l, run over
     positions p..n_pos-1 from the base cache: [n * B, n_pos or keep, d_model].
     local: the patched point changes layer l only at position p (z, q, or after the attention), so layer l
     runs that one position and later positions take the base run's resid_post."""
-    L = model.cfg.n_layer
-
+    L, resid = model.cfg.n_layer, _resid_names(model.cfg.n_layer)
 
     def rows(name, a, b):
         return base[name][:, a:b].repeat(n, 1, 1)
@@ -372,6 +289,21 @@ def _writer(indices: list[tuple], source: Tensor, batch: int) -> Callable:
     return hook
 
 
+def _patched_values(model, plan: SweepPlan, base, l: int, p: int, chunk: list, source: Tensor, B: int,
+                    metric: Callable, W_O: Tensor | None) -> Tensor:
+    """Metric values [len(chunk), batch] of the chunk's patches of layer l, their forwards starting at p."""
+    L, keep, name = model.cfg.n_layer, plan.cut.keep, get_act_name(plan.point, l)
+    indices = [idx for _, _, idx in chunk]
+    if plan.from_mid:
+        mid = _patched_mid(base, get_act_name("resid_mid", l), name, source, indices, B, None if W_O is None else W_O[l])
+        final = model(mid, start_at_layer=l, start_at_mid=True, stop_at_layer=L, keep_last=keep)
+    else:
+        shifted = [(idx[0] - p, *idx[1:]) if plan.by == "pos" and p else idx for idx in indices]  # from p on
+        final = _patched_final(model, base, l, p, plan.cut.n_pos, keep, len(chunk), B,
+                               (name, _writer(shifted, source, B)), plan.local)
+    return metric_blocks(model, final, metric, B, read_only=bool(keep))
+
+
 @torch.no_grad()
 def activation_patching(model, clean: Tensor, corrupted, metric: Callable, point: str = "resid_pre",
                         by: str = "pos", *, direction: str = "denoising", max_rows: int = 512) -> PatchingResult:
@@ -384,70 +316,42 @@ def activation_patching(model, clean: Tensor, corrupted, metric: Callable, point
     restoration); "noising" runs clean and patches in corrupted ones (necessity). metric: logits
     [batch, pos, d_vocab] -> [batch]; a metrics.Metric is unembedded at its position only.
     max_rows bounds the rows of one forward (patches x batch). Under hooks set with model.hooks(...), which
-    may index positions, the positional shortcuts are off: every patch runs every position.
+    may index positions, the positional shortcuts are off: every patch runs every position (`sweep_plan`).
     Meng et al. 2022 (ROME); Zhang & Nanda 2023; Heimersheim & Nanda 2024; axes as TL's get_act_patch_*."""
     check_count(max_rows, "max_rows", "the most rows (patches x batch) one forward may hold")
     clean, corrupted = _prepare(model, clean, corrupted, direction)
-    B, T = clean.tokens.shape
-    L, H = model.cfg.n_layer, model.cfg.n_head
+    (B, T), L, H = clean.tokens.shape, model.cfg.n_layer, model.cfg.n_head
     axes, sites = _sites(point, by, L, T, H)
-    names = [get_act_name(point, l) for l in range(L)]
-    resid = [f"blocks.{l}.hook_resid_pre" for l in range(L)] + [f"blocks.{L - 1}.hook_resid_post"]
-    # A patch at position p changes nothing before p (causal attention), so per-position sweeps run
-    # only positions p.. and read the earlier positions' keys and values from the base run's cache.
-    # Before the first position where the prompts differ (`shared`), both runs hold the same values:
-    # a patch there changes nothing at all, and an all-position patch acts from `shared` on.
-    # These shortcuts assume hooks act on each position of the stream they are given; hooks set with
-    # model.hooks(...) may index or mix positions, so under them every patch runs every position.
-    causal = not any(model._context_hooks)
-    shared = _shared_prefix(clean, corrupted) if causal else 0
-    suffix = causal and T > 1 and (by == "pos" or shared > 0)
-    local = by == "pos" and suffix and point in LOCAL  # ...and such a patch changes layer l itself at p only
-    kv = [get_act_name(kind, l) for l in range(L) for kind in "kv"]
-    # Patches of z, attn_out or resid_mid at every position change nothing before layer l's attention
-    # output, so they start there, from resid_mid plus the patch (z's through W_O), and skip the attention.
-    from_mid = causal and by == "all" and shared == 0 and point in ("z", "attn_out", "resid_mid")
-    mids = [f"blocks.{l}.hook_resid_mid" for l in range(L)] if from_mid else []
-    wanted = sorted(set(names) | set(resid) | (set(kv) if suffix else set()) | set(mids))
-    m_clean, clean_cache = _run(model, clean, wanted, metric, B)
-    m_corr, corr_cache = _run(model, corrupted, wanted, metric, B)
+    plan = sweep_plan(model, clean.tokens, corrupted, metric, point, by)
+    m_clean, clean_cache = _run(model, clean, plan.cached_names(L), metric, B)
+    m_corr, corr_cache = _run(model, corrupted, plan.cached_names(L), metric, B)
     base, source = (corr_cache, clean_cache) if direction == "denoising" else (clean_cache, corr_cache)
     m_base = m_corr if direction == "denoising" else m_clean
-    # A Metric reading one position R needs positions 0..R only, and the last block only at R.
-    read = read_position(metric, B, T) if causal else None
-    n_pos, keep = (T, None) if read is None else (read + 1, 1)
-
-    W_O = model.W_O if point == "z" else None  # [layer, head, d_head, d_model]
-    shape = tuple(L if a == "layer" else T if a == "pos" else H for a in axes)
-    per_prompt = torch.empty(*shape, B)
+    W_O = model.W_O if point == "z" and plan.from_mid else None  # [layer, head, d_head, d_model]
+    per_prompt = torch.empty(*(L if a == "layer" else T if a == "pos" else H for a in axes), B)
     per_chunk = max(1, max_rows // B)
     for l in range(L):
         groups = {}  # first position a forward must compute -> its sites
         for site in (s for s in sites if s[0] == l):
-            groups.setdefault(site[1][1] if by == "pos" and suffix else shared, []).append(site)
+            groups.setdefault(plan.start(site), []).append(site)
         for p, group in groups.items():
-            if p >= n_pos or (by == "pos" and p < shared):  # after the read position, or a no-op patch
+            if plan.changes_nothing(p):
                 for _, where, _ in group:
                     per_prompt[where] = m_base.cpu()
                 continue
-            src = _positions(source[names[l]], point, p, n_pos)
-            if keep and l == L - 1 and point in AFTER_QKV and not (local or from_mid):  # hooked in a kept block
+            src = _positions(source[get_act_name(point, l)], point, p, plan.cut.n_pos)
+            if plan.source_at_read_only(l, L):  # hooked in a kept block
                 src = _positions(src, point, -1)
             for start in range(0, len(group), per_chunk):
                 chunk = group[start:start + per_chunk]
-                if from_mid:
-                    mid = _patched_mid(base, mids[l], names[l], src, [idx for _, _, idx in chunk], B,
-                                       None if W_O is None else W_O[l])
-                    final = model(mid, start_at_layer=l, start_at_mid=True, stop_at_layer=L, keep_last=keep)
-                else:
-                    shifted = [(idx[0] - p, *idx[1:]) if by == "pos" and p else idx for _, _, idx in chunk]  # from p on
-                    final = _patched_final(model, base, resid, l, p, n_pos, keep, len(chunk), B,
-                                           (names[l], _writer(shifted, src, B)), local)
-                for (_, where, _), values in zip(chunk, metric_blocks(model, final, metric, B, read_only=bool(keep))):
-                    per_prompt[where] = values.cpu()
-    return PatchingResult(scores=normalized(per_prompt, m_clean.cpu(), m_corr.cpu()), raw=per_prompt.mean(-1),
-                          clean=float(m_clean.mean()), corrupted=float(m_corr.mean()), direction=direction,
-                          metric=metric_name(metric), axes=axes, point=point, per_prompt=per_prompt)
+                values = _patched_values(model, plan, base, l, p, chunk, src, B, metric, W_O)
+                for (_, where, _), row in zip(chunk, values):
+                    per_prompt[where] = row.cpu()
+    m_clean, m_corr = m_clean.cpu(), m_corr.cpu()
+    return PatchingResult(scores=normalized(per_prompt, m_clean, m_corr), axes=axes, raw=per_prompt.mean(-1),
+                          per_prompt=per_prompt, clean=float(m_clean.mean()), corrupted=float(m_corr.mean()),
+                          metric=metric_name(metric), direction=direction, point=point,
+                          clean_per_prompt=m_clean, corrupted_per_prompt=m_corr)
 
 
 @torch.no_grad()
@@ -456,10 +360,11 @@ def patch_one(model, clean: Tensor, corrupted, point: str, layer: int, *, pos: i
     """Returns logits [batch, pos, d_vocab] of one patched run: one full forward, one hook.
     The reference definition that `activation_patching` sweeps are tested against."""
     clean, corrupted = _prepare(model, clean, corrupted, direction)
+    check_integers(layer, "layer", "an int layer index (negative counts from the last layer)")
     base, source = (corrupted, clean) if direction == "denoising" else (clean, corrupted)
     if pos is not None:
         check_integers(pos, "pos", "None (all positions) or an int position")
-        pos = int(resolve_pos(pos, 1, clean.tokens.shape[1])[0])
+        pos = int(check_positions(pos, clean.tokens.shape[1]))
     if head is not None and (isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < model.cfg.n_head):
         raise ValueError(f"head {head!r} is out of range; this model has heads 0..{model.cfg.n_head - 1}")
     name, idx = get_act_name(point, layer), act_index(point, pos, head)
@@ -477,22 +382,8 @@ def patch_one(model, clean: Tensor, corrupted, point: str, layer: int, *, pos: i
 
 
 def _as_corruption(x) -> Corruption:
-    return x if isinstance(x, Corruption) else Corruption(_2d(x))
+    return x if isinstance(x, Corruption) else Corruption(token_batch(x))
 
 
-def _2d(tokens) -> Tensor:
-    """Token ids [pos] or [batch, pos] -> [batch, pos]: the model-free half of the model's own token check
-    (the vocabulary and n_positions are checked by the forward)."""
-    if not isinstance(tokens, Tensor):
-        raise TypeError(f"tokens must be a LongTensor [batch, pos], got {type(tokens).__name__}")
-    if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
-        raise TypeError(f"tokens must be a LongTensor [batch, pos] of integer ids, got {tokens.dtype}")
-    tokens = tokens.unsqueeze(0) if tokens.dim() == 1 else tokens
-    if tokens.dim() != 2 or tokens.numel() == 0:
-        raise ValueError(f"tokens must be [batch, pos] with at least one token, got shape {tuple(tokens.shape)}")
-    return tokens
-
-
-__all__ = ["Corruption", "PatchingResult", "activation_patching", "patch_one", "gaussian_noise_embeddings",
-           "mean_ablation", "resample_ablation", "check_same_shape", "differing_positions", "position_mask",
-           "act_index", "final_resid", "metric_blocks"]
+__all__ = ["PatchingResult", "activation_patching", "patch_one", "gaussian_noise_embeddings", "mean_ablation",
+           "resample_ablation", "act_index", "SweepPlan", "sweep_plan"]

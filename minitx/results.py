@@ -37,10 +37,21 @@ class Result:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(" + ", ".join(_field_summary(self, f.name) for f in fields(self)) + ")"
 
+    def _repr_html_(self) -> str:
+        """Jupyter / VS Code show a result inline as an offline heatmap (minitx/viewer.py, imported only here)."""
+        from minitx.viewer import result_html
+        return result_html(self)
+
 
 def _field_summary(result, name: str) -> str:
     """name=value, with a tensor shown as its named shape and range rather than its entries."""
     value = getattr(result, name)
+    if isinstance(value, dict) and any(isinstance(v, Tensor) for v in value.values()):  # e.g. point -> scores
+        return f"{name}={{" + ", ".join(_value_summary(k, v) for k, v in value.items()) + "}"
+    return _value_summary(name, value)
+
+
+def _value_summary(name, value) -> str:
     if isinstance(value, Tensor):
         if value.numel() == 0:
             return f"{name}=<empty {tuple(value.shape)}>"

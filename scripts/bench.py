@@ -288,7 +288,7 @@ def bench_path(ours, results):
         del ours.forward
     print(f"\npath patching, sender 0.0 -> queries of all {len(receivers)} later heads, 8x16 tokens: "
           f"{seconds * 1e3:.0f} ms, {calls['n']} forwards in all (2 shared + 2 for the experiment), "
-          f"score {float(result.score):.3f}")
+          f"score {float(result.scores):.3f}")
     results["path_patching"] = {"seconds": seconds, "forwards": calls["n"]}
 
 

@@ -153,11 +153,11 @@ def evaluate(model: minitx.Transformer, n: int = 64, seed: int = 2024) -> dict:
                prev_L0_head=prev, main_L0_offset_argmax_1to4=int(heads.argmax_offset(offsets, 1)[0, h0]))
 
     # Path patching (noising convention, 1 = undamaged) from each layer-0 head.
-    out["path_L0"] = {h: {"k": [float(path_patch(model, clean, corrupted, (0, h), ("k", 1, r), logprob).score)
+    out["path_L0"] = {h: {"k": [float(path_patch(model, clean, corrupted, (0, h), ("k", 1, r), logprob).scores)
                                 for r in range(H)],
                           **{kind: float(path_patch(model, clean, corrupted, (0, h), [(kind, 1, r) for r in range(H)],
-                                                    logprob).score) for kind in ("q", "v")},
-                          "logits": float(path_patch(model, clean, corrupted, (0, h), "logits", logprob).score)}
+                                                    logprob).scores) for kind in ("q", "v")},
+                          "logits": float(path_patch(model, clean, corrupted, (0, h), "logits", logprob).scores)}
                       for h in range(H)}
 
     # Denoising resid_pre[1] at all first-copy positions together, then at all second-copy positions.

@@ -183,6 +183,26 @@ def test_no_state_left_behind_and_errors(model):
         attribution_patching(model, CLEAN, CORRUPTED[:, :-1], METRIC)
     with pytest.raises(ValueError, match=r"to \[batch\]=\[3\]"):
         attribution_patching(model, CLEAN, CORRUPTED, lambda logits: logits.sum())
+    with pytest.raises(ValueError, match="points is empty"):
+        attribution_patching(model, CLEAN, CORRUPTED, METRIC, points=[])
+    with pytest.raises(ValueError, match="the metric returned nan for prompt 0"):
+        attribution_patching(model, CLEAN, CORRUPTED, lambda logits: logits[:, -1, 0] * float("nan"))
+    with pytest.raises(ValueError, match="k=0"):
+        compare_with_patching(torch.ones(3), torch.ones(3), k=0)
+
+
+def test_per_prompt_estimates_average_to_the_scores(model):
+    """The gradient is of the batch mean and prompts do not interact, so each prompt's own estimate is
+    batch x its term; their mean is the score. A batch of one prompt gives that prompt's estimate alone."""
+    est = attribution_patching(model, CLEAN, CORRUPTED, METRIC, points=("z", "resid_pre"))
+    assert est.per_prompt["z"].shape == (model.cfg.n_layer, model.cfg.n_head, B)
+    assert est.axes == {"z": ("layer", "head"), "resid_pre": ("layer",)}
+    for point in ("z", "resid_pre"):
+        assert_close(est.per_prompt[point].mean(-1), est.scores[point], **EXACT)
+    alone = attribution_patching(model, CLEAN[1:2], CORRUPTED[1:2], logit_diff_metric(2, 5))  # prompt 1's answers
+    assert_close(alone.scores["z"], est.per_prompt["z"][..., 1], **EXACT)
+    assert_close(est.clean_per_prompt, METRIC(model(CLEAN)), **EXACT)
+    assert "scores={z=<3x4 " in repr(est) and "tensor(" not in repr(est)
 
 
 # -- the trained induction fixture (docs/methods.md §9.3 item 9) ----------------------------------------------
@@ -253,7 +273,7 @@ def test_fixture_qk_fix_is_exact_once_the_final_layer_norm_is_frozen(induction):
             patched = float(metric(model.run_with_hooks(corrupted, fwd_hooks=[(name, restore)])).mean())
         exact = (patched - fixed.corrupted) / (fixed.clean - fixed.corrupted)
         for receiver in range(model.cfg.n_head):
-            edge = direct_path_patch(model, clean, corrupted, (0, prev), ("k", 1, receiver), metric)
+            edge = direct_path_patch(model, clean, corrupted, (0, prev), ("k", 1, receiver), metric).scores
             assert_close(fixed.edges[0, prev, 1, receiver, 1] / (fixed.clean - fixed.corrupted), edge,
                          atol=1e-4, rtol=1e-4)
     assert exact <= -0.5  # measured -0.970

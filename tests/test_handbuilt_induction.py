@@ -66,7 +66,7 @@ def test_activation_patching_scores(setup):
 def test_path_patching_from_the_previous_token_head(setup, receiver, expected):
     """L0.0's output matters only through L1.0's keys; through the keys it is all of noising L0.0."""
     model, clean, corrupted, logit, _ = setup
-    assert_close(float(path_patch(model, clean, corrupted, L0, receiver, logit).score), expected, atol=1e-6, rtol=0)
+    assert_close(float(path_patch(model, clean, corrupted, L0, receiver, logit).scores), expected, atol=1e-6, rtol=0)
 
 
 def test_atp_misses_the_saturated_key_path_and_the_qk_fix_recovers_it(setup):

@@ -144,10 +144,10 @@ def test_denoising_resid_pre1_first_copy_recovers_second_copy_does_not(model, ta
 def test_path_patching_main_l0_head_acts_through_layer1_keys(model, task, main_l0_head):
     clean, corrupted, _, metric = task
     sender = (0, main_l0_head)
-    keys = [float(path_patch(model, clean, corrupted, sender, ("k", 1, h), metric).score) for h in range(2)]
+    keys = [float(path_patch(model, clean, corrupted, sender, ("k", 1, h), metric).scores) for h in range(2)]
     assert min(keys) <= 0.5  # measured 0.34 (best receiver), 0.36
     for receivers in ([("q", 1, h) for h in range(2)], [("v", 1, h) for h in range(2)], "logits"):
-        assert float(path_patch(model, clean, corrupted, sender, receivers, metric).score) >= 0.95  # measured 1.00
+        assert float(path_patch(model, clean, corrupted, sender, receivers, metric).scores) >= 0.95  # measured 1.00
 
 
 def test_the_other_l0_head_acts_through_layer1_values(model, task, main_l0_head, head_noising):
@@ -158,9 +158,9 @@ def test_the_other_l0_head_acts_through_layer1_values(model, task, main_l0_head,
     assert int(heads.argmax_offset(heads.offset_scores(model, clean, max_offset=4))[0, other]) == 0
     assert float(head_noising.scores[0, other]) <= 0.5
     values = [("v", 1, h) for h in range(2)]
-    assert float(path_patch(model, clean, corrupted, (0, other), values, metric).score) <= 0.5  # measured 0.01
+    assert float(path_patch(model, clean, corrupted, (0, other), values, metric).scores) <= 0.5  # measured 0.01
     for receivers in ([("k", 1, h) for h in range(2)], [("q", 1, h) for h in range(2)], "logits"):
-        assert float(path_patch(model, clean, corrupted, (0, other), receivers, metric).score) >= 0.95
+        assert float(path_patch(model, clean, corrupted, (0, other), receivers, metric).scores) >= 0.95
 
 
 # -- direct logit attribution (§9.3 item 7) and the logit lens (item 8) ------------------------------------

@@ -20,10 +20,10 @@ import torch
 from torch.testing import assert_close
 
 import minitx.model
-from minitx import attribution, dla, heads, lens, metrics, path_patching, patching
+from minitx import attribution, dla, engine, heads, lens, metrics, path_patching, patching
 from tests.conftest import random_model
 
-MODULES = (heads, lens, dla, patching, path_patching, attribution)
+MODULES = (heads, lens, dla, engine, patching, path_patching, attribution)
 CLEAN = torch.tensor([[5, 9, 2, 5, 9, 2], [7, 1, 8, 7, 1, 8]])  # repeats, for the duplicate-token score
 CORRUPTED = CLEAN.clone()
 CORRUPTED[:, 2] = torch.tensor([3, 4])
@@ -55,9 +55,13 @@ ENTRY_POINTS = {
     "dla.direct_logit_attribution": (lambda m, f: dla.direct_logit_attribution(m, CLEAN, 3, wrong=5), False),
     "patching.gaussian_noise_embeddings": (lambda m, f: patching.gaussian_noise_embeddings(m, CLEAN, [1, 2]), False),
     "patching.mean_ablation": (lambda m, f: patching.mean_ablation(m, REFERENCE, batch_size=2), False),
-    "patching.final_resid": (lambda m, f: patching.final_resid(m, m(CLEAN, stop_at_layer=1), 1), False),
-    "patching.metric_blocks": (lambda m, f: patching.metric_blocks(
-        m, patching.final_resid(m, m(CLEAN, stop_at_layer=0).repeat(2, 1, 1), 0), f, 2), True),
+    "engine.final_resid": (lambda m, f: engine.final_resid(m, m(CLEAN, stop_at_layer=1), 1), False),
+    "engine.metric_blocks": (lambda m, f: engine.metric_blocks(
+        m, engine.final_resid(m, m(CLEAN, stop_at_layer=0).repeat(2, 1, 1), 0), f, 2), True),
+    "engine.shortcuts": (lambda m, f: engine.shortcuts(m, CLEAN, CORRUPTED, f), False),
+    "patching.sweep_plan": (lambda m, f: patching.sweep_plan(m, CLEAN, CORRUPTED, f, "z", "pos"), False),
+    "path_patching.path_plan": (lambda m, f: path_patching.path_plan(m, CLEAN, CORRUPTED, [[("head", 0, 1)]],
+                                                                     [("blocks.1.attn.hook_q", 0, 1)], 4), False),
     "patching.patch_one": (lambda m, f: patching.patch_one(m, CLEAN, CORRUPTED, "z", 1, pos=2, head=1), False),
     "patching.activation_patching[resid_pre,pos]": (lambda m, f: patching.activation_patching(
         m, CLEAN, CORRUPTED, f, "resid_pre", "pos", max_rows=4), True),

@@ -28,25 +28,37 @@ def checksum(model):
     return sum(float(p.double().sum()) + float(p.double().abs().sum()) for p in model.parameters())
 
 
-def test_null_senders_and_identical_inputs_give_zero(model):
+def test_identical_inputs_give_the_baseline(model):
     for receivers in RECEIVERS:
-        res = PP.path_patch(model, X_ORIG, X_NEW, [], receivers, METRIC)
-        assert_close(res.relative_change, torch.tensor(0.0), atol=1e-6, rtol=0)
-        assert_close(res.score, torch.tensor(1.0), **EXACT)
         with pytest.warns(RuntimeWarning, match="undefined"):
             same = PP.path_patch_senders(model, X_ORIG, X_ORIG.clone(), receivers, METRIC,
-                                         senders=[(0, 1), (1, 2), ("mlp", 0), "embed"])
-        assert_close(same.raw, torch.full((4,), same.orig), **EXACT)
+                                         senders=[(0, 1), (0, 2), ("mlp", 0), "embed"])
+        assert_close(same.raw, torch.full((4,), same.clean), **EXACT)
 
 
-def test_receivers_at_or_before_the_sender_give_zero(model):
+def test_no_sender_and_senders_without_a_path_are_refused(model):
+    """Issue 12: these used to return 1.0 ("no effect"); a path that cannot exist is an error."""
+    for receivers in RECEIVERS:
+        with pytest.raises(ValueError, match="senders is empty"):
+            PP.path_patch(model, X_ORIG, X_NEW, [], receivers, METRIC)
     for sender, receivers in [((1, 2), [("q", 1, 0), ("k", 0, 3), ("v", 1, 2)]), ((2, 0), ("mlp_in", 1)),
-                              (("mlp", 1), [("mlp_in", 1), ("q", 1, 1)]), (("mlp", 0), ("v", 0, 0))]:
+                              (("mlp", 1), [("mlp_in", 1), ("q", 1, 1)]), (("mlp", 0), ("v", 0, 0)),
+                              ((1, 1), ("q", 1, 1)), (("mlp", 0), ("mlp_in", 0))]:
         for kw in ({}, {"freeze_mlps": True, "freeze_ln": True}):
-            res = PP.path_patch(model, X_ORIG, X_NEW, sender, receivers, METRIC, **kw)
-            assert_close(res.relative_change, torch.tensor(0.0), atol=1e-6, rtol=0)
-    # the same layer's MLP comes after its heads: nonzero
+            with pytest.raises(ValueError, match=r"has no path to receiver\(s\).*must come before"):
+                PP.path_patch(model, X_ORIG, X_NEW, sender, receivers, METRIC, **kw)
+    with pytest.raises(ValueError, match=r"sender \(2, 0\) has no path"):  # one impossible sender in a list
+        PP.path_patch_senders(model, X_ORIG, X_NEW, ("q", 2, 0), METRIC, senders=[(0, 0), (2, 0)])
+    # the same layer's MLP comes after its heads: a path, nonzero
     assert abs(float(PP.path_patch(model, X_ORIG, X_NEW, (1, 2), ("mlp_in", 1), METRIC).relative_change)) > 1e-4
+    # a sender reaching one receiver of several is a path
+    PP.path_patch(model, X_ORIG, X_NEW, (1, 2), [("q", 1, 0), ("k", 2, 0)], METRIC)
+
+
+def test_sender_grid_is_nan_exactly_where_no_path_exists(model):
+    sweep = PP.path_patch_senders(model, X_ORIG, X_NEW, [("k", 2, 0), ("mlp_in", 0)], METRIC)
+    assert torch.isnan(sweep.scores[2]).all() and torch.isfinite(sweep.scores[:2]).all()
+    assert torch.isnan(PP.path_patch_senders(model, X_ORIG, X_NEW, ("q", 0, 1), METRIC).per_prompt).all()
 
 
 @pytest.mark.parametrize("pos", [None, -1])
@@ -57,7 +69,7 @@ def test_last_layer_sender_to_logits_is_noising_activation_patching(model, pos):
         res = PP.path_patch(model, X_ORIG, X_NEW, (L - 1, head), "logits", METRIC, sender_pos=pos, receiver_pos=pos)
         expected = act.per_prompt[L - 1, head] if pos is None else act.per_prompt[L - 1, T - 1, head]
         assert_close(res.per_prompt, expected, **EXACT)
-        assert_close(res.score, act.scores[L - 1, head] if pos is None else act.scores[L - 1, T - 1, head], **EXACT)
+        assert_close(res.scores, act.scores[L - 1, head] if pos is None else act.scores[L - 1, T - 1, head], **EXACT)
 
 
 def two_full_forwards(model, sender: tuple, receivers, x_orig=X_ORIG, x_new=X_NEW, receiver_pos=None):
@@ -146,12 +158,22 @@ def test_batched_sender_sweep_equals_single_experiments(model, freeze_mlps, free
         sweep = PP.path_patch_senders(model, X_ORIG, X_NEW, receivers, METRIC, max_rows=6,
                                       freeze_mlps=freeze_mlps, freeze_ln=freeze_ln)
         assert sweep.axes == ("layer", "head") and sweep.raw.shape == (L, H)
-        single = torch.stack([PP.path_patch(model, X_ORIG, X_NEW, (l, h), receivers, METRIC, freeze_mlps=freeze_mlps,
-                                            freeze_ln=freeze_ln).per_prompt for l in range(L) for h in range(H)])
-        assert_close(sweep.per_prompt, single.view(L, H, B), **EXACT)
-        assert_close(sweep.relative_change, (sweep.raw - sweep.orig) / sweep.orig, **EXACT)
-        assert_close(sweep.score, (sweep.raw - sweep.new) / (sweep.orig - sweep.new), **EXACT)
-    others = [("mlp", 2), "embed", ("mlp", 0)]
+        single = torch.full((L, H, B), float("nan"))  # NaN where a head has no path to the receivers
+        for l in range(L):
+            for h in range(H):
+                try:
+                    single[l, h] = PP.path_patch(model, X_ORIG, X_NEW, (l, h), receivers, METRIC,
+                                                 freeze_mlps=freeze_mlps, freeze_ln=freeze_ln).per_prompt
+                except ValueError as error:
+                    assert "has no path" in str(error)
+        assert_close(sweep.per_prompt, single, equal_nan=True, **EXACT)
+        assert_close(sweep.relative_change, (sweep.raw - sweep.clean) / sweep.clean, equal_nan=True, **EXACT)
+        assert_close(sweep.scores, (sweep.raw - sweep.corrupted) / (sweep.clean - sweep.corrupted), equal_nan=True,
+                     **EXACT)
+        assert sweep.clean_per_prompt.shape == sweep.corrupted_per_prompt.shape == (B,)
+        assert_close(sweep.clean_per_prompt, METRIC(model(X_ORIG)), **EXACT)
+        assert_close(sweep.corrupted_per_prompt, METRIC(model(X_NEW)), **EXACT)
+    others = [("mlp", 1), "embed", ("mlp", 0)]
     sweep = PP.path_patch_senders(model, X_ORIG, X_NEW, ("q", 2, 3), METRIC, senders=others, max_rows=4)
     single = torch.stack([PP.path_patch(model, X_ORIG, X_NEW, s, ("q", 2, 3), METRIC).per_prompt for s in others])
     assert_close(sweep.per_prompt, single, **EXACT)
@@ -181,9 +203,11 @@ def test_validation_direct_path_and_no_state(model):
         PP.path_patch(model, X_ORIG, X_NEW, (0, 0), ("z", 1, 0), METRIC)
     with pytest.raises(ValueError, match="clean has 6 tokens, corrupted 5"):
         PP.path_patch(model, X_ORIG, X_NEW[:, :5], (0, 0), "logits", METRIC)
-    assert_close(PP.direct_path_patch(model, X_ORIG, X_NEW, (1, 0), ("q", 1, 2), METRIC), torch.tensor(0.0))
+    with pytest.raises(ValueError, match=r"sender \(1, 0\) has no edge to receiver \('q', 1, 2\)"):
+        PP.direct_path_patch(model, X_ORIG, X_NEW, (1, 0), ("q", 1, 2), METRIC)
     edge = PP.direct_path_patch(model, X_ORIG, X_NEW, (0, 1), ("v", 2, 3), METRIC)
-    assert torch.isfinite(edge) and float(edge) != 0.0
+    assert torch.isfinite(edge.scores) and float(edge.scores) != 0.0
+    assert_close(edge.scores, (edge.raw - edge.corrupted) / (edge.clean - edge.corrupted), **EXACT)
     PP.path_patch_senders(model, X_ORIG, X_NEW, ("q", 2, 0), METRIC, freeze_ln=True, freeze_mlps=True)
-    assert checksum(model) == before and model._context_hooks == ([], [])
+    assert checksum(model) == before and not model.has_context_hooks
     assert torch.equal(model(X_ORIG), logits)

@@ -130,7 +130,7 @@ def test_direct_path_patch_equals_get_act_patch_direct_path(models, pair):
         raw = tl_patching.get_act_patch_direct_path(theirs, corrupted, clean_cache, corrupted_cache,
                                                     lambda logits: metric(logits).mean(), *sender, kind, verbose=False)
         expected = (raw[1] - m_corrupted) / (m_clean - m_corrupted)  # [head] of layer 1, normalised
-        got = torch.stack([path_patching.direct_path_patch(ours, clean, corrupted, sender, (kind, 1, h), metric)
+        got = torch.stack([path_patching.direct_path_patch(ours, clean, corrupted, sender, (kind, 1, h), metric).scores
                            for h in range(ours.cfg.n_head)])
         assert_close(got, expected.to(got.dtype), atol=1e-4, rtol=0)
 

@@ -1,0 +1,246 @@
+"""The intervention engine: running patched forwards from a cached run, and the exact shortcuts that allow.
+
+Activation patching, path patching and attribution patching (minitx.patching, .path_patching,
+.attribution) are built on these pieces and never on each other:
+
+    Corruption                        a corrupted input: tokens, tokens plus embedding hooks, or stored values
+    token_batch(tokens)               the batch-shape check: token ids [pos] or [batch, pos] -> [batch, pos]
+    check_metric_values(values, b)    a metric's output must be a finite tensor [batch]
+    differing_positions(a, b)         positions where any prompt of a pair differs
+    shared_prefix(a, b)               the number of leading positions every prompt pair shares
+    check_same_shape(clean, corr)     a one-line error saying the two lengths and where tokens differ
+    position_mask(positions, b, n)    None / int / list / LongTensor / bool mask -> bool [batch, pos]
+    Shortcuts, shortcuts(...)         what causal attention lets a patched run skip, as data
+    cached_past(cache, layers, p, n)  earlier positions' keys and values, for a run of positions p..
+    final_resid(model, x, ...)        the residual stream after the last block, from any layer's resid_pre
+    metric_blocks(model, resid, ...)  final residual of n experiments side by side -> metric values [n, batch]
+    read_position(metric, b, n)       the one position a `Metric` reads, or None
+
+The shortcuts are exact, not approximations (docs/analysis-conventions.md, docs/methods.md §1.6):
+attention is causal, so a change at position p changes nothing before p; positions before the first
+token where the clean and corrupted prompts differ hold identical values in both runs; and a
+`minitx.metrics.Metric` that reads position R needs positions 0..R only, and the last block and the
+unembedding at R only. They assume every hook acts on each position of the stream it is given; hooks
+set with `model.hooks(...)` may index or mix positions, so while any are active
+(`model.has_context_hooks`) every run covers every position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from minitx.checks import check_integers, check_positions, describe
+from minitx.metrics import Metric
+from minitx.model import get_act_name
+
+RESID_LIKE = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")  # [batch, pos, d_model]
+HEAD_LIKE = ("z", "q", "k", "v", "pattern")  # per head: [batch, pos, head, d_head] or [batch, head, q, k]
+DIRECTIONS = ("denoising", "noising")
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """A corrupted input: tokens plus hooks on the embeddings (e.g. ROME's noise), or, with
+    tokens=None, activation values with no prompt behind them (mean ablation; noising only)."""
+
+    tokens: Tensor | None
+    fwd_hooks: tuple = ()
+    values: dict | None = None  # point name -> [1, pos, ...]
+    name: str = "prompt"
+
+
+def token_batch(tokens) -> Tensor:
+    """Token ids [pos] or [batch, pos] -> [batch, pos]: the model-free half of the model's own token check
+    (the vocabulary and n_positions are checked by the forward)."""
+    if not isinstance(tokens, Tensor):
+        raise TypeError(f"tokens must be a LongTensor [batch, pos], got {type(tokens).__name__}")
+    if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+        raise TypeError(f"tokens must be a LongTensor [batch, pos] of integer ids, got {tokens.dtype}")
+    tokens = tokens.unsqueeze(0) if tokens.dim() == 1 else tokens
+    if tokens.dim() != 2 or tokens.numel() == 0:
+        raise ValueError(f"tokens must be [batch, pos] with at least one token, got shape {tuple(tokens.shape)}")
+    return tokens
+
+
+def check_metric_values(values, batch: int) -> Tensor:
+    """A metric's output: a tensor [batch] of finite numbers (returned as is, gradient kept).
+
+    A NaN or inf would turn every score computed from it into NaN without a word, so it is an error."""
+    if not isinstance(values, Tensor) or values.shape != (batch,):
+        shape = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+        raise ValueError(f"the metric must map logits [batch, pos, d_vocab] to [batch]=[{batch}], got {shape}")
+    bad = ~torch.isfinite(values.detach())
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0, 0])
+        raise ValueError(f"the metric returned {float(values[first])} for prompt {first} ({int(bad.sum())} of {batch} "
+                         "prompts not finite); a metric must give a finite number for every prompt")
+    return values
+
+
+# -- prompt pairs ----------------------------------------------------------------------------------
+def differing_positions(a: Tensor, b: Tensor) -> list[int]:
+    """Positions (over the common length) where any prompt's tokens differ; [] when the batch sizes differ."""
+    a, b = token_batch(a), token_batch(b)
+    n = min(a.shape[1], b.shape[1])
+    if a.shape[0] != b.shape[0]:
+        return []
+    return (a[:, :n] != b[:, :n]).any(0).nonzero()[:, 0].tolist()
+
+
+def shared_prefix(a: Tensor, b: Tensor) -> int:
+    """The number of leading positions where every prompt of a and b [batch, pos] has the same tokens."""
+    return (differing_positions(a, b) or [token_batch(a).shape[1]])[0]
+
+
+def check_same_shape(clean: Tensor, corrupted: Tensor | Corruption) -> None:
+    """ValueError saying the two lengths and where tokens differ, unless the shapes match."""
+    other = corrupted.tokens if isinstance(corrupted, Corruption) else corrupted
+    if other is None:  # prompt-free values: check their positions axis
+        other_shape = next(iter(corrupted.values.values())).shape[:2]
+        other_shape = (clean.shape[0], other_shape[1])
+    else:
+        other_shape = tuple(token_batch(other).shape)
+    shape = tuple(token_batch(clean).shape)
+    if shape == other_shape:
+        return
+    if shape[0] != other_shape[0]:
+        raise ValueError(f"clean has {shape[0]} prompts and corrupted {other_shape[0]}; patching pairs them "
+                         "one to one")
+    where = ""
+    if other is not None:
+        diff, n, end = differing_positions(clean, other), min(shape[1], other_shape[1]), max(shape[1], other_shape[1])
+        where = f" Over the first {n} positions tokens differ at {diff}; positions {n}..{end - 1} exist in only one."
+    raise ValueError(f"clean and corrupted prompts must have the same length to patch position by position: "
+                     f"clean has {shape[1]} tokens, corrupted {other_shape[1]}.{where} Use a corruption that "
+                     "keeps token counts (e.g. swap single-token names).")
+
+
+def position_mask(positions, batch: int, n_pos: int) -> Tensor:
+    """None (all), int, list of ints, LongTensor [batch] or [batch, k], or bool [batch, pos] -> bool [batch, pos]."""
+    if positions is None:
+        return torch.ones(batch, n_pos, dtype=torch.bool)
+    if isinstance(positions, Tensor) and positions.dtype == torch.bool:
+        if positions.shape != (batch, n_pos):
+            raise ValueError(f"a boolean position mask must be [batch, pos]=[{batch}, {n_pos}], "
+                             f"got {tuple(positions.shape)}")
+        return positions.cpu()
+    usage = ("positions must be None, an int, a list of ints, a LongTensor [batch] or [batch, k], "
+             f"or a bool mask [batch, pos]; got {describe(positions)}")
+    try:
+        check_integers(positions, "positions", "")
+    except TypeError:
+        raise ValueError(usage) from None
+    if isinstance(positions, (list, tuple)):
+        if not positions:
+            raise ValueError("positions is an empty list: give at least one position, or None for all")
+        positions = torch.tensor(positions, dtype=torch.long).expand(batch, -1)
+    elif isinstance(positions, int):
+        positions = torch.full((batch, 1), positions, dtype=torch.long)
+    elif isinstance(positions, Tensor) and positions.dim() == 1:
+        positions = positions[:, None]
+    if not isinstance(positions, Tensor) or positions.dim() != 2 or positions.shape[0] != batch:
+        raise ValueError(usage)
+    flat = check_positions(positions.reshape(-1).cpu(), n_pos, "positions").view(batch, -1)
+    return torch.zeros(batch, n_pos, dtype=torch.bool).scatter_(1, flat, True)
+
+
+# -- the exact shortcuts, as data ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Shortcuts:
+    """What a patched run may skip and still equal the full run exactly (module docstring).
+
+    exact_positions: False under context hooks: then shared = 0 and no position is dropped.
+    shared: positions 0..shared-1 hold the same values in the clean and the corrupted run.
+    read: the one position the metric reads in every prompt, or None (read everywhere).
+    n_pos: positions a run must compute, 0..n_pos-1 (read + 1, or all).
+    keep: 1 when only the read position need leave the last block (`keep_last=1`), else None."""
+
+    exact_positions: bool
+    shared: int
+    read: int | None
+    n_pos: int
+    keep: int | None
+
+
+def shortcuts(model, clean: Tensor, corrupted: Tensor | Corruption | None, metric: Callable | None) -> Shortcuts:
+    """The Shortcuts for running patched versions of `clean` against `corrupted` (tokens, a Corruption or None:
+    then no shared prefix is assumed) under `metric` (None: the metric reads every position)."""
+    batch, n_pos = clean.shape
+    if model.has_context_hooks:  # they may index positions: nothing is skipped
+        return Shortcuts(False, 0, None, n_pos, None)
+    if isinstance(corrupted, Corruption):  # hooks or stored values may differ anywhere
+        corrupted = corrupted.tokens if corrupted.tokens is not None and not corrupted.fwd_hooks else None
+    shared = 0 if corrupted is None else shared_prefix(clean, corrupted)
+    read = None if metric is None else read_position(metric, batch, n_pos)
+    return Shortcuts(True, shared, read, n_pos if read is None else read + 1, None if read is None else 1)
+
+
+def cached_past(cache, layers, p: int, n: int) -> list | None:
+    """past_kv for a run of positions p..: the cached run's keys and values of positions < p in `layers`,
+    repeated for n experiments side by side ([n * batch, p, head, d_head] each); None when p is 0."""
+    return None if not p else [(cache[get_act_name("k", j)][:, :p].repeat(n, 1, 1, 1),
+                                cache[get_act_name("v", j)][:, :p].repeat(n, 1, 1, 1)) for j in layers]
+
+
+# -- running from a cached residual ---------------------------------------------------------------
+def final_resid(model, x: Tensor, start_at_layer: int | None = None, fwd_hooks=(), past_kv=None) -> Tensor:
+    """Returns the residual stream after the last block [rows, pos, d_model], not unembedded:
+    runs the blocks from start_at_layer (x is then that layer's resid_pre) with fwd_hooks."""
+    return model.run_with_hooks(x, start_at_layer=start_at_layer, stop_at_layer=model.cfg.n_layer,
+                                past_kv=past_kv, fwd_hooks=list(fwd_hooks))
+
+
+def read_position(metric: Callable, batch: int, n_pos: int) -> int | None:
+    """The one position a `Metric` reads in every prompt, or None (another callable, or per-prompt positions)."""
+    if not isinstance(metric, Metric):
+        return None
+    idx = check_positions(metric.pos, n_pos, batch=batch)
+    return int(idx[0]) if bool((idx == idx[0]).all()) else None
+
+
+def metric_blocks(model, resid: Tensor, metric: Callable, batch: int, ln_final_scale: Tensor | None = None,
+                  read_only: bool = False) -> Tensor:
+    """Final residual [n * batch, pos, d_model] (row block i = experiment i) -> metric values [n, batch].
+    A `Metric` is unembedded only at its position; ln_final_scale [batch, pos, 1] freezes ln_final.
+    read_only: resid holds only the Metric's read position, [n * batch, 1, d_model] (a keep_last=1 run)."""
+    n = resid.shape[0] // batch
+    scale = None if ln_final_scale is None else ln_final_scale.repeat(n, 1, 1)  # [rows, pos, 1]
+    if isinstance(metric, Metric) and (read_only or not model.has_context_hooks):  # those may index positions
+        values = _metric_at_read(model, resid, metric, batch, scale, read_only)
+    else:
+        values = []
+        for i in range(n):
+            rows_i = slice(i * batch, (i + 1) * batch)
+            hooks = [] if scale is None else [("ln_final.hook_scale", lambda x, h, s=scale[rows_i]: s)]
+            values.append(metric(model.unembed(resid[rows_i], fwd_hooks=hooks)))
+    return torch.stack([check_metric_values(v, batch).float() for v in values])
+
+
+def _metric_at_read(model, resid: Tensor, metric: Metric, batch: int, scale: Tensor | None, read_only: bool):
+    """metric_blocks for a Metric: unembed each row at its read position only (and only the token ids
+    the metric reads, when it says which) -> a list of n value tensors [batch]."""
+    rows, n_pos = resid.shape[:2]
+    ar, idx, at_read = torch.arange(rows, device=resid.device), None, resid  # at_read: [rows, 1, d_model]
+    if not read_only or scale is not None:  # the read position in the full run's positions
+        idx = check_positions(metric.pos, n_pos if scale is None else scale.shape[1], batch=batch)
+        idx = idx.to(resid.device).repeat(rows // batch)
+    if not read_only:
+        at_read = resid[ar, idx][:, None]
+    hooks = [] if scale is None else [("ln_final.hook_scale", lambda x, h: scale[ar, idx][:, None])]
+    ids, d_vocab = metric.token_ids, model.cfg.d_vocab
+    if ids is not None and bool(((ids >= 0) & (ids < d_vocab)).all()):  # out of range: at_pos says so
+        ids = ids.to(resid.device)
+        logits = resid.new_full((rows, d_vocab), float("nan"))  # columns at_pos never reads stay NaN
+        logits[:, ids] = model.unembed(at_read, fwd_hooks=hooks, token_ids=ids)[:, 0]
+    else:
+        logits = model.unembed(at_read, fwd_hooks=hooks)[:, 0]
+    return [metric.at_pos(block) for block in logits.view(rows // batch, batch, -1)]
+
+
+__all__ = ["Corruption", "RESID_LIKE", "HEAD_LIKE", "DIRECTIONS", "token_batch", "check_metric_values",
+           "differing_positions", "shared_prefix", "check_same_shape", "position_mask", "Shortcuts", "shortcuts",
+           "cached_past", "final_resid", "read_position", "metric_blocks"]
