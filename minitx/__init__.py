@@ -19,6 +19,9 @@ def __getattr__(name):
     if name in ("load", "save_pretrained", "download"):
         from minitx import loading
         return getattr(loading, name)
+    if name == "view":  # minitx.view(model, prompts, ...) -> a self-contained HTML page (minitx/viewer.py)
+        from minitx.viewer import view
+        return view
     if name in ("Tokenizer", "to_tokens", "to_tokens_padded", "to_string", "to_str_tokens", "to_single_token"):
         from minitx import tokenizer
         return getattr(tokenizer, name) if name == "Tokenizer" else getattr(tokenizer.Tokenizer.default(), name)
