@@ -57,6 +57,9 @@ def test_readme_tour_runs_on_the_shipped_model(monkeypatch):
     assert abs(float(direct.scores) - 0.65) < 0.005
     probs = lens.target_probs[:, 0, -1]
     assert [round(float(p), 2) for p in probs[-3:]] == [0.15, 0.82, 1.00]
+    interval = namespace["interval"]
+    assert namespace["batch"].clean.shape == (50, 13)
+    assert (round(float(interval.low[4, 2]), 2), round(float(interval.high[4, 2]), 2)) == (0.72, 0.77)
 
 
 def gpt2_cached() -> bool:
