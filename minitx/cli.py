@@ -462,6 +462,32 @@ def cmd_lens(args) -> int:
     return 0
 
 
+def cmd_view(args) -> int:
+    from minitx import metrics, patching
+    from minitx.viewer import view
+    pair = [args.clean, args.corrupted, args.answer, args.wrong]
+    if any(x is not None for x in pair) and not all(x is not None for x in pair):
+        raise ValueError("patching needs all of --clean, --corrupted, --answer and --wrong (or none of them)")
+    if not args.prompt and args.clean is None:
+        raise ValueError("give at least one --prompt (repeat it for several), or a --clean/--corrupted pair")
+    model, vocab = _load(args)
+    prompts, results, tokens_pair = list(args.prompt or []), [], None
+    if args.clean is not None:
+        clean, corrupted, answer, wrong = _pair(args, model, vocab)
+        metric = metrics.logit_diff_metric(answer, wrong, pos=args.pos)
+        _progress("activation patching resid_pre by position and z by head ...")
+        results = [patching.activation_patching(model, clean, corrupted, metric, point, by=by)
+                   for point, by in (("resid_pre", "pos"), ("z", "all"))]
+        prompts, tokens_pair = prompts or [args.clean, args.corrupted], (clean, corrupted)
+    for prompt in prompts:
+        _check_runs(model, vocab.tokens(prompt, prepend_bos=args.prepend_bos))
+    page = view(model, prompts, prepend_bos=args.prepend_bos, model_name=args.model or DEFAULT_MODEL, vocab=vocab,
+                results=results, pair=tokens_pair)
+    out = page.save(Path(args.out).expanduser())
+    say(f"view: {out.resolve()} ({out.stat().st_size / 1e3:.0f} kB; open it in a browser, no network needed)")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from minitx.demo import check_demo_args, check_report_folder, fit_tour, run_demo
     check_demo_args(args.n, args.batch, flags=True)  # before the first line is printed
@@ -611,6 +637,17 @@ def args_demo(p) -> None:
     p.add_argument("--seed", type=_seed, default=0, help="seed of the random tokens")
 
 
+def args_view(p) -> None:
+    _common(p)
+    p.add_argument("--prompt", action="append", default=None,
+                   help="a prompt to show (repeat for several; default with a pair: the clean and corrupted prompts)")
+    for name, text in (("clean", "the clean prompt of a patching pair"), ("corrupted", "its corrupted twin, same "
+                       "length"), ("answer", "the clean answer token"), ("wrong", "the competing token")):
+        p.add_argument(f"--{name}", default=None, help=f"{text} (optional; with all four, patching is shown)")
+    p.add_argument("--pos", type=int, default=-1, help="position the logit difference is read at")
+    p.add_argument("--out", default="minitx-view.html", help="the HTML file to write")
+
+
 @dataclass(frozen=True)
 class Command:
     name: str
@@ -654,6 +691,11 @@ COMMANDS = [
             "residual read through ln_final and the unembedding.", args_lens, cmd_lens),
     Command("demo", "a first tour, offline: report.md and figures from the library's own numbers", DEMO_DESCRIPTION,
             args_demo, cmd_demo),
+    Command("view", "one self-contained HTML page: attention, logit lens, patching (offline, interactive)",
+            "Writes one .html file (minitx.view) that opens in any browser without network: every layer x head "
+            "attention pattern with a token view (hover a token), the logit-lens table (top-k on hover) and, with "
+            "--clean/--corrupted/--answer/--wrong, activation patching of resid_pre by position and z by head.",
+            args_view, cmd_view),
 ]
 
 

@@ -31,10 +31,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from minitx.heads import attention_patterns
 from minitx.lens import LensResult, logit_lens
 from minitx.results import Result
 
-__all__ = ["View", "view", "result_html", "attention_patterns", "decode_patterns", "QUANT"]
+__all__ = ["View", "view", "result_html", "decode_patterns", "QUANT"]
 
 QUANT = 65535  # attention weights are stored as round(p * QUANT) in uint16
 DECIMALS = 4  # lens probabilities and patching values are stored rounded to this many decimals
@@ -54,15 +55,6 @@ class View:
 
     def _repr_html_(self) -> str:
         return _fragment(self.data)
-
-
-def attention_patterns(model, tokens: Tensor) -> Tensor:
-    """Returns [layer, head, pos, pos]: the attention pattern of one prompt tokens [1, pos] (or [pos])."""
-    tokens = tokens.reshape(1, -1)
-    names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layer)]
-    with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=names)
-    return torch.stack([cache[name][0] for name in names]).float()
 
 
 def _quantised(patterns: Tensor) -> str:
@@ -107,7 +99,8 @@ def _lens_payload(model, tokens: Tensor, vocab, top_k: int, words: dict) -> dict
 
 
 def _prompt_payload(model, tokens: Tensor, vocab, top_k: int, words: dict, lens: bool) -> dict:
-    patterns = attention_patterns(model, tokens)
+    with torch.no_grad():
+        patterns = attention_patterns(model, tokens)[:, 0].float()  # [layer, head, q, k]
     entry = {"tokens": vocab.str_tokens(tokens[0]), "ids": tokens[0].tolist(), "attn": _quantised(patterns)}
     if lens:
         entry["lens"] = _lens_payload(model, tokens, vocab, top_k, words)
