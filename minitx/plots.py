@@ -7,7 +7,12 @@ never expected, pick the prompt first (e.g. `cache["pattern", 1][0]`).
 
 Colour conventions: attention weights and probabilities use a sequential map on [0, 1]; signed
 scores (patching, role index, logit differences) use a diverging map centred at zero with symmetric
-limits, so white always means 0. Small grids are annotated with their values.
+limits, so white always means 0; normalised patching maps use the fixed scale [-1, 1] (values beyond
+it are written in their cells) so two maps can be compared by colour. Grids are annotated with their
+values; every colour bar names what it shows.
+
+`plot_result(result)` picks the figure for any analysis result by its axes (the `minitx.results.Result`
+fields), so a caller need not know which function draws which method.
 
 References: the figure types follow TransformerLens/ARENA demos (attention patterns, [layer, head]
 and [layer, pos] patching heatmaps) and nostalgebraist 2020, "interpreting GPT: the logit lens"
@@ -25,9 +30,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize, TwoSlopeNorm
 from matplotlib.figure import Figure
 
+from minitx.report import token_label
+
 SEQUENTIAL = "Blues"
 DIVERGING = "RdBu_r"  # red positive, blue negative, white zero
 ANNOTATE_MAX_CELLS = 160  # grids with at most this many cells get their values written in
+PATCHING_ANNOTATE_MAX_CELLS = 640  # patching maps: values in every cell up to this size
+MAX_DPI = 600
+MAX_PIXELS = 64_000_000  # about 250 MB of RGBA: a figure larger than this is refused, not rendered
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -43,13 +53,19 @@ def _array(x, dims: int, what: str) -> np.ndarray:
     return a
 
 
-def _label(token: str, limit: int = 12) -> str:
-    """A token as a tick label: newlines and tabs visible, whitespace-only tokens quoted, long ones shortened."""
-    token = str(token)
-    if not token.strip(" "):  # "" or spaces only would be an invisible label
-        token = repr(token)
-    text = token.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+_label = token_label  # a token as a tick label (report.token_label)
+
+
+def position_labels(clean_tokens, corrupted_tokens=None, limit: int = 12) -> list[str]:
+    """Tick labels for positions: the clean token, or "clean/corrupted" where a corrupted prompt differs."""
+    clean = [str(t) for t in clean_tokens]
+    if corrupted_tokens is None:
+        return [_label(t, limit) for t in clean]
+    corrupted = [str(t) for t in corrupted_tokens]
+    if len(corrupted) != len(clean):
+        raise ValueError(f"{len(clean)} clean token labels but {len(corrupted)} corrupted ones; one per position")
+    return [_label(a, limit) if a == b else f"{_label(a, limit // 2 + 2)}/{_label(b, limit // 2 + 2)}"
+            for a, b in zip(clean, corrupted)]
 
 
 def _wrap(title: str, width_inches: float, fontsize: float = 10.0) -> str:
@@ -78,8 +94,8 @@ def _signed_norm(data: np.ndarray, limit: float | None = None) -> Normalize:
     return TwoSlopeNorm(vcenter=0.0, vmin=-lim, vmax=lim)
 
 
-def _annotate(ax, data: np.ndarray, norm: Normalize, fmt: str = ".2f") -> None:
-    if data.size > ANNOTATE_MAX_CELLS:
+def _annotate(ax, data: np.ndarray, norm: Normalize, fmt: str = ".2f", limit: int = ANNOTATE_MAX_CELLS) -> None:
+    if data.size > limit:
         return
     size = max(5.0, min(9.0, 120.0 / max(data.shape[1], 1)))
     centred = isinstance(norm, TwoSlopeNorm)
@@ -138,11 +154,14 @@ def attention_grid(patterns, str_tokens, layer: int, title: str | None = None) -
     """Returns a Figure with one panel per head of `layer`: patterns [head, q_pos, k_pos]."""
     P = _array(patterns, 3, "patterns [head, q_pos, k_pos]")
     H, n = P.shape[0], P.shape[2]
+    if H == 0 or n == 0:
+        raise ValueError(f"attention_grid needs at least one head and one position, got patterns of shape {P.shape}")
     labels = [_label(t, 8) for t in _check_labels(str_tokens, n, "attention_grid")]
     cols = min(H, 4)
     rows = math.ceil(H / cols)
     panel = min(6.0, max(2.8, 0.16 * n + 1.5))
-    fig = Figure(figsize=(panel * cols + 1.0, panel * rows + 0.6), layout="constrained")
+    label_room = 0.8 + 0.08 * max(len(t) for t in labels)  # rotated key labels below, the title above
+    fig = Figure(figsize=(panel * cols + 1.0, panel * rows + label_room), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     image = None
     for h in range(rows * cols):
@@ -196,26 +215,31 @@ def layer_head_grids(scores: dict, title: str = "", diverging: bool = False, *,
 
 
 def patching_heatmap(scores, str_tokens, title: str, *, row_labels=None, ylabel: str = "layer",
-                     colorbar_label: str = "score (1 clean, 0 corrupted)") -> Figure:
-    """Returns a Figure of scores [layer, pos] (or [row, pos] with row_labels), diverging around 0;
-    the prompt's tokens label the positions."""
+                     colorbar_label: str = "score (1 clean, 0 corrupted)", corrupted_tokens=None,
+                     limit: float | None = 1.0) -> Figure:
+    """Returns a Figure of scores [layer, pos] (or [row, pos] with row_labels), diverging around 0 on the fixed
+    scale [-limit, limit] (None: the data's own largest magnitude), each cell's value written in.
+    The prompt's tokens label the positions; with corrupted_tokens, positions where they differ read
+    "clean/corrupted"."""
     S = _array(scores, 2, "scores [layer, pos]")
-    labels = [_label(t) for t in _check_labels(str_tokens, S.shape[1], "patching_heatmap")]
+    labels = _check_labels(str_tokens, S.shape[1], "patching_heatmap")
+    labels = position_labels(labels, None if corrupted_tokens is None else
+                             _check_labels(corrupted_tokens, S.shape[1], "patching_heatmap corrupted_tokens"))
     rows = [str(r) for r in (row_labels if row_labels is not None else range(S.shape[0]))]
     if len(rows) != S.shape[0]:
         raise ValueError(f"patching_heatmap: {len(rows)} row labels for {S.shape[0]} rows")
     width = min(18.0, max(4.5, 0.42 * S.shape[1] + 2.5))
     fig = Figure(figsize=(width, min(14.0, max(3.0, 0.32 * S.shape[0] + 2.0))), layout="constrained")
     ax = fig.add_subplot()
-    norm = _signed_norm(S, 1.0 if np.nanmax(np.abs(S), initial=0.0) <= 1.0 else None)
+    norm = _signed_norm(S, limit)
     image = ax.imshow(S, cmap=DIVERGING, norm=norm, aspect="auto", interpolation="nearest")
     ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=_font(len(labels)))
     ax.set_yticks(range(len(rows)), rows, fontsize=_font(len(rows)))
     ax.set_xlabel("position (token)")
     ax.set_ylabel(ylabel)
     ax.set_title(_wrap(title, width - 1.0), fontsize=10)
-    _annotate(ax, S, norm, ".2f")
-    fig.colorbar(image, ax=ax, shrink=0.85, label=colorbar_label)
+    _annotate(ax, S, norm, ".2f", PATCHING_ANNOTATE_MAX_CELLS)
+    fig.colorbar(image, ax=ax, shrink=0.85, label=colorbar_label, extend="both" if limit is not None else "neither")
     return fig
 
 
@@ -299,15 +323,119 @@ def role_swap_figure(result, title: str = "role swap: how attention changes when
     return fig
 
 
+# -- direct logit attribution -------------------------------------------------------------------------------------
+def dla_bars(result, title: str = "direct logit attribution", *, top: int = 20, prompt: int | None = None) -> Figure:
+    """Returns a Figure of a `minitx.dla.DLAResult`: one horizontal bar per component (the `top` largest by
+    magnitude, in the model's order), the mean over prompts (or one prompt's values)."""
+    values = result.scores if prompt is None else result.per_prompt[:, prompt]
+    v = _array(values, 1, "DLA values [component]")
+    keep = sorted(np.argsort(-np.abs(np.nan_to_num(v)))[:top].tolist())
+    labels = [result.labels[i] for i in keep]
+    height = min(12.0, max(3.0, 0.28 * len(keep) + 1.6))
+    fig = Figure(figsize=(6.5, height), layout="constrained")
+    ax = fig.add_subplot()
+    colours = ["#b2182b" if v[i] >= 0 else "#2166ac" for i in keep]
+    ax.barh(range(len(keep)), v[keep], color=colours)
+    ax.set_yticks(range(len(keep)), labels, fontsize=_font(len(keep)))
+    ax.invert_yaxis()
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    ax.set_xlabel(f"contribution to the {result.metric or 'logit'} (final LN scale frozen)")
+    ax.set_ylabel("component")
+    ax.set_title(_wrap(title, 5.5), fontsize=10)
+    return fig
+
+
+# -- any result, by its axes -------------------------------------------------------------------------------------
+def plot_result(result, str_tokens=None, title: str | None = None, *, corrupted_tokens=None) -> Figure:
+    """Returns the figure for an analysis result, chosen by its type and axes:
+    [layer, pos] and [layer] patching maps, [layer, head] grids, [layer, pos, head] as rows L.H, the
+    role-swap panels, DLA bars and the logit-lens table. str_tokens label positions (needed for pos axes)."""
+    axes = tuple(getattr(result, "axes", ()) or ())
+    name = type(result).__name__
+    title = title or f"{name}: {getattr(result, 'metric', '') or ''}".rstrip(": ")
+    if name == "RoleSwap":
+        return role_swap_figure(result, title)
+    if name == "DLAResult":
+        return dla_bars(result, title)
+    if hasattr(result, "top_tokens"):  # a LensResult
+        return lens_table(result, str_tokens, title=title)
+    S = getattr(result, "scores", None)
+    if S is None:
+        raise TypeError(f"plot_result needs an analysis result with scores and axes, got {name}")
+    if axes == ("layer", "head"):
+        return layer_head_grid(S, title, limits=(-1.0, 1.0), colorbar_label="score (1 clean, 0 corrupted)")
+    if axes == ("layer",):
+        return patching_heatmap(S[:, None] if hasattr(S, "dim") else np.asarray(S)[:, None], ["all positions"], title)
+    if axes in (("layer", "pos"), ("layer", "pos", "head")):
+        if str_tokens is None:
+            raise ValueError("plot_result: a result over positions needs str_tokens, one label per position")
+        if axes == ("layer", "pos"):
+            return patching_heatmap(S, str_tokens, title, corrupted_tokens=corrupted_tokens)
+        L, P, H = S.shape
+        rows = [f"{l}.{h}" for l in range(L) for h in range(H)]
+        return patching_heatmap(S.permute(0, 2, 1).reshape(-1, P), str_tokens, title, row_labels=rows, ylabel="head",
+                                corrupted_tokens=corrupted_tokens)
+    raise ValueError(f"plot_result: no figure for a {name} with axes {axes}; known: (layer, head), (layer,), "
+                     "(layer, pos), (layer, pos, head), RoleSwap, DLAResult, LensResult")
+
+
 # -- saving ------------------------------------------------------------------------------------------------------
 def save(fig: Figure, path, dpi: int = 110) -> Path:
-    """Writes the Figure through the Agg canvas (PNG by the file's suffix); creates parent folders. -> the path."""
+    """Writes the Figure through the Agg canvas (PNG by the file's suffix) -> the path.
+
+    Creates the file's folder only when that folder's parent exists (a user names one new folder, never a
+    chain); refuses a path that is a folder, a dpi outside 1..MAX_DPI and an image over MAX_PIXELS."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(dpi, bool) or not isinstance(dpi, (int, float)) or not 1 <= dpi <= MAX_DPI:
+        raise ValueError(f"dpi={dpi!r}: a number from 1 to {MAX_DPI}")
+    width, height = fig.get_size_inches()
+    pixels = width * dpi * height * dpi
+    if pixels > MAX_PIXELS:
+        raise ValueError(f"the figure would be {width * dpi:.0f} x {height * dpi:.0f} pixels at dpi={dpi}, more "
+                         f"than {MAX_PIXELS:,}; use a lower dpi")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file name such as {path / 'figure.png'}")
+    if not path.parent.is_dir():
+        if not path.parent.parent.is_dir():
+            raise FileNotFoundError(f"{path.parent.parent} does not exist; create it first (only the last folder "
+                                    "of a path is created)")
+        path.parent.mkdir()
     FigureCanvasAgg(fig)
     fig.savefig(path, dpi=dpi)
     return path
 
 
 __all__ = ["attention_pattern", "attention_grid", "layer_head_grid", "layer_head_grids", "patching_heatmap",
-           "lens_table", "role_swap_figure", "save"]
+           "lens_table", "role_swap_figure", "dla_bars", "plot_result", "position_labels", "save"]
+
+
+# -- weight circuits ---------------------------------------------------------------------------------------------
+def composition_heatmap(result, title: str | None = None) -> Figure:
+    """Returns a Figure of a `minitx.circuits.CompositionScores`: rows are earlier heads L.H, columns later heads;
+    pairs where the later head is not in a later layer are blank. Cells above the random baseline's mean + 3 std
+    carry a dot; the colour bar marks the baseline mean (solid) and mean + 3 std (dashed)."""
+    S = _array(result.scores, 4, "scores [earlier_layer, earlier_head, later_layer, later_head]")
+    L, H = S.shape[:2]
+    layer = np.repeat(np.arange(L), H)
+    grid = np.where(layer[:, None] < layer[None, :], S.reshape(L * H, L * H), np.nan)
+    threshold = result.baseline_mean + 3 * result.baseline_std
+    finite = grid[np.isfinite(grid)]
+    top = max(float(finite.max()) if finite.size else 0.0, threshold) * 1.05
+    size = min(14.0, max(4.5, 0.3 * L * H + 2.5))
+    fig = Figure(figsize=(size + 1.2, size), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(grid, cmap=SEQUENTIAL, norm=Normalize(vmin=0.0, vmax=top), interpolation="nearest")
+    labels = [f"{l}.{h}" for l in range(L) for h in range(H)]
+    ax.set_xticks(range(L * H), labels, fontsize=_font(L * H), rotation=90)
+    ax.set_yticks(range(L * H), labels, fontsize=_font(L * H))
+    ax.set_xlabel("later head (reads)")
+    ax.set_ylabel("earlier head (writes, W_OV)")
+    rows, cols = np.nonzero(np.nan_to_num(grid, nan=-1.0) > threshold)
+    ax.scatter(cols, rows, s=max(4.0, 200.0 / (L * H)), color="#b2182b", marker="o")
+    bar = fig.colorbar(image, ax=ax, shrink=0.85, label=f"{result.mode}-composition score")
+    bar.ax.axhline(result.baseline_mean, color="black", linewidth=1.0)
+    bar.ax.axhline(threshold, color="black", linewidth=1.0, linestyle="--")
+    ax.set_title(_wrap(title or f"{result.mode}-composition; dots: above the random baseline's mean + 3 std "
+                       f"({result.baseline_mean:.3f} + 3 x {result.baseline_std:.3f}, {result.n_samples} samples)",
+                       size), fontsize=10)
+    return fig

@@ -120,3 +120,107 @@ def test_only_plots_imports_matplotlib():
         names = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
         names += [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module]
         assert not any(n.split(".")[0] == "matplotlib" for n in names), f"{path.name} imports matplotlib"
+
+
+# -- what a reader sees: nothing cut off, titles that say what and on which prompt, colour bars that name ---------
+def outside_canvas(fig) -> list[str]:
+    """Texts (tick labels, axis labels, titles, colour-bar labels) that reach beyond the saved canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    W, H = fig.bbox.width, fig.bbox.height
+    texts = [fig._suptitle] if fig._suptitle is not None else []
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            low, high = sorted(axis.get_view_interval())
+            texts += [tick.label1 for tick in axis.get_major_ticks() if low - 1e-9 <= tick.get_loc() <= high + 1e-9]
+            texts.append(axis.label)
+        texts.append(ax.title)
+    bad = []
+    for text in texts:
+        if text.get_text() and text.get_visible():
+            box = text.get_window_extent(renderer)
+            if box.x0 < -1 or box.y0 < -1 or box.x1 > W + 1 or box.y1 > H + 1:
+                bad.append(text.get_text())
+    return bad
+
+
+LONG = [f" token{i}-with-a-long-name" for i in range(30)]
+
+
+@pytest.mark.parametrize("kind", ["pattern", "grid", "layer_head", "grids", "patching", "patching-rows", "role",
+                                  "dla"])
+def test_no_label_is_cut_off(model, kind):
+    tokens = torch.randint(0, 39, (1, 14))
+    labels = LONG[:14]
+    patterns = heads.attention_patterns(model, tokens)
+    prompt = "The cat sat on the mat because it was a very long and winding afternoon"
+    if kind == "pattern":
+        fig = plots.attention_pattern(patterns[0, 0, 0], labels, f"head 0.0 on {prompt!r}")
+    elif kind == "grid":
+        fig = plots.attention_grid(patterns[1, 0], labels, 1, f"layer 1 on {prompt!r}")
+    elif kind == "layer_head":
+        fig = plots.layer_head_grid(torch.randn(12, 12), f"path patching on {prompt!r}", colorbar_label="removed")
+    elif kind == "grids":
+        fig = plots.layer_head_grids({"prev-token": torch.rand(6, 4), "induction": torch.rand(6, 4)}, prompt)
+    elif kind == "patching":
+        fig = plots.patching_heatmap(torch.randn(6, 14), labels, f"denoising resid_pre on {prompt!r}")
+    elif kind == "patching-rows":
+        fig = plots.patching_heatmap(torch.randn(6, 14), labels, prompt, row_labels=[f"{l}.{h}" for l in range(2)
+                                                                                     for h in range(3)], ylabel="head")
+    elif kind == "role":
+        fig = plots.role_swap_figure(heads.role_swap(model, tokens, tokens, (1, 1)), f"role swap on {prompt!r}")
+    else:
+        from minitx import dla
+        fig = plots.dla_bars(dla.direct_logit_attribution(model, tokens, 3), f"DLA on {prompt!r}")
+    assert outside_canvas(fig) == []
+
+
+def test_patching_map_fixed_scale_values_and_both_prompts():
+    scores = torch.tensor([[0.1, 0.2, 0.05], [0.0, 0.3, -0.02]])  # small values keep the [-1, 1] scale
+    fig = plots.patching_heatmap(scores, ["BOS", " cat", " sat"], "denoising on 'The cat sat'",
+                                 corrupted_tokens=["BOS", " dog", " sat"])
+    ax = fig.axes[0]
+    norm = ax.images[0].norm
+    assert norm.vmin == -1.0 and norm.vmax == 1.0 and norm.vcenter == 0.0
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["BOS", " cat/ dog", " sat"]
+    assert sorted(t.get_text() for t in ax.texts) == sorted(f"{v:.2f}" if v else "0.00"
+                                                            for v in scores.flatten().tolist())
+    assert fig.axes[1].get_ylabel() == "score (1 clean, 0 corrupted)"
+    big = plots.patching_heatmap(torch.rand(12, 40), [str(i) for i in range(40)], "big")
+    assert len(big.axes[0].texts) == 480  # every cell of a 12-layer, 40-token map is written in
+
+
+def test_plot_result_by_axes(model):
+    from minitx import dla, metrics, patching
+    clean = torch.tensor([[39, 5, 6, 7, 5]])
+    corrupted = torch.tensor([[39, 5, 8, 7, 5]])
+    metric = metrics.logit_diff_metric(6, 8)
+    labels = ["BOS", "5", "6", "7", "5"]
+    resid = patching.activation_patching(model, clean, corrupted, metric, "resid_pre", "pos")
+    fig = plots.plot_result(resid, labels, "resid", corrupted_tokens=["BOS", "5", "8", "7", "5"])
+    assert fig.axes[0].get_xticklabels()[2].get_text() == "6/8"
+    z = patching.activation_patching(model, clean, corrupted, metric, "z", "all")
+    assert fig.axes and plots.plot_result(z).axes[0].get_xlabel() == "head"
+    by_pos = patching.activation_patching(model, clean, corrupted, metric, "z", "pos")
+    assert len(plots.plot_result(by_pos, labels).axes[0].get_yticklabels()) == 2 * 3
+    assert plots.plot_result(dla.direct_logit_attribution(model, clean, 3)).axes[0].get_ylabel() == "component"
+    assert len([a for a in plots.plot_result(heads.role_swap(model, clean, clean, (1, 1))).axes if a.images]) == 3
+    with pytest.raises(ValueError, match="str_tokens"):
+        plots.plot_result(resid)
+
+
+def test_save_bounds_and_folders(tmp_path, monkeypatch):
+    fig = plots.layer_head_grid(torch.zeros(2, 2), "zeros")
+    with pytest.raises(ValueError, match="dpi=10000: a number from 1 to 600"):
+        plots.save(fig, tmp_path / "x.png", dpi=10000)
+    with pytest.raises(ValueError, match="dpi"):
+        plots.save(fig, tmp_path / "x.png", dpi=float("nan"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        plots.save(fig, tmp_path / "a" / "b" / "x.png")
+    assert not (tmp_path / "a").exists()  # no chain of folders is created
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        plots.save(fig, tmp_path)
+    assert plots.save(fig, tmp_path / "new" / "x.png").is_file()  # one named folder is
+    with pytest.raises(ValueError, match="at least one head"):
+        plots.attention_grid(torch.zeros(0, 3, 3), ["a", "b", "c"], 0)
