@@ -462,6 +462,82 @@ def cmd_lens(args) -> int:
     return 0
 
 
+def _circuit_prompts(args, model, vocab):
+    """-> (tokens [batch, pos] for the positional/token split, a phrase saying what they are), checked."""
+    import torch
+    from minitx.prompts import known_token_ids
+    if args.prompt is not None:
+        tokens = vocab.tokens(args.prompt, prepend_bos=args.prepend_bos)
+        _check_runs(model, tokens)
+        _warn_blank(args, model, vocab, tokens, "the prompt")
+        return tokens, "the prompt"
+    if args.batch < 2 or args.n_pos < 2:
+        raise ValueError(f"--batch {args.batch} and --n-pos {args.n_pos}: need at least 2 prompts of at least 2 tokens")
+    o = int(args.prepend_bos)
+    if args.n_pos + o > model.cfg.n_ctx:
+        raise ValueError(f"--n-pos {args.n_pos} is more than this model's n_positions={model.cfg.n_ctx} allows; "
+                         f"allowed --n-pos 2..{model.cfg.n_ctx - o}")
+    pool = known_token_ids(model)
+    g = torch.Generator().manual_seed(args.seed)
+    tokens = pool[torch.randint(len(pool), (args.batch, args.n_pos), generator=g)]
+    if args.prepend_bos:
+        tokens = torch.cat([torch.full((args.batch, 1), vocab.bos), tokens], 1)
+    return tokens, (f"{args.batch} sequences of {args.n_pos} random trained tokens{' after BOS' if o else ''} "
+                    f"(seed {args.seed})")
+
+
+def cmd_circuits(args) -> int:
+    import torch
+    from minitx import circuits, plots, processing
+    from minitx.prompts import known_token_ids
+    from minitx.report import text_table
+    model, vocab = _load(args)
+    cfg = model.cfg
+    tokens, where = _circuit_prompts(args, model, vocab)  # every argument checked before the progress line
+    if args.processed:
+        model = processing.process(model)
+    if args.copy_tokens < 1:
+        raise ValueError(f"--copy-tokens {args.copy_tokens}: the size of the token set must be at least 1")
+    known = known_token_ids(model)
+    g = torch.Generator().manual_seed(args.seed)
+    token_set = known[torch.randperm(len(known), generator=g)[:args.copy_tokens]]
+    _progress(f"composition scores ({args.samples} random baseline samples), copying scores over {len(token_set)} "
+              f"trained tokens, positional/token split on {where}")
+    modes = ["Q", "K", "V"] if args.mode == "all" else [args.mode]
+    composition = {m: circuits.all_composition_scores(model, m, n_samples=args.samples, seed=args.seed) for m in modes}
+    copying = circuits.copying_scores(model, embedding=args.embedding, tokens=token_set)
+    split = circuits.positional_token_split(model, tokens, exclude_bos=args.exclude_bos)
+    weights = "processed weights (fold_ln, centring, fold_value_biases)" if args.processed else "the raw weights"
+    for mode, result in composition.items():
+        threshold = result.baseline_mean + 3 * result.baseline_std
+        order = result.scores.flatten().argsort(descending=True)[:args.top]
+        L, H = cfg.n_layer, cfg.n_head
+        rows = [[f"{i // (H * L * H)}.{i // (L * H) % H} -> {i // H % L}.{i % H}", float(result.scores.flatten()[i]),
+                 "yes" if bool(result.above_baseline.flatten()[i]) else "no"] for i in order.tolist()
+                if float(result.scores.flatten()[i]) > 0]
+        say(f"{mode}-composition on {weights}: random baseline {result.baseline_mean:.3f} +- {result.baseline_std:.3f} "
+            f"(std over {result.n_samples} random factor pairs); {int(result.above_baseline.sum())} pairs above "
+            f"mean + 3 std = {threshold:.3f}. Largest:")
+        say(text_table(["earlier -> later head", "score", "above baseline"], rows))
+        _save_figure(plots.composition_heatmap(result), args, f"composition-{mode}.png")
+    say(f"per head: copying = sum(eig) / sum(|eig|) of E W_OV W_U ({args.embedding} embedding), diagonal argmax "
+        f"share over {len(token_set)} tokens, QK self-preference (same score of E W_QK E^T); shares of the score "
+        f"variance over keys on {where}{', keys after BOS' if args.exclude_bos else ''} (mean over prompts)")
+    rows = [[f"{l}.{h}", float(copying.scores[l, h]), float(copying.argmax_fraction[l, h]),
+             float(copying.qk_scores[l, h]), *(float(split.scores[l, h, g]) for g in range(3)), split.kind[l][h]]
+            for l in range(cfg.n_layer) for h in range(cfg.n_head)]
+    say(text_table(["head", "copying", "argmax", "QK self", "pos x pos", "token", "other", "kind"], rows))
+    say("kind: positional / token-pair (layer 0) / indirect (later layers, through earlier heads and MLPs) when that "
+        "share minus two standard errors over prompts is above 0.5, else mixed")
+    _save_figure(plots.layer_head_grids({"copying score": copying.scores, "diagonal argmax share": copying.argmax_fraction,
+                                         "QK self-preference": copying.qk_scores},
+                                        f"copying ({args.embedding} embedding)", diverging=True, limits=(-1.0, 1.0)),
+                 args, "copying.png")
+    _save_figure(plots.layer_head_grids({group: split.scores[..., g] for g, group in enumerate(split.groups)},
+                                        f"share of the score variance over keys, on {where}"), args, "split.png")
+    return 0
+
+
 def cmd_view(args) -> int:
     from minitx import metrics, patching
     from minitx.viewer import view
@@ -627,6 +703,26 @@ def args_lens(p) -> None:
                                                            "and MLP) (default: resid_pre and the final stream only)")
 
 
+def args_circuits(p) -> None:
+    _common(p, "composition-K.png, copying.png and split.png (--out: a folder)")
+    _prompt_args(p, "prompt", helps={"prompt": PROMPT_HELP + " for the positional/token split; default: random "
+                                     "sequences of trained tokens"}, optional=True)
+    p.add_argument("--mode", choices=["Q", "K", "V", "all"], default="K", help="which composition to score")
+    p.add_argument("--embedding", choices=["raw", "normalised", "processed"], default="normalised",
+                   help="how the copying scores read W_E and W_U (docs/methods.md §10.1)")
+    p.add_argument("--processed", action="store_true", help="score the processed weights (minitx.processing.process, "
+                                                            "as TransformerLens does) (default: the weights as stored)")
+    p.add_argument("--samples", type=int, default=200, help="random factor pairs in the composition baseline")
+    p.add_argument("--top", type=int, default=10, help="composition pairs listed")
+    p.add_argument("--copy-tokens", type=int, default=2000, help="size of the token set of the argmax test (a seeded "
+                                                                 "sample of the trained tokens when there are more)")
+    p.add_argument("--batch", type=int, default=16, help="random prompts of the positional/token split")
+    p.add_argument("--n-pos", type=int, default=24, help="tokens per random prompt (BOS not counted)")
+    p.add_argument("--exclude-bos", action="store_true", help="leave key 0 out of the score variation (an attention "
+                                                              "sink's outlier score)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the random prompts, token set and baseline")
+
+
 def args_demo(p) -> None:
     p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--prepend-bos", action=argparse.BooleanOptionalAction, default=True, help=BOS_HELP)
@@ -689,6 +785,11 @@ COMMANDS = [
     Command("lens", "the logit lens: each layer's prediction, as a table and the classic figure",
             "Logit lens (minitx.lens.logit_lens): every resid_pre (and resid_mid with --incl-mid) and the final "
             "residual read through ln_final and the unembedding.", args_lens, cmd_lens),
+    Command("circuits", "weight circuits: composition against a random baseline, copying, positional vs token heads",
+            "Circuits read from the weights (minitx.circuits, docs/methods.md §10): Q/K/V-composition of every earlier "
+            "head into every later one against the scores of random matrices of the same shapes, copying scores of "
+            "each head's full OV circuit, and the exact split of each head's attention scores into position x "
+            "position and token-carrying terms on prompts.", args_circuits, cmd_circuits),
     Command("demo", "a first tour, offline: report.md and figures from the library's own numbers", DEMO_DESCRIPTION,
             args_demo, cmd_demo),
     Command("view", "one self-contained HTML page: attention, logit lens, patching (offline, interactive)",

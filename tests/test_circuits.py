@@ -226,3 +226,22 @@ def test_every_score_is_unchanged_under_a_change_of_head_basis(model):
                  circuits.positional_token_split(other, tokens).per_prompt, **TOL)
     a, b = circuits.score_decomposition(model, tokens, 2, 1), circuits.score_decomposition(other, tokens, 2, 1)
     assert_close(a.scores, b.scores, **EXACT)  # each term, not only their sum
+
+
+# ---------------------------------------------------------------------------------------------
+# The figure and the command line.
+
+
+def test_composition_heatmap_and_the_circuits_command(tmp_path, capsys):
+    from minitx import cli, plots
+    fig = plots.composition_heatmap(circuits.all_composition_scores(handbuilt.model(), "K", n_samples=20))
+    assert fig.axes[0].get_xlabel() == "later head (reads)"
+    assert cli.main(["circuits", "--model", "weights/induction-2l", "--out", str(tmp_path), "--samples", "20",
+                     "--batch", "3", "--n-pos", "10", "--mode", "all"]) == 0
+    out = capsys.readouterr().out
+    assert "K-composition on the raw weights: random baseline" in out and "0.1 -> 1.0" in out
+    assert "pos x pos" in out and "positional" in out
+    for name in ("composition-Q.png", "composition-K.png", "composition-V.png", "copying.png", "split.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert cli.main(["circuits", "--model", "weights/induction-2l", "--n-pos", "100"]) == 2
+    assert "allowed --n-pos 2..47" in capsys.readouterr().err
