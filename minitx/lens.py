@@ -1,4 +1,9 @@
-"""The logit lens: read every layer's residual stream through the final layer norm and the unembedding.
+"""Lenses: read every layer's residual stream through the final layer norm and the unembedding.
+
+`Lens` is the one interface, lens(h, layer) -> logits = LN_f(T_layer(h)) W_U with the model's own LN_f and
+W_U; `LogitLens` (T = identity) lives here, `minitx.tuned_lens.TunedLens` (T(h) = h + A h + b) and
+`minitx.jacobian_lens.JacobianLens` (T(h) = J h) beside it. `read_lens` reads a prompt batch with any of
+them and `summarize_lens` gives the metrics (KL to final, entropy, top-k, target probability and rank).
 
 `logit_lens` applies LN_f with the statistics of the state being read (its own mean and variance) and
 the learned gain and bias, then W_U, so the entry for the final residual is the model's logits.
@@ -8,27 +13,37 @@ state's cached scale; it is kept under a different name for comparison and is no
 
 References: nostalgebraist 2020, "interpreting GPT: the logit lens" (LessWrong); Belrose et al. 2023,
 "Eliciting Latent Predictions from Transformers with the Tuned Lens" (arXiv:2303.08112), for the
-metrics; METHODS §4.1 and §4.3.
+metrics; docs/methods.md §4.1, §4.3 and §13.
 """
 
 from __future__ import annotations
 
+import hashlib
 import numbers
+import pickle
+import re
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from minitx.checks import check_tokens
 from minitx.metrics import check_integers
 from minitx.model import Run, Transformer
+from minitx.results import Result
 
 POSITIONS = "None (all), an int or a list of ints (negative counts from the end)"
 TARGETS = "token ids (an int, a list of ints or an integer tensor broadcastable to [batch, pos]) or 'next'"
 
 
-@dataclass
-class LensResult:
-    """Per-layer readouts; the first axis follows `labels` ("0_pre", ["0_mid",] ..., "final")."""
+@dataclass(kw_only=True, repr=False)
+class LensResult(Result):
+    """Per-layer readouts; the first axis follows `labels` ("0_pre", ["0_mid",] ..., "final").
+
+    scores is kl_to_final (axes layer, batch, pos); `lens` names the lens that read the streams."""
 
     labels: list[str]
     positions: Tensor  # [pos] the positions read, as non-negative indices
@@ -39,10 +54,28 @@ class LensResult:
     entropy: Tensor  # [layer+1, batch, pos] H(p_layer) in nats
     target_probs: Tensor | None = None  # [layer+1, batch, pos] p_layer(target)
     target_ranks: Tensor | None = None  # [layer+1, batch, pos] ids with a strictly larger logit (0 = top-1)
+    lens: str = "logit"
 
     def log_probs(self) -> Tensor:
         """Returns [layer+1, batch, pos, d_vocab] log-probabilities (computed on request, to save memory)."""
         return self.logits.log_softmax(-1)
+
+    def mean_kl(self) -> Tensor:
+        """Returns [layer+1]: KL(p_final || p_layer) in nats, averaged over prompts and positions."""
+        return self.kl_to_final.mean((1, 2))
+
+    def top1_agreement(self) -> Tensor:
+        """Returns [layer+1]: the share of (prompt, position) cells whose top-1 token is the model's own."""
+        return (self.top_tokens[..., 0] == self.top_tokens[-1:, ..., 0]).float().mean((1, 2))
+
+    def check_batch(self, batch) -> int:
+        """batch as an index into the prompts this result read, or a clear ValueError."""
+        n = self.logits.shape[1]
+        check_integers(batch, "batch", f"an int, the index of one of the {n} prompts read")
+        if not -n <= batch < n:
+            raise ValueError(f"batch={batch} is out of range: this lens result read {n} prompt(s), "
+                             f"allowed {-n}..{n - 1}")
+        return batch % n
 
 
 def lens_labels(n_layer: int, incl_mid: bool = False) -> list[str]:
@@ -52,9 +85,56 @@ def lens_labels(n_layer: int, incl_mid: bool = False) -> list[str]:
     return [label for pair in per_layer for label in pair] + ["final"]
 
 
-def _point_names(n_layer: int, incl_mid: bool) -> list[str]:
+class Lens:
+    """lens(h, layer) -> logits: LN_f(T_layer(h)) W_U through the model's OWN final layer norm and unembedding.
+
+    `layer` is always the index of the stream read: resid_pre[layer] (the input to block `layer`, HF
+    hidden_states[layer]) for 0 <= layer < n_layer, and layer = n_layer for the final residual, where
+    every lens is the identity and so reproduces the model's logits. Subclasses set `kind`, the
+    `layers` they can read and `transform` (T_layer, [..., d_model] -> [..., d_model]).
+    The lens keeps a reference to its model (never a copy) and runs on the model's device.
+    """
+
+    kind = "logit"
+
+    def __init__(self, model: Transformer):
+        self.model = model
+
+    @property
+    def layers(self) -> list[int]:
+        """The resid_pre indices this lens reads, final excluded (the logit lens: all of them)."""
+        return list(range(self.model.cfg.n_layer))
+
+    def transform(self, h: Tensor, layer: int) -> Tensor:
+        """T_layer(h) [..., d_model]: the identity for the logit lens."""
+        self.check_layer(layer)
+        return h
+
+    def __call__(self, h: Tensor, layer: int) -> Tensor:
+        """[..., d_model] -> [..., d_vocab] logits."""
+        return self.model.unembed(self.transform(h, layer), Run())  # Run(): the lens runs no one's hooks
+
+    def check_layer(self, layer) -> None:
+        check_integers(layer, "layer", "an int, the index of the resid_pre read (n_layer for the final residual)")
+        if layer != self.model.cfg.n_layer and layer not in self.layers:
+            raise ValueError(f"the {self.kind} lens cannot read layer {layer}; it reads resid_pre of layers "
+                             f"{_ranges(self.layers)} and the final residual (layer {self.model.cfg.n_layer})")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(layers {_ranges(self.layers)} + final, d_model={self.model.cfg.d_model})"
+
+
+class LogitLens(Lens):
+    """The logit lens: T_layer = identity (nostalgebraist 2020)."""
+
+
+def _ranges(layers: list[int]) -> str:
+    return f"{layers[0]}..{layers[-1]}" if layers and layers == list(range(layers[0], layers[-1] + 1)) else str(layers)
+
+
+def _point_names(n_layer: int, incl_mid: bool, layers=None) -> list[str]:
     names = []
-    for l in range(n_layer):
+    for l in range(n_layer) if layers is None else layers:
         names += [f"blocks.{l}.hook_resid_pre"] + ([f"blocks.{l}.hook_resid_mid"] if incl_mid else [])
     return names + [f"blocks.{n_layer - 1}.hook_resid_post"]
 
@@ -72,10 +152,11 @@ def _positions(positions, seq_len: int) -> Tensor:
     return pos % seq_len
 
 
-def _residuals(model: Transformer, tokens: Tensor, incl_mid: bool, positions, scale: bool = False):
-    """Returns ([layer+1, batch, pos, d_model] residual states at the chosen positions, [pos] positions,
-    [batch, pos, 1] the final residual's cached ln_final scale, or None unless asked)."""
-    names = _point_names(model.cfg.n_layer, incl_mid)
+def _residuals(model: Transformer, tokens: Tensor, incl_mid: bool, positions, scale: bool = False, layers=None):
+    """Returns ([layer+1, batch, pos, d_model] residual states at the chosen positions (resid_pre of `layers`,
+    default all, then the final residual), [pos] positions, [batch, pos, 1] the final residual's cached
+    ln_final scale, or None unless asked)."""
+    names = _point_names(model.cfg.n_layer, incl_mid, layers)
     pos = _positions(positions, tokens.shape[1])  # checked before the forward runs
     # Asking for the scale makes ln_final take its explicit path; the lens alone leaves the forward as is.
     _, cache = model.run_with_cache(tokens, names_filter=names + (["ln_final.hook_scale"] if scale else []))
@@ -84,7 +165,7 @@ def _residuals(model: Transformer, tokens: Tensor, incl_mid: bool, positions, sc
 
 
 def summarize_lens(logits: Tensor, targets: Tensor | None = None, top_k: int = 5, labels=None,
-                   positions: Tensor | None = None) -> LensResult:
+                   positions: Tensor | None = None, lens: str = "logit") -> LensResult:
     """Returns LensResult for logits [layer+1, batch, pos, d_vocab] whose last entry is the model's output.
     Belrose et al. 2023, "Eliciting Latent Predictions ..." (KL to final, entropy, in nats; ranks as TL 4.3).
 
@@ -99,7 +180,8 @@ def summarize_lens(logits: Tensor, targets: Tensor | None = None, top_k: int = 5
     kl = (final.exp() * (final - log_probs)).sum(-1)  # KL(p_final || p_layer)
     entropy = -(probs * log_probs).sum(-1)
     top = probs.topk(min(top_k, logits.shape[-1]), dim=-1)
-    result = LensResult(labels=list(labels) if labels is not None else [str(i) for i in range(len(logits))],
+    result = LensResult(scores=kl, axes=("layer", "batch", "pos"), metric="KL(p_final || p_layer), nats", lens=lens,
+                        labels=list(labels) if labels is not None else [str(i) for i in range(len(logits))],
                         positions=torch.arange(logits.shape[2]) if positions is None else positions,
                         logits=logits, top_tokens=top.indices, top_probs=top.values, kl_to_final=kl, entropy=entropy)
     if t is not None:
@@ -137,43 +219,99 @@ def _next_tokens(tokens: Tensor, pos: Tensor) -> Tensor:
     return tokens[:, pos + 1]
 
 
-def logit_lens(model: Transformer, tokens: Tensor, targets: Tensor | str | None = None, top_k: int = 5,
-               incl_mid: bool = False, positions=None) -> LensResult:
-    """Returns LensResult, logits [layer+1, batch, pos, d_vocab]: LN_f(h) W_U at every resid_pre and the final resid.
-    nostalgebraist 2020, "interpreting GPT: the logit lens" (METHODS §4.1).
+def read_lens(lens: Lens, tokens: Tensor, targets: Tensor | str | None = None, top_k: int = 5,
+              incl_mid: bool = False, positions=None) -> LensResult:
+    """Returns LensResult, logits [layer+1, batch, pos, d_vocab]: lens(h, layer) at every resid_pre the lens
+    reads and at the final residual, with the tuned-lens metrics (docs/methods.md §4.1, §13).
 
-    LN_f uses each state's OWN mean and variance with the learned gain and bias (the model's
-    `unembed`), so the "final" entry equals the model's logits (bit for bit with positions=None; to float
-    rounding when fewer rows go through the matmul). incl_mid adds each resid_mid.
+    lens: a `Lens` (LogitLens, TunedLens, JacobianLens) made for the model it reads. The "final" entry is
+    the model's logits for every lens (bit for bit with positions=None; to float rounding when fewer rows
+    go through the matmul). incl_mid adds each resid_mid (logit lens only: the others have no translator there).
     positions: None (all), an int or a list of ints (negative counts from the end); restricting
     them bounds memory, which grows as layers x batch x pos x d_vocab.
     targets: ids broadcastable to [batch, pos] (positions as selected), or "next" for tokens[:, p + 1].
     """
-    tokens = model._check_tokens(tokens)
+    if not isinstance(lens, Lens):
+        raise TypeError(f"lens must be a minitx Lens (LogitLens, TunedLens, JacobianLens), got {type(lens).__name__}")
+    model = lens.model
+    tokens = check_tokens(tokens, model.cfg.d_vocab)
     if isinstance(targets, str):
         if targets != "next":
             raise ValueError(f"targets={targets!r}; use token ids or 'next'")
     elif targets is not None:
         check_integers(targets, "targets", TARGETS)
     _check_top_k(top_k)
-    stack, pos, _ = _residuals(model, tokens, incl_mid, positions)
-    no_hooks = Run()  # the lens is the model's own unembed, without this call's hooks
-    logits = torch.stack([model.unembed(resid, no_hooks) for resid in stack])  # [layer+1, batch, pos, d_vocab]
+    if incl_mid and lens.kind != "logit":
+        raise ValueError(f"incl_mid=True reads resid_mid, which only the logit lens can; the {lens.kind} lens "
+                         "has translators for resid_pre only")
+    layers = lens.layers
+    stack, pos, _ = _residuals(model, tokens, incl_mid, positions, layers=layers)
+    read = [layer for layer in layers for _ in range(1 + incl_mid)] + [model.cfg.n_layer]
+    with torch.no_grad():
+        logits = torch.stack([lens(resid, layer) for resid, layer in zip(stack, read)])  # [layer+1, batch, pos, d_vocab]
     if isinstance(targets, str):
         targets = _next_tokens(tokens, pos)
-    return summarize_lens(logits, targets, top_k, lens_labels(model.cfg.n_layer, incl_mid), pos)
+    labels = lens_labels(model.cfg.n_layer, incl_mid)
+    labels = labels if layers == list(range(model.cfg.n_layer)) else [f"{l}_pre" for l in layers] + ["final"]
+    return summarize_lens(logits, targets, top_k, labels, pos, lens=lens.kind)
+
+
+def logit_lens(model: Transformer, tokens: Tensor, targets: Tensor | str | None = None, top_k: int = 5,
+               incl_mid: bool = False, positions=None) -> LensResult:
+    """Returns LensResult, logits [layer+1, batch, pos, d_vocab]: LN_f(h) W_U at every resid_pre and the final resid.
+    nostalgebraist 2020, "interpreting GPT: the logit lens" (docs/methods.md §4.1). `read_lens(LogitLens(model), ...)`.
+
+    LN_f uses each state's OWN mean and variance with the learned gain and bias (the model's `unembed`),
+    so the "final" entry equals the model's logits. Arguments as `read_lens`.
+    """
+    return read_lens(LogitLens(model), tokens, targets, top_k, incl_mid, positions)
+
+
+def unembed_hash(model: Transformer) -> str:
+    """The tuned-lens 0.2.0 fingerprint of the unembedding (`tensor_hash` of lm_head.weight [d_vocab, d_model]):
+    sha256 of numpy's one-decimal summary print. A lens stores it to recognise the model it was made for."""
+    weight = model.W_U.detach().T.cpu().float().numpy()  # [d_vocab, d_model], HF lm_head's layout
+    return hashlib.sha256(str.encode(np.array_str(weight, precision=1))).hexdigest()
+
+
+def check_lens_model(lens_hash: str | None, model: Transformer, what: str) -> None:
+    """Warns when a lens file names a different unembedding than the model's (a lens for another model)."""
+    if lens_hash and lens_hash != unembed_hash(model):
+        warnings.warn(f"{what} was made for a model with a different unembedding (hash {lens_hash[:12]}..., "
+                      f"this model {unembed_hash(model)[:12]}...); its readouts may be meaningless here", stacklevel=3)
+
+
+def load_tensor_file(path, what: str) -> dict:
+    """torch.load(weights_only=True) -> the dict saved, with one-line errors for a missing, corrupt or unsafe file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: no file at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if unsafe:
+            raise ValueError(f"{what} {path} is refused: loading it would need code execution ({unsafe.group(1)}); "
+                             "weights_only=True allows plain tensors, numbers, strings, lists and dicts only") from None
+        raise ValueError(f"{what} {path} is not a readable torch.save file") from None
+    except (RuntimeError, EOFError, OSError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{what} {path} is not a readable torch.save file: {reason}") from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"{what} {path} holds a {type(payload).__name__}, not the dict of tensors expected")
+    return payload
 
 
 def cached_scale_lens(model: Transformer, tokens: Tensor, incl_mid: bool = False, positions=None) -> Tensor:
     """Returns [layer+1, batch, pos, d_vocab] logits of the cached-scale variant: NOT the logit lens.
-    TransformerLens before PR #1180, `accumulated_resid(apply_ln=True)` (METHODS §4.3; TL issue #1076).
+    TransformerLens before PR #1180, `accumulated_resid(apply_ln=True)` (docs/methods.md §4.3; TL issue #1076).
 
     Each state is centred on its own mean but divided by the FINAL residual's cached LN scale
     (ln_final.hook_scale), then gain, bias and W_U are applied (what TL's folded W_U did). Early layers
     then look nearly uniform. Use it to reproduce old TL notebooks; use `logit_lens` otherwise.
     Labels: `lens_labels(n_layer, incl_mid)`.
     """
-    tokens = model._check_tokens(tokens)
+    tokens = check_tokens(tokens, model.cfg.d_vocab)
     stack, _, scale = _residuals(model, tokens, incl_mid, positions, scale=True)  # scale: [batch, pos, 1]
     ln = model.ln_final
     normalized = (stack - stack.mean(-1, keepdim=True)) / scale * ln.w + ln.b  # [layer+1, batch, pos, d_model]
