@@ -39,13 +39,16 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from minitx import datasets as D
 from minitx import heads as H
 from minitx import lens as LENS
 from minitx import metrics as M
 from minitx import patching as P
 from minitx import path_patching as PP
+from minitx import roles as R
+from minitx import stats as S
 from minitx.prompts import GPT2_VOCAB, ROLE_WORDS, Vocab
-from minitx.report import head_label, head_rows, md_table, pct
+from minitx.report import fmt, fmt_interval, head_label, head_rows, md_table, pct
 
 # ---------------------------------------------------------------------------------------------
 # Verdict rules: pure functions of the numbers printed beside them.
@@ -113,6 +116,8 @@ class Tour:
     prepend_bos: bool
     log: Callable[[str], None]
     numbers: dict = field(default_factory=dict)
+    n_pairs: int = 64  # prompt pairs per dataset (the GPT-2 tour)
+    pairs: list | None = None  # the user's pairs (--pairs FILE) instead of generated ones
 
 
 @dataclass
@@ -331,12 +336,6 @@ INDUCTION_TOUR = [induction_intro, induction_roles, induction_patching, inductio
 # The tour for a GPT-2-vocabulary model.
 
 LENS_PROMPT, LENS_TARGET = "The cat sat on the", " mat"
-SWAP_A, SWAP_B = "The cat chased the mouse", "The mouse chased the cat"
-# The follow-up names neither animal, so only who did what in the story decides the answer; the
-# corruption swaps the two roles in the story and leaves the question as it is (same length).
-PATCH_CLEAN = "The cat chased the mouse. The one who chased was the"
-PATCH_CORRUPTED = "The mouse chased the cat. The one who chased was the"
-ANSWER, WRONG = " cat", " mouse"
 N_WORDS = 10  # words per copy in the head-role sequences (fewer when the context is short)
 
 
@@ -377,7 +376,7 @@ def gpt2_roles(t: Tour) -> Section:
     """(2) head roles on repeated word sequences."""
     from minitx import plots
     cfg, tok, bos = t.model.cfg, t.vocab.tokenizer, t.prepend_bos
-    t.log(f"[2/3] head roles on repeated word sequences; role swap {SWAP_A!r} vs {SWAP_B!r}")
+    t.log("[2/3] head roles on repeated word sequences")
     word_ids = [tok.to_single_token(w) for w in ROLE_WORDS]
     n_words = min(N_WORDS, (cfg.n_ctx - 1) // 2)
     repeats = H.repeated_tokens(cfg.d_vocab, n_words, 8, 0, bos, tok.bos_token_id, token_ids=word_ids)
@@ -409,136 +408,329 @@ def gpt2_roles(t: Tour) -> Section:
                    {"heads.png": plots.layer_head_grids(roles, "head scores on repeated word sequences")}, summary)
 
 
-def gpt2_role_swap(t: Tour) -> Section:
-    """(2, cont.) attention under the role swap SWAP_A / SWAP_B."""
+# ---------------------------------------------------------------------------------------------
+# Datasets and intervals (docs/methods.md §14): the GPT-2 tour answers on many prompt pairs.
+
+N_PAIRS = 64  # default pairs for a small model (weights/english-6l: about a minute on a 2-core CPU)
+N_PAIRS_LARGE = 16  # default for a model of more than LARGE_MODEL parameters (GPT-2 small: a few CPU minutes)
+LARGE_MODEL = 30_000_000
+RESAMPLES = 2000
+TOLERANCE = 0.05  # direct + indirect "add up to the total" unless the remainder is established beyond this
+
+
+def default_n_pairs(model) -> int:
+    """How many pairs the tour uses when not told: fewer for a large model, so the CPU demo takes minutes."""
+    n_params = sum(p.numel() for p in model.parameters())
+    return N_PAIRS if n_params <= LARGE_MODEL else N_PAIRS_LARGE
+
+
+def _printed(iv: S.Interval) -> S.Interval:
+    """The interval as the report prints it (3 decimals): verdicts are taken from these very numbers."""
+    return iv.map(lambda x: torch.round(torch.as_tensor(x, dtype=torch.float64) * 1000) / 1000)
+
+
+def claim(iv: S.Interval, threshold: float, above: bool = True) -> str:
+    """"established" when the printed interval lies wholly above (below) threshold, else "not established"."""
+    return S.verdict(_printed(iv), threshold, above)
+
+
+def head_test_verdict_iv(noised: S.Interval, restored: S.Interval) -> str:
+    """Does a head carry the relation? Necessity (noised) and sufficiency (restored), each an interval of the share
+    of the gap: "supported" when both clear SHARE, "not supported" when both lie below it, "partly supported" when
+    one clears it and the other lies below, else "not established" (an interval straddles SHARE)."""
+    up = [claim(iv, SHARE) == S.ESTABLISHED for iv in (noised, restored)]
+    down = [claim(iv, SHARE, above=False) == S.ESTABLISHED for iv in (noised, restored)]
+    if all(up):
+        return "supported"
+    if all(down):
+        return "not supported"
+    if any(up) and any(down):
+        return "partly supported"
+    return S.NOT_ESTABLISHED
+
+
+def mechanism_iv(difference: S.Interval) -> str:
+    """Where a head's effect lies, from the interval of removed(pattern) - removed(values)."""
+    if claim(difference, 0.0) == S.ESTABLISHED:
+        return "where it attends (its pattern)"
+    if claim(difference, 0.0, above=False) == S.ESTABLISHED:
+        return "what it moves (its values)"
+    return "not established between its pattern and its values"
+
+
+def adds_up(remainder: S.Interval) -> bool:
+    """Direct + indirect add up to the total unless the remainder's interval lies wholly beyond +-TOLERANCE."""
+    return not (claim(remainder, TOLERANCE) == S.ESTABLISHED or claim(remainder, -TOLERANCE, above=False)
+                == S.ESTABLISHED)
+
+
+def interval_text(iv: S.Interval) -> str:
+    return fmt_interval(float(iv.estimate), float(iv.low), float(iv.high))
+
+
+def _removed(model, data, point: str, direction: str = "noising"):
+    """Activation patching of every head's `point` (all positions) on a dataset: (result, [layer, head] interval
+    of the share removed (noising: 1 - score) or recovered (denoising: the score))."""
+    b = data.batch
+    result = P.activation_patching(model, b.clean, b.corrupted, b.metric(), point, "all", direction=direction)
+    iv = S.result_interval(result, *data.baselines, resamples=RESAMPLES)
+    return result, (iv.complement() if direction == "noising" else iv)
+
+
+def _path(model, data, senders, receivers, freeze_mlps: bool):
+    """One path-patching experiment on a dataset: (result, interval of the share removed)."""
+    b = data.batch
+    result = PP.path_patch(model, b.clean, b.corrupted, senders, receivers, b.metric(), freeze_mlps=freeze_mlps)
+    return result, S.result_interval(result, *data.baselines, resamples=RESAMPLES).complement()
+
+
+@dataclass
+class Data:
+    """A dataset as the tour uses it: its pairs, tokens (PairBatch) and per-prompt clean and corrupted metrics."""
+
+    name: str
+    pairs: list
+    batch: object
+    baselines: tuple
+
+    def describe(self, bos: bool) -> str:
+        templates = sorted({p.template or "from a file" for p in self.pairs})
+        voices = sorted({p.voice or "?" for p in self.pairs})
+        return (f"{len(self.pairs)} pairs ({self.name}; templates {', '.join(templates)}; voice {', '.join(voices)}; "
+                f"{'BOS first' if bos else 'no BOS'}; {self.batch.clean.shape[1]} tokens each)")
+
+
+def _data(t: Tour, name: str, pairs) -> Data:
+    batch = D.to_batch(pairs, t.vocab.tokenizer, t.prepend_bos)
+    return Data(name, list(pairs), batch, S.baselines(t.model, batch.clean, batch.corrupted, batch.metric()))
+
+
+def _words(t: Tour) -> tuple[list[str], list[str]]:
+    tok = t.vocab.tokenizer
+    nouns, verbs = D.known_words(D.NOUNS, tok, t.model), D.known_words(D.VERBS, tok, t.model)
+    if len(nouns) < 2 or not verbs:
+        raise ValueError(f"the model has trained only {len(nouns)} of the tour's nouns and {len(verbs)} of its verbs "
+                         "(blank embeddings); give your own pairs with --pairs FILE")
+    return nouns, verbs
+
+
+def gpt2_datasets(t: Tour) -> Section:
+    """The datasets every later section uses: role-swap pairs (or the user's), and a second corruption."""
+    nouns, verbs = _words(t)
+    n = t.n_pairs
+    main = list(t.pairs) if t.pairs else D.role_swap_pairs(min(n, _available(nouns, verbs)), nouns=nouns,
+                                                           verbs=verbs, templates=("who",), seed=t.seed)
+    data = _data(t, "role swap" if not t.pairs else "your file", main)
+    other = D.replacement_pairs(main, nouns, seed=t.seed + 1) if all(p.generated for p in main) else None
+    second = _data(t, "both nouns replaced", other) if other else None
+    c, x = data.baselines
+    right = int(((c > 0) & (x < 0)).sum())
+    lines = ["## Data\n",
+             f"- Patching: {data.describe(t.prepend_bos)}; e.g. clean {main[0].clean!r} -> {main[0].answer!r}, "
+             f"corrupted {main[0].corrupted!r} -> {main[0].wrong!r}. Metric: logit(answer) - logit(wrong) at the "
+             f"last position. The model prefers the clean answer on the clean prompt and the other on the corrupted "
+             f"one in **{right} of {len(main)}** pairs.",
+             (f"- Second corruption: the same clean prompts, with both nouns of the story replaced by two other "
+              f"nouns (e.g. {other[0].corrupted!r}), so the corrupted prompt holds neither answer." if other else
+              "- Second corruption: none (the pairs came from a file, so their nouns cannot be replaced)."),
+             f"- Every interval is a {S.Interval.__dataclass_fields__['level'].default:.0%} percentile bootstrap "
+             f"over prompts ({RESAMPLES} resamples, seed 0); a verdict needs the whole interval past its threshold, "
+             "otherwise it reads \"not established\". More pairs: `minitx demo --n-pairs N` (or your own pairs: "
+             "`--pairs FILE`, JSONL rows with clean, corrupted, answer, wrong).\n"]
+    return Section(dict(data=data, second=second, n_pairs=len(main), task_right=right), lines,
+                   summary=[f"data: {data.describe(t.prepend_bos)}"])
+
+
+def _available(nouns, verbs) -> int:
+    return len(nouns) * (len(nouns) - 1) // 2 * len(verbs)
+
+
+def gpt2_dataset_lens(t: Tour) -> Section:
+    """(1, cont.) the logit lens over the dataset's clean prompts: p(answer) per stream, with intervals."""
+    data = t.numbers["data"]
+    batch = data.batch
+    lens = LENS.logit_lens(t.model, batch.clean, targets=batch.answer[:, None], positions=[-1])
+    probs = lens.target_probs[:, :, 0]  # [stream, prompt]
+    iv = S.bootstrap(probs, resamples=RESAMPLES)
+    rows = [[lab, interval_text(iv[i])] for i, lab in enumerate(lens.labels)]
+    markdown = ["### The logit lens over the dataset\n",
+                f"p(answer) at the last position of the {len(data.pairs)} clean prompts, read from each residual "
+                "stream (mean and 95% interval over prompts):\n",
+                md_table(["stream", "p(answer) [95% interval]"], rows), ""]
+    return Section(dict(dataset_lens_labels=lens.labels, dataset_lens_prob=iv), markdown,
+                   summary=["logit lens over the dataset, p(answer): "
+                            + ", ".join(f"{lab} {interval_text(iv[i])}" for i, lab in enumerate(lens.labels)
+                                        if i >= len(lens.labels) - 3)])
+
+
+def gpt2_head_roles(t: Tour) -> Section:
+    """(2, cont.) role, position or word: each head over role-swap, passive-voice and filler-shift variants."""
     from minitx import plots
-    tok, bos = t.vocab.tokenizer, t.prepend_bos
-    a, b = tok.to_tokens(SWAP_A, prepend_bos=bos), tok.to_tokens(SWAP_B, prepend_bos=bos)
-    swapped = (a[0] != b[0]).nonzero()[:, 0].tolist() if a.shape == b.shape else []
-    if len(swapped) != 2:
-        raise ValueError(f"the role-swap prompts differ at positions {swapped}, expected exactly two")
-    rs = H.role_swap(t.model, a, b, tuple(swapped))
-    l, h, _ = rs.most_changed[0]
-    patterns = H.attention_patterns(t.model, torch.cat([a, b]))  # [layer, 2, head, q, k]
-    figures = {"role-swap.png": plots.role_swap_figure(rs)}
-    for i, (prompt, toks) in enumerate(((SWAP_A, a), (SWAP_B, b))):
-        figures[f"attention-{l}.{h}-{'ab'[i]}.png"] = plots.attention_pattern(
-            patterns[l, i, h], tok.to_str_tokens(toks), f"head {l}.{h} on {prompt!r}")
+    nouns, verbs = _words(t)
+    L, n_head = t.model.cfg.n_layer, t.model.cfg.n_head
+    pairs = D.role_swap_pairs(min(t.n_pairs, _available(nouns, verbs)), nouns=nouns, verbs=verbs, seed=t.seed)
+    families = R.story_families(pairs, t.vocab.tokenizer, t.prepend_bos)
+    t.log(f"head roles: role, position or word over {len(families)} families of prompts")
+    result = R.head_roles(t.model, families, resamples=RESAMPLES)
+    # the classes follow from the printed intervals
+    printed = [None if iv is None else _printed(iv) for iv in result.intervals]
+    classes = [[R.classify(*(None if iv is None else iv[l, h] for iv in printed), threshold=result.threshold)
+                for h in range(n_head)] for l in range(L)]
+    heads = [(l, h) for l in range(L) for h in range(n_head)]
+    shown = heads if len(heads) <= 48 else [(l, h) for l, h in heads if classes[l][h] != S.NOT_ESTABLISHED]
+    rows = [[head_label(l, h), *(interval_text(iv[l, h]) for iv in result.intervals if iv is not None), classes[l][h]]
+            for l, h in shown]
+    names = [c for c, iv in zip(R.CONTRASTS, result.intervals) if iv is not None]
+    found = {c: [head_label(*lh) for lh in heads if classes[lh[0]][lh[1]] == c] for c in ("role", "position", "word")}
     markdown = [
-        "### Attention under a role swap\n",
-        f"{SWAP_A!r} vs {SWAP_B!r} (positions {swapped[0]} and {swapped[1]} swap). TV_pos: how much a head's "
-        "pattern changes at the same positions; TV_tok: after following the swapped tokens; R = TV_tok - TV_pos "
-        "> 0 for heads that attend by role (slot), < 0 by token identity. Heads whose patterns change most:\n",
-        md_table(["head", "TV_pos", "TV_tok", "R"],
-                 [[head_label(ll, hh), float(rs.tv_pos[ll, hh]), float(rs.tv_tok[ll, hh]), float(rs.scores[ll, hh])]
-                  for ll, hh, _ in rs.most_changed]), "",
-        "![role swap](role-swap.png)\n", f"![head {l}.{h}, first prompt](attention-{l}.{h}-a.png)\n",
-        f"![head {l}.{h}, swapped prompt](attention-{l}.{h}-b.png)\n"]
-    summary = [f"role swap: head {l}.{h} changes most (TV_pos {float(rs.tv_pos[l, h]):.2f}, "
-               f"R {float(rs.scores[l, h]):+.2f})"]
-    return Section(dict(swap_tokens=(a, b), swap_positions=tuple(swapped), role_swap=rs, swap_head=(l, h)),
-                   markdown, figures, summary)
+        "### Role, position or word (replaces the single-pair role swap)\n",
+        f"{len(families)} families, each a story from templates {', '.join(sorted({p.template for p in pairs}))} "
+        f"(active voice, {'BOS first' if t.prepend_bos else 'no BOS'}) with three variants: the nouns swapped (the "
+        "words move, roles and positions stay), the passive voice (roles stay with their words, positions move), and "
+        f"a filler sentence before it ({R.D.FILLERS[7]!r}: every position shifts). At the last position, each head's "
+        "attention in a variant is compared with the base prompt's through three maps of the keys: same role (label), "
+        "same word, same position (absolute or from the query); overlap = the attention mass kept (1 = unchanged). "
+        "role - word (on swaps) > 0: it keeps the slot, not the word; role - position (on passives) > 0: it follows "
+        "the role, not the position; role - absolute (on shifts) < 0 would mean it reads absolute positions. "
+        f"Class (docs/methods.md §14.3): role, word or position only when the intervals clear +-{result.threshold}; "
+        "a head that mostly attends to BOS keeps every map and stays \"not established\".\n",
+        md_table(["head", *(f"{n} [95%]" for n in names), "class"], rows), "",
+        "Role heads: " + (", ".join(found["role"]) or "none") + "; position heads: "
+        + (", ".join(found["position"]) or "none") + "; word heads: " + (", ".join(found["word"]) or "none")
+        + ". Every other head: not established.\n", "![role, position or word](head-roles.png)\n"]
+    figure = plots.layer_head_grids({n: result.scores[c] for c, n in enumerate(R.CONTRASTS)
+                                     if result.intervals[c] is not None},
+                                    "attention overlap contrasts (mean over families)", diverging=True)
+    summary = ["heads by what their attention follows: role " + (", ".join(found["role"]) or "none") + "; position "
+               + (", ".join(found["position"]) or "none") + "; word " + (", ".join(found["word"]) or "none")]
+    return Section(dict(head_roles=result, head_classes=classes, role_pairs=pairs), markdown,
+                   {"head-roles.png": figure}, summary)
 
 
 def gpt2_patching(t: Tour) -> Section:
-    """(3) patching with the role-swapped prompt as corruption, and the test of the head whose noising hurts most."""
+    """(3) patching over the dataset, and the test of the head whose noising removes most."""
     from minitx import plots
-    tok, bos = t.vocab.tokenizer, t.prepend_bos
-    t.log("[3/3] activation patching and path patching with the role-swapped prompt as corruption")
-    clean, corrupted = tok.to_tokens(PATCH_CLEAN, prepend_bos=bos), tok.to_tokens(PATCH_CORRUPTED, prepend_bos=bos)
-    answer, wrong = tok.to_single_token(ANSWER), tok.to_single_token(WRONG)
-    metric = M.logit_diff_metric(answer, wrong, pos=-1)
-    resid = P.activation_patching(t.model, clean, corrupted, metric, point="resid_pre", by="pos",
-                                  direction="denoising")
-    noise = P.activation_patching(t.model, clean, corrupted, metric, point="z", by="all", direction="noising")
-    senders = PP.path_patch_senders(t.model, clean, corrupted, "logits", metric)
-    main = _argmax(1 - noise.scores)
-    test = head_hypothesis_test(t.model, clean, corrupted, metric, main, noise, senders)
+    data, second = t.numbers["data"], t.numbers["second"]
+    b, (c, x) = data.batch, data.baselines
+    t.log(f"[3/3] activation patching and path patching over {len(data.pairs)} role-swap pairs")
+    clean_iv, corrupted_iv = S.bootstrap(c, resamples=RESAMPLES), S.bootstrap(x, resamples=RESAMPLES)
+    resid = P.activation_patching(t.model, b.clean, b.corrupted, b.metric(), "resid_pre", "pos", direction="denoising")
+    noise, removed = _removed(t.model, data, "z")
+    direct_grid = PP.path_patch_senders(t.model, b.clean, b.corrupted, "logits", b.metric(), freeze_mlps=True)
+    main = _argmax(removed.estimate)
+    test = head_test(t.model, data, second, main, noise, removed)
     if reason := withheld(noise.clean, noise.corrupted):
         test["verdict"] = "undetermined"
         test["sentence"] = (f"Head {head_label(*main)} carries the subject-object relation: verdict undetermined; "
                             f"{reason}.")
-    sentence = test["sentence"]
+    labels = t.vocab.tokenizer.to_str_tokens(b.clean[0])
     figures = {
-        "patching-resid.png": plots.patching_heatmap(resid.scores, tok.to_str_tokens(clean),
-                                                     "denoising resid_pre by position"),
-        "noising-heads.png": plots.layer_head_grid(1 - noise.scores, "noising each head's z: removed (1 - score)",
-                                                   colorbar_label="removed (1 = as corrupted)"),
-        "path-logits.png": plots.layer_head_grid(1 - senders.scores, "path patching head -> logits: removed "
-                                                 "(1 - score)", colorbar_label="removed (1 = as corrupted)")}
+        "patching-resid.png": plots.patching_heatmap(resid.scores, labels, f"denoising resid_pre by position, mean "
+                                                     f"over {len(data.pairs)} pairs (first pair's tokens)"),
+        "noising-heads.png": plots.layer_head_grid(removed.estimate, f"noising each head's z over {len(data.pairs)} "
+                                                   "pairs: removed (1 - score)", colorbar_label="removed (1 = as corrupted)"),
+        "path-logits.png": plots.layer_head_grid(1 - direct_grid.scores, "path patching head -> logits, MLPs frozen "
+                                                 "(direct): removed", colorbar_label="removed (1 = as corrupted)")}
+    L, n_head = t.model.cfg.n_layer, t.model.cfg.n_head
+    top = sorted(((float(removed.estimate[l, h]), l, h) for l in range(L) for h in range(n_head)), reverse=True)[:5]
     markdown = [
-        "## 3. Patching with the role-swapped prompt as corruption\n",
-        f"Clean {PATCH_CLEAN!r}, corrupted {PATCH_CORRUPTED!r}; metric logit({ANSWER!r}) - logit({WRONG!r}) at "
-        f"the last position: clean **{noise.clean:.3f}**, corrupted **{noise.corrupted:.3f}**. Noising and path "
-        "patching show removed = 1 - score (1 = as bad as the corrupted run).\n",
+        "## 3. Patching over the dataset\n",
+        f"On the {len(data.pairs)} role-swap pairs: logit difference clean **{interval_text(clean_iv)}**, corrupted "
+        f"**{interval_text(corrupted_iv)}** (mean [95% interval] over prompts). Noising runs the clean prompt with one "
+        "head's output taken from the corrupted run; removed = 1 - (patched - corrupted) / (clean - corrupted), on "
+        "batch means (1 = as bad as the corrupted run). Heads whose noising removes most:\n",
+        md_table(["head", "removed [95% interval]"], [[head_label(l, h), interval_text(removed[l, h])]
+                                                     for _, l, h in top]), "",
         *gap_note(noise.clean, noise.corrupted),
         "![resid patching](patching-resid.png)\n", "![noising heads](noising-heads.png)\n",
         "![path patching to logits](path-logits.png)\n",
         f"**Hypothesis: \"head {head_label(*main)} carries the subject-object relation\".** It is the head whose "
-        "noising hurts most. Tested end to end:\n",
-        md_table(["experiment", "share of the logit difference"], test["rows"]), "",
-        f"**Answer.** {sentence}\n"]
-    summary = [f"logit difference {ANSWER!r} - {WRONG!r}: clean {noise.clean:.2f}, role-swapped {noise.corrupted:.2f}",
-               sentence]
-    return Section(dict(clean_tokens=clean, corrupted_tokens=corrupted, answer=answer, wrong=wrong,
-                        clean_logit_diff=noise.clean, corrupted_logit_diff=noise.corrupted,
-                        resid_denoising=resid.scores, noising_z=noise.scores, path_logits=senders.score,
-                        main_head=main, hypothesis=sentence, verdict=test["verdict"], head_test=test),
-                   markdown, figures, summary)
+        "noising removes most. \"Direct\" below is the path from the head to the logits with every MLP frozen to its "
+        "clean value (docs/methods.md §14.4); the IOI paper's path patching recomputes the MLPs, which mixes "
+        "MLP-mediated effects into \"direct\", and is shown beside it. \"Via later heads\" is the path into the "
+        "queries, keys and values of every later head at once, MLPs frozen.\n",
+        md_table(["experiment", "share [95% interval]"], test["rows"]), "",
+        md_table(["claim", "estimate", "95% interval", "threshold", "verdict"], test["claims"]), "",
+        f"**Answer.** {test['sentence']}\n"]
+    summary = [f"logit difference over {len(data.pairs)} pairs: clean {interval_text(clean_iv)}, role-swapped "
+               f"{interval_text(corrupted_iv)}", test["sentence"]]
+    return Section(dict(clean_tokens=b.clean, corrupted_tokens=b.corrupted, answer=b.answer, wrong=b.wrong,
+                        clean_logit_diff=noise.clean, corrupted_logit_diff=noise.corrupted, clean_interval=clean_iv,
+                        corrupted_interval=corrupted_iv, resid_denoising=resid.scores, noising_z=noise.scores,
+                        removed=removed, path_logits=direct_grid.scores, main_head=main, hypothesis=test["sentence"],
+                        verdict=test["verdict"], head_test=test), markdown, figures, summary)
 
 
-def head_hypothesis_test(model, clean: Tensor, corrupted: Tensor, metric, head: tuple[int, int], noise,
-                         senders) -> dict:
-    """Tests "head L.H carries the subject-object relation" with the role-swapped prompt as corruption.
+def head_test(model, data, second, head: tuple[int, int], noise, removed) -> dict:
+    """Tests "head L.H carries the subject-object relation" on the dataset; every share with its interval.
 
-    Shares of the clean - corrupted logit difference: noising the head's output (necessity), restoring
-    it alone into the corrupted run (sufficiency), noising only its pattern or only its values (where
-    it attends vs what it moves), its direct path to the logits, and its path into the q, k or v of
-    each later layer (IOI path patching, Wang et al. 2022), then into the best of those heads."""
+    Necessity (noising its output) and sufficiency (restoring it alone), pattern vs values, its direct path to
+    the logits (MLPs frozen; and recomputed, as IOI), its path into every later head's q, k and v (MLPs frozen),
+    the remainder total - direct - via later heads, and noising under a second corruption."""
     l, h = head
-    total = float(1 - noise.scores[l, h])
-    restored = float(P.activation_patching(model, clean, corrupted, metric, "z", "all", direction="denoising")
-                     .scores[l, h])
-    pattern = float(1 - P.activation_patching(model, clean, corrupted, metric, "pattern", "all",
-                                              direction="noising").scores[l, h])
-    values = float(1 - P.activation_patching(model, clean, corrupted, metric, "v", "all",
-                                             direction="noising").scores[l, h])
-    direct = float(1 - senders.scores[l, h])
-    rows = [[f"noise {l}.{h} (all positions): removed", total], [f"restore {l}.{h} alone: recovered", restored],
-            ["noise only its pattern (where it attends): removed", pattern],
-            ["noise only its values (what it moves): removed", values], [f"path {l}.{h} -> logits: removed", direct]]
-    paths, via = _later_paths(model, clean, corrupted, metric, head, rows)
-    verdict = head_test_verdict(total, restored)
-    sentence = (f"Head {l}.{h} carries the subject-object relation: {verdict}. Noising it removes {pct(total)} of "
-                f"the logit difference and restoring it alone recovers {pct(restored)}; the information lies in "
-                f"{mechanism(pattern, values)} (pattern {pct(pattern)}, values {pct(values)}); {pct(direct)} goes "
-                f"directly to the logits{via}.")
-    return {"rows": rows, "sentence": sentence, "verdict": verdict, "noised": total, "restored": restored,
-            "pattern": pattern, "values": values, "direct": direct, "paths": paths}
+    c, x = data.baselines
+    total = removed[l, h]
+    restore, restored = _removed(model, data, "z", "denoising")
+    restored = restored[l, h]
+    pattern_run, pattern = _removed(model, data, "pattern")
+    values_run, values = _removed(model, data, "v")
+    # removed(pattern) - removed(values) = (values patched - pattern patched) / (clean - corrupted), per prompt
+    difference = S.ratio_interval(values_run.per_prompt[l, h] - pattern_run.per_prompt[l, h], c - x,
+                                  resamples=RESAMPLES)
+    direct_run, direct = _path(model, data, [(l, h)], "logits", freeze_mlps=True)
+    _, direct_mlps = _path(model, data, [(l, h)], "logits", freeze_mlps=False)
+    later = [(k, j, i) for j in range(l + 1, model.cfg.n_layer) for i in range(model.cfg.n_head) for k in "qkv"]
+    rows = [[f"noise {l}.{h} (all positions): removed", interval_text(total)],
+            [f"restore {l}.{h} alone into the corrupted run: recovered", interval_text(restored)],
+            ["noise only its pattern (where it attends): removed", interval_text(pattern)],
+            ["noise only its values (what it moves): removed", interval_text(values)],
+            [f"path {l}.{h} -> logits, MLPs frozen (direct): removed", interval_text(direct)],
+            [f"path {l}.{h} -> logits, MLPs recomputed (IOI's 'direct'): removed", interval_text(direct_mlps)]]
+    if later:
+        later_run, via = _path(model, data, [(l, h)], later, freeze_mlps=True)
+        rows.append([f"path {l}.{h} -> q, k, v of every later head, MLPs frozen: removed", interval_text(via)])
+        # remainder = total - direct - via, per prompt on the same denominator (clean - corrupted)
+        drops = [c - per_prompt for per_prompt in (noise.per_prompt[l, h], direct_run.per_prompt, later_run.per_prompt)]
+        remainder = S.ratio_interval(drops[0] - drops[1] - drops[2], c - x, resamples=RESAMPLES)
+        rows.append(["total - direct - via later heads (MLP-mediated paths and interactions)",
+                     interval_text(remainder)])
+    else:
+        via, remainder = None, None
+    claims = [[f"noising {l}.{h} removes more than {pct(SHARE)}", *_claim_cells(total, SHARE)],
+              [f"restoring {l}.{h} alone recovers more than {pct(SHARE)}", *_claim_cells(restored, SHARE)]]
+    if second is not None:
+        _, removed2 = _removed(model, second, "z")
+        rows.append([f"noise {l}.{h}, second corruption (both nouns replaced): removed", interval_text(removed2[l, h])])
+        claims.append([f"it survives the second corruption: removes more than {pct(SHARE)}",
+                       *_claim_cells(removed2[l, h], SHARE)])
+    if remainder is not None:
+        claims.append([f"direct + via later heads differ from the total by more than {TOLERANCE}",
+                       fmt(float(remainder.estimate)), f"[{fmt(float(remainder.low))}, {fmt(float(remainder.high))}]",
+                       f"+-{TOLERANCE}", "established" if not adds_up(remainder) else S.NOT_ESTABLISHED])
+    verdict = head_test_verdict_iv(total, restored)
+    where = mechanism_iv(difference)
+    sums = "" if remainder is None else (
+        f" Direct and via-later-heads shares {'add up to' if adds_up(remainder) else 'do NOT add up to'} the total "
+        f"(remainder {interval_text(remainder)}: MLP-mediated paths and interactions between paths).")
+    sentence = (f"Head {l}.{h} carries the subject-object relation: {verdict}. Noising it removes "
+                f"{interval_text(total)} of the logit difference and restoring it alone recovers "
+                f"{interval_text(restored)} (threshold {pct(SHARE)}); its effect lies in {where} (pattern "
+                f"{interval_text(pattern)}, values {interval_text(values)}); directly to the logits with MLPs frozen: "
+                f"{interval_text(direct)}" + ("" if via is None else f"; via later heads: {interval_text(via)}")
+                + f".{sums}")
+    return {"rows": rows, "claims": claims, "sentence": sentence, "verdict": verdict, "noised": total,
+            "restored": restored, "pattern": pattern, "values": values, "pattern_minus_values": difference,
+            "direct": direct, "direct_mlps_recomputed": direct_mlps, "via_later_heads": via, "remainder": remainder,
+            "mechanism": where}
 
 
-def _later_paths(model, clean, corrupted, metric, head, rows: list) -> tuple[dict, str]:
-    """Path patching head -> the q, k or v of every later layer (all heads together), then into the best
-    single head of the strongest; appends table rows. Returns ({(kind, layer): removed}, a clause)."""
-    l, h = head
-    n_head, paths = model.cfg.n_head, {}
-    for layer in range(l + 1, model.cfg.n_layer):
-        for kind in "qkv":
-            receivers = [(kind, layer, j) for j in range(n_head)]
-            paths[(kind, layer)] = float(1 - PP.path_patch(model, clean, corrupted, [(l, h)], receivers, metric).scores)
-            rows.append([f"path {l}.{h} -> {kind} of layer {layer}: removed", paths[(kind, layer)]])
-    if not paths:
-        return paths, ""
-    kind, layer = max(paths, key=lambda key: abs(paths[key]))
-    per_head = [float(1 - PP.path_patch(model, clean, corrupted, [(l, h)], [(kind, layer, j)], metric).scores)
-                for j in range(n_head)]
-    j = max(range(n_head), key=lambda i: abs(per_head[i]))
-    rows.append([f"path {l}.{h} -> {kind} of head {layer}.{j}: removed", per_head[j]])
-    return paths, (f"; through later heads it acts mostly via the {kind} of layer {layer} "
-                   f"({pct(paths[(kind, layer)])}, head {layer}.{j} alone {pct(per_head[j])})")
+def _claim_cells(iv, threshold: float) -> list:
+    """[estimate, interval, threshold, verdict] cells of a claim "value > threshold"."""
+    return [fmt(float(iv.estimate)), f"[{fmt(float(iv.low))}, {fmt(float(iv.high))}]", fmt(threshold),
+            claim(iv, threshold)]
 
 
-GPT2_TOUR = [gpt2_intro, gpt2_lens, gpt2_roles, gpt2_role_swap, gpt2_patching]
+GPT2_TOUR = [gpt2_intro, gpt2_datasets, gpt2_lens, gpt2_dataset_lens, gpt2_roles, gpt2_head_roles, gpt2_patching]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -564,7 +756,8 @@ def fit_tour(model, vocab: Vocab, n: int, prepend_bos: bool) -> int:
             raise ValueError(f"the model's context ({cfg.n_ctx}) or vocabulary ({cfg.d_vocab}) is too small for "
                              "the demo")
         return n
-    prompts = (LENS_PROMPT, SWAP_A, SWAP_B, PATCH_CLEAN, PATCH_CORRUPTED)
+    longest_pair = D.make_pair("who_was", "passive", "cat", "mouse", "chased", max(D.FILLERS, key=len))
+    prompts = (LENS_PROMPT, longest_pair.clean)
     longest = max(prompts, key=lambda p: len(vocab.tokenizer.encode(p)))
     needed = len(vocab.tokenizer.encode(longest)) + o
     if needed > cfg.n_ctx or (cfg.n_ctx - 1) // 2 < 2:
@@ -603,8 +796,8 @@ def write_report(out: Path, markdown: list[str], figures: dict) -> list[str]:
 def check_report_folder(out: Path) -> list[str]:
     """The files a previous demo wrote into out ([] when out is missing or empty); refuses a foreign folder."""
     if not out.parent.is_dir():
-        raise FileNotFoundError(f"{out.parent} does not exist; create it first, or choose another --out folder "
-                                "(only the last folder of the path is created)")
+        raise FileNotFoundError(f"cannot make the folder {out}: {out.parent} does not exist; create it first "
+                                "(only the last folder of a path is created)")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} is a file, not a folder; choose a folder for the report")
     if not out.exists() or not any(out.iterdir()):
@@ -617,19 +810,31 @@ def check_report_folder(out: Path) -> list[str]:
 
 
 def run_demo(model, out_dir, *, n: int = 12, batch: int = 8, seed: int = 0, prepend_bos: bool = True,
-             log: Callable[[str], None] | None = _stderr, vocab: Vocab | None = None) -> dict:
+             log: Callable[[str], None] | None = _stderr, vocab: Vocab | None = None, n_pairs: int | None = None,
+             pairs: list | None = None) -> dict:
     """Writes report.md and PNG figures into out_dir; returns the numbers reported (library tensors as returned).
 
     The tour depends on the vocabulary: a text vocabulary (GPT-2's 50257) gets English prompts, any other
     the induction tour on repeated random tokens (n ids per copy, batch prompts, seed). prepend_bos: every
     prompt starts with BOS (default, as the fixture was trained and TransformerLens does). log: a function
     given one line per stage (default: stderr), or None for silence. vocab: how prompts become ids
-    (default: prompts.Vocab(model.cfg)). Every check runs before the first stage."""
+    (default: prompts.Vocab(model.cfg)). GPT-2 tour: n_pairs prompt pairs per dataset (default
+    `default_n_pairs(model)`: 64, or 16 for a model over 30M parameters), or the user's `pairs` (PromptPairs of one
+    token length, e.g. datasets.read_jsonl(FILE)) for the patching sections. Every check runs before the first
+    stage."""
     check_demo_args(n, batch)
     vocab = vocab or Vocab(model.cfg)
     n = fit_tour(model, vocab, n, prepend_bos)
+    n_pairs = default_n_pairs(model) if n_pairs is None else n_pairs
+    if isinstance(n_pairs, bool) or not isinstance(n_pairs, int) or n_pairs < 2:
+        raise ValueError(f"n_pairs={n_pairs!r}: the number of prompt pairs, an int >= 2 (an interval needs prompts)")
+    if pairs is not None:
+        if not vocab.is_text:
+            raise ValueError("prompt pairs are text; this model has no text vocabulary (its tour uses random ids)")
+        D.to_batch(pairs, vocab.tokenizer, prepend_bos)  # one length, single-token answers: checked now
     check_report_folder(Path(out_dir))  # the folder is checked before the work, and again when written
-    tour = Tour(model, vocab, n, batch, seed, prepend_bos, log or (lambda message: None))
+    tour = Tour(model, vocab, n, batch, seed, prepend_bos, log or (lambda message: None), n_pairs=n_pairs,
+                pairs=pairs)
     markdown, figures, summary = [], {}, []
     with torch.no_grad():
         for section in GPT2_TOUR if vocab.is_text else INDUCTION_TOUR:
@@ -645,4 +850,5 @@ def run_demo(model, out_dir, *, n: int = 12, batch: int = 8, seed: int = 0, prep
 
 __all__ = ["Vocab", "run_demo", "check_demo_args", "fit_tour", "replace_first_copy", "write_report", "GPT2_VOCAB",
            "check_report_folder", "withheld", "k_composition_verdict", "head_test_verdict", "mechanism", "Section", "Tour",
-           "INDUCTION_TOUR", "GPT2_TOUR"]
+           "INDUCTION_TOUR", "GPT2_TOUR", "claim", "head_test_verdict_iv", "mechanism_iv", "adds_up", "default_n_pairs",
+           "head_test", "SHARE", "TOLERANCE"]

@@ -397,8 +397,8 @@ def save(fig: Figure, path, dpi: int = 110) -> Path:
         raise IsADirectoryError(f"{path} is a folder; give a file name such as {path / 'figure.png'}")
     if not path.parent.is_dir():
         if not path.parent.parent.is_dir():
-            raise FileNotFoundError(f"{path.parent.parent} does not exist; create it first (only the last folder "
-                                    "of a path is created)")
+            raise FileNotFoundError(f"cannot make the folder {path.parent}: {path.parent.parent} does not exist; "
+                                    "create it first (only the last folder of a path is created)")
         path.parent.mkdir()
     FigureCanvasAgg(fig)
     fig.savefig(path, dpi=dpi)

@@ -35,7 +35,7 @@ import pytest
 import torch
 
 import minitx
-from minitx import attribution, cli, dla, heads, lens, metrics, patching, path_patching
+from minitx import attribution, cli, dla, heads, lens, metrics, patching, path_patching, plots
 from minitx.tokenizer import Tokenizer
 from tests.conftest import random_model
 
@@ -452,6 +452,36 @@ CASES = [
          ValueError, "k=0: how many of the largest entries the top-k overlap compares, an int >= 1"),
     case("heads-repeated-n", lambda e: heads.repeated_tokens(257, 300, 1, 0, True), ValueError,
          "n=300 distinct tokens per half are not available: allowed 1..256"),
+    # ---- issue 12, head scores and figures (H3) -----------------------------------------------------------------
+    case("detect_head-cache-of-other-tokens", lambda e: heads.detect_head(
+        e.m, e.T, "previous_token_head", cache=e.m.run_with_cache(e.C)[1]), ValueError,
+         "the cache's patterns were not computed from these tokens"),
+    case("detect_head-pattern-nan", lambda e: heads.detect_head(e.m, e.T, torch.full((5, 5), NAN).tril()),
+         ValueError, "the detection pattern holds NaN or inf"),
+    case("detect_head-pattern-str-list", lambda e: heads.detect_head(e.m, e.T, [["a"]]), TypeError,
+         "detection must be a name"),
+    case("role_swap-top-negative", lambda e: heads.role_swap(e.m, e.T, e.T, (1, 1), top=-1), ValueError,
+         "top=-1: how many heads most_changed lists, an int >= 1"),
+    case("induction-token_ids-empty", lambda e: heads.induction_scores(e.m, n=3, token_ids=[]), ValueError,
+         "token_ids holds no id other than BOS"),
+    case("induction-token_ids-outside", lambda e: heads.induction_scores(e.m, n=3, token_ids=[1, 999]), ValueError,
+         "token_ids id 999 is outside the vocabulary; allowed ids are 0..256"),
+    case("argmax_offset-min_offset-too-large", lambda e: heads.argmax_offset(torch.zeros(2, 4, 3), min_offset=5),
+         ValueError, "min_offset=5 is not an offset of these scores; allowed 0..2"),
+    case("induction-seed-none", lambda e: heads.induction_scores(e.m, n=3, seed=None), TypeError,
+         "seed must be an int from 0 to 2**64-1, got NoneType None"),
+    case("induction-seed-str", lambda e: heads.induction_scores(e.m, n=3, seed="a"), TypeError, "seed must be an int"),
+    case("induction-seed-huge", lambda e: heads.induction_scores(e.m, n=3, seed=10 ** 23), ValueError,
+         "seed=100000000000000000000000 is not allowed: an int from 0 to 2**64-1"),
+    case("induction-batch-huge", lambda e: heads.induction_scores(e.m, n=3, batch=100_000_000), MemoryError,
+         "scoring heads on 100000000 prompts of 7 tokens needs about"),
+    case("plots-attention_grid-no-heads", lambda e: plots.attention_grid(torch.zeros(0, 3, 3), list("abc"), 0),
+         ValueError, "attention_grid needs at least one head"),
+    case("plots-save-dpi", lambda e: plots.save(plots.layer_head_grid(torch.zeros(2, 2), "z"), "x.png", dpi=10000),
+         ValueError, "dpi=10000: a number from 1 to 600"),
+    case("plots-save-missing-parents", lambda e: plots.save(plots.layer_head_grid(torch.zeros(2, 2), "z"),
+                                                            "/nonexistent-minitx-dir/a/x.png"), FileNotFoundError,
+         "cannot make the folder /nonexistent-minitx-dir/a: /nonexistent-minitx-dir does not exist"),
 ]
 
 
@@ -525,6 +555,23 @@ CLI_CASES = [
              "--target '2 3' must be exactly one token id, got 2"),
     cli_case("demo-n-one", ["demo", "--n", "1"], "minitx demo: error: --n 1: the induction tour needs at least 2"),
     cli_case("unknown-command", ["nope"], "minitx: error: argument command: invalid choice: 'nope'"),
+    # ---- issue 12 (H3) ------------------------------------------------------------------------------------------
+    cli_case("heads-batch-huge", ["heads", "--n", "3", "--batch", "100000000"],
+             "minitx heads: error: scoring heads on 100000000 prompts of 7 tokens needs about"),
+    cli_case("heads-seed-overflow", ["heads", "--seed", "99999999999999999999999"],
+             "argument --seed: invalid seed '99999999999999999999999': an int from 0 to 2**64-1"),
+    cli_case("generate-seed-negative", ["generate", "1 2", "--seed", "-1"], "argument --seed: invalid seed '-1'"),
+    cli_case("lens-prompt-twice", ["lens", "1 2", "--prompt", "3 4"],
+             "minitx lens: error: prompt given twice ('1 2' and --prompt '3 4'); give it once"),
+    cli_case("lens-prompt-missing", ["lens"], "minitx lens: error: the following arguments are required: prompt"),
+    cli_case("path-patch-sender", ["path-patch", *PAIR, "--receiver", "logits", "--sender", "0.9"],
+             "minitx path-patch: error: sender head 9 is out of range; this model has heads 0..3"),
+    cli_case("demo-out-foreign-folder", ["demo", "--out", ".."],
+             "already holds files that minitx demo did not write"),
+    cli_case("demo-out-missing-parent", ["demo", "--out", "no/such/folder"],
+             "cannot make the folder /"),
+    cli_case("attention-out-missing-parents", ["attention", "1 2", "--layer", "0", "--out", "no/such/a.png"],
+             "minitx attention: error: cannot make the folder no/such: no does not exist; create it first"),
 ]
 
 
