@@ -208,3 +208,42 @@ def test_role_swap_role_and_lexical_heads(model):
     assert_close(result.tv_tok[:, :2], torch.tensor([[1.0, 0.0]]).expand(2, 2))
     assert_close(result.role_index[:, 2:], torch.zeros(2, 2))  # uniform over k <= q: both TVs 0
     assert {(l, h) for l, h, _ in result.most_changed[:2]} == {(0, 1), (1, 1)}
+
+
+def test_undefined_scores_warn_and_patterns_as_lists(model):
+    """All attention on BOS: with exclude_bos the offset and detector scores are undefined (NaN), and say so."""
+    S = 6
+    tokens = torch.randint(0, 256, (2, S))
+    on_bos = torch.zeros(S, S)
+    on_bos[:, 0] = 1
+    with patterns_replaced(model, on_bos):
+        with pytest.warns(RuntimeWarning, match=r"offset_scores: the score of heads 0\.0, 0\.1.* is undefined"):
+            off = heads.offset_scores(model, tokens, max_offset=2, exclude_bos=True)
+        assert off.isnan().all()
+        with pytest.warns(RuntimeWarning, match="detect_head: .* undefined .* excluded entries"):
+            det = heads.detect_head(model, tokens, "previous_token_head", exclude_bos=True)
+        assert det.isnan().all()
+    pattern = previous_token_pattern(S).tril(-1)
+    expected = heads.detect_head(model, tokens, pattern)
+    assert_close(heads.detect_head(model, tokens, pattern.tolist()), expected)
+    assert_close(heads.detect_head(model, tokens, pattern.numpy()), expected)
+
+
+def test_detect_head_cache_must_hold_these_tokens(model):
+    tokens = torch.randint(0, 256, (2, 6))
+    _, cache = model.run_with_cache(tokens)
+    assert_close(heads.detect_head(model, tokens, "previous_token_head", cache=cache),
+                 heads.detect_head(model, tokens, "previous_token_head"))
+    _, other = model.run_with_cache(torch.randint(0, 256, (2, 6)))
+    with pytest.raises(ValueError, match="not computed from these tokens"):
+        heads.detect_head(model, tokens, "previous_token_head", cache=other)
+
+
+def test_memory_estimate_refuses_before_allocating(model, monkeypatch):
+    need = heads.memory_estimate(model.cfg, 100, 41)
+    assert need == 100 * heads.memory_estimate(model.cfg, 1, 41)  # linear in the batch
+    monkeypatch.setenv("MINITX_MAX_BYTES", str(need - 1))
+    with pytest.raises(MemoryError, match=r"100 prompts of 41 tokens needs about .* GiB, more than"):
+        heads.induction_scores(model, n=20, batch=100)
+    monkeypatch.setenv("MINITX_MAX_BYTES", str(need))
+    assert heads.induction_scores(model, n=20, batch=100).shape == (2, 4)

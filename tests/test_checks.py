@@ -1,0 +1,78 @@
+"""minitx.checks, the one home of argument checks: positions, token ids, counts, integers, seeds."""
+
+import numpy as np
+import pytest
+import torch
+
+from minitx import checks
+
+
+def test_describe_is_one_short_line():
+    assert checks.describe(2.5) == "float 2.5"
+    assert checks.describe(torch.zeros(2, 3)) == "a torch.float32 tensor of shape (2, 3)"
+    assert checks.describe(torch.tensor(4)) == "a torch.int64 tensor 4"
+    long = checks.describe(list(range(100)))
+    assert long.startswith("list [0, 1, 2") and long.endswith("…") and len(long) < 50 and "\n" not in long
+
+
+@pytest.mark.parametrize("value", [3, [1, 2], (4,), range(3), np.array([1, 2]), torch.tensor([1, 2]), [],
+                                   torch.tensor(5, dtype=torch.int16)])
+def test_check_integers_accepts_integers(value):
+    checks.check_integers(value, "x", "ints")
+
+
+@pytest.mark.parametrize("value", [True, 2.0, "3", None, [1, 2.5], torch.tensor([1.0]), torch.tensor([True]),
+                                   np.array([0.5]), [[1], "a"]])
+def test_check_integers_refuses_everything_else(value):
+    with pytest.raises(TypeError, match="^x must be ints, got "):
+        checks.check_integers(value, "x", "ints")
+
+
+def test_check_count():
+    checks.check_count(1, "n", "a count")
+    for bad in (0, -1, 2.0, "2", True, None):
+        with pytest.raises(ValueError, match=r"n=.*: a count, an int >= 1"):
+            checks.check_count(bad, "n", "a count")
+
+
+def test_check_positions_any_shape_and_per_prompt():
+    assert checks.check_positions(-1, 5).tolist() == 4
+    assert checks.check_positions([0, -5, 4], 5).tolist() == [0, 0, 4]
+    assert checks.check_positions(torch.tensor([[1, -2]]), 5).tolist() == [[1, 3]]
+    assert checks.check_positions(-1, 5, batch=3).tolist() == [4, 4, 4]
+    assert checks.check_positions(torch.tensor([0, -1]), 5, batch=2).tolist() == [0, 4]
+    assert checks.check_positions([1, 2], 5, batch=2).tolist() == [1, 2]
+    with pytest.raises(ValueError, match=r"^position 5 is out of range for prompts of 5 tokens; allowed: -5\.\.4$"):
+        checks.check_positions([1, 5], 5)
+    with pytest.raises(ValueError, match=r"^swap_positions: position -6 is out of range"):
+        checks.check_positions((-6, 1), 5, "swap_positions")
+    with pytest.raises(ValueError, match=r"pos must be an int or one of positions per prompt, of shape \[batch\]=\[2\]"):
+        checks.check_positions(torch.tensor([1, 2, 3]), 5, batch=2)
+    with pytest.raises(ValueError, match=r"pos as a tensor must be integer positions of shape \[batch\]=\[2\], got "
+                                         r"torch.float32"):
+        checks.check_positions(torch.tensor([1.0, 2.0]), 5, batch=2)
+    with pytest.raises(TypeError, match="pos must be an int or a LongTensor"):
+        checks.check_positions(1.5, 5, batch=2)
+
+
+def test_check_token_ids():
+    assert checks.check_token_ids([0, 9], 10).tolist() == [0, 9]
+    assert checks.check_token_ids(3, 10, "answer", batch=2).tolist() == [3, 3]
+    with pytest.raises(ValueError, match=r"^answer id 10 is outside the vocabulary; allowed ids are 0\.\.9$"):
+        checks.check_token_ids(torch.tensor([1, 10]), 10, "answer", batch=2)
+    with pytest.raises(ValueError, match="^token id -1 is outside"):
+        checks.check_token_ids([-1], 10)
+    with pytest.raises(TypeError, match="answer must be an int or a LongTensor"):
+        checks.check_token_ids(3.7, 10, "answer", batch=1)
+
+
+def test_check_seed():
+    for good in (0, 2 ** 64 - 1, np.int64(3)):
+        checks.check_seed(good)
+    with pytest.raises(ValueError, match=r"seed=18446744073709551616 is not allowed: an int from 0 to 2\*\*64-1"):
+        checks.check_seed(2 ** 64)
+    with pytest.raises(ValueError, match="seed=-1"):
+        checks.check_seed(-1)
+    for bad in (None, "a", 1.0, True):
+        with pytest.raises(TypeError, match="seed must be an int from 0 to 2"):
+            checks.check_seed(bad)
