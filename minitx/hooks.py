@@ -9,39 +9,103 @@ from __future__ import annotations
 
 import difflib
 import functools
+import numbers
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
 from torch import Tensor
 
-SHORTHANDS = {"embed": "hook_embed", "pos_embed": "hook_pos_embed", "resid_pre": "hook_resid_pre",
-              "resid_mid": "hook_resid_mid", "resid_post": "hook_resid_post", "attn_out": "hook_attn_out",
-              "mlp_out": "hook_mlp_out", "mlp_in": "hook_mlp_in", "q_input": "hook_q_input",
-              "k_input": "hook_k_input", "v_input": "hook_v_input", "q": "attn.hook_q", "k": "attn.hook_k",
-              "v": "attn.hook_v", "z": "attn.hook_z", "result": "attn.hook_result",
-              "attn_scores": "attn.hook_attn_scores", "pattern": "attn.hook_pattern", "attn": "attn.hook_pattern",
-              "pre": "mlp.hook_pre", "post": "mlp.hook_post", "scale": "hook_scale",
-              "normalized": "hook_normalized"}
+# The table of activation points. Every name a user can cache or patch, with its axes, declared
+# once. "{l}" stands for the layer. On-request points cost memory or time, so they are computed
+# only when a call asks for them; caching "everything by default" leaves them out.
+
+POINTS: dict[str, tuple[str, ...]] = {
+    "hook_embed": ("batch", "pos", "d_model"),
+    "hook_pos_embed": ("batch", "pos", "d_model"),
+    "blocks.{l}.hook_resid_pre": ("batch", "pos", "d_model"),
+    "blocks.{l}.ln1.hook_scale": ("batch", "pos", "1"),
+    "blocks.{l}.ln1.hook_normalized": ("batch", "pos", "d_model"),
+    "blocks.{l}.hook_q_input": ("batch", "pos", "head", "d_model"),  # on request; then q/k/v read these, each normalised alone
+    "blocks.{l}.hook_k_input": ("batch", "pos", "head", "d_model"),  # on request; then q/k/v read these, each normalised alone
+    "blocks.{l}.hook_v_input": ("batch", "pos", "head", "d_model"),  # on request; then q/k/v read these, each normalised alone
+    "blocks.{l}.attn.hook_q": ("batch", "pos", "head", "d_head"),
+    "blocks.{l}.attn.hook_k": ("batch", "pos", "head", "d_head"),
+    "blocks.{l}.attn.hook_v": ("batch", "pos", "head", "d_head"),
+    "blocks.{l}.attn.hook_attn_scores": ("batch", "head", "q_pos", "k_pos"),
+    "blocks.{l}.attn.hook_pattern": ("batch", "head", "q_pos", "k_pos"),
+    "blocks.{l}.attn.hook_z": ("batch", "pos", "head", "d_head"),
+    "blocks.{l}.attn.hook_result": ("batch", "pos", "head", "d_model"),  # on request
+    "blocks.{l}.hook_attn_out": ("batch", "pos", "d_model"),
+    "blocks.{l}.hook_resid_mid": ("batch", "pos", "d_model"),
+    "blocks.{l}.hook_mlp_in": ("batch", "pos", "d_model"),  # on request
+    "blocks.{l}.ln2.hook_scale": ("batch", "pos", "1"),
+    "blocks.{l}.ln2.hook_normalized": ("batch", "pos", "d_model"),
+    "blocks.{l}.mlp.hook_pre": ("batch", "pos", "d_mlp"),
+    "blocks.{l}.mlp.hook_post": ("batch", "pos", "d_mlp"),
+    "blocks.{l}.hook_mlp_out": ("batch", "pos", "d_model"),
+    "blocks.{l}.hook_resid_post": ("batch", "pos", "d_model"),
+    "ln_final.hook_scale": ("batch", "pos", "1"),
+    "ln_final.hook_normalized": ("batch", "pos", "d_model"),
+}
+ON_REQUEST = ("hook_q_input", "hook_k_input", "hook_v_input", "attn.hook_result", "hook_mlp_in")
 
 
-def get_act_name(name: str, layer: int | None = None, layer_type: str | None = None) -> str:
-    """("pattern", 3) -> "blocks.3.attn.hook_pattern"; ("scale", 2, "ln2"); ("scale",) -> ln_final."""
+@functools.lru_cache(maxsize=64)
+def point_names(n_layer: int, include_on_request: bool = True) -> tuple[str, ...]:
+    """Every point name of a model with n_layer blocks, in the order a forward reaches them."""
+    per_layer = [t for t in POINTS if "{l}" in t and (include_on_request or not t.endswith(ON_REQUEST))]
+    return ("hook_embed", "hook_pos_embed", *(t.format(l=l) for l in range(n_layer) for t in per_layer),
+            "ln_final.hook_scale", "ln_final.hook_normalized")
+
+
+
+
+def _shorthands() -> dict[str, str]:
+    """TransformerLens's short names, read off POINTS: "pattern" -> "attn.hook_pattern" (after "blocks.{l}.");
+    the layer-norm points ("scale", "normalized") name ln1, ln2 or ln_final by layer and layer_type."""
+    table = {}
+    for template in POINTS:
+        last = template.rsplit(".", 1)[-1]
+        in_ln = template.startswith("ln_final.") or ".ln" in template
+        table.setdefault(last.removeprefix("hook_"), last if in_ln else template.removeprefix("blocks.{l}."))
+    table["attn"] = table["pattern"]  # TransformerLens's alias
+    return table
+
+
+SHORTHANDS = _shorthands()
+LAYER_TYPES = ("ln1", "ln2")  # which layer norm "scale" and "normalized" name inside a block
+
+
+def get_act_name(name: str, layer: int | None = None, layer_type: str | None = None, *,
+                 n_layers: int | None = None) -> str:
+    """("pattern", 3) -> "blocks.3.attn.hook_pattern"; ("scale", 2, "ln2"); ("scale",) -> ln_final.
+    A negative layer counts from the end and needs n_layers: ("resid_post", -1, n_layers=12) -> layer 11."""
     if name not in SHORTHANDS:
         close = difflib.get_close_matches(str(name), list(SHORTHANDS), n=1)
         hint = f"did you mean {close[0]}? " if close else ""
         raise KeyError(f"unknown shorthand {name!r}; {hint}allowed: {', '.join(SHORTHANDS)}")
-    suffix = SHORTHANDS[name]
+    suffix, is_ln = SHORTHANDS[name], name in ("scale", "normalized")
+    if layer_type is not None and not (is_ln and layer_type in LAYER_TYPES):
+        raise ValueError(f"layer_type={layer_type!r} is not allowed for {name!r}: only 'scale' and 'normalized' "
+                         f"take one, 'ln1' or 'ln2' (to pick a head, index the activation: cache[{name!r}, l][:, h])")
     if name in ("embed", "pos_embed"):
         return suffix
-    if name in ("scale", "normalized"):
-        if layer is None:
-            return f"ln_final.{suffix}"
-        return f"blocks.{layer}.{layer_type or 'ln1'}.{suffix}"
     if layer is None:
+        if is_ln:
+            return f"ln_final.{suffix}"
         raise ValueError(f"shorthand {name!r} needs a layer, e.g. get_act_name({name!r}, 0)")
-    return f"blocks.{layer}.{suffix}"
-
+    if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
+        raise TypeError(f"layer must be an int (negative counts from the end), got {type(layer).__name__} {layer!r}")
+    if n_layers is not None and not -n_layers <= layer < n_layers:
+        raise IndexError(f"layer {layer} is out of range for a model of {n_layers} layers; allowed: "
+                         f"{-n_layers}..{n_layers - 1}")
+    if layer < 0:
+        if n_layers is None:
+            raise ValueError(f"layer {layer} counts from the end, so it needs the model's size: "
+                             f"get_act_name({name!r}, {layer}, n_layers=model.cfg.n_layer)")
+        layer += n_layers
+    return f"blocks.{layer}.{layer_type or 'ln1'}.{suffix}" if is_ln else f"blocks.{layer}.{suffix}"
 
 
 @dataclass(frozen=True)
@@ -168,10 +232,31 @@ def _backward_hook(fn, name: str, grad: Tensor):
 
 
 class Cache(dict):
-    """Activations by point name; also indexable by shorthand: cache["pattern", 3]."""
+    """Activations by point name; also by (shorthand, layer[, layer_type]) as get_act_name reads them:
+    cache["pattern", 3], cache["resid_post", -1] (from the end), cache["scale", 2, "ln2"]."""
+
+    def __init__(self, *args, n_layers: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.n_layers = n_layers  # the model's, so negative layers count from its end
+
+    def name(self, key) -> str:
+        """A key -> the point name it stands for; TypeError or KeyError saying what a key may be."""
+        if isinstance(key, str):
+            return key
+        if not isinstance(key, tuple) or not key:
+            raise TypeError(f"a cache key is a point name ('blocks.0.hook_resid_pre') or a (shorthand, layer) tuple "
+                            f"such as ('resid_pre', 0) or ('pattern', -1); got {type(key).__name__} {key!r:.40}")
+        n = self.n_layers
+        if n is None and len(key) > 1 and isinstance(key[1], int) and key[1] < 0:  # built by hand: its own layers
+            layers = [int(k.split(".")[1]) for k in self if k.startswith("blocks.")]
+            n = max(layers) + 1 if layers else None
+        try:
+            return get_act_name(*key, n_layers=n)
+        except IndexError as e:
+            raise KeyError(str(e)) from None
 
     def __getitem__(self, key):
-        name = get_act_name(*key) if isinstance(key, tuple) else key
+        name = self.name(key)
         layers = {int(n.split(".")[1]) for n in self if n.startswith("blocks.")}
         if name not in self and name.startswith("blocks.") and layers and int(name.split(".")[1]) > max(layers):
             raise KeyError(f"{name!r}: layer {name.split('.')[1]} is beyond this cache's layers 0..{max(layers)}")
@@ -179,3 +264,12 @@ class Cache(dict):
             raise KeyError(f"{name!r} is not in this cache{suggest(name, self) if self else ''} "
                            f"(names_filter decides which points a run caches)")
         return super().__getitem__(name)
+
+    def __contains__(self, key) -> bool:
+        try:
+            return super().__contains__(self.name(key))
+        except (KeyError, ValueError, TypeError, IndexError):
+            return False
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default

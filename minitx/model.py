@@ -1,15 +1,22 @@
 """GPT-2, written out once, with every activation a named point that a call can read or replace.
 
-Axis vocabulary used in every shape comment:
-    batch, pos, d_model, head, d_head, d_mlp, d_vocab, q_pos, k_pos, layer
+GPT-2 in four lines, and where each lives in this file:
 
-Reading order: Config -> the table of activation points -> layer norm, attention, MLP, block ->
-the model (forward, run_with_cache, run_with_hooks, generate). Every activation passes through
-`run(name, tensor)`, one call's hooks (`Run`, in `minitx/hooks.py`); nothing is stored on the model.
+    x = W_E[tokens] + W_pos[positions]         Transformer.embed
+    x = x + attn(ln1(x))    for each block     Block.attention_half -> LayerNorm, Attention
+    x = x + mlp(ln2(x))     for each block     Block.forward -> LayerNorm, MLP
+    logits = ln_f(x) W_U                       Transformer.unembed (W_U = W_E.T: GPT-2 ties them)
+
+attn(x): per head, softmax(causal(q k^T / sqrt(d_head))) v, with q, k, v = x W_Q, x W_K, x W_V (+ biases),
+then W_O; mlp(x) = gelu(x W_in + b_in) W_out + b_out. Each intermediate passes through `run(name, x)`,
+one call's hooks and cache (`Run`, in minitx/hooks.py, with the table of names); nothing is stored
+on the model. Options marked "sweeps only" (past_kv, keep_last, start_at_mid) serve minitx/engine.py
+and can be skipped on a first reading. Axes in shape comments: batch, pos, d_model, head, d_head,
+d_mlp, d_vocab, q_pos, k_pos, layer.
 
 References: Radford et al. 2019 (GPT-2); Elhage et al. 2021, "A Mathematical Framework for
 Transformer Circuits" (per-head W_Q/W_K/W_V/W_O notation); the point names follow TransformerLens.
-Checkpoint names (c_attn, wte, ...) appear only in `minitx/checkpoint.py`.
+Config: minitx/config.py. Checkpoint names (c_attn, wte, ...): minitx/checkpoint.py only.
 """
 
 from __future__ import annotations
@@ -24,53 +31,11 @@ from torch import Tensor, nn
 
 from minitx import checkpoint
 from minitx.activations import ACTIVATIONS
-from minitx.checks import check_attention_mask, check_generation, check_keep_last, check_prompt_rows, check_tokens
+from minitx.checks import (check_attention_mask, check_generation, check_keep_last, check_prompt_rows, check_tokens,
+                           describe)
 from minitx.config import Config  # noqa: F401  (re-exported: minitx.model.Config)
-from minitx.hooks import Cache, HookPoint, NamesFilter, Run, get_act_name  # noqa: F401
-
-# ---------------------------------------------------------------------------------------------
-# The table of activation points. Every name a user can cache or patch, with its axes, declared
-# once. "{l}" stands for the layer. On-request points cost memory or time, so they are computed
-# only when a call asks for them; caching "everything by default" leaves them out.
-
-POINTS: dict[str, tuple[str, ...]] = {
-    "hook_embed": ("batch", "pos", "d_model"),
-    "hook_pos_embed": ("batch", "pos", "d_model"),
-    "blocks.{l}.hook_resid_pre": ("batch", "pos", "d_model"),
-    "blocks.{l}.ln1.hook_scale": ("batch", "pos", "1"),
-    "blocks.{l}.ln1.hook_normalized": ("batch", "pos", "d_model"),
-    "blocks.{l}.hook_q_input": ("batch", "pos", "head", "d_model"),  # on request; then q/k/v read these, each normalised alone
-    "blocks.{l}.hook_k_input": ("batch", "pos", "head", "d_model"),  # on request; then q/k/v read these, each normalised alone
-    "blocks.{l}.hook_v_input": ("batch", "pos", "head", "d_model"),  # on request; then q/k/v read these, each normalised alone
-    "blocks.{l}.attn.hook_q": ("batch", "pos", "head", "d_head"),
-    "blocks.{l}.attn.hook_k": ("batch", "pos", "head", "d_head"),
-    "blocks.{l}.attn.hook_v": ("batch", "pos", "head", "d_head"),
-    "blocks.{l}.attn.hook_attn_scores": ("batch", "head", "q_pos", "k_pos"),
-    "blocks.{l}.attn.hook_pattern": ("batch", "head", "q_pos", "k_pos"),
-    "blocks.{l}.attn.hook_z": ("batch", "pos", "head", "d_head"),
-    "blocks.{l}.attn.hook_result": ("batch", "pos", "head", "d_model"),  # on request
-    "blocks.{l}.hook_attn_out": ("batch", "pos", "d_model"),
-    "blocks.{l}.hook_resid_mid": ("batch", "pos", "d_model"),
-    "blocks.{l}.hook_mlp_in": ("batch", "pos", "d_model"),  # on request
-    "blocks.{l}.ln2.hook_scale": ("batch", "pos", "1"),
-    "blocks.{l}.ln2.hook_normalized": ("batch", "pos", "d_model"),
-    "blocks.{l}.mlp.hook_pre": ("batch", "pos", "d_mlp"),
-    "blocks.{l}.mlp.hook_post": ("batch", "pos", "d_mlp"),
-    "blocks.{l}.hook_mlp_out": ("batch", "pos", "d_model"),
-    "blocks.{l}.hook_resid_post": ("batch", "pos", "d_model"),
-    "ln_final.hook_scale": ("batch", "pos", "1"),
-    "ln_final.hook_normalized": ("batch", "pos", "d_model"),
-}
-ON_REQUEST = ("hook_q_input", "hook_k_input", "hook_v_input", "attn.hook_result", "hook_mlp_in")
-
-
-@functools.lru_cache(maxsize=64)
-def point_names(n_layer: int, include_on_request: bool = True) -> tuple[str, ...]:
-    """Every point name of a model with n_layer blocks, in the order a forward reaches them."""
-    per_layer = [t for t in POINTS if "{l}" in t and (include_on_request or not t.endswith(ON_REQUEST))]
-    return ("hook_embed", "hook_pos_embed", *(t.format(l=l) for l in range(n_layer) for t in per_layer),
-            "ln_final.hook_scale", "ln_final.hook_normalized")
-
+from minitx.hooks import (ON_REQUEST, POINTS, Cache, HookPoint, NamesFilter, Run, get_act_name,  # noqa: F401
+                          point_names)
 
 # ---------------------------------------------------------------------------------------------
 # The layers.
@@ -82,21 +47,23 @@ def affine(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
 
 
 class LayerNorm(nn.Module):
-    def __init__(self, d_model: int, eps: float):
+    def __init__(self, d_model: int, eps: float, layer: int | None = None, which: str | None = None):
+        """layer, which ("ln1" or "ln2"): where it sits, for its point names; no layer: ln_final."""
         super().__init__()
         self.w = nn.Parameter(torch.ones(d_model))
         self.b = nn.Parameter(torch.zeros(d_model))
         self.eps = eps
+        self.hook_scale, self.hook_normalized = (get_act_name(n, layer, which) for n in ("scale", "normalized"))
 
-    def forward(self, x: Tensor, run: Run, prefix: str) -> Tensor:  # [..., d_model] -> same
-        if not (run.wants(prefix + "hook_scale") or run.wants(prefix + "hook_normalized")):
+    def forward(self, x: Tensor, run: Run) -> Tensor:  # [..., d_model] -> same
+        if not (run.wants(self.hook_scale) or run.wants(self.hook_normalized)):
             return F.layer_norm(x, x.shape[-1:], self.w, self.b, self.eps)  # fused fast path
         # The fused kernel that F.layer_norm runs, which also returns its statistics ([..., 1] each).
         out, _, rstd = torch.native_layer_norm(x, x.shape[-1:], self.w, self.b, self.eps)
-        scale = run(prefix + "hook_scale", rstd.reciprocal())  # sqrt(var + eps)
-        if prefix + "hook_scale" in run.replaced:  # a frozen or patched scale must divide this stream
+        scale = run(self.hook_scale, rstd.reciprocal())  # sqrt(var + eps)
+        if self.hook_scale in run.replaced:  # a frozen or patched scale must divide this stream
             out = (x - x.mean(-1, keepdim=True)) * scale.reciprocal() * self.w + self.b  # as the kernel: times rstd
-        return run(prefix + "hook_normalized", out)
+        return run(self.hook_normalized, out)
 
 
 class Attention(nn.Module):
@@ -114,6 +81,7 @@ class Attention(nn.Module):
         if cfg.scale_attn_by_inverse_layer_idx:
             self.scale /= layer + 1
         self.upcast = cfg.reorder_and_upcast_attn
+        self.hook = {n: get_act_name(n, layer) for n in ("q", "k", "v", "attn_scores", "pattern", "z", "result")}
 
     def heads(self, fused: Tensor) -> Tensor:
         """W_QKV [d_model, 3*head*d_head] -> [3, head, d_model, d_head]; b_QKV -> [3, head, d_head]."""
@@ -123,8 +91,7 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, qkv_inputs, run: Run, mask: Tensor | None, past=None, keep_last: int | None = None):
         """x: ln1 output [batch, pos, d_model]; qkv_inputs: per-head normalised inputs or None.
         keep_last=k: only the last k positions query (every position is still a key and value)."""
-        p, (B, T, _) = f"blocks.{self.layer}.attn.", x.shape
-        H, dh = self.n_head, self.d_head
+        (B, T, _), H, dh, hook = x.shape, self.n_head, self.d_head, self.hook
         if qkv_inputs is None:
             # One copy lays q, k and v out head-major for attention; the points see [batch, pos, head, d_head] views.
             qkv = affine(x, self.W_QKV, self.b_QKV).view(B, T, 3, H, dh).permute(2, 0, 3, 1, 4).contiguous()
@@ -132,29 +99,29 @@ class Attention(nn.Module):
         else:  # each head reads its own copy of the stream: [batch, pos, head, d_model] each
             W, b = self.heads(self.W_QKV), self.heads(self.b_QKV)  # [3, head, d_model, d_head], [3, head, d_head]
             q, k, v = (torch.einsum("bphm,hmd->bphd", inp, W[i]) + b[i] for i, inp in enumerate(qkv_inputs))
-        q, k, v = run(p + "hook_q", q), run(p + "hook_k", k), run(p + "hook_v", v)
+        q, k, v = run(hook["q"], q), run(hook["k"], k), run(hook["v"], v)
         if past is not None:  # generation: keys and values of earlier tokens, [batch, k_pos, head, d_head]
             k, v = torch.cat([past[0], k], 1), torch.cat([past[1], v], 1)
         present = (k, v)
         if keep_last is not None:  # the mask holds the rows of these k queries
             q, T = q[:, -keep_last:], keep_last
-        if run.wants(p + "hook_attn_scores") or run.wants(p + "hook_pattern"):
+        if run.wants(hook["attn_scores"]) or run.wants(hook["pattern"]):
             if mask is None:  # plain causal, no earlier positions
                 mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
             dtype = torch.float32 if self.upcast else q.dtype
             qh, kh, vh = q.transpose(1, 2).to(dtype), k.transpose(1, 2).to(dtype), v.transpose(1, 2)  # [batch, head, pos, d_head]
             scores = torch.matmul(qh, kh.transpose(-1, -2)).mul_(self.scale)  # [batch, head, q_pos, k_pos]
-            scores = run(p + "hook_attn_scores", scores.masked_fill_(~mask, float("-inf")))
-            pattern = run(p + "hook_pattern", scores.softmax(-1).to(v.dtype))  # [batch, head, q_pos, k_pos]
+            scores = run(hook["attn_scores"], scores.masked_fill_(~mask, float("-inf")))
+            pattern = run(hook["pattern"], scores.softmax(-1).to(v.dtype))  # [batch, head, q_pos, k_pos]
             z = torch.matmul(pattern, vh).transpose(1, 2)  # [batch, pos, head, d_head]
         else:  # nobody looks at the pattern: torch's fused kernel gives the same z
             z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                attn_mask=mask, is_causal=mask is None and T > 1,
                                                scale=self.scale).transpose(1, 2)
-        z = run(p + "hook_z", z)
-        if run.wants(p + "hook_result"):  # each head's own write into the residual stream
+        z = run(hook["z"], z)
+        if run.wants(hook["result"]):  # each head's own write into the residual stream
             W_O = self.W_O.view(H, dh, -1)  # [head, d_head, d_model]
-            result = run(p + "hook_result", torch.einsum("bphd,hdm->bphm", z, W_O))  # [batch, pos, head, d_model]
+            result = run(hook["result"], torch.einsum("bphd,hdm->bphm", z, W_O))  # [batch, pos, head, d_model]
             return result.sum(2) + self.b_O, present
         return affine(z.reshape(B, T, H * dh), self.W_O, self.b_O), present
 
@@ -167,56 +134,58 @@ class MLP(nn.Module):
         self.W_out = nn.Parameter(torch.zeros(cfg.d_mlp, cfg.d_model))
         self.b_out = nn.Parameter(torch.zeros(cfg.d_model))
         self.act = ACTIVATIONS[cfg.activation_function]
-        self.prefix = f"blocks.{layer}.mlp."
+        self.hook_pre, self.hook_post = get_act_name("pre", layer), get_act_name("post", layer)
 
     def forward(self, x: Tensor, run: Run) -> Tensor:  # [batch, pos, d_model] -> same
-        pre = run(self.prefix + "hook_pre", affine(x, self.W_in, self.b_in))  # [batch, pos, d_mlp]
-        post = run(self.prefix + "hook_post", self.act(pre))
+        pre = run(self.hook_pre, affine(x, self.W_in, self.b_in))  # [batch, pos, d_mlp]
+        post = run(self.hook_post, self.act(pre))
         return affine(post, self.W_out, self.b_out)
 
 
 class Block(nn.Module):
     def __init__(self, cfg: Config, layer: int):
         super().__init__()
-        self.ln1, self.attn = LayerNorm(cfg.d_model, cfg.layer_norm_epsilon), Attention(cfg, layer)
-        self.ln2, self.mlp = LayerNorm(cfg.d_model, cfg.layer_norm_epsilon), MLP(cfg, layer)
-        self.n_head, self.p = cfg.n_head, f"blocks.{layer}."
+        self.ln1, self.attn = LayerNorm(cfg.d_model, cfg.layer_norm_epsilon, layer, "ln1"), Attention(cfg, layer)
+        self.ln2, self.mlp = LayerNorm(cfg.d_model, cfg.layer_norm_epsilon, layer, "ln2"), MLP(cfg, layer)
+        self.n_head, self.layer = cfg.n_head, layer
+        self.hook = {n: get_act_name(n, layer) for n in ("resid_pre", "q_input", "k_input", "v_input", "attn_out",
+                                                         "resid_mid", "mlp_in", "mlp_out", "resid_post")}
 
     def attention_half(self, resid: Tensor, run: Run, mask: Tensor | None, past, keep_last: int | None):
         """resid_pre -> (resid_pre + attention output, at the kept positions; (k, v) of every position)."""
-        p = self.p
-        resid = run(p + "hook_resid_pre", resid)  # [batch, pos, d_model]
-        normalized = self.ln1(resid, run, p + "ln1.")
+        hook = self.hook
+        resid = run(hook["resid_pre"], resid)  # [batch, pos, d_model]
+        normalized = self.ln1(resid, run)
         qkv_inputs = None
-        split = [p + f"hook_{c}_input" for c in "qkv"]
+        split = [hook[f"{c}_input"] for c in "qkv"]
         if any(run.wants(n) for n in split):
             # q, k and v now read per-head copies, normalised each on its own; a replaced ln1 output
             # would feed nothing, so say so rather than ignore it.
-            for n in (p + "ln1.hook_scale", p + "ln1.hook_normalized"):
+            for n in (self.ln1.hook_scale, self.ln1.hook_normalized):
                 if n in run.replaced:
                     raise ValueError(f"a hook replaced {n} in a call that also uses per-head inputs of layer "
-                                     f"{p.split('.')[1]}; patch {split[0]} (or k/v) instead")
+                                     f"{self.layer}; patch {split[0]} (or k/v) instead")
             copy = resid.unsqueeze(2).expand(-1, -1, self.n_head, -1)  # [batch, pos, head, d_model]
             no_hooks = Run()  # the per-head layer norms are not separate points
-            qkv_inputs = [self.ln1(run(n, copy.clone()), no_hooks, "") for n in split]
+            qkv_inputs = [self.ln1(run(n, copy.clone()), no_hooks) for n in split]
         attn_out, present = self.attn(normalized, qkv_inputs, run, mask, past, keep_last)
         if keep_last is not None:  # from here on only the last k positions are computed
             resid = resid[:, -keep_last:]
-        return resid + run(p + "hook_attn_out", attn_out), present
+        return resid + run(hook["attn_out"], attn_out), present
 
     def forward(self, resid: Tensor, run: Run, mask: Tensor | None, past=None, keep_last: int | None = None,
                 from_mid: bool = False):
         """resid: the stream before the block [batch, pos, d_model]; from_mid: after its attention instead,
         so only the MLP half runs. Returns (resid_post, this block's keys and values or None)."""
-        p, present = self.p, None
+        hook, present = self.hook, None
         if from_mid:
             resid = resid if keep_last is None else resid[:, -keep_last:]
         else:
             resid, present = self.attention_half(resid, run, mask, past, keep_last)
-        resid = run(p + "hook_resid_mid", resid)
-        mlp_in = run(p + "hook_mlp_in", resid)
-        mlp_out = run(p + "hook_mlp_out", self.mlp(self.ln2(mlp_in, run, p + "ln2."), run))
-        return run(p + "hook_resid_post", resid + mlp_out), present
+        resid = run(hook["resid_mid"], resid)
+        mlp_in = run(hook["mlp_in"], resid)
+        mlp_out = run(hook["mlp_out"], self.mlp(self.ln2(mlp_in, run), run))
+        return run(hook["resid_post"], resid + mlp_out), present
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,48 +266,37 @@ class Transformer(nn.Module):
 
     # -- the forward pass -------------------------------------------------------------------------
     def forward(self, tokens: Tensor, attention_mask: Tensor | None = None, *, start_at_layer: int | None = None,
-                stop_at_layer: int | None = None, past_kv: list | None = None, keep_last: int | None = None,
-                start_at_mid: bool = False, _run: Run | None = None) -> Tensor:
+                stop_at_layer: int | None = None,
+                past_kv: list | None = None, keep_last: int | None = None, start_at_mid: bool = False,  # sweeps only
+                _run: Run | None = None) -> Tensor:
         """tokens [batch, pos] (or [pos]) -> logits [batch, pos, d_vocab].
 
         attention_mask [batch, pos]: 1 for real tokens, 0 for padding (left or right). Positions
         count real tokens only (HF generate's rule), so a padded prompt sees what it sees alone.
-        start_at_layer=l: `tokens` is instead the residual stream before block l [batch, pos, d_model];
-        with start_at_mid=True, block l's resid_mid (after its attention): block l runs only its MLP.
+        start_at_layer=l: `tokens` is instead the residual stream before block l [batch, pos, d_model].
         stop_at_layer=l: return the residual stream before block l (l = n_layer: before ln_final).
+
+        For sweeps only (minitx/engine.py uses them; a first reading can skip them):
         past_kv (with start_at_layer): [(k, v) [batch, n_past, head, d_head]] for each block run, the keys
         and values of n_past earlier positions; the input then holds only the positions after them.
         keep_last=k: the last block this call runs computes only the last k positions (their attention
         still reads every position), and so does the output: [batch, k, ...]. A metric that reads one
         position needs no more; in that block, the points after q, k and v hold only those positions.
+        start_at_mid=True (with start_at_layer=l): the input is block l's resid_mid; block l runs its MLP only.
         """
         run = _run or self._context_run()
-        start = start_at_layer or 0
-        stop = self.cfg.n_layer if stop_at_layer is None else stop_at_layer
-        if not (0 <= start <= stop <= self.cfg.n_layer):
-            raise ValueError(f"start_at_layer={start_at_layer}, stop_at_layer={stop_at_layer} are not allowed; "
-                             f"need 0 <= start <= stop <= n_layer={self.cfg.n_layer}")
-        if start_at_layer is None:
+        start, stop = self._check_layers(start_at_layer, stop_at_layer)
+        if start_at_layer is None:  # token ids: embed them
             tokens = self._check_tokens(tokens)
-        elif tokens.dim() != 3 or tokens.shape[-1] != self.cfg.d_model:
-            raise ValueError(f"with start_at_layer the input is a residual stream [batch, pos, "
-                             f"{self.cfg.d_model}], got shape {tuple(tokens.shape)}")
-        check_attention_mask(attention_mask, tokens.shape[:2])
-        if start_at_layer is None:
-            positions = self.positions(tokens.shape, attention_mask, tokens.device)  # [batch or 1, pos]
-            if int(positions.max()) >= self.cfg.n_ctx:
-                raise ValueError(f"the sequence reaches position {int(positions.max())}, but this model has n_positions="
-                                 f"{self.cfg.n_ctx} (positions 0..{self.cfg.n_ctx - 1}); shorten the prompt")
-        resid = self.embed(tokens, positions, run) if start_at_layer is None else tokens  # [batch, pos, d_model]
-        if past_kv is not None and (start_at_layer is None or len(past_kv) != stop - start or attention_mask is not None):
-            raise ValueError(f"past_kv needs start_at_layer, no attention_mask, and one (k, v) per block run "
-                             f"({stop - start}); got {len(past_kv)}")
-        if start_at_mid and (start_at_layer is None or start == stop or past_kv is not None):
-            raise ValueError("start_at_mid needs start_at_layer, at least one block to run, and no past_kv")
-        n_past = 0 if past_kv is None else past_kv[0][0].shape[1]
+            check_attention_mask(attention_mask, tokens.shape)
+            resid = self.embed(tokens, self._checked_positions(tokens.shape, attention_mask), run)
+        else:  # a residual stream
+            resid = self._check_resid(tokens, attention_mask)
+        # -- sweeps only: keys and values of earlier positions, the last positions only, the MLP half only --
+        n_past = self._check_sweep_options(resid, start_at_layer, stop - start, past_kv, keep_last, start_at_mid,
+                                           attention_mask)
         mask = self._attention_mask(attention_mask, resid.shape[:2], resid.device, n_past)
         if keep_last is not None:
-            check_keep_last(keep_last, resid.shape[1], stop - start)
             last_mask = self._attention_mask(attention_mask, resid.shape[:2], resid.device, n_past, keep_last)
         for i, block in enumerate(self.blocks[start:stop]):
             past = None if past_kv is None else past_kv[i]
@@ -349,16 +307,68 @@ class Transformer(nn.Module):
             return resid  # the residual stream before block `stop` (before ln_final when stop == n_layer)
         return self.unembed(resid, run)
 
+    def _check_layers(self, start_at_layer, stop_at_layer) -> tuple[int, int]:
+        for name, value in (("start_at_layer", start_at_layer), ("stop_at_layer", stop_at_layer)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise TypeError(f"{name} must be an int (a block index 0..{self.cfg.n_layer}) or None, "
+                                f"got {type(value).__name__} {value!r}")
+        start = start_at_layer or 0
+        stop = self.cfg.n_layer if stop_at_layer is None else stop_at_layer
+        if not (0 <= start <= stop <= self.cfg.n_layer):
+            raise ValueError(f"start_at_layer={start_at_layer}, stop_at_layer={stop_at_layer} are not allowed; "
+                             f"need 0 <= start <= stop <= n_layer={self.cfg.n_layer}")
+        return start, stop
+
+    def _checked_positions(self, shape, attention_mask: Tensor | None) -> Tensor:  # [batch or 1, pos]
+        positions = self.positions(shape, attention_mask, self.W_pos.device)
+        if int(positions.max()) >= self.cfg.n_ctx:
+            raise ValueError(f"the sequence reaches position {int(positions.max())}, but this model has n_positions="
+                             f"{self.cfg.n_ctx} (positions 0..{self.cfg.n_ctx - 1}); shorten the prompt")
+        return positions
+
+    def _check_resid(self, resid, attention_mask) -> Tensor:
+        dtype, device = self.W_E.dtype, self.W_E.device
+        if not isinstance(resid, Tensor) or resid.dim() != 3 or resid.shape[-1] != self.cfg.d_model \
+                or resid.dtype != dtype or resid.layout != torch.strided or resid.device != device:
+            got = f"shape {tuple(resid.shape)}, {resid.dtype} on {resid.device}" if isinstance(resid, Tensor) \
+                else type(resid).__name__
+            raise ValueError(f"with start_at_layer the input is a residual stream [batch, pos, {self.cfg.d_model}], "
+                             f"{dtype} on {device}; got {got}")
+        check_attention_mask(attention_mask, resid.shape[:2])
+        return resid
+
+    def _check_sweep_options(self, resid, start_at_layer, n_blocks, past_kv, keep_last, start_at_mid,
+                             attention_mask) -> int:
+        """-> n_past, the earlier positions past_kv holds (0 without it)."""
+        if past_kv is not None:
+            if start_at_layer is None or attention_mask is not None or not isinstance(past_kv, (list, tuple)) \
+                    or len(past_kv) != n_blocks:
+                raise ValueError(f"past_kv needs start_at_layer, no attention_mask, and one (k, v) per block run "
+                                 f"({n_blocks}); got {describe(past_kv)}")
+            shape = (resid.shape[0], None, self.cfg.n_head, self.cfg.d_head)
+            for k_v in past_kv:
+                if not (isinstance(k_v, (list, tuple)) and len(k_v) == 2 and all(
+                        isinstance(t, Tensor) and t.dim() == 4 and t.shape[0] == shape[0] and t.shape[2:] == shape[2:]
+                        and t.shape[1] == past_kv[0][0].shape[1] and t.dtype == resid.dtype for t in k_v)):
+                    raise ValueError(f"past_kv: each block's (k, v) must be two {resid.dtype} tensors [batch="
+                                     f"{shape[0]}, n_past, head={shape[2]}, d_head={shape[3]}], the same n_past "
+                                     f"for every block")
+        if start_at_mid and (start_at_layer is None or n_blocks == 0 or past_kv is not None):
+            raise ValueError("start_at_mid needs start_at_layer, at least one block to run, and no past_kv")
+        if keep_last is not None:
+            check_keep_last(keep_last, resid.shape[1], n_blocks)
+        return 0 if past_kv is None else past_kv[0][0].shape[1]
+
     def embed(self, tokens: Tensor, positions: Tensor, run: Run) -> Tensor:  # [batch, pos], [batch or 1, pos]
-        embed = run("hook_embed", self.W_E[tokens])  # [batch, pos, d_model]
-        pos_embed = run("hook_pos_embed", self.W_pos[positions].expand_as(embed))
+        embed = run(get_act_name("embed"), self.W_E[tokens])  # [batch, pos, d_model]
+        pos_embed = run(get_act_name("pos_embed"), self.W_pos[positions].expand_as(embed))
         return embed + pos_embed
 
     def unembed(self, resid: Tensor, run: Run | None = None, fwd_hooks=(), token_ids: Tensor | None = None) -> Tensor:
         """[..., d_model] -> [..., d_vocab]: the final layer norm (on resid's own statistics) and W_U.
         ln_final hooks: those of `run`, else fwd_hooks plus any set with `model.hooks(...)`.
         token_ids [k]: only these columns of W_U, [..., k] (a logit difference reads two)."""
-        x = self.ln_final(resid, run or self._run(self._context_hooks[0] + list(fwd_hooks)), "ln_final.")
+        x = self.ln_final(resid, run or self._run(self._context_hooks[0] + list(fwd_hooks)))
         if token_ids is not None:
             return x @ self.W_U[:, token_ids]
         return F.linear(x, self.W_E) if self.W_U_untied is None else x @ self.W_U_untied
@@ -434,7 +444,7 @@ class Transformer(nn.Module):
                        keep_grad: bool = False, **kwargs) -> tuple[Tensor, Cache]:
         """-> (logits, cache). names_filter: None (every point computed anyway), a name, names or a
         predicate over all names (on-request points included). The cache holds values after hooks."""
-        cache = Cache()
+        cache = Cache(n_layers=self.cfg.n_layer)
         fwd, bwd = self._context_hooks
         run = self._run(fwd + list(fwd_hooks), bwd, names_filter, cache, keep_grad)
         return self.forward(tokens, *args, _run=run, **kwargs), cache

@@ -153,7 +153,7 @@ CASES = [
          "tokens must be integer ids, got torch.bool"),
     case("type-generate-float-tokens", lambda e: e.m.generate(e.T.float(), 2), TypeError, "integer ids"),
     case("type-start_at_layer-given-tokens", lambda e: e.m(e.T, start_at_layer=1), ValueError,
-         "with start_at_layer the input is a residual stream [batch, pos, 64], got shape (2, 5)"),
+         "with start_at_layer the input is a residual stream [batch, pos, 64], torch.float32 on cpu; got shape (2, 5)"),
     case("keep_last-zero", lambda e: e.m(e.T, keep_last=0), ValueError,
          "keep_last=0 is not allowed: an int from 1 to the 5 positions run"),
     case("keep_last-too-many", lambda e: e.m(e.T, keep_last=6), ValueError, "an int from 1 to the 5 positions run"),

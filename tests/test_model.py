@@ -469,3 +469,40 @@ def test_stacked_weights_carry_gradients_when_weights_require_them():
         model.W_Q.sum().backward()
         model.W_Q.sum().backward()  # a fresh stack each read: no graph is reused
     assert torch.equal(model.blocks[0].attn.W_QKV.grad[:, :64], torch.full((64, 64), 2.0))
+
+
+def test_shorthands_come_from_points_and_name_every_point():
+    from minitx.hooks import SHORTHANDS
+    names = set(point_names(3))
+    built = {minitx.get_act_name(s, l, t) for s in SHORTHANDS if s not in ("embed", "pos_embed", "scale", "normalized")
+             for l in range(3) for t in [None]}
+    built |= {minitx.get_act_name(s, l, t) for s in ("scale", "normalized") for l in range(3) for t in ("ln1", "ln2")}
+    built |= {minitx.get_act_name(s) for s in ("embed", "pos_embed", "scale", "normalized")}
+    assert built == names  # every point has a shorthand, and every shorthand names a point
+
+
+def test_negative_layers_count_from_the_end(tiny_model):
+    assert minitx.get_act_name("resid_post", -1, n_layers=12) == "blocks.11.hook_resid_post"
+    assert minitx.get_act_name("scale", -2, "ln2", n_layers=12) == "blocks.10.ln2.hook_scale"
+    with pytest.raises(ValueError, match="counts from the end, so it needs the model's size"):
+        minitx.get_act_name("resid_post", -1)
+    with pytest.raises(IndexError, match="layer -13 is out of range for a model of 12 layers; allowed: -12..11"):
+        minitx.get_act_name("resid_post", -13, n_layers=12)
+    with pytest.raises(TypeError, match="layer must be an int"):
+        minitx.get_act_name("resid_post", 1.0)
+    _, cache = tiny_model.run_with_cache(torch.tensor([[1, 2, 3]]))
+    assert cache["resid_post", -1] is cache["blocks.1.hook_resid_post"]
+    assert cache["pattern", -2] is cache["pattern", 0]
+
+
+def test_cache_keys_in_and_getitem_agree(tiny_model):
+    _, cache = tiny_model.run_with_cache(torch.tensor([[1, 2, 3]]), names_filter=["blocks.0.attn.hook_pattern"])
+    assert ("pattern", 0) in cache and "blocks.0.attn.hook_pattern" in cache and ("pattern", -2) in cache
+    assert ("pattern", 1) not in cache and ("nope", 0) not in cache and 5 not in cache
+    assert cache.get(("pattern", 0)) is cache["pattern", 0] and cache.get(("pattern", 1)) is None
+    with pytest.raises(ValueError, match=r"layer_type=1 is not allowed for 'pattern'.*to pick a head, index"):
+        cache["pattern", 0, 1]
+    with pytest.raises(TypeError, match="a cache key is a point name .* got int 5"):
+        cache[5]
+    with pytest.raises(KeyError, match="layer 2 is out of range for a model of 2 layers"):
+        cache["pattern", 2]
