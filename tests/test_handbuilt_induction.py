@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-import handbuilt as hb
+from tests import handbuilt as hb
 from minitx import dla, heads, lens
 from minitx.attribution import atp_star_qk_fix, attribution_patching
 from minitx.patching import activation_patching
