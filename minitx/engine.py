@@ -15,6 +15,9 @@ Activation patching, path patching and attribution patching (minitx.patching, .p
     final_resid(model, x, ...)        the residual stream after the last block, from any layer's resid_pre
     metric_blocks(model, resid, ...)  final residual of n experiments side by side -> metric values [n, batch]
     read_position(metric, b, n)       the one position a `Metric` reads, or None
+    EdgeGraph, edge_graph(model)      the edges between components: writers -> readers (docs/methods.md §12.1)
+    WriterValues, writer_values, ablation_values    every writer's output: a run's, or its ablated value
+    edge_patching(model, tokens, ...) exact edge patching of many edge sets side by side (docs/methods.md §12.2)
 
 The shortcuts are exact, not approximations (docs/analysis-conventions.md, docs/methods.md §1.6):
 attention is causal, so a change at position p changes nothing before p; positions before the first
@@ -27,6 +30,7 @@ set with `model.hooks(...)` may index or mix positions, so while any are active
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -35,7 +39,7 @@ from torch import Tensor
 
 from minitx.checks import check_integers, check_positions, describe
 from minitx.metrics import Metric
-from minitx.model import get_act_name
+from minitx.hooks import get_act_name
 
 RESID_LIKE = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")  # [batch, pos, d_model]
 HEAD_LIKE = ("z", "q", "k", "v", "pattern")  # per head: [batch, pos, head, d_head] or [batch, head, q, k]
@@ -241,6 +245,232 @@ def _metric_at_read(model, resid: Tensor, metric: Metric, batch: int, scale: Ten
     return [metric.at_pos(block) for block in logits.view(rows // batch, batch, -1)]
 
 
+# -- the edge graph (docs/methods.md §12.1) ----------------------------------------------------------
+@dataclass(frozen=True)
+class EdgeGraph:
+    """The edges between a GPT-2's components. Writers put something into the residual stream: the input
+    (embed + pos_embed), each head (its z W_O, without b_O), each MLP (its output, with b_out). Readers
+    take a sum of writers out of it: each head's query, key and value input separately, each MLP's
+    input, and the logits (the final residual). An edge u -> v exists when u writes before v reads: a
+    head reads the stream before its layer's attention, an MLP after it, so a head feeds later layers'
+    heads and MLPs from its own layer on; an MLP feeds later layers.
+
+    Writer indices: 0 = input, then per layer l the heads l.0 .. l.(H-1) and the MLP. Reader indices:
+    per layer l the queries of heads 0..H-1, their keys, their values, then the MLP input; last the logits.
+    Both orders are topological. edges: (writer, reader) pairs ordered by reader, then writer."""
+
+    n_layer: int
+    n_head: int
+
+    @property
+    def n_writers(self) -> int:
+        return 1 + self.n_layer * (self.n_head + 1)
+
+    @property
+    def n_readers(self) -> int:
+        return self.n_layer * (3 * self.n_head + 1) + 1
+
+    def writer(self, kind: str, layer: int | None = None, head: int | None = None) -> int:
+        """Index of the writer "input", ("head", layer, head) or ("mlp", layer)."""
+        if kind == "input":
+            return 0
+        return 1 + layer * (self.n_head + 1) + (head if kind == "head" else self.n_head)
+
+    def reader(self, kind: str, layer: int | None = None, head: int | None = None) -> int:
+        """Index of the reader ("q"|"k"|"v", layer, head), ("mlp", layer) or "logits"."""
+        if kind == "logits":
+            return self.n_layer * (3 * self.n_head + 1)
+        base = layer * (3 * self.n_head + 1)
+        return base + 3 * self.n_head if kind == "mlp" else base + "qkv".index(kind) * self.n_head + head
+
+    @functools.cached_property
+    def writer_labels(self) -> tuple[str, ...]:
+        per_layer = [[f"{l}.{h}" for h in range(self.n_head)] + [f"mlp{l}"] for l in range(self.n_layer)]
+        return ("input", *[label for layer in per_layer for label in layer])
+
+    @functools.cached_property
+    def reader_labels(self) -> tuple[str, ...]:
+        per_layer = [[f"{l}.{h}.{c}" for c in "qkv" for h in range(self.n_head)] + [f"mlp{l}"]
+                     for l in range(self.n_layer)]
+        return (*[label for layer in per_layer for label in layer], "logits")
+
+    def writer_time(self, w: int) -> int:
+        """When writer w writes: input -1; the heads of layer l 2l; its MLP 2l + 1."""
+        if w == 0:
+            return -1
+        layer, offset = divmod(w - 1, self.n_head + 1)
+        return 2 * layer + (offset == self.n_head)
+
+    def reader_time(self, r: int) -> int:
+        """When reader r reads: q/k/v of layer l at 2l (before l's heads write), its MLP at 2l + 1, logits 2L."""
+        layer, offset = divmod(r, 3 * self.n_head + 1)
+        return 2 * layer + (offset == 3 * self.n_head)
+
+    @functools.cached_property
+    def edges(self) -> Tensor:
+        """[n_edges, 2] LongTensor of (writer, reader), ordered by reader, then writer."""
+        pairs = [(w, r) for r in range(self.n_readers) for w in range(self.n_writers)
+                 if self.writer_time(w) < self.reader_time(r)]
+        return torch.tensor(pairs, dtype=torch.long)
+
+    @property
+    def n_edges(self) -> int:
+        return edge_count(self.n_layer, self.n_head)
+
+    def label(self, e: int) -> str:
+        w, r = self.edges[e].tolist()
+        return f"{self.writer_labels[w]} -> {self.reader_labels[r]}"
+
+    def dense(self, mask: Tensor) -> Tensor:
+        """Edge masks [..., n_edges] -> [..., n_writers, n_readers] (False where no edge exists)."""
+        out = mask.new_zeros(*mask.shape[:-1], self.n_writers, self.n_readers)
+        out[..., self.edges[:, 0], self.edges[:, 1]] = mask
+        return out
+
+
+def edge_count(n_layer: int, n_head: int) -> int:
+    """The number of edges of EdgeGraph(n_layer, n_head), in closed form: the 3H readers of layer r read the
+    input and the r(H + 1) heads and MLPs before them; the MLP of layer r reads the input, (r + 1)H heads
+    and r MLPs; the logits read all 1 + L(H + 1) writers. GPT-2 small (12 x 12): 32,491."""
+    L, H = n_layer, n_head
+    heads = 3 * H * (L + (H + 1) * L * (L - 1) // 2)
+    mlps = L + H * L * (L + 1) // 2 + L * (L - 1) // 2
+    return heads + mlps + 1 + L * (H + 1)
+
+
+def edge_graph(model) -> EdgeGraph:
+    """The EdgeGraph of a loaded model."""
+    return EdgeGraph(model.cfg.n_layer, model.cfg.n_head)
+
+
+# -- exact edge patching (docs/methods.md §12.2) ------------------------------------------------------
+ABLATIONS = ("resample", "mean", "zero")
+
+
+@dataclass(frozen=True)
+class WriterValues:
+    """Every writer's output on some run, or its ablated value: input [rows, pos, d_model] (rows: the batch,
+    or 1 to broadcast), heads [layer] of [rows, pos, head, d_model], mlps [layer] of [rows, pos, d_model].
+    ablation: how they were made ("resample", "mean", "zero", or "run" for a run's own values)."""
+
+    input: Tensor
+    heads: tuple
+    mlps: tuple
+    ablation: str = "run"
+
+
+def _writer_points(n_layer: int) -> list[str]:
+    return ([get_act_name("resid_pre", 0)] + [get_act_name("result", l) for l in range(n_layer)]
+            + [get_act_name("mlp_out", l) for l in range(n_layer)])
+
+
+@torch.no_grad()
+def writer_values(model, tokens: Tensor, ablation: str = "run") -> WriterValues:
+    """The output of every writer on a run of tokens [batch, pos] (hook_resid_pre of block 0 for the input,
+    hook_result for heads, hook_mlp_out for MLPs)."""
+    L, names = model.cfg.n_layer, _writer_points(model.cfg.n_layer)
+    _, cache = model.run_with_cache(token_batch(tokens), names_filter=names, stop_at_layer=L)
+    return WriterValues(cache[names[0]], tuple(cache[n] for n in names[1:L + 1]), tuple(cache[n] for n in names[L + 1:]),
+                        ablation)
+
+
+def ablation_values(model, ablation: str, tokens: Tensor, *, corrupted: Tensor | None = None,
+                    reference: Tensor | None = None) -> WriterValues:
+    """The values an ablated edge carries, for prompts `tokens` [batch, pos]. ablation: "resample" (the
+    writers' outputs on `corrupted`, paired prompt by prompt), "mean" (their mean over the `reference`
+    prompts, position by position: [1, pos, ...]) or "zero". Always named: circuits depend on it
+    (Miller et al. 2024)."""
+    tokens = token_batch(tokens)
+    if ablation == "resample":
+        if corrupted is None:
+            raise ValueError("ablation='resample' needs corrupted= prompts (one per clean prompt)")
+        check_same_shape(tokens, corrupted)
+        return writer_values(model, corrupted, "resample")
+    if ablation == "mean":
+        if reference is None:
+            raise ValueError("ablation='mean' needs reference= prompts to average the writers' outputs over")
+        check_same_shape(tokens[:1].expand(len(token_batch(reference)), -1), reference)
+        run = writer_values(model, reference)
+        mean = lambda x: x.double().mean(0, keepdim=True).to(x.dtype)  # noqa: E731
+        return WriterValues(mean(run.input), tuple(map(mean, run.heads)), tuple(map(mean, run.mlps)), "mean")
+    if ablation == "zero":
+        run = writer_values(model, tokens[:1])
+        return WriterValues(torch.zeros_like(run.input), tuple(map(torch.zeros_like, run.heads)),
+                            tuple(map(torch.zeros_like, run.mlps)), "zero")
+    raise ValueError(f"ablation={ablation!r}: use one of {', '.join(ABLATIONS)} (always name it: the circuit "
+                     "found depends on it)")
+
+
+class _EdgePatch:
+    """The hooks of one edge-patched forward of n edge sets side by side (rows: n x batch).
+
+    Each writer's current output is recorded as it is computed; each reader's input, already the sum of
+    the current writers (and biases), loses current - ablated for every writer whose edge into it is in
+    the set: in_v = sum over kept u of a_u(this run) + sum over patched u of a_u(ablated) + biases."""
+
+    def __init__(self, graph: EdgeGraph, patched: Tensor, ablated: WriterValues, batch: int):
+        self.graph, self.B, self.n = graph, batch, len(patched)
+        self.M = graph.dense(patched).to(ablated.input.dtype)  # [n, writer, reader]
+        self.ablated, self.deltas = ablated, []  # deltas: per writer group [n, batch, pos, k, d_model]
+
+    def _delta(self, current: Tensor, ablated: Tensor) -> Tensor:  # [n * batch, pos, (k,) d] -> [n, batch, pos, k, d]
+        current = current.view(self.n, self.B, *current.shape[1:])
+        delta = current - ablated[None]
+        return delta if delta.dim() == 5 else delta.unsqueeze(3)
+
+    def hooks(self, reads: set[int]) -> list:
+        """Hooks recording every writer and correcting each reader in `reads` (readers no edge set touches
+        keep the model's fast path)."""
+        g, L, H = self.graph, self.graph.n_layer, self.graph.n_head
+        hooks = [(get_act_name("resid_pre", 0), lambda x, h: self.deltas.append(self._delta(x, self.ablated.input)))]
+        for l in range(L):
+            hooks.append((get_act_name("result", l), lambda x, h, l=l: self.deltas.append(self._delta(x, self.ablated.heads[l]))))
+            for i, kind in enumerate("qkv"):
+                readers = [g.reader(kind, l, h) for h in range(H)]
+                if reads & set(readers):
+                    hooks.append((get_act_name(f"{kind}_input", l), lambda x, h, r=readers: self._correct(x, r)))
+            if g.reader("mlp", l) in reads:
+                hooks.append((get_act_name("mlp_in", l), lambda x, h, r=g.reader("mlp", l): self._correct(x, [r])))
+            hooks.append((get_act_name("mlp_out", l), lambda x, h, l=l: self.deltas.append(self._delta(x, self.ablated.mlps[l]))))
+        if g.reader("logits") in reads:
+            hooks.append((get_act_name("resid_post", L - 1), lambda x, h: self._correct(x, [g.reader("logits")])))
+        return hooks
+
+    def _correct(self, x: Tensor, readers: list[int]) -> Tensor:
+        """x: the readers' current input, [rows, pos, head, d_model] (q/k/v copies) or [rows, pos, d_model]."""
+        delta = torch.cat(self.deltas, 3)  # [n, batch, pos, writers so far, d_model]
+        mask = self.M[:, :delta.shape[3], readers]  # [n, writers so far, readers]
+        change = torch.einsum("nbpwd,nwr->nbprd", delta, mask).reshape(-1, x.shape[1], len(readers), x.shape[-1])
+        return x - (change if x.dim() == 4 else change[:, :, 0])
+
+
+def edge_patching(model, tokens: Tensor, patched: Tensor, ablated: WriterValues, metric: Callable, *,
+                  max_rows: int = 512) -> Tensor:
+    """Exact edge patching: metric values [n, batch] of runs of `tokens` [batch, pos] in which, for each of n
+    edge sets (patched: bool [n, n_edges] or [n_edges], True = the edge carries its ablated value), every
+    reader's input is rebuilt as sum over kept edges of the writer's output IN THIS RUN (already changed by
+    earlier patched edges: ACDC's semantics) plus sum over patched edges of the writer's ablated value
+    (`ablation_values`: resample, mean or zero). All edges patched with ablation "resample" is the corrupted
+    run; none patched is the clean run. Edge sets run side by side, up to max_rows rows per forward.
+    docs/methods.md §12.2; Conmy et al. 2023 (ACDC)."""
+    tokens, graph = token_batch(tokens), edge_graph(model)
+    patched = patched[None] if patched.dim() == 1 else patched
+    if patched.dtype != torch.bool or patched.dim() != 2 or patched.shape[1] != graph.n_edges:
+        raise ValueError(f"patched must be a bool mask [n_sets, n_edges={graph.n_edges}] (or [n_edges]), got "
+                         f"{describe(patched)}")
+    B, L = tokens.shape[0], model.cfg.n_layer
+    out = []
+    for start in range(0, len(patched), max(1, max_rows // B)):
+        chunk = patched[start:start + max(1, max_rows // B)]
+        patch = _EdgePatch(graph, chunk, ablated, B)
+        reads = set(graph.edges[chunk.any(0), 1].tolist())
+        with torch.no_grad():
+            final = model.run_with_hooks(tokens.repeat(len(chunk), 1), stop_at_layer=L, fwd_hooks=patch.hooks(reads))
+            out.append(metric_blocks(model, final, metric, B))
+    return torch.cat(out)
+
+
 __all__ = ["Corruption", "RESID_LIKE", "HEAD_LIKE", "DIRECTIONS", "token_batch", "check_metric_values",
            "differing_positions", "shared_prefix", "check_same_shape", "position_mask", "Shortcuts", "shortcuts",
-           "cached_past", "final_resid", "read_position", "metric_blocks"]
+           "cached_past", "final_resid", "read_position", "metric_blocks", "EdgeGraph", "edge_graph", "edge_count", "ABLATIONS",
+           "WriterValues", "writer_values", "ablation_values", "edge_patching"]

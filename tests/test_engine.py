@@ -143,3 +143,107 @@ def test_metric_blocks(model):
     assert_close(frozen[1], by_hand, **EXACT)
     with pytest.raises(ValueError, match="returned nan"):
         E.metric_blocks(model, resid, lambda x: x[:, -1, 0] * float("nan"), 2)
+
+
+# -- the edge graph and exact edge patching (docs/methods.md §12.1-12.2) -------------------------------------
+def enumerate_edges(n_layer, n_head):
+    """Every (writer, reader) pair, listed from the architecture: what each reader's input sums."""
+    heads = lambda layers: [f"{l}.{h}" for l in layers for h in range(n_head)]  # noqa: E731
+    edges = []
+    for l in range(n_layer):
+        before = ["input"] + heads(range(l)) + [f"mlp{m}" for m in range(l)]
+        edges += [(w, f"{l}.{h}.{c}") for c in "qkv" for h in range(n_head) for w in before]
+        edges += [(w, f"mlp{l}") for w in before + heads([l])]
+    edges += [(w, "logits") for w in ["input"] + heads(range(n_layer)) + [f"mlp{l}" for l in range(n_layer)]]
+    return edges
+
+
+@pytest.mark.parametrize("n_layer, n_head", [(1, 1), (2, 1), (2, 2), (3, 4), (12, 12)])
+def test_edge_count_formula_matches_an_enumeration(n_layer, n_head):
+    graph = E.EdgeGraph(n_layer, n_head)
+    expected = enumerate_edges(n_layer, n_head)
+    assert E.edge_count(n_layer, n_head) == len(expected) == len(graph.edges)
+    labels = {tuple(graph.label(e).split(" -> ")) for e in range(len(graph.edges))}
+    assert labels == set(expected)
+    if (n_layer, n_head) == (12, 12):
+        assert graph.n_edges == 32491  # GPT-2 small: "about 32,000"
+
+
+def literal_edge_patch(model, tokens, patched_edges, ablated, metric):
+    """docs/methods.md §12.2 written out: every reader's input rebuilt from scratch as the sum of its writers'
+    outputs in this run (kept edges) or their ablated values (patched edges), plus the biases before it."""
+    graph = E.edge_graph(model)
+    L, H = model.cfg.n_layer, model.cfg.n_head
+    patched = {tuple(graph.edges[e].tolist()) for e in patched_edges}
+    current = {}
+
+    def value(w, source):  # writer w's output [batch, pos, d_model]
+        if w == 0:
+            return source["input"]
+        layer, offset = divmod(w - 1, H + 1)
+        return source["mlp", layer] if offset == H else source["head", layer][:, :, offset]
+
+    ablated_source = {"input": ablated.input, **{("head", l): ablated.heads[l] for l in range(L)},
+                      **{("mlp", l): ablated.mlps[l] for l in range(L)}}
+
+    def rebuilt(r, x):
+        bias_layers = [l for l in range(L) if 2 * l < graph.reader_time(r)]
+        total = sum(model.b_O[l] for l in bias_layers) + torch.zeros_like(x)
+        for w in range(graph.n_writers):
+            if graph.writer_time(w) < graph.reader_time(r):
+                total = total + value(w, ablated_source if (w, r) in patched else current).expand_as(x)
+        return total
+
+    def record(key):
+        def hook(x, h):
+            current[key] = x
+        return hook
+
+    def rebuild_heads(kind, layer):
+        def hook(x, h):
+            return torch.stack([rebuilt(graph.reader(kind, layer, head), x[:, :, head]) for head in range(H)], 2)
+        return hook
+
+    hooks = [("blocks.0.hook_resid_pre", record("input"))]
+    for l in range(L):
+        hooks += [(f"blocks.{l}.hook_{c}_input", rebuild_heads(c, l)) for c in "qkv"]
+        hooks += [(f"blocks.{l}.attn.hook_result", record(("head", l))),
+                  (f"blocks.{l}.hook_mlp_in", lambda x, h, l=l: rebuilt(graph.reader("mlp", l), x)),
+                  (f"blocks.{l}.hook_mlp_out", record(("mlp", l)))]
+    hooks.append((f"blocks.{L - 1}.hook_resid_post", lambda x, h: rebuilt(graph.reader("logits"), x)))
+    return metric(model.run_with_hooks(tokens, fwd_hooks=hooks))
+
+
+@pytest.mark.parametrize("ablation", ["resample", "mean", "zero"])
+def test_edge_patching_equals_the_literal_definition(model, ablation):
+    graph = E.edge_graph(model)
+    metric = M.logit_diff_metric(torch.tensor([1, 2]), torch.tensor([3, 4]))
+    reference = torch.randint(0, 257, (6, 5), generator=torch.Generator().manual_seed(1))
+    ablated = E.ablation_values(model, ablation, CLEAN, corrupted=CORRUPTED, reference=reference)
+    g = torch.Generator().manual_seed(3)
+    sets = [torch.randperm(graph.n_edges, generator=g)[:k] for k in (1, 5, 40, graph.n_edges // 2)]
+    sets.append(torch.tensor([graph.edges.tolist().index([graph.writer("head", 0, 1), graph.reader("k", 2, 3)])]))
+    masks = torch.zeros(len(sets), graph.n_edges, dtype=torch.bool)
+    for i, edges in enumerate(sets):
+        masks[i, edges] = True
+    got = E.edge_patching(model, CLEAN, masks, ablated, metric, max_rows=4)  # two sets per forward
+    for i, edges in enumerate(sets):
+        assert_close(got[i], literal_edge_patch(model, CLEAN, edges.tolist(), ablated, metric), atol=1e-5, rtol=1e-5)
+
+
+def test_edge_patching_all_edges_is_the_corrupted_run_and_none_the_clean_run(model):
+    graph = E.edge_graph(model)
+    metric = M.logit_diff_metric(torch.tensor([1, 2]), torch.tensor([3, 4]))
+    ablated = E.ablation_values(model, "resample", CLEAN, corrupted=CORRUPTED)
+    masks = torch.stack([torch.ones(graph.n_edges, dtype=torch.bool), torch.zeros(graph.n_edges, dtype=torch.bool)])
+    got = E.edge_patching(model, CLEAN, masks, ablated, metric)
+    assert_close(got[0], metric(model(CORRUPTED)), atol=1e-5, rtol=1e-5)
+    assert_close(got[1], metric(model(CLEAN)), atol=1e-6, rtol=1e-6)
+    # every edge into the logits from the input and the heads: the final residual becomes the corrupted run's
+    # writers' sum, plus the current MLP outputs
+    with pytest.raises(ValueError, match="ablation='median'"):
+        E.ablation_values(model, "median", CLEAN)
+    with pytest.raises(ValueError, match="needs corrupted="):
+        E.ablation_values(model, "resample", CLEAN)
+    with pytest.raises(ValueError, match=r"bool mask \[n_sets, n_edges="):
+        E.edge_patching(model, CLEAN, torch.ones(3, dtype=torch.bool), ablated, metric)
