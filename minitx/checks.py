@@ -180,3 +180,49 @@ def check_seed(seed, what: str = "seed") -> None:
     check_integers(seed, what, "an int from 0 to 2**64-1")
     if isinstance(seed, Tensor) or not 0 <= seed < 2 ** 64:
         raise ValueError(f"{what}={seed!r} is not allowed: an int from 0 to 2**64-1")
+
+
+def check_layer_range(start_at_layer, stop_at_layer, n_layer: int) -> tuple[int, int]:
+    """start_at_layer/stop_at_layer of a forward (ints or None) -> (start, stop), 0 <= start <= stop <= n_layer."""
+    for name, value in (("start_at_layer", start_at_layer), ("stop_at_layer", stop_at_layer)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise TypeError(f"{name} must be an int (a block index 0..{n_layer}) or None, got {describe(value)}")
+    start = start_at_layer or 0
+    stop = n_layer if stop_at_layer is None else stop_at_layer
+    if not (0 <= start <= stop <= n_layer):
+        raise ValueError(f"start_at_layer={start_at_layer}, stop_at_layer={stop_at_layer} are not allowed; "
+                         f"need 0 <= start <= stop <= n_layer={n_layer}")
+    return start, stop
+
+
+def check_residual(resid, d_model: int, like: Tensor) -> Tensor:
+    """The input of a forward with start_at_layer: a dense [batch, pos, d_model] tensor of the model's dtype and device."""
+    if not isinstance(resid, Tensor) or resid.dim() != 3 or resid.shape[-1] != d_model or resid.dtype != like.dtype \
+            or resid.layout != torch.strided or resid.device != like.device:
+        got = f"shape {tuple(resid.shape)}, {resid.dtype} on {resid.device}" if isinstance(resid, Tensor) \
+            else type(resid).__name__
+        raise ValueError(f"with start_at_layer the input is a residual stream [batch, pos, {d_model}], "
+                         f"{like.dtype} on {like.device}; got {got}")
+    return resid
+
+
+def check_sweep_options(resid: Tensor, cfg, start_at_layer, n_blocks: int, past_kv, keep_last, start_at_mid,
+                        attention_mask) -> int:
+    """The forward options that serve sweeps (past_kv, keep_last, start_at_mid) -> n_past (0 without past_kv)."""
+    if past_kv is not None:
+        if start_at_layer is None or attention_mask is not None or not isinstance(past_kv, (list, tuple)) \
+                or len(past_kv) != n_blocks:
+            raise ValueError(f"past_kv needs start_at_layer, no attention_mask, and one (k, v) per block run "
+                             f"({n_blocks}); got {describe(past_kv)}")
+        batch = resid.shape[0]
+        for k_v in past_kv:
+            if not (isinstance(k_v, (list, tuple)) and len(k_v) == 2 and all(
+                    isinstance(t, Tensor) and t.dim() == 4 and t.shape[0] == batch and t.dtype == resid.dtype
+                    and t.shape[2:] == (cfg.n_head, cfg.d_head) and t.shape[1] == past_kv[0][0].shape[1] for t in k_v)):
+                raise ValueError(f"past_kv: each block's (k, v) must be two {resid.dtype} tensors [batch={batch}, "
+                                 f"n_past, head={cfg.n_head}, d_head={cfg.d_head}], the same n_past for every block")
+    if start_at_mid and (start_at_layer is None or n_blocks == 0 or past_kv is not None):
+        raise ValueError("start_at_mid needs start_at_layer, at least one block to run, and no past_kv")
+    if keep_last is not None:
+        check_keep_last(keep_last, resid.shape[1], n_blocks)
+    return 0 if past_kv is None else past_kv[0][0].shape[1]

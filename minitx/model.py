@@ -31,8 +31,8 @@ from torch import Tensor, nn
 
 from minitx import checkpoint
 from minitx.activations import ACTIVATIONS
-from minitx.checks import (check_attention_mask, check_generation, check_keep_last, check_prompt_rows, check_tokens,
-                           describe)
+from minitx.checks import (check_attention_mask, check_generation, check_layer_range, check_prompt_rows, check_residual,
+                           check_seed, check_sweep_options, check_tokens)
 from minitx.config import Config  # noqa: F401  (re-exported: minitx.model.Config)
 from minitx.hooks import (ON_REQUEST, POINTS, Cache, HookPoint, NamesFilter, Run, get_act_name,  # noqa: F401
                           point_names)
@@ -285,16 +285,19 @@ class Transformer(nn.Module):
         start_at_mid=True (with start_at_layer=l): the input is block l's resid_mid; block l runs its MLP only.
         """
         run = _run or self._context_run()
-        start, stop = self._check_layers(start_at_layer, stop_at_layer)
+        start, stop = check_layer_range(start_at_layer, stop_at_layer, self.cfg.n_layer)
         if start_at_layer is None:  # token ids: embed them
             tokens = self._check_tokens(tokens)
             check_attention_mask(attention_mask, tokens.shape)
+            if attention_mask is not None:
+                check_prompt_rows(attention_mask)  # as generate: a row of padding only is no prompt
             resid = self.embed(tokens, self._checked_positions(tokens.shape, attention_mask), run)
         else:  # a residual stream
-            resid = self._check_resid(tokens, attention_mask)
+            resid = check_residual(tokens, self.cfg.d_model, self.W_E)
+            check_attention_mask(attention_mask, resid.shape[:2])
         # -- sweeps only: keys and values of earlier positions, the last positions only, the MLP half only --
-        n_past = self._check_sweep_options(resid, start_at_layer, stop - start, past_kv, keep_last, start_at_mid,
-                                           attention_mask)
+        n_past = check_sweep_options(resid, self.cfg, start_at_layer, stop - start, past_kv, keep_last, start_at_mid,
+                                     attention_mask)
         mask = self._attention_mask(attention_mask, resid.shape[:2], resid.device, n_past)
         if keep_last is not None:
             last_mask = self._attention_mask(attention_mask, resid.shape[:2], resid.device, n_past, keep_last)
@@ -307,57 +310,12 @@ class Transformer(nn.Module):
             return resid  # the residual stream before block `stop` (before ln_final when stop == n_layer)
         return self.unembed(resid, run)
 
-    def _check_layers(self, start_at_layer, stop_at_layer) -> tuple[int, int]:
-        for name, value in (("start_at_layer", start_at_layer), ("stop_at_layer", stop_at_layer)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise TypeError(f"{name} must be an int (a block index 0..{self.cfg.n_layer}) or None, "
-                                f"got {type(value).__name__} {value!r}")
-        start = start_at_layer or 0
-        stop = self.cfg.n_layer if stop_at_layer is None else stop_at_layer
-        if not (0 <= start <= stop <= self.cfg.n_layer):
-            raise ValueError(f"start_at_layer={start_at_layer}, stop_at_layer={stop_at_layer} are not allowed; "
-                             f"need 0 <= start <= stop <= n_layer={self.cfg.n_layer}")
-        return start, stop
-
     def _checked_positions(self, shape, attention_mask: Tensor | None) -> Tensor:  # [batch or 1, pos]
         positions = self.positions(shape, attention_mask, self.W_pos.device)
         if int(positions.max()) >= self.cfg.n_ctx:
             raise ValueError(f"the sequence reaches position {int(positions.max())}, but this model has n_positions="
                              f"{self.cfg.n_ctx} (positions 0..{self.cfg.n_ctx - 1}); shorten the prompt")
         return positions
-
-    def _check_resid(self, resid, attention_mask) -> Tensor:
-        dtype, device = self.W_E.dtype, self.W_E.device
-        if not isinstance(resid, Tensor) or resid.dim() != 3 or resid.shape[-1] != self.cfg.d_model \
-                or resid.dtype != dtype or resid.layout != torch.strided or resid.device != device:
-            got = f"shape {tuple(resid.shape)}, {resid.dtype} on {resid.device}" if isinstance(resid, Tensor) \
-                else type(resid).__name__
-            raise ValueError(f"with start_at_layer the input is a residual stream [batch, pos, {self.cfg.d_model}], "
-                             f"{dtype} on {device}; got {got}")
-        check_attention_mask(attention_mask, resid.shape[:2])
-        return resid
-
-    def _check_sweep_options(self, resid, start_at_layer, n_blocks, past_kv, keep_last, start_at_mid,
-                             attention_mask) -> int:
-        """-> n_past, the earlier positions past_kv holds (0 without it)."""
-        if past_kv is not None:
-            if start_at_layer is None or attention_mask is not None or not isinstance(past_kv, (list, tuple)) \
-                    or len(past_kv) != n_blocks:
-                raise ValueError(f"past_kv needs start_at_layer, no attention_mask, and one (k, v) per block run "
-                                 f"({n_blocks}); got {describe(past_kv)}")
-            shape = (resid.shape[0], None, self.cfg.n_head, self.cfg.d_head)
-            for k_v in past_kv:
-                if not (isinstance(k_v, (list, tuple)) and len(k_v) == 2 and all(
-                        isinstance(t, Tensor) and t.dim() == 4 and t.shape[0] == shape[0] and t.shape[2:] == shape[2:]
-                        and t.shape[1] == past_kv[0][0].shape[1] and t.dtype == resid.dtype for t in k_v)):
-                    raise ValueError(f"past_kv: each block's (k, v) must be two {resid.dtype} tensors [batch="
-                                     f"{shape[0]}, n_past, head={shape[2]}, d_head={shape[3]}], the same n_past "
-                                     f"for every block")
-        if start_at_mid and (start_at_layer is None or n_blocks == 0 or past_kv is not None):
-            raise ValueError("start_at_mid needs start_at_layer, at least one block to run, and no past_kv")
-        if keep_last is not None:
-            check_keep_last(keep_last, resid.shape[1], n_blocks)
-        return 0 if past_kv is None else past_kv[0][0].shape[1]
 
     def embed(self, tokens: Tensor, positions: Tensor, run: Run) -> Tensor:  # [batch, pos], [batch or 1, pos]
         embed = run(get_act_name("embed"), self.W_E[tokens])  # [batch, pos, d_model]
@@ -461,6 +419,8 @@ class Transformer(nn.Module):
         tokens = self._check_tokens(tokens)
         check_attention_mask(attention_mask, tokens.shape)
         check_generation(tokens.shape[1], max_new_tokens, temperature, top_k, eos_token_id, self.cfg)
+        if seed is not None:
+            check_seed(seed)
         generator = torch.Generator(tokens.device).manual_seed(seed) if seed is not None else None
         mask = torch.ones_like(tokens) if attention_mask is None else attention_mask.long()
         check_prompt_rows(mask)
@@ -477,14 +437,7 @@ class Transformer(nn.Module):
             if offset == 0:  # the prompt: each row's last real token (right padding ends in pads)
                 resid = resid[torch.arange(len(resid)), mask.shape[1] - 1 - mask.flip(1).argmax(1)][:, None]
             logits = self.unembed(resid[:, -1:], run)[:, 0]  # [batch, d_vocab]
-            if temperature == 0:
-                next_token = logits.argmax(-1)
-            else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = logits.topk(min(top_k, logits.shape[-1])).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                next_token = torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+            next_token = logits.argmax(-1) if temperature == 0 else self._sample(logits, temperature, top_k, generator)
             if eos_token_id is not None:
                 next_token = next_token.masked_fill(done, eos_token_id)
                 done |= next_token == eos_token_id
@@ -494,3 +447,12 @@ class Transformer(nn.Module):
             if eos_token_id is not None and bool(done.all()):
                 break
         return tokens
+
+    @staticmethod
+    def _sample(logits: Tensor, temperature: float, top_k: int | None, generator) -> Tensor:  # [batch, d_vocab] -> [batch]
+        # Shifted so the largest logit is 0 before dividing: a tiny temperature gives -inf, never inf or NaN.
+        logits = (logits - logits.max(-1, keepdim=True).values) / temperature
+        if top_k is not None:
+            kth = logits.topk(min(top_k, logits.shape[-1])).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
