@@ -156,6 +156,25 @@ def role_swap_pairs(n: int | None = None, *, nouns=NOUNS, verbs=VERBS, templates
     return out
 
 
+def replacement_pairs(pairs, nouns=NOUNS, seed: int = 0) -> list[PromptPair]:
+    """A second corruption for generated pairs: the same clean prompts, the corrupted story told with two other
+    nouns (neither S nor O), so the corrupted prompt holds neither answer (IOI's p_ABC; docs/methods.md §2.5).
+    answer and wrong stay the clean pair's; the metric then measures how much of the preference survives."""
+    rng = random.Random(seed)
+    out = []
+    for pair in pairs:
+        if not pair.generated:
+            raise ValueError(f"pair {pair.clean!r} was not generated from a template, so its nouns cannot be replaced")
+        others = [n for n in nouns if n not in (pair.S, pair.O)]
+        if len(others) < 2:
+            raise ValueError(f"need two nouns other than {pair.S!r} and {pair.O!r}, got {others}")
+        S, O = rng.sample(others, 2)
+        corrupted = make_pair(pair.template, pair.voice, S, O, pair.verb, pair.filler).clean
+        out.append(PromptPair(pair.clean, corrupted, pair.answer, pair.wrong, pair.template, pair.voice,
+                              pair.filler, pair.S, pair.O, pair.verb))
+    return out
+
+
 def known_words(words, tokenizer, model=None) -> list[str]:
     """The words that are one token after a space and, given a model, whose embedding row is not blank (all
     zero: a token the model never trained, e.g. every GPT-2 token outside weights/english-6l's corpus)."""
@@ -305,5 +324,5 @@ def read_jsonl(path) -> list[PromptPair]:
 
 
 __all__ = ["PromptPair", "PairBatch", "NOUNS", "VERBS", "FILLERS", "STORIES", "TEMPLATES", "make_pair",
-           "role_swap_pairs", "known_words", "pair_tokens", "to_batch", "to_batches", "is_swap", "labelled_tokens",
+           "role_swap_pairs", "replacement_pairs", "known_words", "pair_tokens", "to_batch", "to_batches", "is_swap", "labelled_tokens",
            "write_jsonl", "read_jsonl"]

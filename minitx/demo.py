@@ -674,6 +674,7 @@ def head_test(model, data, second, head: tuple[int, int], noise, removed) -> dic
     restored = restored[l, h]
     pattern_run, pattern = _removed(model, data, "pattern")
     values_run, values = _removed(model, data, "v")
+    pattern, values = pattern[l, h], values[l, h]
     # removed(pattern) - removed(values) = (values patched - pattern patched) / (clean - corrupted), per prompt
     difference = S.ratio_interval(values_run.per_prompt[l, h] - pattern_run.per_prompt[l, h], c - x,
                                   resamples=RESAMPLES)

@@ -147,8 +147,9 @@ def baselines(model, clean: Tensor, corrupted: Tensor, metric) -> tuple[Tensor, 
 def result_interval(result, clean=None, corrupted=None, **kwargs) -> Interval:
     """Returns the Interval of a patching or path-patching result's normalised scores, from its per_prompt values
     [*axes, prompt]. clean, corrupted: the per-prompt baselines [prompt] (`baselines`); they must average to the
-    result's own clean and corrupted means. Without them the baselines are held at the result's means (the
-    interval then ignores their spread: narrower than it should be)."""
+    result's own clean and corrupted means. Default: the result's clean_per_prompt and corrupted_per_prompt; for
+    a result without them, the baselines are held at the result's means (the interval then ignores their
+    spread: narrower than it should be)."""
     per_prompt = getattr(result, "per_prompt", None)
     if per_prompt is None:
         raise ValueError(f"{type(result).__name__} has no per-prompt values, so it has no interval over prompts")
@@ -157,6 +158,8 @@ def result_interval(result, clean=None, corrupted=None, **kwargs) -> Interval:
     mean_corrupted = getattr(result, "corrupted", None)
     mean_corrupted = getattr(result, "new", None) if mean_corrupted is None else mean_corrupted
     n = per_prompt.shape[-1]
+    if clean is None and corrupted is None:
+        clean, corrupted = getattr(result, "clean_per_prompt", None), getattr(result, "corrupted_per_prompt", None)
     if clean is None or corrupted is None:
         clean, corrupted = torch.full((n,), float(mean_clean)), torch.full((n,), float(mean_corrupted))
     for given, mean, what in ((clean, mean_clean, "clean"), (corrupted, mean_corrupted, "corrupted")):

@@ -120,7 +120,7 @@ def test_intervals_of_patching_and_path_patching_results():
     iv = S.result_interval(result, c, x)
     torch.testing.assert_close(iv.estimate, result.scores.float(), atol=1e-5, rtol=1e-5)
     assert iv.low.shape == result.scores.shape and bool((iv.low <= iv.high).all())
-    fixed = S.result_interval(result)  # baselines held at their means: the same estimate
+    fixed = S.result_interval(result)  # its own per-prompt baselines (or their means): the same estimate
     torch.testing.assert_close(fixed.estimate, result.scores.float(), atol=1e-5, rtol=1e-5)
     path = PP.path_patch_senders(model, clean, corrupted, "logits", metric)
     torch.testing.assert_close(S.result_interval(path, c, x).estimate, path.score.float(), atol=1e-5, rtol=1e-5)
