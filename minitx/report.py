@@ -4,6 +4,7 @@ Nothing here computes an analysis: these functions turn numbers the library retu
 
     fmt(v)                    one cell: floats to 3 decimals, no "-0.000", "nan" for NaN
     pct(x)                    a share as a whole percentage, "41%"
+    fmt_interval(v, lo, hi)   an estimate and its interval, "0.412 [0.350, 0.470]"
     token_label(t, limit)     a token as a label: newlines visible, blank tokens quoted, long ones cut
     head_label(l, h)          "L.H", the name of a head everywhere in minitx
     text_table(header, rows)  aligned plain text (the CLI)
@@ -30,6 +31,11 @@ def fmt(v, digits: int = 3) -> str:
 def pct(x) -> str:
     """A share (1.0 = all) as a whole percentage: 0.414 -> "41%"."""
     return f"{100 * float(x):.0f}%"
+
+
+def fmt_interval(estimate, low, high, digits: int = 3) -> str:
+    """An estimate and its interval as one cell: "0.412 [0.350, 0.470]" (each as fmt prints it)."""
+    return f"{fmt(float(estimate), digits)} [{fmt(float(low), digits)}, {fmt(float(high), digits)}]"
 
 
 def token_label(token, limit: int = 12) -> str:
@@ -98,4 +104,4 @@ def _draw(stream, label: str, done: int, total: int, start: float) -> None:
     stream.flush()
 
 
-__all__ = ["fmt", "pct", "token_label", "head_label", "text_table", "md_table", "head_rows", "progress"]
+__all__ = ["fmt", "fmt_interval", "pct", "token_label", "head_label", "text_table", "md_table", "head_rows", "progress"]
