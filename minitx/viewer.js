@@ -16,10 +16,12 @@ function minitxView(root, d) {
     tip.style.left = ev.clientX + 14 + "px"; tip.style.top = ev.clientY + 14 + "px"; };
   const hideTip = () => { tip.style.display = "none"; };
   // Colours: attention and probabilities white -> blue on [0, 1]; signed scores blue - white - red.
-  const mix = (a, b, t) => "rgb(" + a.map((x, i) => Math.round(x + (b[i] - x) * t)).join(",") + ")";
-  const seq = (v) => mix([255, 255, 255], [8, 48, 107], Math.max(0, Math.min(1, v)));
-  const signed = (v, m) => v === null ? "#ddd" : v >= 0 ? mix([255, 255, 255], [178, 24, 43], Math.min(1, v / m))
-    : mix([255, 255, 255], [33, 102, 172], Math.min(1, -v / m));
+  const mix = (a, b, t) => a.map((x, i) => Math.round(x + (b[i] - x) * t));  // -> [r, g, b]
+  const css = (rgb) => "rgb(" + rgb.join(",") + ")";
+  const rgbSeq = (v) => mix([255, 255, 255], [8, 48, 107], Math.max(0, Math.min(1, v)));
+  const seq = (v) => css(rgbSeq(v));
+  const signed = (v, m) => v === null ? "#ddd" : css(v >= 0 ? mix([255, 255, 255], [178, 24, 43], Math.min(1, v / m))
+    : mix([255, 255, 255], [33, 102, 172], Math.min(1, -v / m)));
   const select = (label, n, names, onchange) => {
     const s = el("select", { "data-control": label });
     for (let i = 0; i < n; i++) s.append(el("option", { value: i, text: names ? names[i] : i }));
@@ -29,9 +31,10 @@ function minitxView(root, d) {
   const promptText = (p) => p.tokens.join("");
   const bos = d.bos === null || d.bos === undefined ? "" : d.bos ? "BOS prepended" : "no BOS";
 
+  // Every section says which model, prompt(s), BOS or not, and what its numbers are.
+  const context = (prompts, what) => el("div", { class: "meta", "data-part": "context", text: [d.model && "model: " + d.model,
+    bos, prompts, what].filter(Boolean).join(" | ") });
   root.append(el("h2", { text: d.title }), tip);
-  root.append(el("div", { class: "meta", text: [d.model && "model: " + d.model, bos,
-    d.prompts.length ? "prompt(s): " + d.prompts.map((p) => q(promptText(p))).join(", ") : ""].filter(Boolean).join(" | ") }));
 
   // Attention: pattern[layer, head, q, k] from the uint16 lower triangles.
   function patterns(p) {
@@ -43,12 +46,15 @@ function minitxView(root, d) {
     return (l, h, qi, k) => (k > qi ? 0 : p.attnArray[(l * d.n_head + h) * tri + (qi * (qi + 1)) / 2 + k] / d.quant);
   }
 
-  function heatmap(rows, cols, value, colour, cell, onHover, onClick) {
-    const c = el("canvas", { width: cols * cell, height: rows * cell });
-    const g = c.getContext("2d");
+  // One pixel per cell, scaled up by CSS (image-rendering: pixelated): 144 heads of 64 x 64 draw in milliseconds.
+  function heatmap(rows, cols, value, cell, onHover, onClick) {
+    const c = el("canvas", { width: cols, height: rows, style: "width:" + cols * cell + "px;height:" + rows * cell + "px" });
+    const g = c.getContext("2d"), img = g.createImageData(cols, rows);
     for (let r = 0; r < rows; r++) for (let k = 0; k < cols; k++) {
-      g.fillStyle = colour(value(r, k)); g.fillRect(k * cell, r * cell, cell, cell);
+      const i = 4 * (r * cols + k);
+      [img.data[i], img.data[i + 1], img.data[i + 2]] = rgbSeq(value(r, k)); img.data[i + 3] = 255;
     }
+    g.putImageData(img, 0, 0);
     const at = (ev) => { const b = c.getBoundingClientRect();
       return [Math.floor(((ev.clientY - b.top) / b.height) * rows), Math.floor(((ev.clientX - b.left) / b.width) * cols)]; };
     c.onmousemove = (ev) => { const [r, k] = at(ev); if (r >= 0 && r < rows && k >= 0 && k < cols) onHover(ev, r, k); };
@@ -66,7 +72,8 @@ function minitxView(root, d) {
     const layerSel = select("layer", d.n_layer, null, (v) => { st.l = v; draw(); });
     const headSel = select("head", d.n_head, null, (v) => { st.h = v; draw(); });
     controls.append(layerSel, headSel);
-    sec.append(el("h2", { text: "Attention" }), controls, body);
+    const ctx = el("div");
+    sec.append(el("h2", { text: "Attention" }), ctx, controls, body);
 
     function tokenView(p, A) {
       const box = el("div", { "data-part": "tokens" });
@@ -103,14 +110,15 @@ function minitxView(root, d) {
 
     function draw() {
       const p = d.prompts[st.p], A = patterns(p), T = p.tokens.length;
+      ctx.replaceChildren(context("prompt: " + q(promptText(p)), "attention weights (softmax pattern), 0 to 1"));
       layerSel.querySelector("select").value = st.l; headSel.querySelector("select").value = st.h;
       const hover = (l, h) => (ev, r, k) => showTip(ev, "head " + l + "." + h + "  query " + r + " " + q(p.tokens[r]) +
         " -> key " + k + " " + q(p.tokens[k]) + "\nattention " + (k > r ? "0 (causal mask)" : fmt(A(l, h, r, k))));
-      const big = heatmap(T, T, (r, k) => A(st.l, st.h, r, k), seq, Math.max(4, Math.floor(384 / T)), hover(st.l, st.h));
+      const big = heatmap(T, T, (r, k) => A(st.l, st.h, r, k), Math.max(4, Math.floor(384 / T)), hover(st.l, st.h));
       big.setAttribute("data-part", "pattern");
       const grid = el("div", { class: "grid", "data-part": "grid", style: "grid-template-columns:repeat(" + d.n_head + ",max-content)" });
       for (let l = 0; l < d.n_layer; l++) for (let h = 0; h < d.n_head; h++) {
-        const c = heatmap(T, T, (r, k) => A(l, h, r, k), seq, Math.max(1, Math.floor(72 / T)), hover(l, h),
+        const c = heatmap(T, T, (r, k) => A(l, h, r, k), Math.max(1, Math.floor(72 / T)), hover(l, h),
           () => { st.l = l; st.h = h; draw(); });
         c.setAttribute("data-layer", l); c.setAttribute("data-head", h);
         if (l === st.l && h === st.h) c.classList.add("sel");
@@ -128,8 +136,10 @@ function minitxView(root, d) {
     const sec = el("section", { "data-view": "lens" });
     const body = el("div", { class: "scroll" });
     const k = d.top_k;
+    const ctx = el("div");
     const draw = (pi) => {
       const p = d.prompts[pi], L = p.lens, table = el("table", { "data-part": "lens" });
+      ctx.replaceChildren(context("prompt: " + q(promptText(p)), "metric: probability of each stream's top tokens"));
       table.append(el("tr", {}, el("th", { text: "stream" }), ...p.tokens.map((t, i) => el("th", { text: i + ": " + t }))));
       L.labels.forEach((label, r) => {
         table.append(el("tr", {}, el("th", { text: label }), ...p.tokens.map((t, i) => {
@@ -146,7 +156,7 @@ function minitxView(root, d) {
     };
     const controls = el("div", { class: "meta", text: "Logit lens (docs/methods.md §4.1): each residual stream read through the final layer norm and the unembedding; cell = top-1 token, shade = its probability; hover for the top " + k + ". " });
     if (d.prompts.length > 1) controls.append(select("prompt", d.prompts.length, d.prompts.map((p) => promptText(p)), draw));
-    sec.append(el("h2", { text: "Logit lens" }), controls, body);
+    sec.append(el("h2", { text: "Logit lens" }), ctx, controls, body);
     draw(0);
     return sec;
   }
@@ -155,8 +165,8 @@ function minitxView(root, d) {
     const sec = el("section", { "data-view": "result" });
     const pair = R.pair ? "clean: " + q(R.pair.clean.join("")) + "\ncorrupted: " + q(R.pair.corrupted.join("")) : "";
     const base = (R.clean !== null ? "clean " + fmt(R.clean) : "") + (R.corrupted !== null ? ", corrupted " + fmt(R.corrupted) : "");
-    sec.append(el("h2", { text: R.title + " (" + R.kind + ")" }),
-      el("div", { class: "meta", text: ["metric: " + (R.metric || "n/a"), base, pair.replace("\n", " | ")].filter(Boolean).join(" | ") }));
+    sec.append(el("h2", { text: R.title + " (" + R.kind + ")" }), context(pair.replace("\n", " | "),
+      ["metric: " + (R.metric || "n/a"), base, R.direction && "direction: " + R.direction].filter(Boolean).join(" | ")));
     const all = R.values.flat().filter((v) => v !== null);
     const m = Math.max(1e-9, ...all.map(Math.abs));
     R.values.forEach((vals, s) => {

@@ -1,0 +1,249 @@
+"""The offline HTML viewer (minitx/viewer.py + viewer.js): the file is self-contained, its embedded data equals
+the library's numbers to the stated quantisation, and in a real headless Chromium, with networking off,
+hovering a token, a heatmap cell, a lens cell and a patching cell shows the library's values.
+
+The browser tests need Debian's chromium + chromium-driver and selenium (the test extra); they skip
+cleanly when any is absent (.ci/run installs them). Screenshots of each view go to $MINITX_ARTIFACTS
+(default: the test's tmp folder) and are checked for non-blank content.
+"""
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+
+import minitx
+from minitx import heads, metrics, patching, viewer
+from minitx.lens import logit_lens
+from minitx.prompts import Vocab
+
+PROMPTS = ["The cat sat on the mat because it was tired", "The cat chased the mouse. The one who chased was the"]
+CLEAN, CORRUPTED = PROMPTS[1], "The mouse chased the cat. The one who chased was the"
+SHOWN = 5e-4  # values are displayed with 3 decimals: at most half a unit of the last place from the stored value
+
+
+@pytest.fixture(scope="module")
+def model():
+    return minitx.load("english-6l")
+
+
+@pytest.fixture(scope="module")
+def case(model):
+    """(page, results, clean, corrupted): two prompts, and resid_pre-by-position and z-by-head patching."""
+    clean, corrupted = (minitx.to_tokens(p, prepend_bos=True) for p in (CLEAN, CORRUPTED))
+    metric = metrics.logit_diff_metric(minitx.to_single_token(" cat"), minitx.to_single_token(" mouse"))
+    results = [patching.activation_patching(model, clean, corrupted, metric, "resid_pre", by="pos"),
+               patching.activation_patching(model, clean, corrupted, metric, "z", by="all")]
+    page = minitx.view(model, PROMPTS, prepend_bos=True, model_name="english-6l", results=results,
+                       pair=(clean, corrupted))
+    return page, results, clean, corrupted
+
+
+def embedded(html: str) -> dict:
+    """The JSON the page carries, read back from the file's text."""
+    text = re.search(r'<script type="application/json" id="[^"]+">(.*?)</script>', html, re.S).group(1)
+    return json.loads(text.replace("<\\/", "</"))
+
+
+def test_page_is_self_contained(case):
+    html = case[0].html
+    assert "http://" not in html and "https://" not in html and "//cdn" not in html
+    assert not re.search(r"<script[^>]*\bsrc\s*=", html, re.I)
+    assert not re.search(r"<link\b", html, re.I) and "@import" not in html and "url(" not in html
+    assert not re.search(r"\b(fetch|XMLHttpRequest|WebSocket|importScripts)\s*\(", html)
+    assert html.count("<script") == 2  # the data and the viewer's own code, inlined
+
+
+def test_embedded_patterns_equal_the_models_to_the_quantisation(model, case):
+    data = embedded(case[0].html)
+    assert data == json.loads(json.dumps(case[0].data))
+    assert data["n_layer"] == model.cfg.n_layer and data["n_head"] == model.cfg.n_head and data["bos"] is True
+    for prompt, entry in zip(PROMPTS, data["prompts"]):
+        tokens = minitx.to_tokens(prompt, prepend_bos=True)
+        assert entry["ids"] == tokens[0].tolist() and entry["tokens"] == minitx.to_str_tokens(tokens[0])
+        expected = heads.attention_patterns(model, tokens)[:, 0].double()  # [layer, head, q, k]
+        decoded = viewer.decode_patterns(entry["attn"], model.cfg.n_layer, model.cfg.n_head, tokens.shape[1])
+        # half a quantisation step, plus float noise (the page was computed under another thread count)
+        assert (decoded - expected).abs().max() <= 0.5 / viewer.QUANT + 2e-6
+
+
+def test_embedded_lens_and_patching_equal_the_librarys(model, case):
+    page, results, clean, corrupted = case
+    data = embedded(page.html)
+    for prompt, entry in zip(PROMPTS, data["prompts"]):
+        lens = logit_lens(model, minitx.to_tokens(prompt, prepend_bos=True), top_k=5)
+        assert entry["lens"]["labels"] == lens.labels
+        assert entry["lens"]["ids"] == lens.top_tokens[:, 0].tolist()
+        torch.testing.assert_close(torch.tensor(entry["lens"]["probs"]), lens.top_probs[:, 0], atol=5e-5, rtol=0)
+        assert all(data["words"][str(i)] == minitx.to_string([i]) for i in lens.top_tokens.unique().tolist())
+    for result, shown in zip(results, data["results"]):
+        assert shown["metric"] == result.metric and shown["clean"] == result.clean
+        values = torch.tensor(shown["values"][0], dtype=torch.float64).reshape(result.scores.shape)
+        torch.testing.assert_close(values, result.scores.double(), atol=5e-5, rtol=0)
+        assert shown["pair"]["clean"] == minitx.to_str_tokens(clean[0])
+        assert shown["pair"]["corrupted"] == minitx.to_str_tokens(corrupted[0])
+
+
+def test_repr_html_of_results_and_pages(model, case):
+    page, results, _, _ = case
+    lens = logit_lens(model, minitx.to_tokens(PROMPTS[0], prepend_bos=True))
+    for fragment in (page._repr_html_(), results[0]._repr_html_(), lens._repr_html_()):
+        assert fragment.startswith('<div class="mtx" id="mtx') and "minitxView(" in fragment
+        assert "http://" not in fragment and "https://" not in fragment
+    data = embedded(results[1]._repr_html_())
+    torch.testing.assert_close(torch.tensor(data["results"][0]["values"][0], dtype=torch.float64).reshape(results[1].scores.shape),
+                               results[1].scores.double(), atol=5e-5, rtol=0)
+    assert embedded(lens._repr_html_())["prompts"][0]["lens"]["ids"] == lens.top_tokens[:, 0].tolist()
+
+
+def test_token_ids_model_and_three_axis_results(tmp_path):
+    # A model without text (ids as labels), and a [layer, pos, head] result shown as one heatmap per head.
+    model = minitx.load("induction-2l")
+    tokens = torch.tensor([[64, 5, 9, 2, 5, 9]])
+    result = patching.activation_patching(model, tokens, torch.tensor([[64, 7, 9, 2, 5, 9]]),
+                                          metrics.log_prob_metric(2, pos=-1), "z", by="pos")
+    page = minitx.view(model, tokens, prepend_bos=True, vocab=Vocab(model.cfg), results=[result])
+    data = page.data
+    assert data["prompts"][0]["tokens"] == ["BOS", "5", "9", "2", "5", "9"]
+    assert len(data["results"][0]["values"]) == model.cfg.n_head and data["results"][0]["slice_axis"] == "head"
+    assert page.save(tmp_path / "v.html").read_text(encoding="utf-8") == page.html
+
+
+def test_command_line_writes_the_page(tmp_path, monkeypatch, capsys):
+    from minitx import cli
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["view", "--prompt", "The cat sat on the", "--clean", CLEAN, "--corrupted", CORRUPTED,
+                     "--answer", " cat", "--wrong", " mouse", "--out", "v.html"])
+    assert code == 0 and "v.html" in capsys.readouterr().out
+    data = embedded((tmp_path / "v.html").read_text(encoding="utf-8"))
+    assert [len(data["prompts"]), len(data["results"])] == [1, 2] and data["model"] == "weights/english-6l"
+    assert cli.main(["view", "--clean", CLEAN]) == 2
+    assert "needs all of --clean, --corrupted" in capsys.readouterr().err
+
+
+# -- in a real browser -------------------------------------------------------------------------------------
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+FLAGS = ("--headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking "
+         "--disable-component-update --disable-sync --window-size=1400,1000").split()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("chromium and chromedriver are not installed (.ci/run installs Debian's)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in FLAGS:
+        options.add_argument(flag)
+    profile = tempfile.mkdtemp(prefix="minitx-chromium-")
+    options.add_argument(f"--user-data-dir={profile}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver.execute_cdp_cmd("Network.enable", {})
+    driver.execute_cdp_cmd("Network.emulateNetworkConditions",
+                           {"offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def opened(browser, case, tmp_path_factory):
+    path = tmp_path_factory.mktemp("view") / "view.html"
+    case[0].save(path)
+    browser.get_log("performance")  # drop what came before
+    browser.get(path.as_uri())
+    return browser
+
+
+def hover(driver, element, x=None, y=None):
+    """Moves the mouse over element (its centre, or the point x, y from its top-left corner)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
+    actions = ActionChains(driver)
+    if x is None:
+        actions.move_to_element(element)
+    else:
+        size = element.size
+        actions.move_to_element_with_offset(element, int(x - size["width"] / 2), int(y - size["height"] / 2))
+    actions.perform()
+
+
+def tip(driver) -> str:
+    return driver.find_element("css selector", ".mtx .tip").get_attribute("textContent")
+
+
+def test_browser_token_hover_shows_every_heads_attention(opened, model):
+    tokens = minitx.to_tokens(PROMPTS[0], prepend_bos=True)
+    expected = heads.attention_patterns(model, tokens)[:, 0]  # [layer, head, q, k]
+    i = 4  # " on"
+    hover(opened, opened.find_elements("css selector", "[data-view=attention] .tok")[i])
+    cells = opened.find_elements("css selector", "[data-part=heads] td[data-dir]")
+    assert len(cells) == model.cfg.n_head * (tokens.shape[1] + 1)  # from: keys 0..i; to: queries i..T-1
+    for cell in cells:
+        h, k, direction = int(cell.get_attribute("data-head")), int(cell.get_attribute("data-pos")), cell.get_attribute("data-dir")
+        value = expected[0, h, i, k] if direction == "from" else expected[0, h, k, i]
+        assert abs(float(cell.text) - float(value)) <= SHOWN + 1e-5, (h, k, direction)
+
+
+def test_browser_heatmap_hover_shows_the_pattern_value(opened, model):
+    tokens = minitx.to_tokens(PROMPTS[0], prepend_bos=True)
+    expected = heads.attention_patterns(model, tokens)[:, 0]
+    T = tokens.shape[1]
+    for selector, (layer, head) in (("[data-part=pattern]", (0, 0)), ("canvas[data-layer='5'][data-head='1']", (5, 1))):
+        canvas = opened.find_element("css selector", f"[data-view=attention] {selector}")
+        for q, k in ((7, 2), (T - 1, 0), (3, 3)):
+            cell = canvas.size["width"] / T
+            hover(opened, canvas, (k + 0.5) * cell, (q + 0.5) * cell)
+            text = tip(opened)
+            assert f"head {layer}.{head}  query {q} " in text and f"-> key {k} " in text, text
+            shown = float(re.search(r"attention ([0-9.]+)", text).group(1))
+            assert abs(shown - float(expected[layer, head, q, k])) <= SHOWN + 1e-5
+
+
+def test_browser_lens_and_patching_hover(opened, model, case):
+    tokens = minitx.to_tokens(PROMPTS[0], prepend_bos=True)
+    lens = logit_lens(model, tokens, top_k=5)
+    row, col = 4, 5  # 4_pre at " the"
+    hover(opened, opened.find_element("css selector", f"[data-part=lens] td[data-row='{row}'][data-col='{col}']"))
+    lines = tip(opened).split("\n")
+    assert lines[0].startswith(f"{lens.labels[row]}, position {col} ")
+    for line, token_id, p in zip(lines[1:], lens.top_tokens[row, 0, col].tolist(), lens.top_probs[row, 0, col].tolist()):
+        word, shown = line.rsplit(" ", 1)
+        assert json.loads(word) == minitx.to_string([token_id]) and abs(float(shown) - p) <= SHOWN + 1e-5
+    result = case[1][0]  # resid_pre by position, [layer, pos]
+    layer, pos = 2, 2
+    table = opened.find_elements("css selector", "[data-view=result] table[data-part=result]")[0]
+    hover(opened, table.find_element("css selector", f"td[data-row='{layer}'][data-col='{pos}']"))
+    text = tip(opened)
+    assert abs(float(re.search(r"score (-?[0-9.]+)", text).group(1)) - float(result.scores[layer, pos])) <= SHOWN + 1e-5
+    assert f"metric: {result.metric}" in text
+    assert json.dumps("<|endoftext|>" + CLEAN) in text and json.dumps("<|endoftext|>" + CORRUPTED) in text
+
+
+def test_browser_no_console_error_no_network_and_screenshots(opened, tmp_path):
+    errors = [e for e in opened.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+    assert not errors, errors
+    requests = [json.loads(e["message"])["message"] for e in opened.get_log("performance")]
+    urls = [m["params"]["request"]["url"] for m in requests if m["method"] == "Network.requestWillBeSent"]
+    assert urls and all(u.startswith("file://") for u in urls), urls
+    out = Path(os.environ.get("MINITX_ARTIFACTS", tmp_path))
+    out.mkdir(parents=True, exist_ok=True)
+    sections = opened.find_elements("css selector", ".mtx section[data-view]")
+    assert [s.get_attribute("data-view") for s in sections] == ["attention", "lens", "result", "result"]
+    for name, section in zip(["attention", "lens", "patching-resid", "patching-heads"], sections):
+        opened.execute_script("arguments[0].scrollIntoView()", section)
+        path = out / f"view-{name}.png"
+        assert section.screenshot(str(path))
+        image = matplotlib.image.imread(path)[..., :3]
+        colours = np.unique((image.reshape(-1, 3) * 255).round().astype(int), axis=0)
+        assert image.std() > 0.05 and len(colours) > 20, (name, image.std(), len(colours))  # not blank
