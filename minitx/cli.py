@@ -121,6 +121,19 @@ def _check_index(value: int | None, size: int, what: str, plural: str) -> None:
         raise ValueError(f"{what} {value} is out of range; this model has {plural} 0..{size - 1}")
 
 
+def _token(args, vocab, text: str, what: str) -> int:
+    """One token's id, with a hint when a word is given without the leading space it has after another word."""
+    token = vocab.token(text, what)
+    if vocab.is_text and text[:1].isalnum():
+        try:
+            spaced = vocab.token(" " + text, what)
+        except ValueError:
+            return token
+        _warn(args, f"{what} {text!r} has no leading space; after another word the token is {' ' + text!r} "
+                    f"(id {spaced}), a different token from {text!r} (id {token})")
+    return token
+
+
 def _warn_blank(args, model, vocab, tokens, what: str) -> None:
     """A warning when tokens use ids whose embedding is blank: the model never trained them."""
     from minitx.prompts import blank_tokens
@@ -309,7 +322,7 @@ def _pair(args, model, vocab):
     from minitx.engine import check_same_shape
     clean = vocab.tokens(args.clean, prepend_bos=args.prepend_bos, what="--clean")
     corrupted = vocab.tokens(args.corrupted, prepend_bos=args.prepend_bos, what="--corrupted")
-    answer, wrong = vocab.token(args.answer, "--answer"), vocab.token(args.wrong, "--wrong")
+    answer, wrong = _token(args, vocab, args.answer, "--answer"), _token(args, vocab, args.wrong, "--wrong")
     check_same_shape(clean, corrupted)
     _check_runs(model, clean, corrupted)
     if torch.equal(clean, corrupted):
@@ -325,13 +338,6 @@ def _pair(args, model, vocab):
     return clean, corrupted, answer, wrong
 
 
-def _position_labels(vocab, clean, corrupted) -> list[str]:
-    """One label per position: the clean token, or "clean/corrupted" where the two prompts differ."""
-    from minitx.report import token_label
-    a, b = vocab.str_tokens(clean[0]), vocab.str_tokens(corrupted[0])
-    return [token_label(x, 10) if x == y else f"{token_label(x, 8)}/{token_label(y, 8)}" for x, y in zip(a, b)]
-
-
 def cmd_patch(args) -> int:
     from minitx import metrics, patching, plots
     from minitx.report import text_table
@@ -345,7 +351,7 @@ def cmd_patch(args) -> int:
     _progress(f"activation patching {args.point} ({args.direction}, by {by}) over {cfg.n_layer} layers ...")
     result = patching.activation_patching(model, clean, corrupted, metric, point=args.point, by=by,
                                           direction=args.direction)
-    labels = _position_labels(vocab, clean, corrupted)
+    labels = plots.position_labels(vocab.str_tokens(clean[0]), vocab.str_tokens(corrupted[0]), 10)
     S = result.scores
     say(f"logit difference {vocab.decode(answer)!r} - {vocab.decode(wrong)!r}: clean {result.clean:+.3f}, "
         f"corrupted {result.corrupted:+.3f}")
@@ -435,7 +441,7 @@ def cmd_lens(args) -> int:
     from minitx.report import text_table
     model, vocab = _load(args)
     tokens = vocab.tokens(args.prompt, prepend_bos=args.prepend_bos)
-    target = vocab.token(args.target, "--target") if args.target is not None else None
+    target = _token(args, vocab, args.target, "--target") if args.target is not None else None
     T = tokens.shape[1]
     if not -T <= args.pos < T:
         raise ValueError(f"--pos {args.pos} is out of range; the prompt has positions {-T}..{T - 1}")
@@ -812,9 +818,9 @@ class _HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if (action.option_strings and "default" not in text and action.default not in (None, argparse.SUPPRESS)
+        if (action.option_strings and "default" not in text and action.default is not argparse.SUPPRESS
                 and not action.required and not isinstance(action.default, bool)):
-            text += " (default: %(default)s)"
+            text += " (default: none)" if action.default is None else " (default: %(default)s)"
         return text
 
 

@@ -204,3 +204,193 @@ def test_demo_command(model_dir, tmp_path, capsys):
     assert "[1/3]" in err and "[3/3]" in err
     assert (tmp_path / "d" / "report.md").is_file()
     assert "induction head" in out and "logit lens" in out
+
+
+# -- issue 12 and 13: the command line as a new user meets it ---------------------------------------------------
+def figures_of(monkeypatch):
+    """Captures every Figure the CLI saves (and still writes it)."""
+    from minitx import plots
+    saved, real = [], plots.save
+
+    def save(fig, path, dpi=110):
+        saved.append(fig)
+        return real(fig, path, dpi)
+    monkeypatch.setattr(plots, "save", save)
+    return saved
+
+
+def colorbar_label(fig) -> str:
+    return next(ax.get_ylabel() for ax in fig.axes if ax.get_label() == "<colorbar>")
+
+
+def test_prompts_are_positional_with_the_flag_as_alias(model_dir, tmp_path, capsys):
+    a = run(capsys, "lens", "7 8 9", "--model", model_dir, "--out", tmp_path)
+    b = run(capsys, "lens", "--prompt", "7 8 9", "--model", model_dir, "--out", tmp_path)
+    assert a[0] == b[0] == 0 and a[1] == b[1]
+    code, out, _ = run(capsys, "patch", "3 4 5 3 4", "3 6 5 3 4", "--answer", 5, "--wrong", 6, "--model", model_dir,
+                       "--out", tmp_path)
+    assert code == 0 and (tmp_path / "patch.png").is_file()  # --out names a folder: the default name inside it
+
+
+def test_every_option_says_what_it_does_and_its_default():
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    for name, sub in commands.items():
+        text = sub.format_help()
+        for action in sub._actions:
+            if not action.option_strings or action.dest == "help" or action.dest.endswith("_flag"):
+                continue  # --prompt and friends: aliases of a positional argument
+            assert action.help, f"minitx {name} {action.option_strings[0]} has no help"
+            shown = sub._get_formatter()._get_help_string(action)
+            assert action.required or "default" in shown or action.default is False, (name, action.option_strings)
+        assert "(default:" in text or name == "download"
+
+
+def test_out_dot_and_existing_folder(model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(capsys, "attention", "5 9 2", "--layer", 0, "--model", model_dir, "--out", ".")
+    assert code == 0 and (tmp_path / "attention-layer0.png").is_file() and not (tmp_path / ".png").exists()
+    (tmp_path / "figs").mkdir()
+    code, out, _ = run(capsys, "heads", "--n", 3, "--batch", 1, "--model", model_dir, "--out", "figs")
+    assert code == 0 and (tmp_path / "figs" / "heads.png").is_file() and not (tmp_path / "figs.png").exists()
+    assert "figure: figs/heads.png" in out
+    code, out, _ = run(capsys, "heads", "--n", 3, "--batch", 1, "--model", model_dir, "--out", "new/")
+    assert code == 0 and (tmp_path / "new" / "heads.png").is_file()  # one named folder is created
+
+
+def test_any_error_is_one_line_and_debug_shows_the_traceback(model_dir, tmp_path, capsys, monkeypatch):
+    from minitx import heads
+    monkeypatch.chdir(tmp_path)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("probability tensor contains either `inf`, `nan`\nand a second line")
+    monkeypatch.setattr(heads, "attention_patterns", broken)
+    code, out, err = run(capsys, "attention", "5 9", "--layer", 0, "--model", model_dir)
+    check_clean_error(code, out, err, r"^minitx attention: error: RuntimeError: probability tensor contains .* "
+                                      r"\(set MINITX_DEBUG=1 to see where\)$")
+    monkeypatch.setenv("MINITX_DEBUG", "1")
+    with pytest.raises(RuntimeError):
+        cli.main(["attention", "5 9", "--layer", "0", "--model", model_dir])
+
+
+def test_ctrl_c_is_one_line(model_dir, capsys, monkeypatch):
+    from minitx import heads
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(heads, "attention_patterns", interrupted)
+    code, out, err = run(capsys, "attention", "5 9", "--layer", 0, "--model", model_dir)
+    assert code == 130 and err == "minitx: interrupted\n" and "Traceback" not in out + err
+
+
+def test_closed_pipe_still_writes_the_figure(model_dir, tmp_path):
+    """`minitx heads | head -1`: the reader leaves after one line; the command ends cleanly and writes its PNG."""
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(cli.REPO_ROOT)}
+    with subprocess.Popen([sys.executable, "-m", "minitx.cli", "heads", "--model", model_dir, "--n", "4", "--batch",
+                           "2"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        first = proc.stdout.readline()
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        code = proc.wait(timeout=120)
+    assert first.startswith(b"head scores")
+    assert code == 0 and "Broken pipe" not in err and "Traceback" not in err, err
+    assert (tmp_path / "heads.png").is_file()
+
+
+def test_verify_tolerance_must_be_positive_and_finite(capsys):
+    for bad in ("-1", "nan", "inf", "x"):
+        code, out, err = run(capsys, "verify", "gpt2", "--tolerance", bad)
+        check_clean_error(code, out, err, rf"argument --tolerance: invalid tolerance '{bad}': a finite number > 0")
+
+
+def test_heads_draws_known_tokens_and_warns_of_blank_ones(tmp_path, capsys):
+    """A model whose embeddings are blank (all zero) for most ids: r comes from the trained ones, a prompt
+    with an untrained token is warned about."""
+    model = random_model(n_layer=2, n_head=2, n_embd=16, n_positions=32, vocab_size=50257)
+    with __import__("torch").no_grad():
+        keep = minitx.Tokenizer.default().to_tokens(" The cat sat on the mat and the dog ran to a red door",
+                                                    prepend_bos=True)[0]
+        mask = __import__("torch").zeros(50257, dtype=__import__("torch").bool)
+        mask[keep] = True
+        model.W_E[~mask] = 0  # W_E is a view of the embedding weight
+    assert int((model.W_E.norm(dim=-1) > 0).sum()) == len(set(keep.tolist()))
+    path = tmp_path / "blank"
+    minitx.save_pretrained(model, path)
+    code, out, err = run(capsys, "heads", "--model", path, "--n", 4, "--batch", 2, "--out", tmp_path)
+    assert code == 0 and f"from the {len(set(keep.tolist()))} tokens this model trained" in out
+    code, out, err = run(capsys, "lens", " The cat sat on the bird", "--model", path, "--target", " mat", "--out",
+                         tmp_path)
+    assert code == 0 and "warning: the prompt or --target uses 1 token(s) this model never trained" in err
+    assert "' bird'" in err
+
+
+def test_target_without_its_space_gets_a_hint(gpt2_vocab_dir, tmp_path, capsys):
+    code, out, err = run(capsys, "lens", "The cat sat on the", "--target", "mat", "--model", gpt2_vocab_dir,
+                         "--out", tmp_path)
+    assert code == 0 and "warning: --target 'mat' has no leading space; after another word the token is ' mat'" in err
+    code, out, err = run(capsys, "lens", "The cat sat on the", "--target", "Mississippi", "--model", gpt2_vocab_dir)
+    check_clean_error(code, out, err, r"--target: .*did you mean ' Mississippi' with a leading space\?")
+
+
+def test_checkpoint_with_its_own_tokenizer(tmp_path, capsys):
+    """vocab.json + merges.txt beside the weights: prompts are text even though the vocabulary is not GPT-2's."""
+    import json
+    from minitx.tokenizer import bytes_to_unicode
+    chars = list(bytes_to_unicode().values())
+    encoder = {c: i for i, c in enumerate(chars)} | {"<|endoftext|>": 256}
+    path = tmp_path / "own"
+    minitx.save_pretrained(random_model(n_layer=1, n_head=2, n_embd=16, n_positions=32, vocab_size=257), path)
+    (path / "vocab.json").write_text(json.dumps(encoder))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    code, out, err = run(capsys, "lens", "abc", "--model", path, "--target", "d", "--out", tmp_path)
+    assert code == 0 and "p('d')" in out and "position 3 ('c')" in out
+
+
+def test_lens_incl_mid_and_figure_titles(model_dir, tmp_path, capsys, monkeypatch):
+    saved = figures_of(monkeypatch)
+    code, out, _ = run(capsys, "lens", "7 8 9", "--incl-mid", "--model", model_dir, "--out", tmp_path)
+    assert code == 0 and [line.split()[0] for line in out.splitlines()[3:-1]] == ["0_pre", "0_mid", "1_pre",
+                                                                                 "1_mid", "final"]
+    assert "'7 8 9'" in saved[-1].axes[0].get_title()
+    assert run(capsys, "attention", "5 9 2", "--layer", 1, "--model", model_dir, "--out", tmp_path)[0] == 0
+    assert "'5 9 2'" in saved[-1]._suptitle.get_text()
+
+
+def test_path_patch_one_sender_several_receivers_frozen_mlps(model_dir, tmp_path, capsys, monkeypatch):
+    from minitx import metrics, path_patching
+    pair = ["3 4 5 3 4", "3 6 5 3 4", "--answer", 5, "--wrong", 6, "--model", model_dir]
+    code, out, err = run(capsys, "path-patch", *pair, "--sender", "0.1", "--receiver", "k:1.0", "q:1.1",
+                         "--freeze-mlps")
+    assert code == 0 and "rel. change = (patched - clean) / clean" in out
+    rows = {line.rsplit(None, 3)[0]: line.split()[-3:] for line in out.splitlines() if line.startswith("0.1 ->")}
+    assert list(rows) == ["0.1 -> k:1.0", "0.1 -> q:1.1", "0.1 -> k:1.0 + q:1.1"]
+    model = minitx.load(model_dir)
+    clean, corrupted = torch_ids("64 3 4 5 3 4"), torch_ids("64 3 6 5 3 4")
+    direct = path_patching.path_patch(model, clean, corrupted, (0, 1), [("k", 1, 0), ("q", 1, 1)],
+                                      metrics.logit_diff_metric(5, 6), freeze_mlps=True)
+    assert rows["0.1 -> k:1.0 + q:1.1"][0] == f"{float(direct.scores):.3f}"
+    saved = figures_of(monkeypatch)
+    code, out, _ = run(capsys, "path-patch", *pair, "--receiver", "logits", "--out", tmp_path)
+    assert code == 0 and colorbar_label(saved[-1]).startswith("removed")
+    assert "'3 4 5 3 4'" in saved[-1].axes[0].get_title().replace("\n", " ")
+    code, out, _ = run(capsys, "patch", *pair, "--out", tmp_path)
+    labels = [t.get_text() for t in saved[-1].axes[0].get_xticklabels()]
+    assert labels == ["BOS", "3", "4/6", "5", "3", "4"] and colorbar_label(saved[-1]).startswith("score")
+    norm = saved[-1].axes[0].images[0].norm
+    assert (norm.vmin, norm.vmax) == (-1.0, 1.0)
+
+
+def torch_ids(text):
+    import torch
+    return torch.tensor([[int(t) for t in text.split()]])
+
+
+def test_demo_refuses_a_short_context_before_any_stage(tmp_path, capsys):
+    path = tmp_path / "short"
+    minitx.save_pretrained(random_model(n_layer=1, n_head=2, n_embd=16, n_positions=8, vocab_size=50257), path)
+    code, out, err = run(capsys, "demo", "--model", path, "--out", tmp_path / "d")
+    check_clean_error(code, out, err, r"n_positions=8, but the demo's longest prompt")
+    assert out == "" and not (tmp_path / "d").exists()
