@@ -122,15 +122,25 @@ def check_tokens(tokens, d_vocab: int) -> Tensor:
     if not isinstance(tokens, Tensor):
         raise TypeError(f"tokens must be a LongTensor [batch, pos] of token ids, got {type(tokens).__name__}; "
                         "use minitx.to_tokens(text, prepend_bos=...) for text")
-    if tokens.dtype not in (torch.long, torch.int, torch.int16, torch.uint8):
+    _check_dense(tokens, "tokens")
+    if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
         raise TypeError(f"tokens must be integer ids, got {tokens.dtype}")
+    tokens = tokens.long()  # every integer dtype: int8 .. uint64 (ids beyond int64 are outside any vocabulary)
     tokens = tokens.unsqueeze(0) if tokens.dim() == 1 else tokens
     if tokens.dim() != 2 or tokens.numel() == 0:
         raise ValueError(f"tokens must be [batch, pos] with at least one token, got shape {tuple(tokens.shape)}")
     lo, hi = int(tokens.min()), int(tokens.max())
     if lo < 0 or hi >= d_vocab:
         raise ValueError(f"token id {lo if lo < 0 else hi} is outside the vocabulary; allowed ids are 0..{d_vocab - 1}")
-    return tokens.long()
+    return tokens
+
+
+def _check_dense(x: Tensor, what: str) -> None:
+    """A tensor with values: strided (not sparse) and not on the meta device."""
+    if x.layout != torch.strided:
+        raise TypeError(f"{what} must be a dense tensor, got layout {x.layout}; use .to_dense()")
+    if x.device.type == "meta":
+        raise ValueError(f"{what} must hold values, got a tensor on the meta device (shapes only)")
 
 
 def check_attention_mask(attention_mask, shape) -> None:
@@ -139,6 +149,7 @@ def check_attention_mask(attention_mask, shape) -> None:
         return
     if not isinstance(attention_mask, Tensor):
         raise TypeError(f"attention_mask must be a tensor [batch, pos] of 0/1, got {type(attention_mask).__name__}")
+    _check_dense(attention_mask, "attention_mask")
     if attention_mask.shape != shape:
         raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but the input needs "
                          f"{tuple(shape)}: one 0/1 entry per token")
@@ -153,7 +164,20 @@ def check_prompt_rows(mask) -> None:
                          "there is nothing to continue; give every prompt at least one token")
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_generation(n_prompt: int, max_new_tokens: int, temperature: float, top_k, eos_token_id, cfg) -> None:
+    """generate's arguments: types first (a float count or a str temperature is a TypeError naming it), then values."""
+    if not _is_int(max_new_tokens):
+        raise TypeError(f"max_new_tokens must be an int >= 0, got {describe(max_new_tokens)}")
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+        raise TypeError(f"temperature must be a number >= 0 (0 = greedy), got {describe(temperature)}")
+    if top_k is not None and not _is_int(top_k):
+        raise TypeError(f"top_k must be a positive int or None, got {describe(top_k)}")
+    if eos_token_id is not None and not _is_int(eos_token_id):
+        raise TypeError(f"eos_token_id must be an int token id or None, got {describe(eos_token_id)}")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
     if not temperature >= 0:  # also refuses NaN

@@ -76,3 +76,39 @@ def test_check_seed():
     for bad in (None, "a", 1.0, True):
         with pytest.raises(TypeError, match="seed must be an int from 0 to 2"):
             checks.check_seed(bad)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64, torch.uint16,
+                                   torch.uint32])
+def test_check_tokens_takes_every_integer_dtype(dtype):
+    tokens = checks.check_tokens(torch.tensor([[1, 2, 3]]).to(dtype), 10)
+    assert tokens.dtype == torch.long and tokens.tolist() == [[1, 2, 3]]
+
+
+def test_tokens_and_masks_must_hold_values():
+    with pytest.raises(TypeError, match="tokens must be a dense tensor, got layout torch.sparse_coo"):
+        checks.check_tokens(torch.tensor([[1, 0, 2]]).to_sparse(), 10)
+    with pytest.raises(ValueError, match="tokens must hold values, got a tensor on the meta device"):
+        checks.check_tokens(torch.zeros(1, 3, dtype=torch.long, device="meta"), 10)
+    with pytest.raises(TypeError, match="attention_mask must be a dense tensor"):
+        checks.check_attention_mask(torch.ones(1, 3).to_sparse(), (1, 3))
+    with pytest.raises(ValueError, match="attention_mask must hold values"):
+        checks.check_attention_mask(torch.ones(1, 3, device="meta"), (1, 3))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(max_new_tokens=2.0), "max_new_tokens must be an int >= 0, got float 2.0"),
+    (dict(max_new_tokens="3"), "max_new_tokens must be an int >= 0, got str '3'"),
+    (dict(temperature="1"), r"temperature must be a number >= 0 \(0 = greedy\), got str '1'"),
+    (dict(temperature=True), "temperature must be a number"),
+    (dict(top_k=2.5), "top_k must be a positive int or None, got float 2.5"),
+    (dict(eos_token_id=2.5), "eos_token_id must be an int token id or None, got float 2.5"),
+    (dict(eos_token_id=True), "eos_token_id must be an int token id or None, got bool True"),
+])
+def test_generation_arguments_have_their_types_checked(kwargs, message):
+    from types import SimpleNamespace
+    cfg = SimpleNamespace(d_vocab=10, n_ctx=16)
+    args = dict(max_new_tokens=2, temperature=0.0, top_k=None, eos_token_id=None) | kwargs
+    with pytest.raises(TypeError, match=message):
+        checks.check_generation(3, args["max_new_tokens"], args["temperature"], args["top_k"], args["eos_token_id"],
+                                cfg)
