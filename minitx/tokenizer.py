@@ -17,6 +17,7 @@ References: Radford et al. 2019, "Language Models are Unsupervised Multitask Lea
 
 from __future__ import annotations
 
+import collections
 import functools
 import heapq
 import json
@@ -28,6 +29,7 @@ import torch
 
 DATA_DIR = Path(__file__).parent / "data" / "gpt2"
 ENDOFTEXT = "<|endoftext|>"
+CACHE_WORDS = 20_000  # the word cache keeps this many recent words (about 4 MB), however much text passes
 
 # GPT-2's pre-tokenizer: contractions, letter runs, digit runs and punctuation runs, each with
 # at most one leading space. `\s+(?!\S)` leaves the last space of a run to the next word, so
@@ -55,29 +57,39 @@ def bytes_to_unicode() -> dict[int, str]:
 class Tokenizer:
     """GPT-2 byte-level BPE. ``encode`` and ``decode`` match ``transformers.GPT2Tokenizer``."""
 
-    def __init__(self, encoder: dict[str, int], merges: list[tuple[str, str]]):
+    def __init__(self, encoder: dict[str, int], merges: list[tuple[str, str]], source: str = "the tokenizer"):
+        """encoder: token string -> id; merges: BPE pairs, earliest learned first. Checked: every id is a
+        distinct int >= 0 and every merge's product is in the vocabulary."""
+        check_vocabulary(encoder, merges, source)
         self.encoder = encoder
         self.decoder = {i: s for s, i in encoder.items()}
         # A merge learned earlier has a lower rank and is applied first.
         self.ranks = {pair: rank for rank, pair in enumerate(merges)}
         self.byte_encoder = bytes_to_unicode()
         self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}
-        # Same ids, one per word: text repeats words, and BPE on a word is the slow part.
-        self.cache: dict[str, tuple[int, ...]] = {}
-        if ENDOFTEXT not in encoder:
-            raise ValueError(f"the vocabulary has no {ENDOFTEXT!r} token")
+        # Same ids, one per word: text repeats words, and BPE on a word is the slow part. Least recently
+        # used words go first, so memory stays bounded over any amount of text.
+        self.cache: collections.OrderedDict[str, tuple[int, ...]] = collections.OrderedDict()
         self.bos_token_id = self.eos_token_id = encoder[ENDOFTEXT]
         # Like HF, the special token is cut out of the text before pre-tokenizing, as is.
         self.special_split = regex.compile(f"({regex.escape(ENDOFTEXT)})")
 
     @classmethod
     def from_files(cls, encoder_json_path: str | Path, merges_path: str | Path) -> Tokenizer:
-        with open(encoder_json_path, encoding="utf-8") as f:
-            encoder = json.load(f)
-        lines = Path(merges_path).read_text(encoding="utf-8").splitlines()
+        try:
+            encoder = json.loads(Path(encoder_json_path).read_text(encoding="utf-8"))
+            lines = Path(merges_path).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"cannot read the tokenizer files {encoder_json_path}, {merges_path}: "
+                             f"{str(e).splitlines()[0][:100]}") from None
         # First line is "#version: 0.2"; each other line is "left right" (BPE tokens have no spaces).
-        merges = [tuple(line.split()) for line in lines if line and not line.startswith("#version")]
-        return cls(encoder, merges)
+        merges = []
+        for number, line in enumerate(lines, 1):
+            if line and not line.startswith("#version"):
+                if len(pair := tuple(line.split())) != 2:
+                    raise ValueError(f"{merges_path} line {number}: {line[:40]!r} is not a merge 'left right'")
+                merges.append(pair)
+        return cls(encoder, merges, f"{encoder_json_path} + {merges_path}")
 
     @classmethod
     def from_directory(cls, directory: str | Path) -> Tokenizer:
@@ -100,8 +112,9 @@ class Tokenizer:
 
     def _bpe(self, word: str) -> tuple[int, ...]:
         """Ids of one pre-tokenized word (already in byte-characters)."""
-        if word in self.cache:
-            return self.cache[word]
+        if (ids := self.cache.get(word)) is not None:
+            self.cache.move_to_end(word)
+            return ids
         # GPT-2's rule: repeatedly merge every occurrence of the lowest-ranked adjacent pair, left to right.
         # A pair that contains a merged symbol was learned after that merge, so it always ranks higher:
         # taking pairs from a heap by (rank, position) gives the same order, in O(n log n) rather than
@@ -131,12 +144,23 @@ class Tokenizer:
                 push(i, following[i])
             if preceding[i] >= 0:
                 push(preceding[i], i)
-        ids = tuple(self.encoder[p] for p in parts if p is not None)
+        try:
+            ids = tuple(self.encoder[p] for p in parts if p is not None)
+        except KeyError as e:  # a vocabulary without all 256 byte tokens
+            raise ValueError(f"this tokenizer's vocabulary has no token for {e.args[0]!r}, so it cannot encode "
+                             f"{bytes(self.byte_decoder[c] for c in word).decode('utf-8', 'replace')!r}") from None
         self.cache[word] = ids
+        if len(self.cache) > CACHE_WORDS:
+            self.cache.popitem(last=False)
         return ids
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``, no BOS; ``<|endoftext|>`` in the text becomes its single id."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__} {text!r:.40}")
+        if bad := regex.search(r"[\ud800-\udfff]", text):  # UTF-8 cannot encode a lone surrogate
+            raise ValueError(f"the text holds a lone surrogate {bad.group()!a} at index {bad.start()}, which is not "
+                             "a Unicode character; decode the source with errors='replace' first")
         ids: list[int] = []
         for chunk in self.special_split.split(text):
             if chunk == ENDOFTEXT:
@@ -212,7 +236,12 @@ class Tokenizer:
         """Text of [pos] ids (one string) or of [batch, pos] ids (one string per row)."""
         if isinstance(tokens, torch.Tensor) and tokens.dim() > 2:
             raise ValueError(f"to_string takes ids [pos] or [batch, pos], got shape {tuple(tokens.shape)}")
-        ids = tokens.tolist() if isinstance(tokens, torch.Tensor) else list(tokens)
+        ids = tokens.tolist() if isinstance(tokens, torch.Tensor) else tokens
+        if isinstance(ids, numbers.Integral) and not isinstance(ids, bool):  # one id: to_string(256)
+            return self.decode([ids])
+        if not isinstance(ids, (list, tuple, range)):
+            raise TypeError(f"to_string takes token ids (an int, a list or a tensor), got {type(ids).__name__}")
+        ids = list(ids)
         if ids and isinstance(ids[0], (list, tuple)):
             return [self.decode(row) for row in ids]
         return self.decode(ids)
@@ -244,3 +273,18 @@ class Tokenizer:
             pieces = [self.decode([i]) for i in ids]
             raise ValueError(f"{word!r} is {len(ids)} tokens, not 1: {pieces} (ids {ids})")
         return ids[0]
+
+
+def check_vocabulary(encoder, merges, source: str) -> None:
+    """ValueError naming `source` unless the vocabulary and merges make a working byte-level BPE."""
+    if not isinstance(encoder, dict) or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                                                and v >= 0 for k, v in encoder.items()):
+        raise ValueError(f"{source}: the vocabulary must be a JSON object of token string -> id (an int >= 0)")
+    if len(set(encoder.values())) != len(encoder):
+        raise ValueError(f"{source}: two tokens share an id; every id must be distinct")
+    if ENDOFTEXT not in encoder:
+        raise ValueError(f"{source}: the vocabulary has no {ENDOFTEXT!r} token")
+    for rank, (left, right) in enumerate(merges):
+        if left + right not in encoder:
+            raise ValueError(f"{source}: merge {rank} ({left!r} {right!r}) makes {left + right!r}, which is not "
+                             "in the vocabulary")

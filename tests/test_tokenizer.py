@@ -1,6 +1,7 @@
 """Tests for minitx.tokenizer: published ids, id-for-id parity with transformers, BOS helpers."""
 
 import hashlib
+import re
 import shutil
 from pathlib import Path
 
@@ -238,3 +239,62 @@ def test_to_single_token(tok):
         tok.to_single_token(" Hello world")
     with pytest.raises(ValueError, match="0 tokens"):
         tok.to_single_token("")
+
+
+def test_word_cache_is_bounded_and_answers_stay_the_same(monkeypatch):
+    tok = Tokenizer.from_directory(DATA_DIR)
+    monkeypatch.setattr(tokmod, "CACHE_WORDS", 50)
+    words = " ".join(f"w{i}x" for i in range(400))
+    first = tok.encode(words)
+    assert len(tok.cache) == 50  # the least recently used words went
+    assert tok.encode(words) == first == Tokenizer.from_directory(DATA_DIR).encode(words)
+
+
+def small_files(tmp_path, vocab, merges) -> tuple[Path, Path]:
+    import json
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab) if not isinstance(vocab, str) else vocab)
+    (tmp_path / "merges.txt").write_text(merges)
+    return tmp_path / "vocab.json", tmp_path / "merges.txt"
+
+
+def byte_vocab() -> dict:
+    vocab = {c: i for i, c in enumerate(tokmod.bytes_to_unicode().values())}
+    return {**vocab, "ab": 256, "<|endoftext|>": 257}
+
+
+@pytest.mark.parametrize("vocab, merges, message", [
+    ("{not json", "#version: 0.2\n", "cannot read the tokenizer files"),
+    ([1, 2], "#version: 0.2\n", "the vocabulary must be a JSON object of token string -> id"),
+    ({**byte_vocab(), "ab": 3}, "#version: 0.2\n", "two tokens share an id"),
+    ({k: v for k, v in byte_vocab().items() if k != "<|endoftext|>"}, "#version: 0.2\n", "has no '<|endoftext|>'"),
+    (byte_vocab(), "#version: 0.2\na b\nb c\n", "merge 1 ('b' 'c') makes 'bc', which is not in the vocabulary"),
+    (byte_vocab(), "#version: 0.2\na b c\n", "line 2: 'a b c' is not a merge 'left right'"),
+])
+def test_corrupt_tokenizer_files_name_the_problem(tmp_path, vocab, merges, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Tokenizer.from_files(*small_files(tmp_path, vocab, merges))
+
+
+def test_small_valid_tokenizer_files_work(tmp_path):
+    tok = Tokenizer.from_files(*small_files(tmp_path, byte_vocab(), "#version: 0.2\na b\n"))
+    assert tok.encode("ab a") == [256, tok.encoder["Ġ"], tok.encoder["a"]]
+    partial = Tokenizer.from_files(*small_files(tmp_path, {"a": 0, "<|endoftext|>": 1}, "#version: 0.2\n"))
+    assert partial.encode("aa") == [0, 0] and partial.decode([0, 1]) == "a<|endoftext|>"
+    with pytest.raises(ValueError, match="vocabulary has no token for 'b', so it cannot encode 'ab'"):
+        partial.encode("ab")
+
+
+@pytest.mark.parametrize("bad, exc, message", [
+    ("x\ud800y", ValueError, r"lone surrogate '\\ud800' at index 1"),
+    (None, TypeError, "text must be a str, got NoneType"),
+    (b"bytes", TypeError, "text must be a str, got bytes"),
+])
+def test_encode_refuses_what_is_not_text(tok, bad, exc, message):
+    with pytest.raises(exc, match=message):
+        tok.encode(bad)
+
+
+def test_to_string_of_one_id(tok):
+    assert tok.to_string(256) == tok.decode([256]) and tok.to_string(torch.tensor(5)) == tok.decode([5])
+    with pytest.raises(TypeError, match="to_string takes token ids"):
+        tok.to_string(2.5)
