@@ -9,13 +9,15 @@
 
 __version__ = "0.1.0"  # the one place the version is written (pyproject.toml reads it)
 
-from minitx.model import POINTS, Cache, Config, HookPoint, Transformer, get_act_name, point_names
-
 __all__ = ["__version__", "POINTS", "Cache", "Config", "HookPoint", "Transformer", "get_act_name", "point_names"]
 
 
 def __getattr__(name):
-    # The loader and tokenizer are imported on first use, so `import minitx` stays fast.
+    # Everything is imported on first use, so `import minitx` (and the command line's start) does not load
+    # torch: a Ctrl-C while torch loads then happens inside `minitx.cli.main`, which answers it in one line.
+    if name in __all__[1:]:
+        from minitx import model
+        return getattr(model, name)
     if name in ("load", "save_pretrained", "download"):
         from minitx import loading
         return getattr(loading, name)

@@ -394,3 +394,14 @@ def test_demo_refuses_a_short_context_before_any_stage(tmp_path, capsys):
     code, out, err = run(capsys, "demo", "--model", path, "--out", tmp_path / "d")
     check_clean_error(code, out, err, r"n_positions=8, but the demo's longest prompt")
     assert out == "" and not (tmp_path / "d").exists()
+
+
+def test_starting_the_command_line_loads_no_torch():
+    """Ctrl-C during imports: everything heavy is imported inside main, which answers Ctrl-C in one line (exit 130),
+    so importing the entry point itself must stay light."""
+    import subprocess
+    import sys
+    code = "import sys, minitx.cli; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cli.REPO_ROOT,
+                            timeout=60)
+    assert result.stdout.strip() == "False", result.stderr

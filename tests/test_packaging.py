@@ -105,4 +105,4 @@ def test_python_dash_m_and_version(tmp_path):
         assert done.returncode == 0 and done.stdout.strip() == f"minitx {minitx.__version__}", done
     done = subprocess.run([sys.executable, "-m", "minitx", "lens"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=120)
-    assert done.returncode == 2 and "minitx lens: error: the following arguments are required: --prompt" in done.stderr
+    assert done.returncode == 2 and "minitx lens: error: the following arguments are required: prompt" in done.stderr
