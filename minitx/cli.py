@@ -570,6 +570,93 @@ def cmd_view(args) -> int:
     return 0
 
 
+def cmd_dla(args) -> int:
+    from minitx import dla, plots
+    from minitx.report import text_table
+    model, vocab = _load(args)
+    tokens = vocab.tokens(args.prompt, prepend_bos=args.prepend_bos)
+    answer = _token(args, vocab, args.answer, "--answer")
+    wrong = _token(args, vocab, args.wrong, "--wrong") if args.wrong is not None else None
+    _check_runs(model, tokens)
+    _check_pos(args.pos, tokens.shape[1])
+    result = dla.direct_logit_attribution(model, tokens, answer, wrong=wrong, pos=args.pos)
+    what = f"logit {vocab.decode(answer)!r}" + (f" - logit {vocab.decode(wrong)!r}" if wrong is not None else "")
+    order = result.scores.abs().argsort(descending=True)[:args.top].tolist()
+    say(f"direct logit attribution of {what} at position {args.pos % tokens.shape[1]}: {result.clean:+.3f} = "
+        f"the components below + the rest + the final LN bias term {float(result.bias_term.mean()):+.3f}")
+    say("each component's write into the final residual, centred and divided by the final LN scale of this run, "
+        "dotted with the unembedding direction; direct effects only (a head acting through later layers can "
+        "show 0 here)")
+    say(text_table(["component", "contribution", "share"],
+                   [[result.labels[i], float(result.scores[i]), float(result.scores[i]) / result.clean
+                     if result.clean else float("nan")] for i in order]))
+    fig = plots.dla_bars(result, f"direct logit attribution of {what} on {args.prompt!r}", top=args.top)
+    _save_figure(fig, args, "dla.png")
+    return 0
+
+
+def cmd_role_swap(args) -> int:
+    from minitx import heads, plots
+    from minitx.report import text_table
+    model, vocab = _load(args)
+    a, b = vocab.tokens(args.prompt, prepend_bos=args.prepend_bos), vocab.tokens(args.swapped,
+                                                                                 prepend_bos=args.prepend_bos)
+    _check_runs(model, a, b)
+    swapped = (a[0] != b[0]).nonzero()[:, 0].tolist() if a.shape == b.shape else None
+    if swapped is None or len(swapped) != 2:
+        raise ValueError(f"the two prompts must have the same number of tokens and differ at exactly two positions "
+                         f"(the swapped words); they differ at {swapped if swapped is not None else 'their lengths'}")
+    _warn_blank(args, model, vocab, _cat_tokens(a, b), "the prompts")
+    result = heads.role_swap(model, a, b, tuple(swapped), top=model.cfg.n_layer * model.cfg.n_head)
+    labels = vocab.str_tokens(a[0])
+    say(f"role swap of {labels[swapped[0]]!r} (position {swapped[0]}) and {labels[swapped[1]]!r} (position "
+        f"{swapped[1]}), queries {result.query_positions[0]}..{result.query_positions[-1]} of this one pair")
+    say("TV_pos: pattern change at the same positions; TV_tok: after following the swapped tokens; R = TV_tok - "
+        "TV_pos: > 0 the head follows the role (slot), < 0 the word. One pair cannot tell a role from a position "
+        "(the words keep their positions); heads sorted by |R|")
+    order = sorted(((l, h) for l, h, _ in result.most_changed), key=lambda lh: -abs(float(result.scores[lh])))
+    say(text_table(["head", "TV_pos", "TV_tok", "R"],
+                   [[f"{l}.{h}", float(result.tv_pos[l, h]), float(result.tv_tok[l, h]), float(result.scores[l, h])]
+                    for l, h in order]))
+    _save_figure(plots.role_swap_figure(result, f"role swap: {args.prompt!r} vs {args.swapped!r}"), args,
+                 "role-swap.png")
+    return 0
+
+
+def _cat_tokens(*tokens):
+    import torch
+    return torch.cat(tokens, 1)
+
+
+def cmd_attribution(args) -> int:
+    from minitx import attribution, metrics, plots
+    from minitx.report import text_table
+    model, vocab = _load(args)
+    cfg = model.cfg
+    clean, corrupted, answer, wrong = _pair(args, model, vocab)
+    metric = metrics.logit_diff_metric(answer, wrong, pos=args.pos)
+    _progress(f"attribution patching (AtP) of {args.point}: 2 forwards and 1 backward ...")
+    result = attribution.attribution_patching(model, clean, corrupted, metric, points=args.point)
+    estimate = result.normalized(args.point)  # [layer, head] or [layer]
+    say(f"logit difference {vocab.decode(answer)!r} - {vocab.decode(wrong)!r}: clean {result.clean:+.3f}, "
+        f"corrupted {result.corrupted:+.3f}")
+    say(f"AtP estimate of denoising {args.point}, normalised like patch's score (1 = restores the clean difference): "
+        "a first-order estimate, checked against `minitx patch` before it is trusted (saturated attention "
+        "breaks it; see attribution.atp_star_qk_fix)")
+    title = f"AtP estimate, denoising {args.point} on {args.clean!r} vs {args.corrupted!r}"
+    if estimate.dim() == 2:
+        say(text_table(["layer", *(f"head {h}" for h in range(cfg.n_head))],
+                       [[str(l), *map(float, estimate[l])] for l in range(cfg.n_layer)]))
+        fig = plots.layer_head_grid(estimate, title, limits=(-1.0, 1.0),
+                                    colorbar_label="estimated score (1 clean, 0 corrupted)")
+    else:
+        say(text_table(["layer", "estimate"], [[str(l), float(estimate[l])] for l in range(cfg.n_layer)]))
+        fig = plots.patching_heatmap(estimate[:, None], ["all positions"], title,
+                                     colorbar_label="estimated score (1 clean, 0 corrupted)")
+    _save_figure(fig, args, "attribution.png")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from minitx.demo import check_demo_args, check_report_folder, fit_tour, run_demo
     check_demo_args(args.n, args.batch, flags=True)  # before the first line is printed
@@ -729,6 +816,30 @@ def args_circuits(p) -> None:
     p.add_argument("--seed", type=_seed, default=0, help="seed of the random prompts, token set and baseline")
 
 
+def args_dla(p) -> None:
+    _common(p, "dla.png")
+    _prompt_args(p, "prompt")
+    p.add_argument("--answer", required=True, help=f"the token whose logit is split into components (required; "
+                                                   f"{TOKEN_HELP})")
+    p.add_argument("--wrong", default=None, help="a competing token: attribute logit[answer] - logit[wrong]")
+    p.add_argument("--pos", type=int, default=-1, help="position whose logits are read")
+    p.add_argument("--top", type=int, default=20, help="how many components (largest first) the table and figure show")
+
+
+def args_role_swap(p) -> None:
+    _common(p, "role-swap.png")
+    _prompt_args(p, "prompt", "swapped", helps={"prompt": PROMPT_HELP, "swapped": "the same prompt with two words "
+                                                "swapped, e.g. 'The mouse chased the cat'"})
+
+
+def args_attribution(p) -> None:
+    from minitx.patching import HEAD_LIKE, RESID_LIKE
+    _common(p, "attribution.png")
+    _pair_args(p)
+    p.add_argument("--point", default="z", choices=[x for x in HEAD_LIKE + RESID_LIKE if x != "pattern"],
+                   help="activation whose patching effect is estimated")
+
+
 def args_demo(p) -> None:
     p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--prepend-bos", action=argparse.BooleanOptionalAction, default=True, help=BOS_HELP)
@@ -796,6 +907,16 @@ COMMANDS = [
             "head into every later one against the scores of random matrices of the same shapes, copying scores of "
             "each head's full OV circuit, and the exact split of each head's attention scores into position x "
             "position and token-carrying terms on prompts.", args_circuits, cmd_circuits),
+    Command("dla", "direct logit attribution: each head's and MLP's direct share of a logit",
+            "Direct logit attribution (minitx.dla): the final residual at one position split into the embeddings, "
+            "every head, every attention bias and MLP, each read through the final layer norm (its scale frozen at "
+            "this run's) and the unembedding; the parts sum to the logit.", args_dla, cmd_dla),
+    Command("role-swap", "how each head's attention changes when two words swap roles",
+            "The role-swap test (minitx.heads.role_swap) on one minimal pair: TV_pos, TV_tok and R = TV_tok - "
+            "TV_pos for every head.", args_role_swap, cmd_role_swap),
+    Command("attribution", "attribution patching (AtP): a gradient estimate of every head's patching score",
+            "Attribution patching (minitx.attribution.attribution_patching): 2 forwards and 1 backward estimate "
+            "what `minitx patch` measures, normalised the same way.", args_attribution, cmd_attribution),
     Command("demo", "a first tour, offline: report.md and figures from the library's own numbers", DEMO_DESCRIPTION,
             args_demo, cmd_demo),
     Command("view", "one self-contained HTML page: attention, logit lens, patching (offline, interactive)",

@@ -405,3 +405,35 @@ def test_starting_the_command_line_loads_no_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cli.REPO_ROOT,
                             timeout=60)
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_dla_role_swap_and_attribution_commands(model_dir, tmp_path, capsys, monkeypatch):
+    import torch
+    from minitx import attribution, dla, heads, metrics
+    model = minitx.load(model_dir)
+    saved = figures_of(monkeypatch)
+    code, out, _ = run(capsys, "dla", "5 9 2 5", "--answer", 9, "--wrong", 3, "--model", model_dir, "--out", tmp_path)
+    assert code == 0 and "'5 9 2 5'" in saved[-1].axes[0].get_title().replace("\n", " ")
+    direct = dla.direct_logit_attribution(model, torch.tensor([[64, 5, 9, 2, 5]]), 9, wrong=3)
+    assert f"{direct.clean:+.3f}" in out.splitlines()[0]
+    top = int(direct.scores.abs().argmax())
+    first = next(line for line in out.splitlines()[4:] if line.strip())
+    assert first.split()[:2] == [direct.labels[top], f"{float(direct.scores[top]):.3f}"]
+
+    code, out, _ = run(capsys, "role-swap", "5 9 2 7", "5 7 2 9", "--model", model_dir, "--out", tmp_path)
+    assert code == 0 and "One pair cannot tell a role from a position" in out
+    rs = heads.role_swap(model, torch.tensor([[64, 5, 9, 2, 7]]), torch.tensor([[64, 5, 7, 2, 9]]), (2, 4))
+    rows = [line.split() for line in out.splitlines() if re.match(r"\d\.\d ", line)]
+    assert len(rows) == 4 and [float(r[3]) for r in rows] == sorted((float(r[3]) for r in rows), key=abs,
+                                                                    reverse=True)
+    assert rows[0][3] == f"{float(rs.scores.abs().max() * rs.scores.flatten()[rs.scores.abs().argmax()].sign()):.3f}"
+    code, out, err = run(capsys, "role-swap", "5 9 2 7", "5 9 2 8", "--model", model_dir)
+    check_clean_error(code, out, err, r"differ at exactly two positions .* they differ at \[4\]")
+
+    code, out, _ = run(capsys, "attribution", "3 4 5 3 4", "3 6 5 3 4", "--answer", 5, "--wrong", 6, "--model",
+                       model_dir, "--out", tmp_path)
+    assert code == 0 and colorbar_label(saved[-1]).startswith("estimated score")
+    atp = attribution.attribution_patching(model, torch.tensor([[64, 3, 4, 5, 3, 4]]),
+                                           torch.tensor([[64, 3, 6, 5, 3, 4]]), metrics.logit_diff_metric(5, 6))
+    row = next(line.split() for line in out.splitlines() if line.startswith("1 "))
+    assert row[1:] == [f"{float(v):.3f}" for v in atp.normalized("z")[1]]
