@@ -253,6 +253,15 @@ def to_batches(pairs, tokenizer, prepend_bos: bool) -> list[PairBatch]:
     return [to_batch(group, tokenizer, prepend_bos) for group in groups.values()]
 
 
+def load_pairs(path, tokenizer, prepend_bos: bool) -> PairBatch:
+    """The pairs of a JSONL file as one PairBatch (all pairs must tokenize to the same length): what a command
+    taking `--pairs FILE` runs instead of one clean/corrupted pair. FileNotFoundError / ValueError in one line."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"--pairs {path}: no such file (JSONL rows with clean, corrupted, answer, wrong)")
+    return to_batch(read_jsonl(path), tokenizer, prepend_bos)
+
+
 def is_swap(clean: Tensor, corrupted: Tensor, answer: int, wrong: int) -> bool:
     """corrupted [pos] is clean [pos] with the tokens answer and wrong exchanged everywhere, and both occur."""
     swapped = clean.clone()
@@ -324,5 +333,5 @@ def read_jsonl(path) -> list[PromptPair]:
 
 
 __all__ = ["PromptPair", "PairBatch", "NOUNS", "VERBS", "FILLERS", "STORIES", "TEMPLATES", "make_pair",
-           "role_swap_pairs", "replacement_pairs", "known_words", "pair_tokens", "to_batch", "to_batches", "is_swap", "labelled_tokens",
+           "role_swap_pairs", "replacement_pairs", "known_words", "pair_tokens", "to_batch", "to_batches", "load_pairs", "is_swap", "labelled_tokens",
            "write_jsonl", "read_jsonl"]

@@ -154,52 +154,99 @@ def test_replace_first_copy():
 def test_gpt2_vocabulary_branch_runs_end_to_end(tmp_path):
     """Random weights: only that it runs, writes its files, and reports the library's lens numbers."""
     model = random_model(n_layer=2, n_head=2, n_embd=16, n_positions=32, vocab_size=50257)
-    result = run_demo(model, tmp_path, log=None)
+    result = run_demo(model, tmp_path, log=None, n_pairs=8)
     report = check_files(result)
-    assert result["kind"] == "gpt2" and "The cat sat on the" in report and "role-swap.png" in result["files"]
+    assert result["kind"] == "gpt2" and "The cat sat on the" in report and "head-roles.png" in result["files"]
     tokenizer = minitx.Tokenizer.default()
     tokens = tokenizer.to_tokens("The cat sat on the", prepend_bos=True)
     direct = lens.logit_lens(model, tokens, targets=tokenizer.to_single_token(" mat"))
     assert_close(result["lens_target_prob"], direct.target_probs[:, 0, -1], **SAME)
-    assert result["swap_positions"] == (2, 5)
+    assert result["n_pairs"] == 8 and "8 pairs" in report
     assert result["path_logits"].shape == (2, 2) and result["hypothesis"] in report
+    check_verdicts(report)
 
 
 ENGLISH = cli.REPO_ROOT / "weights/english-6l"
+ENGLISH_PAIRS = 16  # the default is 64; fewer keep the test short
 
 
-@pytest.mark.skipif(not ENGLISH.is_dir(), reason="weights/english-6l has not been trained yet")
-def test_english_demo_on_the_shipped_model(tmp_path, capsys, monkeypatch):
-    """`minitx demo` with no arguments: the shipped English model, report and figures, numbers from the library."""
-    from minitx import lens, metrics, patching
-    from minitx.demo import ANSWER, LENS_PROMPT, LENS_TARGET, PATCH_CLEAN, PATCH_CORRUPTED, WRONG
-    monkeypatch.chdir(tmp_path)
-    assert cli.main(["demo", "--out", str(tmp_path / "out")]) == 0
-    out = tmp_path / "out"
-    report = (out / "report.md").read_text()
-    for png in out.glob("*.png"):
-        assert png.stat().st_size > 1000 and f"({png.name})" in report
-    assert len(list(out.glob("*.png"))) >= 7 and "carries the subject-object relation" in report
+@pytest.fixture(scope="module")
+def english(tmp_path_factory):
+    if not ENGLISH.is_dir():
+        pytest.skip("weights/english-6l has not been trained yet")
+    torch.set_num_threads(1)
+    model = minitx.load(ENGLISH)
+    out = tmp_path_factory.mktemp("english")
+    return model, run_demo(model, out / "demo", log=None, n_pairs=ENGLISH_PAIRS)
 
-    model, tok = minitx.load(ENGLISH), minitx.Tokenizer.default()
-    result = run_demo(model, tmp_path / "again", log=None)
+
+def test_english_demo_on_the_shipped_model(english):
+    """The shipped English model: report and figures, its data stated, numbers equal direct library calls."""
+    from minitx import datasets, lens, patching, stats
+    from minitx.demo import LENS_PROMPT, LENS_TARGET
+    model, result = english
+    report = check_files(result)
+    assert len(result["files"]) >= 7 and "carries the subject-object relation" in report
+    assert f"{ENGLISH_PAIRS} pairs (role swap; templates who; voice active; BOS first" in report
+    tok = minitx.Tokenizer.default()
     tokens = tok.to_tokens(LENS_PROMPT, prepend_bos=True)
     direct = lens.logit_lens(model, tokens, targets=tok.to_single_token(LENS_TARGET))
     assert torch.equal(result["lens_target_prob"], direct.target_probs[:, 0, -1])
     assert result["lens_target_prob"][-1] > 0.9  # the model completes " mat"
-    clean, corrupted = tok.to_tokens(PATCH_CLEAN, prepend_bos=True), tok.to_tokens(PATCH_CORRUPTED, prepend_bos=True)
-    metric = metrics.logit_diff_metric(tok.to_single_token(ANSWER), tok.to_single_token(WRONG))
-    noise = patching.activation_patching(model, clean, corrupted, metric, "z", "all", direction="noising")
+    pairs = datasets.role_swap_pairs(ENGLISH_PAIRS, templates=("who",), seed=0)
+    batch = datasets.to_batch(pairs, tok, prepend_bos=True)
+    assert torch.equal(result["clean_tokens"], batch.clean) and torch.equal(result["answer"], batch.answer)
+    noise = patching.activation_patching(model, batch.clean, batch.corrupted, batch.metric(), "z", "all",
+                                         direction="noising")
     assert torch.equal(result["noising_z"], noise.scores)
-    # The role task flips with the story: a large positive logit difference becomes a negative one.
-    assert result["clean_logit_diff"] > 5 and result["corrupted_logit_diff"] < -5
+    removed = stats.result_interval(noise, *stats.baselines(model, batch.clean, batch.corrupted, batch.metric()))
+    assert_close(result["removed"].estimate, 1 - noise.scores.float(), atol=1e-5, rtol=1e-5)
+    assert_close(result["removed"].low, removed.complement().low)
+    # The role task flips with the story: every pair answers, a large positive difference becomes a negative one.
+    assert result["task_right"] == ENGLISH_PAIRS
+    assert float(result["clean_interval"].low) > 5 and float(result["corrupted_interval"].high) < -5
+    assert len(result["head_classes"]) == 6 and result["head_roles"].n_families == ENGLISH_PAIRS
     test = result["head_test"]
-    assert test["noised"] == pytest.approx(float(1 - noise.scores[result["main_head"]]))
-    # The verdict is the one the reported numbers imply (the sentence cannot contradict its own table).
-    carries = test["noised"] >= 0.3 and test["restored"] >= 0.3
-    either = max(test["noised"], test["restored"]) >= 0.3
-    assert result["verdict"] == ("supported" if carries else "partly supported" if either else "not supported")
-    assert f"{result['verdict']}. Noising it removes" in test["sentence"]
+    assert float(test["noised"].estimate) == pytest.approx(float(1 - noise.scores[result["main_head"]]), abs=1e-5)
+    assert "MLPs frozen" in report and "directly to the logits with MLPs frozen" in test["sentence"]
+    check_verdicts(report)
+
+
+def _interval(cell: str) -> tuple[float, float, float]:
+    """'0.412 [0.350, 0.470]' -> (0.412, 0.350, 0.470)."""
+    value, low, high = re.fullmatch(r"\s*(-?[\d.]+|nan) \[(-?[\d.]+|nan), (-?[\d.]+|nan)\]\s*", cell).groups()
+    return float(value), float(low), float(high)
+
+
+def check_verdicts(report: str) -> None:
+    """Recomputes every verdict of the report from the numbers printed beside it."""
+    from minitx import roles
+    from minitx.demo import SHARE, TOLERANCE, head_test_verdict_iv
+    from minitx.stats import Interval
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in report.splitlines()
+            if line.startswith("| ")]
+    iv = lambda v, lo, hi: Interval(torch.tensor(v, dtype=torch.float64), torch.tensor(lo, dtype=torch.float64),
+                                    torch.tensor(hi, dtype=torch.float64), n=2)
+    claims = [r for r in rows if len(r) == 5 and r[4] in ("established", "not established") and r[2].startswith("[")]
+    assert claims, "the report has a verdict table"
+    for text, estimate, interval, threshold, verdict in claims:
+        low, high = (float(v) for v in interval.strip("[]").split(", "))
+        if threshold.startswith("+-"):  # direct + indirect differ from the total by more than the tolerance
+            t = float(threshold[2:])
+            assert t == TOLERANCE and verdict == ("established" if low > t or high < -t else "not established")
+        else:
+            assert verdict == ("established" if low > float(threshold) else "not established"), text
+    necessity, sufficiency = (_interval(f"{r[1]} [{r[2].strip('[]')}]") for r in claims[:2])
+    overall = head_test_verdict_iv(iv(*necessity), iv(*sufficiency))
+    answer = next(line for line in report.splitlines() if line.startswith("**Answer.**"))
+    assert f"relation: {overall}." in answer or "verdict undetermined" in answer
+    if all(v[1] > SHARE for v in (necessity, sufficiency)):
+        assert overall == "supported"
+    classes = [r for r in rows if len(r) in (4, 5) and r[-1] in roles.CLASSES and "[" in r[1]]
+    assert classes, "the report has a role / position / word table"
+    for row in classes:
+        contrasts = [iv(*_interval(c)) for c in row[1:-1]] + [None] * (5 - len(row))
+        assert roles.classify(*contrasts) == row[-1], row
 
 
 # -- the verdict rules, each a pure function of the numbers printed beside it -------------------------------------
@@ -219,6 +266,24 @@ def test_k_composition_verdict():
     assert k_composition_verdict({"q": 0.6, "k": 0.4, "v": 0.2}) == ("not supported: the queries carry more than "
                                                                      "the keys")
     assert k_composition_verdict({"q": 0.1, "k": 0.4, "v": 0.9}).endswith("the values carry more than the keys")
+
+
+def test_interval_verdicts():
+    """A claim holds only when its printed interval clears the threshold; an interval across it decides nothing."""
+    from minitx.demo import SHARE, adds_up, claim, head_test_verdict_iv, mechanism_iv
+    from minitx.stats import Interval
+    iv = lambda lo, hi: Interval(torch.tensor((lo + hi) / 2), torch.tensor(lo), torch.tensor(hi), n=10)
+    assert claim(iv(0.31, 0.5), SHARE) == "established" and claim(iv(0.29, 0.5), SHARE) == "not established"
+    assert claim(iv(0.3002, 0.5), SHARE) == "not established"  # printed as 0.300: not above 0.3
+    assert head_test_verdict_iv(iv(0.4, 0.6), iv(0.35, 0.5)) == "supported"
+    assert head_test_verdict_iv(iv(0.1, 0.2), iv(0.0, 0.29)) == "not supported"
+    assert head_test_verdict_iv(iv(0.4, 0.6), iv(0.0, 0.2)) == "partly supported"
+    assert head_test_verdict_iv(iv(0.25, 0.6), iv(0.4, 0.5)) == "not established"  # one interval straddles 0.3
+    assert mechanism_iv(iv(0.1, 0.3)).startswith("where it attends")
+    assert mechanism_iv(iv(-0.3, -0.1)).startswith("what it moves")
+    assert mechanism_iv(iv(-0.1, 0.3)).startswith("not established")
+    assert adds_up(iv(-0.04, 0.04)) and adds_up(iv(0.02, 0.2)) and not adds_up(iv(0.06, 0.2))
+    assert not adds_up(iv(-0.3, -0.06))
 
 
 def test_head_test_verdict():
