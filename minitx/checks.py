@@ -6,6 +6,7 @@ Each failure says what was wrong and what is allowed, in one line (the table: do
     describe(value)                                 a one-line description of an argument, for messages
     check_integers(value, what, allowed)            TypeError unless ints (no bools, no floats)
     check_count(value, what, meaning)               an int >= 1
+    check_index(value, size, what, plural)          an int in 0..size-1 (a layer, a head)
     check_positions(pos, n_pos, what, batch=None)   positions (negative from the end) -> LongTensor >= 0
     check_seed(seed)                                an int seed torch's generators accept
     check_token_ids(ids, d_vocab, what, batch=None) token ids in the vocabulary -> LongTensor
@@ -45,6 +46,17 @@ def check_integers(value, what: str, allowed: str) -> None:
         ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if not ok:
         raise TypeError(f"{what} must be {allowed}, got {describe(value)}")
+
+
+def is_int(value) -> bool:
+    """An integer that is not a bool (True is an int to Python, never a count or an index here)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_index(value, size: int, what: str, plural: str) -> None:
+    """ValueError unless value is an int in 0..size-1: "layer 5 is out of range; this model has layers 0..1"."""
+    if not is_int(value) or not 0 <= value < size:
+        raise ValueError(f"{what} {value!r} is out of range; this model has {plural} 0..{size - 1}")
 
 
 def check_count(value, what: str, meaning: str) -> None:
@@ -164,19 +176,15 @@ def check_prompt_rows(mask) -> None:
                          "there is nothing to continue; give every prompt at least one token")
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def check_generation(n_prompt: int, max_new_tokens: int, temperature: float, top_k, eos_token_id, cfg) -> None:
     """generate's arguments: types first (a float count or a str temperature is a TypeError naming it), then values."""
-    if not _is_int(max_new_tokens):
+    if not is_int(max_new_tokens):
         raise TypeError(f"max_new_tokens must be an int >= 0, got {describe(max_new_tokens)}")
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
         raise TypeError(f"temperature must be a number >= 0 (0 = greedy), got {describe(temperature)}")
-    if top_k is not None and not _is_int(top_k):
+    if top_k is not None and not is_int(top_k):
         raise TypeError(f"top_k must be a positive int or None, got {describe(top_k)}")
-    if eos_token_id is not None and not _is_int(eos_token_id):
+    if eos_token_id is not None and not is_int(eos_token_id):
         raise TypeError(f"eos_token_id must be an int token id or None, got {describe(eos_token_id)}")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")

@@ -117,8 +117,9 @@ def _check_pos(pos: int, n_pos: int) -> None:
 
 
 def _check_index(value: int | None, size: int, what: str, plural: str) -> None:
-    if value is not None and not 0 <= value < size:
-        raise ValueError(f"{what} {value} is out of range; this model has {plural} 0..{size - 1}")
+    from minitx.checks import check_index
+    if value is not None:
+        check_index(value, size, what, plural)
 
 
 def _token(args, vocab, text: str, what: str) -> int:

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from minitx.checks import check_count, check_integers, check_positions, check_seed, check_token_ids, check_tokens
+from minitx.checks import (check_count, check_index, check_integers, check_positions, check_seed, check_token_ids,
+                           check_tokens, describe, is_int)
 from minitx.hooks import get_act_name
 from minitx.model import Transformer
 from minitx.results import Result
@@ -93,12 +94,9 @@ def _check_heads(heads, n_layer: int, n_head: int) -> list[tuple[int, list[int]]
     except (TypeError, ValueError):
         raise TypeError(f"{usage}; got {heads!r:.80}") from None
     for layer, hs in pairs:
-        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_layer:
-            raise ValueError(f"heads: layer {layer!r} is out of range; this model has layers 0..{n_layer - 1}")
+        check_index(layer, n_layer, "heads: layer", "layers")
         for head in hs:
-            if isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < n_head:
-                raise ValueError(f"heads: head {head!r} (layer {layer}) is out of range; this model has heads "
-                                 f"0..{n_head - 1}")
+            check_index(head, n_head, f"heads: (layer {layer}) head", "heads")
     return pairs
 
 
@@ -108,8 +106,8 @@ def _check_heads(heads, n_layer: int, n_head: int) -> list[tuple[int, list[int]]
 
 def check_max_offset(max_offset) -> None:
     """ValueError unless max_offset is an int >= 0 (offsets count backwards only)."""
-    if isinstance(max_offset, bool) or not isinstance(max_offset, int):
-        raise TypeError(f"max_offset must be an int >= 0, got {type(max_offset).__name__} {max_offset!r:.40}")
+    if not is_int(max_offset):
+        raise TypeError(f"max_offset must be an int >= 0, got {describe(max_offset)}")
     if max_offset < 0:
         raise ValueError(f"max_offset={max_offset}: offsets are d = q - k >= 0, because a causal head at query q "
                          "sees only keys k <= q; a '+k' role exists only relative to an anchor token "
@@ -207,8 +205,7 @@ def repeated_tokens(d_vocab: int, n: int, batch: int, seed: int, prepend_bos: bo
     """Returns [batch, 2n (+1 with BOS)] [BOS] + r + r, r = n distinct random ids other than BOS.
     Olsson et al. 2022 (repeated random tokens). bos_token_id defaults to d_vocab - 1 (50256 for GPT-2).
     token_ids: the ids r is drawn from (default: the whole vocabulary), e.g. the words a small model knows."""
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch={batch!r}: the number of random sequences must be an int >= 1")
+    check_count(batch, "batch", "the number of random sequences")
     check_seed(seed)
     bos = d_vocab - 1 if bos_token_id is None else bos_token_id
     if token_ids is None:
@@ -218,7 +215,7 @@ def repeated_tokens(d_vocab: int, n: int, batch: int, seed: int, prepend_bos: bo
         if not [t for t in pool if t != bos]:
             raise ValueError("token_ids holds no id other than BOS; give the ids r may be drawn from")
     candidates = torch.tensor([t for t in pool if t != bos], dtype=torch.long)
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(candidates):
+    if not is_int(n) or not 1 <= n <= len(candidates):
         raise ValueError(f"n={n} distinct tokens per half are not available: allowed 1..{len(candidates)}")
     generator = torch.Generator().manual_seed(seed)
     halves = torch.stack([candidates[torch.randperm(len(candidates), generator=generator)[:n]] for _ in range(batch)])
@@ -243,8 +240,8 @@ def induction_scores(model: Transformer, n: int = 50, batch: int = 10, seed: int
     o = int(prepend_bos)
     if 2 * n + o > model.cfg.n_ctx:
         raise ValueError(f"n={n} gives {2 * n + o} positions but the model has n_positions={model.cfg.n_ctx}")
-    if isinstance(batch, int) and not isinstance(batch, bool):
-        check_memory(model.cfg, batch, 2 * n + o)  # before the tokens are drawn
+    check_count(batch, "batch", "the number of random sequences")
+    check_memory(model.cfg, batch, 2 * n + o)  # before the tokens are drawn
     tokens = repeated_tokens(model.cfg.d_vocab, n, batch, seed, prepend_bos, model.cfg.bos_token_id
                              if 0 <= model.cfg.bos_token_id < model.cfg.d_vocab else None, token_ids)
     patterns = attention_patterns(model, tokens)
