@@ -28,6 +28,7 @@ composition, copying via eigenvalues); Olsson et al. 2022 (induction heads); Tra
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -143,9 +144,11 @@ class CompositionScores(Result):
     processing: tuple = ()
 
 
+@functools.lru_cache(maxsize=16)
 def random_composition_baseline(d_model: int, d_head: int, n_samples: int = 200, seed: int = 0) -> tuple[float, float]:
     """(mean, std) of C(V O, Q Kᵀ) with every factor N(0, 1) of the head's shapes ([d_model, d_head] and
-    its transpose). C is scale-free and the three modes pair the same shapes, so one baseline serves all."""
+    its transpose). C is scale-free and the three modes pair the same shapes, so one baseline serves all
+    (and is computed once per shape, seed and sample count)."""
     if not (isinstance(n_samples, int) and n_samples >= 2):
         raise ValueError(f"n_samples={n_samples!r}: a baseline needs an int of at least 2 random samples")
     g, scores = torch.Generator().manual_seed(seed), []
@@ -168,13 +171,17 @@ def all_composition_scores(model: Transformer, mode: str, n_samples: int = 200, 
     with torch.no_grad():
         left = OV(model)
         right = {"Q": QK(model), "K": QK(model).T, "V": left}[mode]
-        raw = torch.zeros(L, H, L, H, dtype=model.W_E.dtype)
-        scores = torch.zeros_like(raw)
-        for earlier in range(L - 1):
-            later = slice(earlier + 1, None)
-            scores[earlier, :, later] = composition_scores(left[earlier], right[later]).to(raw.dtype)
-            norms = left[earlier].norm()[:, None, None] * right[later].norm()[None]  # [head, later layer, head]
-            raw[earlier, :, later] = scores[earlier, :, later] * norms.to(raw.dtype)
+        # OV = Q_l C_l and right = C_r Q_rᵀ with Q_l, Q_r orthonormal: every norm is that of a d_head-sized core.
+        C_left, C_right = left.collapse_left(), right.collapse_right()  # [layer, head, d_head, d_model], transposed
+        norm_left, norm_right = torch.linalg.matrix_norm(C_left), torch.linalg.matrix_norm(C_right)  # [layer, head]
+        raw = torch.zeros(L, H, L, H, dtype=C_left.dtype)
+        for earlier in range(L - 1):  # one matmul per earlier layer: its heads against every later head
+            later = C_right[earlier + 1:]  # [later layer, head, d_model, d_head]
+            products = C_left[earlier].flatten(0, 1) @ later.permute(2, 0, 1, 3).flatten(1)  # [H d_head, L' H d_head]
+            blocks = products.view(H, -1, L - earlier - 1, H, products.shape[1] // ((L - earlier - 1) * H))
+            raw[earlier, :, earlier + 1:] = blocks.pow(2).sum((1, 4)).sqrt()
+        scores = raw / (norm_left[:, :, None, None] * norm_right[None, None])
+        raw, scores = raw.to(model.W_E.dtype), scores.to(model.W_E.dtype)
     mean, std = random_composition_baseline(model.cfg.d_model, model.cfg.d_head, n_samples, seed)
     later_than = torch.arange(L)[:, None, None, None] < torch.arange(L)[None, None, :, None]
     return CompositionScores(scores=scores, axes=("earlier_layer", "earlier_head", "later_layer", "later_head"),

@@ -32,6 +32,14 @@ def _for_linalg(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
+def _broadcast(a: tuple, b: tuple) -> torch.Size:
+    """Broadcast two shapes (torch.broadcast_shapes costs a second of imports on first use)."""
+    a, b = (1,) * (len(b) - len(a)) + tuple(a), (1,) * (len(a) - len(b)) + tuple(b)
+    if any(x != y and 1 not in (x, y) for x, y in zip(a, b)):
+        raise ValueError(f"the leading axes of A {a} and B {b} do not broadcast")
+    return torch.Size(max(x, y) if 1 in (x, y) else x for x, y in zip(a, b))
+
+
 class FactoredMatrix:
     """The matrix A @ B [..., ldim, rdim] with inner size mdim, stored as A [..., ldim, mdim] and B [..., mdim, rdim].
     Leading axes of A and B broadcast against each other (as views: no copy)."""
@@ -41,10 +49,7 @@ class FactoredMatrix:
             raise ValueError(f"A and B must be matrices (or stacks of them), got shapes {tuple(A.shape)} and {tuple(B.shape)}")
         if A.shape[-1] != B.shape[-2]:
             raise ValueError(f"A [..., m, r] and B [..., r, n] must share r: got A {tuple(A.shape)}, B {tuple(B.shape)}")
-        try:
-            lead = torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])
-        except RuntimeError:
-            raise ValueError(f"the leading axes of A {tuple(A.shape[:-2])} and B {tuple(B.shape[:-2])} do not broadcast") from None
+        lead = _broadcast(A.shape[:-2], B.shape[:-2])
         self.A = A.broadcast_to(*lead, *A.shape[-2:])
         self.B = B.broadcast_to(*lead, *B.shape[-2:])
         self.ldim, self.mdim, self.rdim = A.shape[-2], A.shape[-1], B.shape[-1]
@@ -149,24 +154,24 @@ class FactoredMatrix:
         of AB's when mdim exceeds its rank."""
         return torch.linalg.eigvals(_for_linalg(self.BA))
 
+    def collapse_left(self) -> Tensor:
+        """C [..., k, rdim] with AB = Q C, Q [..., ldim, k] orthonormal (k = min(ldim, mdim)): the rows of AB in a
+        basis of its column space, so C has AB's norm, singular values and products from the right.
+        TransformerLens's collapse_l (S Vᵀ, from an SVD) is this up to a rotation of the k axis."""
+        _, R_A = torch.linalg.qr(_for_linalg(self.A))
+        return R_A @ _for_linalg(self.B)
+
+    def collapse_right(self) -> Tensor:
+        """C [..., ldim, k] with AB = C Qᵀ, Q [..., rdim, k] orthonormal (TransformerLens: collapse_r, U S)."""
+        _, R_B = torch.linalg.qr(_for_linalg(self.B).transpose(-2, -1))
+        return _for_linalg(self.A) @ R_B.transpose(-2, -1)
+
     def unsqueeze(self, axis: int) -> FactoredMatrix:
         """A new leading axis at `axis` (counted among the leading axes; negative counts from the last of them)."""
         axis = axis if axis >= 0 else self.ndim - 1 + axis
         if not 0 <= axis <= self.ndim - 2:
             raise IndexError(f"unsqueeze adds a leading axis: axis must be in -{self.ndim - 1}..{self.ndim - 2}")
         return FactoredMatrix(self.A.unsqueeze(axis), self.B.unsqueeze(axis))
-
-
-def _left_core(M: FactoredMatrix) -> Tensor:
-    """C [..., k, rdim] with M = Q C, Q orthonormal: M's rows, in a basis of its column space."""
-    _, R_A = torch.linalg.qr(_for_linalg(M.A))
-    return R_A @ _for_linalg(M.B)
-
-
-def _right_core(M: FactoredMatrix) -> Tensor:
-    """C [..., ldim, k] with M = C Qᵀ, Q orthonormal."""
-    _, R_B = torch.linalg.qr(_for_linalg(M.B).transpose(-2, -1))
-    return _for_linalg(M.A) @ R_B.transpose(-2, -1)
 
 
 def composition_scores(left: FactoredMatrix, right: FactoredMatrix, broadcast_dims: bool = True) -> Tensor:
@@ -176,7 +181,7 @@ def composition_scores(left: FactoredMatrix, right: FactoredMatrix, broadcast_di
     Only the orthonormal factors are dropped: left = Q_l C_l, right = C_r Q_rᵀ, and C_l C_r is r_l x r_r."""
     if left.rdim != right.ldim:
         raise ValueError(f"left [..., m, k] and right [..., k, n] must share k; got {tuple(left.shape)} and {tuple(right.shape)}")
-    C_left, C_right = _left_core(left), _right_core(right)  # [*L, r_l, k], [*R, k, r_r]
+    C_left, C_right = left.collapse_left(), right.collapse_right()  # [*L, r_l, k], [*R, k, r_r]
     norm_left, norm_right = torch.linalg.matrix_norm(C_left), torch.linalg.matrix_norm(C_right)
     if broadcast_dims:
         n_left, n_right = left.ndim - 2, right.ndim - 2

@@ -395,6 +395,29 @@ def bench_bfloat16(ours, peers, repeats, results):
         results["bfloat16_english-6l"] = row
 
 
+def bench_composition(ours, peers, repeats, results):
+    """All Q-, K- and V-composition scores of every head pair: minitx.circuits against TransformerLens's
+    all_composition_scores on the same weights, checked equal. minitx's random baseline (which TransformerLens
+    does not compute) is cached per shape after the warm-up; its one-off cost is timed on its own."""
+    from minitx.circuits import all_composition_scores, random_composition_baseline
+    contestants = {"minitx": lambda: [all_composition_scores(ours, mode) for mode in "QKV"]}
+    if "TL bridge" in peers:
+        bridge = peers["TL bridge"]
+        contestants["TL bridge"] = lambda: [bridge.all_composition_scores(mode).scores for mode in "QKV"]
+    with torch.no_grad():  # not inference_mode: the model caches its stacked weights by version counter
+        for mode in "QKV" if "TL bridge" in peers else "":
+            ours_scores, theirs = all_composition_scores(ours, mode).scores, bridge.all_composition_scores(mode).scores
+            if not torch.allclose(ours_scores, theirs.to(ours_scores), atol=1e-5, rtol=1e-4):
+                raise SystemExit(f"composition scores ({mode}) differ from TransformerLens's by "
+                                 f"{float((ours_scores - theirs).abs().max()):.2e}")
+        times = race(contestants, repeats)
+        random_composition_baseline.cache_clear()
+        baseline = timed(lambda: random_composition_baseline(ours.cfg.d_model, ours.cfg.d_head), 1)[0]
+    results["composition_scores"] = report("all composition scores, Q + K + V, every head pair", times)
+    print(f"  (minitx's random baseline, 200 samples, computed once per shape: {baseline * 1e3:.1f} ms)")
+    results["composition_scores"]["minitx"]["baseline_once_s"] = baseline
+
+
 def cpu_name() -> str:
     try:
         return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
@@ -406,7 +429,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny model, one repeat: a smoke test, not a measurement")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--only", default="forward,cache,sweeps,path,generate,fresh,scaling,medium,bfloat16")
+    parser.add_argument("--only", default="forward,cache,sweeps,path,generate,fresh,scaling,medium,bfloat16,composition")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (every peer runs there)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", default=None, help="also write the results here")
@@ -444,6 +467,8 @@ def main():
             bench_bfloat16(ours, peers, args.repeats, results)
         if "fresh" in only and DEVICE == "cpu":
             bench_fresh_process(Path(tmp), args.repeats, results)
+        if "composition" in only:
+            bench_composition(ours, peers, max(1, args.repeats // 2), results)
         if "scaling" in only:
             bench_scaling(ours, peers, results, [16, 32] if args.quick else [64, 128, 256, 512, 1024])
         del ours, peers

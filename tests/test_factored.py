@@ -28,6 +28,9 @@ def test_norm_svd_and_dense_forms(shape):
     assert_close(S, torch.linalg.svdvals(dense)[..., :k], **TOL)
     assert_close(U @ torch.diag_embed(S) @ Vh, dense, **TOL)
     assert_close(M.U @ torch.diag_embed(M.S) @ M.V.transpose(-2, -1), dense, **TOL)
+    left, right = M.collapse_left(), M.collapse_right()  # AB = Q left = right Qᵀ, Q orthonormal
+    assert_close(left.transpose(-2, -1) @ left, dense.transpose(-2, -1) @ dense, **TOL)
+    assert_close(right @ right.transpose(-2, -1), dense @ dense.transpose(-2, -1), **TOL)
     eye = torch.eye(k, dtype=A.dtype)
     assert_close(U.transpose(-2, -1) @ U, eye.expand_as(U.transpose(-2, -1) @ U), **TOL)
     assert_close(Vh @ Vh.transpose(-2, -1), eye.expand_as(Vh @ Vh.transpose(-2, -1)), **TOL)
