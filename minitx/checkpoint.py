@@ -92,7 +92,7 @@ def convert_state_dict(hf_state: dict, cfg: Config, dtype: torch.dtype = torch.f
                          f"{found} blocks (h.0 .. h.{found - 1}); fix n_layer in config.json")
     shapes = parameter_shapes(cfg)
     wanted = {hf_key(n): n for n in shapes}  # lm_head.weight is in here only when untied
-    out, seen, unexpected, wrong, lm_head = {}, set(), [], [], None
+    out, seen, unexpected, wrong, non_finite, lm_head = {}, set(), [], [], [], None
     for key, tensor in hf_state.items():
         short = key.removeprefix("transformer.")
         if short in seen:
@@ -113,8 +113,7 @@ def convert_state_dict(hf_state: dict, cfg: Config, dtype: torch.dtype = torch.f
             wrong.append(f"{key} {list(tensor.shape)} {str(tensor.dtype)[6:]}, expected {list(want)} float")
             continue
         if n_bad := int((~torch.isfinite(tensor)).sum()):  # one NaN makes every later logit NaN
-            wrong.append(f"{key} has {n_bad} NaN or inf values (every weight must be finite)")
-            continue
+            non_finite.append(f"{key} ({n_bad} of {tensor.numel()})")
         out[name] = (tensor.T if name == "W_U_untied" else tensor).to(dtype).contiguous()
     if lm_head is not None and "W_E" in out and not (
             lm_head.shape == out["W_E"].shape and torch.equal(lm_head.to(dtype), out["W_E"])):
@@ -126,6 +125,9 @@ def convert_state_dict(hf_state: dict, cfg: Config, dtype: torch.dtype = torch.f
                                                          ("wrong", wrong)) if items]
     if problems:
         raise ValueError(f"{source}: " + _describe_fit(cfg, len(wanted)) + "; ".join(problems))
+    if non_finite:
+        raise ValueError(f"{source}: every weight must be finite, but {listing('tensors hold NaN or inf', non_finite)}"
+                         " (a corrupt file, or a training run that diverged)")
     return out
 
 
@@ -197,7 +199,8 @@ def read_tensors(path: Path) -> dict:
 
 def _read_pickled(path: Path) -> dict:
     if path.is_file() and path.stat().st_size == 0:
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint: the file is empty (0 bytes); fetch or save it again")
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint: the file is empty (0 bytes); "
+                         "fetch or save it again")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # torch's own text advises weights_only=False: we do not repeat it

@@ -143,6 +143,16 @@ def suggest(name, all_names) -> str:
             else "; see minitx.model.POINTS for the names, or minitx.get_act_name('resid_pre', 0)")
 
 
+def hook_list(hooks, what: str = "fwd_hooks") -> list:
+    """A call's hooks argument -> a list of (name, fn) pairs; None means none."""
+    if hooks is None:
+        return []
+    if not isinstance(hooks, (list, tuple)):
+        raise TypeError(f"{what} must be a list of (name, fn) pairs, e.g. [('blocks.0.hook_resid_pre', fn)], or None; "
+                        f"got {type(hooks).__name__}")
+    return list(hooks)
+
+
 def resolve_hooks(hooks, all_names):
     table: dict[str, list] = {}
     for pair in hooks:
@@ -179,8 +189,8 @@ class Run:
 
     def __init__(self, all_names: tuple = (), default_names: tuple = (), fwd_hooks=(), bwd_hooks=(),
                  cache_filter: NamesFilter = False, cache: dict | None = None, keep_grad: bool = False):
-        self.fwd = resolve_hooks(fwd_hooks, all_names)
-        self.bwd = resolve_hooks(bwd_hooks, all_names)
+        self.fwd = resolve_hooks(hook_list(fwd_hooks), all_names)
+        self.bwd = resolve_hooks(hook_list(bwd_hooks, "bwd_hooks"), all_names)
         if cache_filter is None:  # None means every point that is computed anyway
             self.cache_names = set(default_names)
         else:

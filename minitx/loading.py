@@ -94,8 +94,11 @@ def load(name_or_path, *, dtype: torch.dtype = torch.float32, device="cpu", revi
     name_or_path = shipped_path(name_or_path) or name_or_path  # "english-6l": the packaged copy, before the hub
     if isinstance(name_or_path, os.PathLike) or (name_or_path and Path(str(name_or_path)).exists()):
         cfg, files = _local(Path(name_or_path))
-        converted = convert_state_dict(read_state(files), cfg, dtype, str(files[0] if len(files) == 1 else files[0].parent))
+        source = str(files[0] if len(files) == 1 else files[0].parent)
+        converted = convert_state_dict(read_state(files), cfg, dtype, source)
     elif not is_valid_repo_id(name_or_path):
+        if isinstance(name_or_path, str) and name_or_path:
+            _mistyped_path(name_or_path)
         raise ValueError(f"{name_or_path!r} is neither an existing file or directory nor a valid hub repo id "
                          "(name or org/name of letters, digits, '_', '.', '-'; at most one '/', no '..' or '--', "
                          "not starting or ending with '.' or '-', at most 96 characters)")

@@ -35,7 +35,7 @@ from minitx.checks import (check_attention_mask, check_generation, check_layer_r
                            check_seed, check_sweep_options, check_tokens)
 from minitx.config import Config  # noqa: F401  (re-exported: minitx.model.Config)
 from minitx.hooks import (ON_REQUEST, POINTS, Cache, HookPoint, NamesFilter, Run, get_act_name,  # noqa: F401
-                          point_names)
+                          hook_list, point_names)
 
 # ---------------------------------------------------------------------------------------------
 # The layers.
@@ -259,7 +259,7 @@ class Transformer(nn.Module):
         return value
 
     W_Q, W_K, W_V = (property(lambda self, n=n: self._stacked(n)) for n in ("W_Q", "W_K", "W_V"))
-    b_Q, b_K, b_V = (property(lambda self, n=n: self._stacked(n)) for n in ("b_Q", "b_K", "b_V"))  # [layer, head, d_head]
+    b_Q, b_K, b_V = (property(lambda self, n=n: self._stacked(n)) for n in ("b_Q", "b_K", "b_V"))  # [layer, head, dh]
     W_O, b_O = (property(lambda self, n=n: self._stacked(n)) for n in ("W_O", "b_O"))  # [layer, head, d_head, d_model]
     W_in, b_in = (property(lambda self, n=n: self._stacked(n)) for n in ("W_in", "b_in"))  # [layer, d_model, d_mlp]
     W_out, b_out = (property(lambda self, n=n: self._stacked(n)) for n in ("W_out", "b_out"))  # [layer, d_mlp, d_model]
@@ -326,7 +326,7 @@ class Transformer(nn.Module):
         """[..., d_model] -> [..., d_vocab]: the final layer norm (on resid's own statistics) and W_U.
         ln_final hooks: those of `run`, else fwd_hooks plus any set with `model.hooks(...)`.
         token_ids [k]: only these columns of W_U, [..., k] (a logit difference reads two)."""
-        x = self.ln_final(resid, run or self._run(self._context_hooks[0] + list(fwd_hooks)))
+        x = self.ln_final(resid, run or self._run(self._context_hooks[0] + hook_list(fwd_hooks)))
         if token_ids is not None:
             return x @ self.W_U[:, token_ids]
         return F.linear(x, self.W_E) if self.W_U_untied is None else x @ self.W_U_untied
@@ -374,7 +374,7 @@ class Transformer(nn.Module):
         """Every forward inside the `with` block, in this thread (or asyncio task), runs with these hooks;
         they are gone after it, whatever order overlapping blocks exit in. Other threads never see them."""
         self._run(fwd_hooks, bwd_hooks)  # fail on typos before anything runs
-        entry = (self, list(fwd_hooks), list(bwd_hooks))
+        entry = (self, hook_list(fwd_hooks), hook_list(bwd_hooks, "bwd_hooks"))
         _CONTEXT_HOOKS.set(_CONTEXT_HOOKS.get() + (entry,))
         try:
             yield self
@@ -395,16 +395,17 @@ class Transformer(nn.Module):
     def run_with_hooks(self, tokens: Tensor, *args, fwd_hooks=(), bwd_hooks=(), **kwargs) -> Tensor:
         """Forward where fwd_hooks [(name | names | predicate, fn(act, hook) -> replacement | None)] fire."""
         fwd, bwd = self._context_hooks
-        run = self._run(fwd + list(fwd_hooks), bwd + list(bwd_hooks))
+        run = self._run(fwd + hook_list(fwd_hooks), bwd + hook_list(bwd_hooks, "bwd_hooks"))
         return self.forward(tokens, *args, _run=run, **kwargs)
 
-    def run_with_cache(self, tokens: Tensor, *args, names_filter: NamesFilter = None, fwd_hooks=(),
+    def run_with_cache(self, tokens: Tensor, *args, names_filter: NamesFilter = None, fwd_hooks=(), bwd_hooks=(),
                        keep_grad: bool = False, **kwargs) -> tuple[Tensor, Cache]:
         """-> (logits, cache). names_filter: None (every point computed anyway), a name, names or a
         predicate over all names (on-request points included). The cache holds values after hooks."""
         cache = Cache(n_layers=self.cfg.n_layer)
         fwd, bwd = self._context_hooks
-        run = self._run(fwd + list(fwd_hooks), bwd, names_filter, cache, keep_grad)
+        run = self._run(fwd + hook_list(fwd_hooks), bwd + hook_list(bwd_hooks, "bwd_hooks"), names_filter, cache,
+                        keep_grad)
         return self.forward(tokens, *args, _run=run, **kwargs), cache
 
     # -- generation -------------------------------------------------------------------------------
@@ -449,7 +450,7 @@ class Transformer(nn.Module):
         return tokens
 
     @staticmethod
-    def _sample(logits: Tensor, temperature: float, top_k: int | None, generator) -> Tensor:  # [batch, d_vocab] -> [batch]
+    def _sample(logits: Tensor, temperature: float, top_k: int | None, generator) -> Tensor:  # [batch, vocab] -> [batch]
         # Shifted so the largest logit is 0 before dividing: a tiny temperature gives -inf, never inf or NaN.
         logits = (logits - logits.max(-1, keepdim=True).values) / temperature
         if top_k is not None:

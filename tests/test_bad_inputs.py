@@ -24,14 +24,18 @@ Covered elsewhere, not repeated here:
 """
 
 import hashlib
+import json
 import os
 import re
 import subprocess
 import sys
+import tempfile
 import warnings
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import safetensors.torch
 import torch
 
 import minitx
@@ -84,6 +88,61 @@ def swapped(t, a, b):
     perm = list(range(t.shape[1]))
     perm[a], perm[b] = b, a
     return t[:, perm]
+
+
+
+_FILES: dict = {}
+
+
+def saved(name: str, config: dict | None = None, tensors: dict | None = None) -> Path:
+    """A 1-layer checkpoint (8 wide, 8 positions, 20 ids) in its own temporary folder, made once per name,
+    with config.json entries and tensors (HF names) replaced: a bad checkpoint for one row."""
+    if name not in _FILES:
+        path = Path(tempfile.mkdtemp(prefix=f"minitx-bad-{name}-"))
+        minitx.save_pretrained(random_model(n_layer=1, n_head=2, n_embd=8, n_positions=8, vocab_size=20,
+                                            bos_token_id=0), path)
+        hf_config = json.loads((path / "config.json").read_text())
+        (path / "config.json").write_text(json.dumps({**hf_config, **(config or {})}))  # inf -> Infinity
+        if tensors:
+            state = safetensors.torch.load_file(path / "model.safetensors")
+            safetensors.torch.save_file({**state, **tensors}, path / "model.safetensors", metadata={"format": "pt"})
+        _FILES[name] = path
+    return _FILES[name]
+
+
+def with_bin(name: str, content) -> Path:
+    """A checkpoint folder whose weights are pytorch_model.bin holding `content` (bytes, or an object to torch.save)."""
+    path = saved(name)
+    (path / "model.safetensors").unlink(missing_ok=True)
+    if isinstance(content, bytes):
+        (path / "pytorch_model.bin").write_bytes(content)
+    else:
+        torch.save(content, path / "pytorch_model.bin")
+    return path
+
+
+def load_from(folder: Path, name: str):
+    """minitx.load(name) with `folder` as the working directory (for relative paths)."""
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        return minitx.load(name)
+    finally:
+        os.chdir(cwd)
+
+
+def weight(name: str, edit) -> dict:
+    state = safetensors.torch.load_file(saved("reference") / "model.safetensors")
+    tensor = state[name].clone()
+    edit(tensor)
+    return {name: tensor}
+
+
+RESID = torch.zeros(2, 5, 64)  # a residual stream of env's model
+
+
+def cached(e):
+    return e.m.run_with_cache(e.T, names_filter=["blocks.0.attn.hook_pattern"])[1]
 
 
 E0 = torch.zeros(2, 0, dtype=torch.long)  # two prompts of zero tokens
@@ -482,6 +541,101 @@ CASES = [
     case("plots-save-missing-parents", lambda e: plots.save(plots.layer_head_grid(torch.zeros(2, 2), "z"),
                                                             "/nonexistent-minitx-dir/a/x.png"), FileNotFoundError,
          "cannot make the folder /nonexistent-minitx-dir/a: /nonexistent-minitx-dir does not exist"),
+    # ---- issue 12: checkpoints, configs, files, the hub (H2) ---------------------------------------------------
+    case("config-scale_attn_weights-string", lambda e: minitx.load(saved("s", {"scale_attn_weights": "false"})),
+         ValueError, "config scale_attn_weights='false' is not allowed: true or false (a JSON boolean"),
+    case("config-tie_word_embeddings-string", lambda e: minitx.load(saved("t", {"tie_word_embeddings": "false"})),
+         ValueError, "config tie_word_embeddings='false' is not allowed: true or false"),
+    case("config-epsilon-infinity", lambda e: minitx.load(saved("inf", {"layer_norm_epsilon": float("inf")})),
+         ValueError, "config layer_norm_epsilon=inf is not allowed: a finite number > 0, such as 1e-5"),
+    case("config-epsilon-string", lambda e: minitx.load(saved("eps-str", {"layer_norm_epsilon": "1e-5"})),
+         ValueError, "config layer_norm_epsilon='1e-5' is not allowed: a finite number > 0"),
+    case("config-epsilon-null", lambda e: minitx.load(saved("eps-null", {"layer_norm_epsilon": None})),
+         ValueError, "config layer_norm_epsilon=None is not allowed: a finite number > 0"),
+    case("config-bos-outside-vocab", lambda e: minitx.load(saved("bos20", {"bos_token_id": 20})), ValueError,
+         "config bos_token_id=20 is not allowed: an id in the vocabulary 0..19"),
+    case("config-bos-negative", lambda e: minitx.load(saved("bos-5", {"bos_token_id": -5})), ValueError,
+         "config bos_token_id=-5 is not allowed"),
+    case("config-bos-string", lambda e: minitx.load(saved("bos-x", {"bos_token_id": "x"})), ValueError,
+         "config bos_token_id='x' is not allowed"),
+    case("config-n_inner-bool", lambda e: minitx.load(saved("inner", {"n_inner": True})), ValueError,
+         "config n_inner=True is not allowed: a positive integer or null"),
+    case("config-n_layer-huge", lambda e: minitx.load(saved("layers", {"n_layer": 100000})), ValueError,
+         "the config says n_layer=100000 but the checkpoint has tensors for 1 blocks (h.0 .. h.0)"),
+    case("weights-nan", lambda e: minitx.load(saved("nan", tensors=weight(
+        "transformer.h.0.mlp.c_fc.weight", lambda t: t[0].__setitem__(3, NAN)))), ValueError,
+         "every weight must be finite, but 1 tensors hold NaN or inf: transformer.h.0.mlp.c_fc.weight (1 of 256)"),
+    case("weights-inf-row", lambda e: minitx.load(saved("inf-row", tensors=weight(
+        "transformer.wte.weight", lambda t: t[5].fill_(float("inf"))))), ValueError,
+         "tensors hold NaN or inf: transformer.wte.weight (8 of 160)"),
+    case("bin-zero-bytes", lambda e: minitx.load(with_bin("empty-bin", b"")), ValueError,
+         "not a readable PyTorch checkpoint: the file is empty (0 bytes)"),
+    case("bin-nested-state_dict", lambda e: minitx.load(with_bin("nested-bin", {"state_dict": {
+        "wte.weight": torch.zeros(20, 8)}})), ValueError,
+         "holds a nested dict under 'state_dict'; minitx reads a flat dict of tensor name -> tensor"),
+    case("load-mistyped-local-path", lambda e: load_from(REPO, "weights/english-6"), FileNotFoundError,
+         "'weights/english-6': no such local file or directory (the folder weights exists); did you mean "
+         "weights/english-6l?"),
+    case("load-device-nonsense", lambda e: minitx.load(saved("reference"), device="nonsense"), ValueError,
+         "device='nonsense' is not a usable torch device"),
+    case("download-timeout-negative", lambda e: minitx.download("org/x", timeout=-1), ValueError,
+         "timeout=-1 is not allowed: seconds to wait for the server, a number > 0"),
+    case("download-timeout-zero", lambda e: minitx.download("org/x", timeout=0), ValueError, "timeout=0 is not"),
+    case("download-retries-string", lambda e: minitx.download("org/x", retries="2"), ValueError,
+         "retries='2' is not allowed: how often to retry a failed file, an int >= 0"),
+    # ---- issue 12: forward, generate, hooks and caches (H2) ----------------------------------------------------
+    case("forward-all-padding-row", lambda e: e.m(e.T, attention_mask=torch.tensor([[1] * 5, [0] * 5])),
+         ValueError, "attention_mask row 1 has no real token"),
+    case("forward-stop_at_layer-float", lambda e: e.m(e.T, stop_at_layer=1.5), TypeError,
+         "stop_at_layer must be an int (a block index 0..2) or None, got float 1.5"),
+    case("forward-resid-float64", lambda e: e.m(RESID.double(), start_at_layer=1), ValueError,
+         "the input is a residual stream [batch, pos, 64], torch.float32 on cpu; got shape (2, 5, 64), torch.float64"),
+    case("forward-resid-int", lambda e: e.m(RESID.long(), start_at_layer=1), ValueError,
+         "got shape (2, 5, 64), torch.int64 on cpu"),
+    case("forward-past_kv-shape", lambda e: e.m(RESID, start_at_layer=1, past_kv=[(torch.zeros(2, 3, 4, 8),) * 2]),
+         ValueError, "past_kv: each block's (k, v) must be two torch.float32 tensors [batch=2, n_past, head=4, "
+                     "d_head=16]"),
+    case("forward-past_kv-int", lambda e: e.m(RESID, start_at_layer=1, past_kv=5), ValueError,
+         "past_kv needs start_at_layer, no attention_mask, and one (k, v) per block run (1); got int 5"),
+    case("generate-seed-str", lambda e: e.m.generate(e.T, 2, temperature=1.0, seed="a"), TypeError,
+         "seed must be an int from 0 to 2**64-1, got str 'a'"),
+    case("generate-max_new_tokens-float", lambda e: e.m.generate(e.T, 2.0), TypeError,
+         "max_new_tokens must be an int >= 0, got float 2.0"),
+    case("generate-max_new_tokens-str", lambda e: e.m.generate(e.T, "2"), TypeError,
+         "max_new_tokens must be an int >= 0, got str '2'"),
+    case("generate-top_k-float", lambda e: e.m.generate(e.T, 2, temperature=1.0, top_k=2.5), TypeError,
+         "top_k must be a positive int or None, got float 2.5"),
+    case("generate-temperature-str", lambda e: e.m.generate(e.T, 2, temperature="1"), TypeError,
+         "temperature must be a number >= 0 (0 = greedy), got str '1'"),
+    case("generate-eos-float", lambda e: e.m.generate(e.T, 2, eos_token_id=2.5), TypeError,
+         "eos_token_id must be an int token id or None, got float 2.5"),
+    case("generate-eos-bool", lambda e: e.m.generate(e.T, 2, eos_token_id=True), TypeError,
+         "eos_token_id must be an int token id or None, got bool True"),
+    case("tokens-meta", lambda e: e.m(torch.zeros(2, 5, dtype=torch.long, device="meta")), ValueError,
+         "tokens must hold values, got a tensor on the meta device (shapes only)"),
+    case("tokens-sparse", lambda e: e.m(e.T.to_sparse()), TypeError,
+         "tokens must be a dense tensor, got layout torch.sparse_coo; use .to_dense()"),
+    case("mask-meta", lambda e: e.m(e.T, attention_mask=torch.ones(2, 5, device="meta")), ValueError,
+         "attention_mask must hold values, got a tensor on the meta device"),
+    case("hooks-not-a-list", lambda e: e.m.run_with_hooks(e.T, fwd_hooks=inplace_nan), TypeError,
+         "fwd_hooks must be a list of (name, fn) pairs, e.g. [('blocks.0.hook_resid_pre', fn)], or None; got function"),
+    case("hooks-context-bwd-not-a-list", lambda e: e.m.hooks(bwd_hooks=5).__enter__(), TypeError,
+         "bwd_hooks must be a list of (name, fn) pairs"),
+    case("cache-int-key", lambda e: cached(e)[5], TypeError,
+         "a cache key is a point name ('blocks.0.hook_resid_pre') or a (shorthand, layer) tuple"),
+    case("cache-head-as-third-element", lambda e: cached(e)["pattern", 0, 1], ValueError,
+         "layer_type=1 is not allowed for 'pattern': only 'scale' and 'normalized' take one"),
+    case("cache-layer-out-of-range", lambda e: cached(e)["pattern", -3], KeyError,
+         "layer -3 is out of range for a model of 2 layers; allowed: -2..1"),
+    case("get_act_name-negative-without-size", lambda e: minitx.get_act_name("resid_post", -1), ValueError,
+         "layer -1 counts from the end, so it needs the model's size"),
+    case("get_act_name-float-layer", lambda e: minitx.get_act_name("resid_post", 1.0), TypeError,
+         "layer must be an int (negative counts from the end), got float 1.0"),
+    case("tokenizer-lone-surrogate", lambda e: e.tok.to_tokens("a\ud800b", prepend_bos=False), ValueError,
+         "the text holds a lone surrogate '\\ud800' at index 1"),
+    case("tokenizer-encode-none", lambda e: e.tok.encode(None), TypeError, "text must be a str, got NoneType"),
+    case("tokenizer-to_string-float", lambda e: e.tok.to_string(2.5), TypeError,
+         "to_string takes token ids (an int, a list or a tensor), got float"),
 ]
 
 

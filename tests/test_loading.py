@@ -345,7 +345,17 @@ def test_offline_and_missing_names_the_command(monkeypatch, variable):
         loading.download("org/absent")
 
 
-@pytest.mark.parametrize("name", ["../x", "a/b/c", "-x", ".x", "x-", "a..b", "a--b", "a b", "x" * 97, "",
+def test_a_missing_path_in_an_existing_folder_is_reported_as_a_path(tmp_path, monkeypatch):
+    (tmp_path / "weights" / "english-6l").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "weights")
+    with pytest.raises(FileNotFoundError, match=r"'\.\./x': no such local file or directory \(the folder \.\. exists\)"):
+        load("../x")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"did you mean weights/english-6l\? For the hub repo of that name"):
+        load("weights/english-6")  # a valid hub id too, but the folder says it is a path
+
+
+@pytest.mark.parametrize("name", ["a/b/c", "-x", ".x", "x-", "a..b", "a--b", "a b", "x" * 97, "",
                                   "org/", "/abs/missing/path", "x.git", "ünï"])
 def test_bad_names_are_rejected(name):
     with pytest.raises(ValueError, match="neither an existing file or directory nor a valid hub repo id"):

@@ -506,3 +506,23 @@ def test_cache_keys_in_and_getitem_agree(tiny_model):
         cache[5]
     with pytest.raises(KeyError, match="layer 2 is out of range for a model of 2 layers"):
         cache["pattern", 2]
+
+
+def test_every_integer_dtype_is_ids_and_tiny_temperatures_are_greedy(tiny_model):
+    tokens = torch.tensor([[11, 22, 33], [44, 55, 66]])
+    for dtype in (torch.int8, torch.uint8, torch.int16, torch.uint16, torch.int32):
+        assert torch.equal(tiny_model(tokens.to(dtype)), tiny_model(tokens)), dtype
+    greedy = tiny_model.generate(tokens, 4)
+    assert torch.equal(tiny_model.generate(tokens, 4, temperature=1e-40, seed=0), greedy)  # no inf/NaN
+
+
+def test_hook_arguments_none_and_backward_hooks_in_run_with_cache():
+    model = random_model().requires_grad_(True)
+    tokens = torch.tensor([[1, 2, 3]])
+    assert torch.equal(model.run_with_hooks(tokens, fwd_hooks=None, bwd_hooks=None), model(tokens))
+    seen = []
+    with torch.enable_grad():
+        logits, cache = model.run_with_cache(tokens, names_filter="blocks.1.hook_resid_post",
+                                             bwd_hooks=[("blocks.1.hook_resid_post", lambda g, h: seen.append(h.name))])
+        logits.sum().backward()
+    assert seen == ["blocks.1.hook_resid_post"] and "blocks.1.hook_resid_post" in cache
