@@ -10,6 +10,7 @@ import hashlib
 import http.server
 import io
 import json
+import re
 import socket
 import threading
 import time
@@ -297,3 +298,40 @@ def test_bad_arguments_touch_nothing(hub):
     with pytest.raises(ValueError, match="revision"):
         download("org/tiny", revision="../../etc")
     assert hub.requests == []
+
+
+HTML = b"<!DOCTYPE html><html><body>Please log in to the proxy</body></html>"
+
+
+@pytest.mark.parametrize("bad", ["config.json", "model.safetensors"])
+def test_a_proxy_page_is_not_cached_as_a_model(hub, tmp_path, monkeypatch, bad):
+    """A server answering 200 with an HTML page: the download fails naming the file, nothing is trusted."""
+    model = random_model()
+    files = checkpoint_files(model, tmp_path)
+    hub.repos["org/tiny"] = {**files, bad: HTML}
+    with pytest.raises(DownloadError, match=rf"{bad}: the server sent {bad}: .*it starts like an HTML page: a proxy"):
+        download("org/tiny")
+    assert_nothing_trusted(tmp_path, files["model.safetensors"], monkeypatch)
+    assert not [b for b in (repo_dir(tmp_path) / "blobs").iterdir() if b.read_bytes() == HTML]
+
+
+def test_a_damaged_cache_entry_names_the_folder_to_delete(hub, tmp_path, monkeypatch):
+    model = random_model()
+    hub.repos["org/tiny"] = checkpoint_files(model, tmp_path)
+    snapshot = download("org/tiny")
+    (snapshot / "config.json").resolve().write_bytes(HTML)  # damaged after the download
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match=rf"The cached copy of org/tiny is damaged: delete the folder "
+                                         rf"{re.escape(str(repo_dir(tmp_path)))} and load again"):
+        load("org/tiny")
+
+
+def test_an_unreadable_weights_file_is_a_permission_error_not_corruption(tmp_path, monkeypatch):
+    save_pretrained(random_model(), tmp_path / "m")
+
+    def denied(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr("minitx.checkpoint.load_file", denied)
+    with pytest.raises(PermissionError, match=r"model.safetensors: cannot read it: permission denied") as info:
+        load(tmp_path / "m")
+    assert "delete" not in str(info.value) and "corrupt" not in str(info.value)
