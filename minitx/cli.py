@@ -239,7 +239,7 @@ def _heads_tokens(args, model, vocab):
         _check_runs(model, tokens)
         heads.check_memory(cfg, *tokens.shape)
         _warn_blank(args, model, vocab, tokens, "the prompt")
-        return tokens, pool, "the prompt"
+        return tokens, pool, f"the prompt {args.prompt!r}"
     tokens = heads.repeated_tokens(cfg.d_vocab, args.n, args.batch, args.seed, args.prepend_bos, token_ids=pool)
     where = (f"{args.batch} sequences {'[BOS] + ' if o else ''}r + r (n = {args.n}{drawn}, seed {args.seed})")
     return tokens, pool, where

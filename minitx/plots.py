@@ -196,9 +196,10 @@ def layer_head_grid(scores, title: str, diverging: bool = True, *, limits: tuple
 
 
 def layer_head_grids(scores: dict, title: str = "", diverging: bool = False, *,
-                     limits: tuple[float, float] | None = (0.0, 1.0)) -> Figure:
+                     limits: tuple[float, float] | None = (0.0, 1.0),
+                     colorbar_label: str = "mean attention mass") -> Figure:
     """Returns a Figure with one [layer, head] panel per entry of scores {name: [layer, head]}, side by side.
-    The default limits [0, 1] suit attention-mass scores (previous-token, induction, BOS)."""
+    The default limits [0, 1] and colour-bar label suit attention-mass scores (previous-token, induction, BOS)."""
     if not scores:
         raise ValueError("layer_head_grids needs at least one score table")
     arrays = {name: _array(s, 2, f"{name} [layer, head]") for name, s in scores.items()}
@@ -208,7 +209,7 @@ def layer_head_grids(scores: dict, title: str = "", diverging: bool = False, *,
     fig = Figure(figsize=(width * len(arrays) + 0.5, height + 0.4), layout="constrained")
     axes = fig.subplots(1, len(arrays), squeeze=False)[0]
     for ax, (name, S) in zip(axes, arrays.items()):
-        _layer_head_axes(fig, ax, S, name, diverging, limits, width=width - 1.0)
+        _layer_head_axes(fig, ax, S, name, diverging, limits, colorbar_label, width=width - 1.0)
     if title:
         fig.suptitle(_wrap(title, width * len(arrays), 11), fontsize=11)
     return fig
@@ -263,6 +264,7 @@ def lens_table(result, str_tokens, tokenizer=None, *, batch: int = 0, color_by: 
 
     result: a `minitx.lens.LensResult`; str_tokens: labels for every position of the prompt (or for
     result.positions only); tokenizer: None (ids shown), an object with decode(ids), or id -> str."""
+    batch = result.check_batch(batch)
     top_ids = result.top_tokens[:, batch, :, 0]  # [layer+1, pos]
     has_target = result.target_probs is not None
     color_by = color_by or ("target" if has_target else "top")
@@ -304,21 +306,59 @@ def lens_table(result, str_tokens, tokenizer=None, *, batch: int = 0, color_by: 
     return fig
 
 
+def lens_comparison(scores: dict, trajectories: dict | None = None, target: str = "target", *,
+                    title: str = "lenses compared") -> Figure:
+    """Returns a Figure comparing lenses layer by layer: KL(p_final || p_layer) in nats (log scale) and top-1
+    agreement with the model's own prediction, plus, with `trajectories`, p(target) at one prompt's last
+    position under each lens. Belrose et al. 2023 (tuned lens); Gurnee et al. 2026 (Jacobian lens).
+
+    scores: `minitx.lens.lens_scores(...)`, {name: {"labels", "kl", "top1", "n_positions"}};
+    trajectories: {name: LensResult of one prompt read with targets}; layers align by label."""
+    order = []
+    for name in scores:
+        order += [label for label in scores[name]["labels"] if label not in order]
+    final = [label for label in order if label != "final"] + ["final"]
+    x = {label: i for i, label in enumerate(final)}
+    panels = 2 + (trajectories is not None)
+    fig = Figure(figsize=(4.2 * panels + 0.5, 3.8), layout="constrained")
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    for name, s in scores.items():
+        xs = [x[label] for label in s["labels"]]
+        kl = np.maximum(np.asarray(s["kl"], dtype=float), 1e-6)  # the final layer's 0 on a log axis
+        axes[0].plot(xs, kl, marker="o", label=name)
+        axes[1].plot(xs, s["top1"], marker="o", label=name)
+    n = max(s["n_positions"] for s in scores.values())
+    axes[0].set(yscale="log", ylabel="KL(final || layer), nats", title=f"KL to the final distribution ({n:,} positions)")
+    axes[1].set(ylim=(-0.02, 1.02), ylabel="share of positions", title="top-1 agreement with the model")
+    if trajectories is not None:
+        for name, result in trajectories.items():
+            probs = _array(result.target_probs[:, 0, -1], 1, "target probabilities")
+            axes[2].plot([x[label] for label in result.labels], probs, marker="o", label=name)
+        axes[2].set(ylim=(-0.02, 1.02), ylabel=f"p({target})", title=f"p({target}) at the last position")
+    for ax in axes:
+        ax.set_xticks(range(len(final)), final, rotation=45, fontsize=_font(len(final)))
+        ax.set_xlabel("residual stream read")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(_wrap(title, 4.2 * panels, 11), fontsize=11)
+    return fig
+
+
 # -- role swap -------------------------------------------------------------------------------------------------
 def role_swap_figure(result, title: str = "role swap: how attention changes when the two tokens swap") -> Figure:
     """Returns a Figure of a `minitx.heads.RoleSwap`: TV_pos, TV_tok ([0, 1]) and the role index
     R = TV_tok - TV_pos ([-1, 1]; > 0 the head follows the slot/role, < 0 it follows the token)."""
-    panels = [(result.tv_pos, "TV_pos (pattern change, same positions)", False, (0.0, 1.0)),
-              (result.tv_tok, "TV_tok (change after following the swap)", False, (0.0, 1.0)),
-              (result.role_index, "role index R = TV_tok - TV_pos", True, (-1.0, 1.0))]
-    arrays = [(_array(s, 2, name), name, div, lim) for s, name, div, lim in panels]
+    panels = [(result.tv_pos, "TV_pos (pattern change, same positions)", False, (0.0, 1.0), "total variation"),
+              (result.tv_tok, "TV_tok (change after following the swap)", False, (0.0, 1.0), "total variation"),
+              (result.scores, "role index R = TV_tok - TV_pos", True, (-1.0, 1.0), "R (> 0 role, < 0 word)")]
+    arrays = [(_array(s, 2, name), name, div, lim, bar) for s, name, div, lim, bar in panels]
     n_layer, n_head = arrays[0][0].shape
     width = min(6.0, max(3.0, 0.5 * n_head + 2.0))
     height = min(10.0, max(2.8, 0.42 * n_layer + 1.6))
     fig = Figure(figsize=(3 * width + 0.5, height + 0.5), layout="constrained")
     axes = fig.subplots(1, 3, squeeze=False)[0]
-    for ax, (S, name, div, lim) in zip(axes, arrays):
-        _layer_head_axes(fig, ax, S, name, div, lim, width=width - 1.0)
+    for ax, (S, name, div, lim, bar) in zip(axes, arrays):
+        _layer_head_axes(fig, ax, S, name, div, lim, bar, width=width - 1.0)
     fig.suptitle(_wrap(title, 3 * width, 11), fontsize=11)
     return fig
 
@@ -406,7 +446,7 @@ def save(fig: Figure, path, dpi: int = 110) -> Path:
 
 
 __all__ = ["attention_pattern", "attention_grid", "layer_head_grid", "layer_head_grids", "patching_heatmap",
-           "lens_table", "role_swap_figure", "dla_bars", "plot_result", "position_labels", "save"]
+           "lens_table", "lens_comparison", "role_swap_figure", "dla_bars", "plot_result", "position_labels", "save"]
 
 
 # -- weight circuits ---------------------------------------------------------------------------------------------

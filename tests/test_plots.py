@@ -174,6 +174,11 @@ def test_no_label_is_cut_off(model, kind):
         from minitx import dla
         fig = plots.dla_bars(dla.direct_logit_attribution(model, tokens, 3), f"DLA on {prompt!r}")
     assert outside_canvas(fig) == []
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert kind == "dla" or bars, kind
+    assert all(bar.get_ylabel() for bar in bars), [bar.get_ylabel() for bar in bars]  # every colour bar names
+    title = (fig._suptitle.get_text() if fig._suptitle is not None else fig.axes[0].get_title()).replace("\n", " ")
+    assert "The cat sat on the mat" in title, title  # the prompt in the title
 
 
 def test_patching_map_fixed_scale_values_and_both_prompts():
