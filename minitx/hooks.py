@@ -181,6 +181,25 @@ def check_replacement(name: str, x: Tensor, out) -> None:
         raise ValueError(f"hook on {name} returned a scale <= 0; a layer-norm scale must be positive")
 
 
+def check_hooks_can_fire(run: "Run", start_at_layer, stop_at_layer, n_layer: int) -> None:
+    """ValueError when a call gives hooks and none of their points lies in the part of the model it runs
+    (blocks start_at_layer..stop_at_layer-1; the embedding only without start_at_layer; ln_final only
+    without stop_at_layer): such hooks would silently never fire."""
+    names = set(run.fwd) | set(run.bwd)
+    start, stop = start_at_layer or 0, n_layer if stop_at_layer is None else stop_at_layer
+
+    def fires(name: str) -> bool:
+        layer = HookPoint(name).layer
+        if layer is not None:
+            return start <= layer < stop
+        return start_at_layer is None if "embed" in name else stop_at_layer is None
+
+    if names and not any(fires(n) for n in names) and isinstance(start, int) and isinstance(stop, int):
+        raise ValueError(f"no hook of this call can fire: {', '.join(sorted(names)[:3])} lie outside what it runs "
+                         f"(blocks {start}..{stop - 1}{'' if start_at_layer is None else ', no embedding'}"
+                         f"{'' if stop_at_layer is None else ', no ln_final'}); move the hooks or the layer range")
+
+
 class Run:
     """The hooks and cache requests of one forward call. Every activation passes through
     `run(name, tensor)`, which consults only what this call asked for; nothing is stored on the model,

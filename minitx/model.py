@@ -35,7 +35,7 @@ from minitx.checks import (check_attention_mask, check_generation, check_layer_r
                            check_seed, check_sweep_options, check_tokens)
 from minitx.config import Config  # noqa: F401  (re-exported: minitx.model.Config)
 from minitx.hooks import (ON_REQUEST, POINTS, Cache, HookPoint, NamesFilter, Run, get_act_name,  # noqa: F401
-                          hook_list, point_names)
+                          check_hooks_can_fire, hook_list, point_names)
 
 # ---------------------------------------------------------------------------------------------
 # The layers.
@@ -395,6 +395,8 @@ class Transformer(nn.Module):
     def run_with_hooks(self, tokens: Tensor, *args, fwd_hooks=(), bwd_hooks=(), **kwargs) -> Tensor:
         """Forward where fwd_hooks [(name | names | predicate, fn(act, hook) -> replacement | None)] fire."""
         fwd, bwd = self._context_hooks
+        own = self._run(fwd_hooks, bwd_hooks)  # this call's hooks must be able to fire
+        check_hooks_can_fire(own, kwargs.get("start_at_layer"), kwargs.get("stop_at_layer"), self.cfg.n_layer)
         run = self._run(fwd + hook_list(fwd_hooks), bwd + hook_list(bwd_hooks, "bwd_hooks"))
         return self.forward(tokens, *args, _run=run, **kwargs)
 
@@ -404,6 +406,8 @@ class Transformer(nn.Module):
         predicate over all names (on-request points included). The cache holds values after hooks."""
         cache = Cache(n_layers=self.cfg.n_layer)
         fwd, bwd = self._context_hooks
+        own = self._run(fwd_hooks, bwd_hooks)  # this call's hooks must be able to fire
+        check_hooks_can_fire(own, kwargs.get("start_at_layer"), kwargs.get("stop_at_layer"), self.cfg.n_layer)
         run = self._run(fwd + hook_list(fwd_hooks), bwd + hook_list(bwd_hooks, "bwd_hooks"), names_filter, cache,
                         keep_grad)
         return self.forward(tokens, *args, _run=run, **kwargs), cache

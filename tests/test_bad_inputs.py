@@ -621,6 +621,13 @@ CASES = [
          "fwd_hooks must be a list of (name, fn) pairs, e.g. [('blocks.0.hook_resid_pre', fn)], or None; got function"),
     case("hooks-context-bwd-not-a-list", lambda e: e.m.hooks(bwd_hooks=5).__enter__(), TypeError,
          "bwd_hooks must be a list of (name, fn) pairs"),
+    case("hooks-beyond-stop_at_layer", lambda e: e.m.run_with_hooks(e.T, stop_at_layer=1, fwd_hooks=[
+        ("blocks.1.hook_resid_pre", nan_noise)]), ValueError, "no hook of this call can fire: blocks.1.hook_resid_pre "
+                                                              "lie outside what it runs (blocks 0..0, no ln_final)"),
+    case("hooks-embed-with-start_at_layer", lambda e: e.m.run_with_cache(RESID, start_at_layer=1, fwd_hooks=[
+        ("hook_embed", nan_noise)]), ValueError, "hook_embed lie outside what it runs (blocks 1..1, no embedding)"),
+    case("hooks-backward-before-start_at_layer", lambda e: e.m.run_with_hooks(RESID, start_at_layer=1, bwd_hooks=[
+        ("blocks.0.hook_resid_post", nan_noise)]), ValueError, "no hook of this call can fire: blocks.0.hook_resid_post"),
     case("cache-int-key", lambda e: cached(e)[5], TypeError,
          "a cache key is a point name ('blocks.0.hook_resid_pre') or a (shorthand, layer) tuple"),
     case("cache-head-as-third-element", lambda e: cached(e)["pattern", 0, 1], ValueError,
