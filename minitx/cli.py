@@ -318,9 +318,16 @@ def _sender(text: str, cfg):
 
 
 def _pair(args, model, vocab):
-    """-> clean, corrupted, answer, wrong, checked (with --pos) before any progress line, so an error stands alone."""
+    """-> clean, corrupted, answer, wrong, checked (with --pos) before any progress line, so an error stands alone.
+    With --pairs FILE: [batch, pos] prompts and [batch] answer and wrong ids from its JSONL rows."""
     import torch
     from minitx.engine import check_same_shape
+    if getattr(args, "pairs", None) is not None:
+        return _pairs_file(args, model, vocab)
+    missing = [f"--{name}" for name in ("clean", "corrupted", "answer", "wrong") if getattr(args, name) is None]
+    if missing:
+        raise ValueError(f"give the clean and corrupted prompts, --answer and --wrong (missing: {', '.join(missing)}), "
+                         "or --pairs FILE")
     clean = vocab.tokens(args.clean, prepend_bos=args.prepend_bos, what="--clean")
     corrupted = vocab.tokens(args.corrupted, prepend_bos=args.prepend_bos, what="--corrupted")
     answer, wrong = _token(args, vocab, args.answer, "--answer"), _token(args, vocab, args.wrong, "--wrong")
@@ -339,6 +346,35 @@ def _pair(args, model, vocab):
     return clean, corrupted, answer, wrong
 
 
+def _pairs_file(args, model, vocab):
+    """--pairs FILE -> clean, corrupted [batch, pos], answer, wrong [batch] (minitx.datasets.load_pairs)."""
+    import torch
+    from minitx import datasets
+    given = [f"--{name}" for name in ("clean", "corrupted", "answer", "wrong") if getattr(args, name) is not None]
+    if given:
+        raise ValueError(f"--pairs replaces the single pair; drop {', '.join(given)}")
+    if not vocab.is_text:
+        raise ValueError("--pairs holds text prompts, and this model has no tokenizer; give one pair of token ids")
+    batch = datasets.load_pairs(args.pairs, vocab.tokenizer, args.prepend_bos)
+    _check_runs(model, batch.clean, batch.corrupted)
+    _check_pos(args.pos, batch.clean.shape[1])
+    _warn_blank(args, model, vocab, torch.cat([batch.clean, batch.corrupted], 1), "the pairs")
+    return batch.clean, batch.corrupted, batch.answer, batch.wrong
+
+
+def _pair_name(args, vocab, answer, wrong) -> str:
+    """What the metric is, for a table's first line: the two tokens, or the dataset."""
+    if getattr(args, "pairs", None) is not None:
+        return f"logit difference answer - wrong over {len(answer)} pairs from {args.pairs}"
+    return f"logit difference {vocab.decode(answer)!r} - {vocab.decode(wrong)!r}"
+
+
+def _pair_title(args) -> str:
+    if getattr(args, "pairs", None) is not None:
+        return f"the pairs of {Path(args.pairs).name}"
+    return f"{args.clean!r} vs {args.corrupted!r}"
+
+
 def cmd_patch(args) -> int:
     from minitx import metrics, patching, plots
     from minitx.report import text_table
@@ -354,11 +390,11 @@ def cmd_patch(args) -> int:
                                           direction=args.direction)
     labels = plots.position_labels(vocab.str_tokens(clean[0]), vocab.str_tokens(corrupted[0]), 10)
     S = result.scores
-    say(f"logit difference {vocab.decode(answer)!r} - {vocab.decode(wrong)!r}: clean {result.clean:+.3f}, "
+    say(f"{_pair_name(args, vocab, answer, wrong)}: clean {result.clean:+.3f}, "
         f"corrupted {result.corrupted:+.3f}")
     say(f"{result.direction} {args.point}, score = (patched - corrupted) / (clean - corrupted): "
         "1 = clean behaviour, 0 = corrupted")
-    title = f"{result.direction} {args.point} on {args.clean!r} vs {args.corrupted!r} (1 = clean, 0 = corrupted)"
+    title = f"{result.direction} {args.point} on {_pair_title(args)} (1 = clean, 0 = corrupted)"
     if result.axes == ("layer", "pos"):
         say(text_table(["layer", *(f"{p}:{t}" for p, t in enumerate(labels))],
                        [[str(l), *map(float, S[l])] for l in range(cfg.n_layer)]))
@@ -399,7 +435,7 @@ def cmd_path_patch(args) -> int:
     _progress(f"path patching each of {cfg.n_layer * cfg.n_head} heads -> {named}{frozen} ...")
     result = path_patching.path_patch_senders(model, clean, corrupted, receivers, metric, freeze_mlps=args.freeze_mlps)
     removed = 1 - result.scores
-    say(f"logit difference {vocab.decode(answer)!r} - {vocab.decode(wrong)!r}: clean {result.clean:+.3f}, "
+    say(f"{_pair_name(args, vocab, answer, wrong)}: clean {result.clean:+.3f}, "
         f"corrupted {result.corrupted:+.3f}")
     say(f"path sender -> {named}{frozen}: removed = 1 - score = share of the clean-corrupted difference "
         "lost when only this path sees the corrupted prompt (0 = no effect, 1 = as corrupted)")
@@ -409,7 +445,7 @@ def cmd_path_patch(args) -> int:
     say(text_table(["sender", "score", "removed", "rel. change"],
                    [[f"{l}.{h}", float(result.scores[l, h]), float(removed[l, h]),
                      float(result.relative_change[l, h])] for l in range(cfg.n_layer) for h in range(cfg.n_head)]))
-    fig = plots.layer_head_grid(removed, f"path patching sender -> {named}{frozen} on {args.clean!r}: removed "
+    fig = plots.layer_head_grid(removed, f"path patching sender -> {named}{frozen} on {_pair_title(args)}: removed "
                                 "(1 - score)", limits=(-1.0, 1.0), colorbar_label="removed (1 = as corrupted)")
     _save_figure(fig, args, "path-patch.png")
     return 0
@@ -428,7 +464,7 @@ def _path_patch_one_sender(args, model, clean, corrupted, metric, sender, receiv
         result = path_patching.path_patch(model, clean, corrupted, sender, recs, metric, freeze_mlps=args.freeze_mlps)
         rows.append([f"{args.sender} -> {name}", float(result.scores), float(1 - result.scores),
                      float(result.relative_change)])
-    say(f"logit difference {vocab.decode(answer)!r} - {vocab.decode(wrong)!r}: clean {result.clean:+.3f}, "
+    say(f"{_pair_name(args, vocab, answer, wrong)}: clean {result.clean:+.3f}, "
         f"corrupted {result.corrupted:+.3f}" + (" (MLPs frozen)" if args.freeze_mlps else ""))
     say("removed = 1 - score: share of the clean-corrupted difference lost when only this path sees the corrupted "
         "prompt (0 = no effect, 1 = as corrupted)")
@@ -639,12 +675,12 @@ def cmd_attribution(args) -> int:
     _progress(f"attribution patching (AtP) of {args.point}: 2 forwards and 1 backward ...")
     result = attribution.attribution_patching(model, clean, corrupted, metric, points=args.point)
     estimate = result.normalized(args.point)  # [layer, head] or [layer]
-    say(f"logit difference {vocab.decode(answer)!r} - {vocab.decode(wrong)!r}: clean {result.clean:+.3f}, "
+    say(f"{_pair_name(args, vocab, answer, wrong)}: clean {result.clean:+.3f}, "
         f"corrupted {result.corrupted:+.3f}")
     say(f"AtP estimate of denoising {args.point}, normalised like patch's score (1 = restores the clean difference): "
         "a first-order estimate, checked against `minitx patch` before it is trusted (saturated attention "
         "breaks it; see attribution.atp_star_qk_fix)")
-    title = f"AtP estimate, denoising {args.point} on {args.clean!r} vs {args.corrupted!r}"
+    title = f"AtP estimate, denoising {args.point} on {_pair_title(args)}"
     if estimate.dim() == 2:
         say(text_table(["layer", *(f"head {h}" for h in range(cfg.n_head))],
                        [[str(l), *map(float, estimate[l])] for l in range(cfg.n_layer)]))
@@ -666,8 +702,15 @@ def cmd_demo(args) -> int:
     out = Path(args.out).expanduser().resolve()
     check_report_folder(out)
     say(f"writing the demo report into {out}")
+    pairs = None
+    if args.pairs is not None:
+        from minitx import datasets
+        if not Path(args.pairs).expanduser().is_file():
+            raise FileNotFoundError(f"--pairs {args.pairs}: no such file (JSONL rows with clean, corrupted, answer, "
+                                    "wrong)")
+        pairs = datasets.read_jsonl(Path(args.pairs).expanduser())
     result = run_demo(model, out, n=args.n, batch=args.batch, seed=args.seed, prepend_bos=args.prepend_bos,
-                      log=_progress, vocab=vocab)
+                      log=_progress, vocab=vocab, n_pairs=args.n_pairs, pairs=pairs)
     for line in result["summary"]:
         say(f"- {line}")
     say(f"report: {out / 'report.md'} ({len(result['files']) - 1} figures)")
@@ -758,9 +801,13 @@ PAIR_HELP = dict(clean="the prompt whose behaviour is measured", corrupted="same
 
 
 def _pair_args(p) -> None:
-    _prompt_args(p, "clean", "corrupted", helps=PAIR_HELP)
-    p.add_argument("--answer", required=True, help=f"the clean answer token (required; {TOKEN_HELP})")
-    p.add_argument("--wrong", required=True, help="the competing token, e.g. the corrupted answer (required)")
+    _prompt_args(p, "clean", "corrupted", helps=PAIR_HELP, optional=True)
+    p.add_argument("--answer", default=None, help=f"the clean answer token (required unless --pairs; {TOKEN_HELP})")
+    p.add_argument("--wrong", default=None, help="the competing token, e.g. the corrupted answer (required unless "
+                                                 "--pairs)")
+    p.add_argument("--pairs", default=None, metavar="FILE",
+                   help="JSONL prompt pairs (clean, corrupted, answer, wrong per row; same token length) instead of "
+                        "one pair; see minitx.datasets (default: one pair from the arguments)")
     p.add_argument("--pos", type=int, default=-1, help="position the logit difference is read at")
 
 
@@ -849,6 +896,11 @@ def args_demo(p) -> None:
     p.add_argument("--n", type=int, default=12, help="random tokens per copy, fixture tour")
     p.add_argument("--batch", type=int, default=8, help="random sequences, fixture tour")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the random tokens")
+    p.add_argument("--n-pairs", type=int, default=None,
+                   help="prompt pairs per dataset, GPT-2 tour (default: 64, or 16 for a model over 30M parameters; "
+                        "more pairs = narrower intervals, slower)")
+    p.add_argument("--pairs", default=None, metavar="FILE",
+                   help="your own JSONL pairs for the patching sections, GPT-2 tour (default: the built-in dataset)")
 
 
 def args_view(p) -> None:

@@ -437,3 +437,23 @@ def test_dla_role_swap_and_attribution_commands(model_dir, tmp_path, capsys, mon
                                            torch.tensor([[64, 3, 6, 5, 3, 4]]), metrics.logit_diff_metric(5, 6))
     row = next(line.split() for line in out.splitlines() if line.startswith("1 "))
     assert row[1:] == [f"{float(v):.3f}" for v in atp.normalized("z")[1]]
+
+
+def test_pairs_file_instead_of_one_pair(gpt2_vocab_dir, tmp_path, capsys):
+    """--pairs FILE: every pair of a JSONL dataset at once, the same numbers as the library on that batch."""
+    from minitx import datasets, metrics, patching
+    pairs = [p for p in datasets.role_swap_pairs(12) if not p.generated][:3] or datasets.role_swap_pairs(3)
+    batches = datasets.to_batches(pairs, minitx.Tokenizer.default(), True)
+    pairs = batches[0].pairs
+    path = datasets.write_jsonl(pairs, tmp_path / "pairs.jsonl")
+    code, out, err = run(capsys, "patch", "--pairs", path, "--point", "z", "--model", gpt2_vocab_dir, "--out", tmp_path)
+    assert code == 0, err
+    assert out.startswith(f"logit difference answer - wrong over {len(pairs)} pairs from {path}: clean")
+    model, batch = minitx.load(gpt2_vocab_dir), datasets.load_pairs(path, minitx.Tokenizer.default(), True)
+    result = patching.activation_patching(model, batch.clean, batch.corrupted,
+                                          metrics.logit_diff_metric(batch.answer, batch.wrong), "z", "all")
+    assert f"clean {result.clean:+.3f}, corrupted {result.corrupted:+.3f}" in out.splitlines()[0]
+    code, out, err = run(capsys, "patch", "a b", "a c", "--pairs", path, "--model", gpt2_vocab_dir)
+    check_clean_error(code, out, err, r"--pairs replaces the single pair; drop --clean, --corrupted")
+    code, out, err = run(capsys, "patch", "a b", "--model", gpt2_vocab_dir)
+    check_clean_error(code, out, err, r"missing: --corrupted, --answer, --wrong\), or --pairs FILE")
