@@ -80,7 +80,7 @@ def check_metric_values(values, batch: int) -> Tensor:
     bad = ~torch.isfinite(values.detach())
     if bool(bad.any()):
         first = int(bad.nonzero()[0, 0])
-        raise ValueError(f"the metric returned {float(values[first])} for prompt {first} ({int(bad.sum())} of {batch} "
+        raise ValueError(f"the metric returned {float(values.detach()[first])} for prompt {first} ({int(bad.sum())} of {batch} "
                          "prompts not finite); a metric must give a finite number for every prompt")
     return values
 

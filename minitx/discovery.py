@@ -1,0 +1,310 @@
+"""Circuit discovery: score every edge between components, keep the best, and check the circuit's faithfulness.
+
+    graph = edge_graph(model)                                    # writers -> readers, docs/methods.md §12.1
+    scores = eap(model, clean, corrupted, metric)                # one score per edge (2 forwards, 1 backward)
+    scores = eap_ig(model, clean, corrupted, metric, steps=5, on="inputs")   # or on="activations"
+    curve = faithfulness_curve(model, clean, scores, metric, ks=[4, 8, 16], ablation="resample",
+                               corrupted=corrupted)              # F(C) of the top-k circuits, and of their complements
+
+Edge scores, noising form (docs/methods.md §12.3, Syed et al. 2023): for an edge u -> v,
+    score(u -> v) = (a_u(x') - a_u(x)) . dm/d in_v,
+the change of the writer's own output dotted with the gradient of the metric at the reader's input on the
+clean run x: an estimate of m(x, edge u -> v patched to x') - m(x). Negative: the edge carries what the
+metric needs. EAP takes the gradient at x; EAP-IG (Hanna et al. 2024) averages it along a straight path:
+"on inputs" from the corrupted to the clean input embeddings (m forwards and backwards), "on activations"
+from each reader's clean input towards its input with the chosen edges patched, one group of readers at a
+time, everything downstream recomputed ((2 n_layer + 1) x m partial forwards and backwards). Each score is
+available per prompt (`per_prompt`); `scores` is their mean.
+
+Circuits (docs/methods.md §12.3): the top k edges by |score|, less edges that lie on no path from the input to
+the logits (`prune`). Faithfulness F(C) = (m(C) - m(empty)) / (m(G) - m(empty)) on batch means, where m(C)
+runs the clean prompts with every edge outside C patched by exact edge patching (`minitx.engine.edge_patching`),
+m(G) is the clean run and m(empty) has every edge patched. The ablation that patches an edge (resample, mean
+or zero) is a required argument and is reported: the circuit found depends on it (Miller et al. 2024).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from minitx.checks import check_count, check_tokens
+from minitx.engine import (ABLATIONS, EdgeGraph, WriterValues, ablation_values, check_metric_values, check_same_shape,
+                           edge_graph, edge_patching, writer_values)
+from minitx.hooks import get_act_name
+from minitx.metrics import metric_name
+from minitx.results import Result
+
+__all__ = ["EdgeScores", "CircuitCurve", "eap", "eap_ig", "top_edges", "prune", "faithfulness", "faithfulness_curve"]
+
+
+@dataclass(kw_only=True, repr=False)
+class EdgeScores(Result):
+    """One score per edge of `graph` (noising form, module docstring): scores [edge] (mean over prompts),
+    per_prompt [edge, prompt], clean/corrupted: the batch-mean metric on each run. Extras: graph, method."""
+
+    axes: tuple = ("edge",)
+    graph: EdgeGraph
+    method: str
+
+    def top(self, k: int = 10) -> list[tuple[str, float]]:
+        """The k edges of largest |score|, as (label, score), largest first."""
+        order = self.scores.abs().argsort(descending=True)[:k]
+        return [(self.graph.label(int(e)), float(self.scores[e])) for e in order]
+
+
+def _check_pair(model, clean: Tensor, corrupted: Tensor) -> tuple[Tensor, Tensor]:
+    clean, corrupted = check_tokens(clean, model.cfg.d_vocab), check_tokens(corrupted, model.cfg.d_vocab)
+    check_same_shape(clean, corrupted)
+    return clean, corrupted
+
+
+def _deltas(graph: EdgeGraph, corrupted: WriterValues, clean: WriterValues) -> Tensor:
+    """a_u(x') - a_u(x) of every writer, [batch, pos, writer, d_model], in writer order."""
+    parts = [(corrupted.input - clean.input)[:, :, None]]
+    for l in range(graph.n_layer):
+        parts += [corrupted.heads[l] - clean.heads[l], (corrupted.mlps[l] - clean.mlps[l])[:, :, None]]
+    return torch.cat([p.expand(clean.input.shape[0], *p.shape[1:]) for p in parts], 2)
+
+
+def _reader_groups(graph: EdgeGraph) -> list[tuple[str, int, list[int]]]:
+    """[(point name, layer, readers)]: the reader inputs as the model exposes them, in forward order. q/k/v
+    inputs are [batch, pos, head, d_model] (one reader per head), mlp_in and the final residual [batch, pos, d_model]."""
+    L, H, groups = graph.n_layer, graph.n_head, []
+    for l in range(L):
+        groups += [(get_act_name(f"{c}_input", l), l, [graph.reader(c, l, h) for h in range(H)]) for c in "qkv"]
+        groups.append((get_act_name("mlp_in", l), l, [graph.reader("mlp", l)]))
+    groups.append((get_act_name("resid_post", L - 1), L, [graph.reader("logits")]))
+    return groups
+
+
+def _edge_terms(graph: EdgeGraph, deltas: Tensor, grads: dict[str, Tensor]) -> Tensor:
+    """Per-prompt edge scores [edge, batch]: for every reader group, (a_u(x') - a_u(x)) . gradient at the reader
+    input, summed over positions and d_model, for each writer (edges that do not exist are dropped)."""
+    B = deltas.shape[0]
+    dense = deltas.new_zeros(B, graph.n_writers, graph.n_readers)
+    for name, _, readers in _reader_groups(graph):
+        g = grads[name] if grads[name].dim() == 4 else grads[name][:, :, None]  # [batch, pos, readers, d_model]
+        dense[:, :, readers] = torch.einsum("bpwd,bprd->bwr", deltas, g.to(deltas.dtype))
+    return dense[:, graph.edges[:, 0], graph.edges[:, 1]].T
+
+
+def _summed_metric(metric: Callable, logits: Tensor, batch: int) -> Tensor:
+    """sum of the metric over row blocks of `batch` prompts (one block per interpolation step)."""
+    return sum(check_metric_values(metric(block), batch).sum() for block in logits.split(batch))
+
+
+def _reader_grads(model, clean: Tensor, metric: Callable, steps: int = 1, clean_vals=None, corrupt_vals=None):
+    """Gradients of the metric at every reader input on the clean run, [batch, pos, (head,) d_model] per group,
+    averaged over `steps` input embeddings on the line from the corrupted (input corrupt_vals) to the clean one
+    (alpha = k/steps, k = 1..steps; steps=1 without corrupt_vals: the clean run itself).
+    -> (grads, the metric [batch] on the first step's inputs: the clean run's when steps=1)."""
+    B, groups = len(clean), _reader_groups(edge_graph(model))
+    names = [name for name, _, _ in groups]
+    # A hook gives mlp_in its own tensor (a copy), so its gradient is the MLP's alone, not resid_mid's.
+    fwd = [(get_act_name("mlp_in", l), lambda x, h: None) for l in range(model.cfg.n_layer)]
+    if corrupt_vals is not None:
+        alpha = torch.arange(1, steps + 1, dtype=clean_vals.input.dtype).div(steps).repeat_interleave(B)[:, None, None]
+        start, change = corrupt_vals.input.repeat(steps, 1, 1), (clean_vals.input - corrupt_vals.input).repeat(steps, 1, 1)
+        fwd.append((get_act_name("resid_pre", 0), lambda x, h: (start + alpha * change).requires_grad_(True)))
+    with torch.enable_grad():
+        leaf = [(get_act_name("embed"), lambda x, h: x.detach().requires_grad_(True))]
+        logits, cache = model.run_with_cache(clean.repeat(steps, 1), names_filter=names, fwd_hooks=leaf + fwd,
+                                             keep_grad=True)
+        total = _summed_metric(metric, logits, B)
+        grads = torch.autograd.grad(total, [cache[n] for n in names], allow_unused=True)
+    grads = {n: (torch.zeros_like(cache[n]) if g is None else g).view(steps, B, *cache[n].shape[1:]).mean(0)
+             for n, g in zip(names, grads)}
+    return grads, check_metric_values(metric(logits[:B].detach()), B)
+
+
+def _scores(model, graph, clean_vals, corrupt_vals, grads, clean_m, corrupt_m, metric, method) -> EdgeScores:
+    per_prompt = _edge_terms(graph, _deltas(graph, corrupt_vals, clean_vals), grads)
+    return EdgeScores(scores=per_prompt.mean(1), per_prompt=per_prompt, clean=float(clean_m.mean()),
+                      corrupted=float(corrupt_m.mean()), metric=metric_name(metric), graph=graph, method=method)
+
+
+def eap(model, clean: Tensor, corrupted: Tensor, metric: Callable) -> EdgeScores:
+    """Edge attribution patching (Syed et al. 2023; docs/methods.md §3.2, §12.3): every edge scored from one
+    forward on the corrupted prompts and one forward and one backward on the clean ones. Noising form:
+    score(u -> v) = (a_u(x') - a_u(x)) . dm/d in_v at x. Exact where m is linear in in_v (an edge into the
+    logits with the final layer norm's scale frozen)."""
+    clean, corrupted = _check_pair(model, clean, corrupted)
+    graph = edge_graph(model)
+    corrupt_vals = writer_values(model, corrupted)
+    clean_vals = writer_values(model, clean)
+    grads, clean_m = _reader_grads(model, clean, metric)
+    with torch.no_grad():
+        corrupt_m = check_metric_values(metric(model(corrupted)), len(clean))
+    return _scores(model, graph, clean_vals, corrupt_vals, grads, clean_m, corrupt_m, metric, "EAP")
+
+
+def eap_ig(model, clean: Tensor, corrupted: Tensor, metric: Callable, steps: int = 5, on: str = "inputs",
+           edges: Tensor | None = None) -> EdgeScores:
+    """EAP with integrated gradients (Hanna et al. 2024; docs/methods.md §12.3), `steps` points per path.
+
+    on="inputs": the gradient at each reader averaged over input embeddings x' + (k/steps)(x - x'), k = 1..steps.
+    on="activations": each group of readers (the q/k/v inputs of one layer, one MLP input, the logits) in turn
+    takes the inputs in_v(x) + (k/steps) S_v, S_v the sum of a_u(x') - a_u(x) over the patched edges u -> v
+    (`edges`: a bool mask [n_edges], default all), everything downstream recomputed from the clean run; the
+    gradient at those readers is averaged. For one patched edge this is a Riemann sum of the exact change
+    when that edge alone is patched (resample), so it converges to exact single-edge patching as steps grow."""
+    check_count(steps, "steps", "the number of points on the integration path")
+    if on not in ("inputs", "activations"):
+        raise ValueError(f"on={on!r}: use 'inputs' (interpolate the input embeddings) or 'activations' "
+                         "(interpolate each reader's input)")
+    clean, corrupted = _check_pair(model, clean, corrupted)
+    graph = edge_graph(model)
+    corrupt_vals, clean_vals = writer_values(model, corrupted), writer_values(model, clean)
+    with torch.no_grad():
+        clean_m = check_metric_values(metric(model(clean)), len(clean))
+        corrupt_m = check_metric_values(metric(model(corrupted)), len(clean))
+    if on == "inputs":
+        grads, _ = _reader_grads(model, clean, metric, steps, clean_vals, corrupt_vals)
+    else:
+        grads = _activation_path_grads(model, graph, clean, metric, steps, clean_vals, corrupt_vals, edges)
+    return _scores(model, graph, clean_vals, corrupt_vals, grads, clean_m, corrupt_m, metric,
+                   f"EAP-IG on {on} (steps={steps})")
+
+
+def _activation_path_grads(model, graph, clean, metric, steps, clean_vals, corrupt_vals, edges) -> dict[str, Tensor]:
+    """EAP-IG on activations: for each reader group, the gradient at its readers averaged over the path
+    in_v(x) + alpha S_v, the rest of the model clean upstream and recomputed downstream."""
+    B, L = len(clean), graph.n_layer
+    patched = torch.ones(graph.n_edges, dtype=torch.bool) if edges is None else edges
+    mask = graph.dense(patched).to(clean_vals.input.dtype)  # [writer, reader]
+    deltas = _deltas(graph, corrupt_vals, clean_vals)  # [batch, pos, writer, d_model]
+    starts = [get_act_name("resid_pre", l) for l in range(L)] + [get_act_name("resid_mid", l) for l in range(L)]
+    _, cache = model.run_with_cache(clean, names_filter=starts + [get_act_name("resid_post", L - 1)])
+    alpha = torch.arange(1, steps + 1, dtype=deltas.dtype).div(steps).repeat_interleave(B)
+    grads = {}
+    for name, layer, readers in _reader_groups(graph):
+        shift = torch.einsum("bpwd,wr->bprd", deltas, mask[:, readers]).repeat(steps, 1, 1, 1)  # [steps*B, pos, r, d]
+        point = {}
+
+        def along_path(x, h):
+            s = shift if x.dim() == 4 else shift[:, :, 0]
+            point[h.name] = (x + alpha.view(-1, *[1] * (x.dim() - 1)) * s).detach().requires_grad_(True)
+            return point[h.name]
+
+        with torch.enable_grad():
+            if layer == L:  # the logits read the final residual
+                point[name] = (cache[name].repeat(steps, 1, 1) + alpha[:, None, None] * shift[:, :, 0]).requires_grad_(True)
+                logits = model.unembed(point[name])
+            elif name.endswith("mlp_in"):
+                logits = model.run_with_hooks(cache[get_act_name("resid_mid", layer)].repeat(steps, 1, 1),
+                                              start_at_layer=layer, start_at_mid=True, fwd_hooks=[(name, along_path)])
+            else:
+                logits = model.run_with_hooks(cache[get_act_name("resid_pre", layer)].repeat(steps, 1, 1),
+                                              start_at_layer=layer, fwd_hooks=[(name, along_path)])
+            (g,) = torch.autograd.grad(_summed_metric(metric, logits, B), [point[name]])
+        grads[name] = g.view(steps, B, *g.shape[1:]).mean(0)
+    return grads
+
+
+# -- circuits and their faithfulness (docs/methods.md §12.3) ----------------------------------------------
+def top_edges(scores: Tensor, k: int) -> Tensor:
+    """bool [n_edges]: the k edges of largest |score| (ties broken by edge order)."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= len(scores):
+        raise ValueError(f"k={k!r}: the number of edges to keep, an int from 0 to the {len(scores)} edges")
+    keep = torch.zeros(len(scores), dtype=torch.bool)
+    keep[scores.detach().abs().cpu().argsort(descending=True, stable=True)[:k]] = True
+    return keep
+
+
+def prune(graph: EdgeGraph, keep: Tensor) -> Tensor:
+    """bool [n_edges]: the kept edges that lie on a path from the input to the logits through kept edges.
+    A writer is reached when it is the input or a kept edge from a reached writer enters one of its readers
+    (a head's q, k or v input, an MLP's input); it is useful when a kept edge leaves it for the logits or for a
+    reader of a useful component. A dangling edge cannot change the logits, so it is dropped."""
+    w_of_reader = _component_of_readers(graph)  # reader -> the writer it belongs to (-1: the logits)
+    src, dst = graph.edges[:, 0], graph.edges[:, 1]
+    reached = torch.zeros(graph.n_writers, dtype=torch.bool)
+    reached[0] = True
+    for w in range(1, graph.n_writers):  # writers in topological order
+        into = keep & (w_of_reader[dst] == w)
+        reached[w] = bool(reached[src[into]].any())
+    useful = torch.zeros(graph.n_writers, dtype=torch.bool)
+    for w in reversed(range(graph.n_writers)):
+        out = keep & (src == w)
+        targets = w_of_reader[dst[out]]
+        useful[w] = bool((targets == -1).any()) or bool(useful[targets[targets >= 0]].any())
+    target_useful = torch.where(w_of_reader[dst] == -1, torch.ones_like(keep), useful[w_of_reader[dst].clamp(min=0)])
+    return keep & reached[src] & target_useful
+
+
+def _component_of_readers(graph: EdgeGraph) -> Tensor:
+    """[n_readers] LongTensor: the writer index of the component each reader feeds (-1 for the logits)."""
+    out = torch.full((graph.n_readers,), -1, dtype=torch.long)
+    for l in range(graph.n_layer):
+        for h in range(graph.n_head):
+            for c in "qkv":
+                out[graph.reader(c, l, h)] = graph.writer("head", l, h)
+        out[graph.reader("mlp", l)] = graph.writer("mlp", l)
+    return out
+
+
+@dataclass(kw_only=True, repr=False)
+class CircuitCurve(Result):
+    """Faithfulness of circuits (kept edge sets) under one ablation: scores [circuit] = F(C) =
+    (m(C) - m(empty)) / (m(G) - m(empty)) on batch means; raw [circuit]: m(C); per_prompt [circuit, prompt];
+    clean: m(G) (the clean run); corrupted: m(empty) (every edge patched). Extras: ablation, ks (the k asked
+    for), n_edges (edges kept after pruning), circuits bool [circuit, n_edges], complement [circuit]: F of
+    each circuit's complement (its edges patched, every other edge kept), graph."""
+
+    axes: tuple = ("circuit",)
+    ablation: str
+    ks: tuple = ()
+    n_edges: Tensor
+    circuits: Tensor
+    complement: Tensor
+    graph: EdgeGraph
+
+    def edges(self, i: int = -1) -> list[str]:
+        """The labels of circuit i's edges."""
+        return [self.graph.label(int(e)) for e in self.circuits[i].nonzero()[:, 0]]
+
+
+def _patch_masks(graph: EdgeGraph, circuits: Tensor) -> Tensor:
+    """[every edge patched, none, then for each circuit: its outside patched, then its inside patched]."""
+    every = torch.ones(1, graph.n_edges, dtype=torch.bool)
+    return torch.cat([every, ~every, ~circuits, circuits])
+
+
+def faithfulness(model, tokens: Tensor, circuits: Tensor, metric: Callable, ablated: WriterValues, *,
+                 ks: tuple = (), max_rows: int = 512) -> CircuitCurve:
+    """F(C) for each circuit (bool [n, n_edges], True = kept) and for its complement, by exact edge patching of
+    `tokens` with the writers' `ablated` values (`minitx.engine.ablation_values`); every circuit and its
+    complement run side by side, up to max_rows rows per forward."""
+    graph, tokens = edge_graph(model), check_tokens(tokens, model.cfg.d_vocab)
+    circuits = circuits[None] if circuits.dim() == 1 else circuits
+    values = edge_patching(model, tokens, _patch_masks(graph, circuits), ablated, metric, max_rows=max_rows)
+    empty, full, inside, outside = values[0], values[1], values[2:2 + len(circuits)], values[2 + len(circuits):]
+    m_empty, m_full = float(empty.mean()), float(full.mean())
+    normalise = lambda v: (v.mean(-1) - m_empty) / (m_full - m_empty)  # noqa: E731
+    return CircuitCurve(scores=normalise(inside), raw=inside.mean(-1), per_prompt=inside, clean=m_full,
+                        corrupted=m_empty, metric=metric_name(metric), ablation=ablated.ablation, ks=tuple(ks),
+                        n_edges=circuits.sum(1), circuits=circuits, complement=normalise(outside), graph=graph)
+
+
+def faithfulness_curve(model, clean: Tensor, scores: EdgeScores, metric: Callable, ks, *, ablation: str,
+                       corrupted: Tensor | None = None, reference: Tensor | None = None, pruned: bool = True,
+                       max_rows: int = 512) -> CircuitCurve:
+    """F(C_k) for the top-k circuits by |score|, k in ks (each pruned to input -> logits paths unless
+    pruned=False), and of their complements. ablation: "resample" (needs corrupted=), "mean" (needs reference=)
+    or "zero": the values patched edges carry. docs/methods.md §12.3."""
+    if ablation not in ABLATIONS:
+        raise ValueError(f"ablation={ablation!r}: use one of {', '.join(ABLATIONS)} (always name it: the circuit "
+                         "found depends on it)")
+    ks = [ks] if isinstance(ks, int) else list(ks)
+    if not ks:
+        raise ValueError("ks is empty: give the circuit sizes (numbers of edges) to evaluate")
+    graph = scores.graph
+    circuits = torch.stack([top_edges(scores.scores, k) for k in ks])
+    if pruned:
+        circuits = torch.stack([prune(graph, c) for c in circuits])
+    ablated = ablation_values(model, ablation, clean, corrupted=corrupted, reference=reference)
+    return faithfulness(model, clean, circuits, metric, ablated, ks=tuple(ks), max_rows=max_rows)
