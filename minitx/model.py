@@ -284,10 +284,10 @@ class Transformer(nn.Module):
         position needs no more; in that block, the points after q, k and v hold only those positions.
         start_at_mid=True (with start_at_layer=l): the input is block l's resid_mid; block l runs its MLP only.
         """
-        run = _run or self._context_run()
+        run = _run or self._run(*self._context_hooks)
         start, stop = check_layer_range(start_at_layer, stop_at_layer, self.cfg.n_layer)
         if start_at_layer is None:  # token ids: embed them
-            tokens = self._check_tokens(tokens)
+            tokens = check_tokens(tokens, self.cfg.d_vocab)
             check_attention_mask(attention_mask, tokens.shape)
             if attention_mask is not None:
                 check_prompt_rows(attention_mask)  # as generate: a row of padding only is no prompt
@@ -354,14 +354,7 @@ class Transformer(nn.Module):
             mask = (causal & keys) | itself
         return mask if keep_last is None else mask[..., -keep_last:, :]
 
-    def _check_tokens(self, tokens) -> Tensor:  # -> LongTensor [batch, pos]
-        return check_tokens(tokens, self.cfg.d_vocab)
-
     # -- hooks and caches -------------------------------------------------------------------------
-    def _context_run(self) -> Run:
-        fwd, bwd = self._context_hooks
-        return self._run(fwd, bwd)
-
     def _run(self, fwd_hooks=(), bwd_hooks=(), cache_filter: NamesFilter = False, cache: dict | None = None,
              keep_grad: bool = False) -> Run:
         """One call's hooks and cache requests, resolved against this model's point names."""
@@ -421,7 +414,7 @@ class Transformer(nn.Module):
         Once a row emits eos_token_id it is padded with eos; generation stops when every row has.
         attention_mask: left or right padding (new tokens follow the padding; each row continues from its
         last real token). Hooks set with model.hooks(...) apply; each step's hooks see only its new positions."""
-        tokens = self._check_tokens(tokens)
+        tokens = check_tokens(tokens, self.cfg.d_vocab)
         check_attention_mask(attention_mask, tokens.shape)
         check_generation(tokens.shape[1], max_new_tokens, temperature, top_k, eos_token_id, self.cfg)
         if seed is not None:
@@ -429,7 +422,7 @@ class Transformer(nn.Module):
         generator = torch.Generator(tokens.device).manual_seed(seed) if seed is not None else None
         mask = torch.ones_like(tokens) if attention_mask is None else attention_mask.long()
         check_prompt_rows(mask)
-        run, past = self._context_run(), [None] * self.cfg.n_layer
+        run, past = self._run(*self._context_hooks), [None] * self.cfg.n_layer
         done = torch.zeros(len(tokens), dtype=torch.bool, device=tokens.device)  # rows that emitted eos
         step_input, offset = tokens, 0
         for _ in range(max_new_tokens):
