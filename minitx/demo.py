@@ -76,6 +76,23 @@ def k_composition_verdict(removed: dict) -> str:
     return f"not supported: the {dict(q='queries', v='values')[best]} carry more than the keys"
 
 
+K_SHARE = 0.5  # K-composition is "supported" when the keys' path removes more than half of the logit difference
+
+
+def k_composition_verdict_iv(removed: dict) -> str:
+    """The interval form of k_composition_verdict. removed: {"q", "k", "v"} -> Interval of the share removed."""
+    k, q, v = removed["k"], removed["q"], removed["v"]
+    above = lambda a, b: claim(a, float(_printed(b).high)) == S.ESTABLISHED  # a's interval wholly above b's
+    for name, other in (("queries", q), ("values", v)):
+        if above(other, k):
+            return f"not supported: the {name} carry more than the keys"
+    if claim(k, K_SHARE) == S.ESTABLISHED and all(claim(x, K_SHARE, above=False) == S.ESTABLISHED for x in (q, v)):
+        return "supported"
+    if above(k, q) and above(k, v):
+        return f"partly supported (the keys carry the most, but not established above {pct(K_SHARE)})"
+    return S.NOT_ESTABLISHED
+
+
 def head_test_verdict(noised: float, restored: float) -> str:
     """Does a head carry the relation? Necessity (noised) and sufficiency (restored), both shares of the gap."""
     if noised >= SHARE and restored >= SHARE:
@@ -98,6 +115,66 @@ def gap_note(clean: float, corrupted: float) -> list[str]:
         return []
     return [f"*Note: the clean and corrupted logit differences are only {gap:.3f} apart, so every normalised score "
             "below divides by a small number and is unstable; read the raw values with care.*\n"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Verdicts from intervals (docs/methods.md §14): a claim holds when its printed interval clears its threshold.
+
+N_PAIRS = 64  # default pairs for a small model (weights/english-6l: about a minute on a 2-core CPU)
+N_PAIRS_LARGE = 16  # default for a model of more than LARGE_MODEL parameters (GPT-2 small: a few CPU minutes)
+LARGE_MODEL = 30_000_000
+RESAMPLES = 2000
+TOLERANCE = 0.05  # direct + indirect "add up to the total" unless the remainder is established beyond this
+
+
+def default_n_pairs(model) -> int:
+    """How many pairs the tour uses when not told: fewer for a large model, so the CPU demo takes minutes."""
+    n_params = sum(p.numel() for p in model.parameters())
+    return N_PAIRS if n_params <= LARGE_MODEL else N_PAIRS_LARGE
+
+
+def _printed(iv: S.Interval) -> S.Interval:
+    """The interval as the report prints it (3 decimals): verdicts are taken from these very numbers."""
+    return iv.map(lambda x: torch.round(torch.as_tensor(x, dtype=torch.float64) * 1000) / 1000)
+
+
+def claim(iv: S.Interval, threshold: float, above: bool = True) -> str:
+    """"established" when the printed interval lies wholly above (below) threshold, else "not established"."""
+    return S.verdict(_printed(iv), threshold, above)
+
+
+def head_test_verdict_iv(noised: S.Interval, restored: S.Interval) -> str:
+    """Does a head carry the relation? Necessity (noised) and sufficiency (restored), each an interval of the share
+    of the gap: "supported" when both clear SHARE, "not supported" when both lie below it, "partly supported" when
+    one clears it and the other lies below, else "not established" (an interval straddles SHARE)."""
+    up = [claim(iv, SHARE) == S.ESTABLISHED for iv in (noised, restored)]
+    down = [claim(iv, SHARE, above=False) == S.ESTABLISHED for iv in (noised, restored)]
+    if all(up):
+        return "supported"
+    if all(down):
+        return "not supported"
+    if any(up) and any(down):
+        return "partly supported"
+    return S.NOT_ESTABLISHED
+
+
+def mechanism_iv(difference: S.Interval) -> str:
+    """Where a head's effect lies, from the interval of removed(pattern) - removed(values)."""
+    if claim(difference, 0.0) == S.ESTABLISHED:
+        return "where it attends (its pattern)"
+    if claim(difference, 0.0, above=False) == S.ESTABLISHED:
+        return "what it moves (its values)"
+    return "not established between its pattern and its values"
+
+
+def adds_up(remainder: S.Interval) -> bool:
+    """Direct + indirect add up to the total unless the remainder's interval lies wholly beyond +-TOLERANCE."""
+    return not (claim(remainder, TOLERANCE) == S.ESTABLISHED or claim(remainder, -TOLERANCE, above=False)
+                == S.ESTABLISHED)
+
+
+def interval_text(iv: S.Interval) -> str:
+    return fmt_interval(float(iv.estimate), float(iv.low), float(iv.high))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,9 +308,13 @@ def induction_patching(t: Tour) -> Section:
     noise = P.activation_patching(t.model, clean, corrupted, metric, point="z", by="all", direction="noising")
     resid = P.activation_patching(t.model, clean, corrupted, metric, point="resid_pre", by="pos",
                                   direction="denoising")
+    baselines = S.baselines(t.model, clean, corrupted, metric)  # per prompt: what every interval resamples
+    removed = S.result_interval(noise, *baselines, resamples=RESAMPLES).complement()
+    clean_iv, corrupted_iv = (S.bootstrap(b, resamples=RESAMPLES) for b in baselines)
     numbers = dict(clean_tokens=clean, corrupted_tokens=corrupted, answer=answer, wrong=wrong, metric=metric,
                    clean_logit_diff=noise.clean, corrupted_logit_diff=noise.corrupted, noising_z=noise.scores,
-                   resid_denoising=resid.scores)
+                   resid_denoising=resid.scores, baselines=baselines, removed=removed, clean_interval=clean_iv,
+                   corrupted_interval=corrupted_iv)
     figures = {
         "noising-heads.png": plots.layer_head_grid(
             1 - noise.scores, "noising each head's z: share of the logit difference removed (1 - score)",
@@ -244,18 +325,20 @@ def induction_patching(t: Tour) -> Section:
         "## 2. Activation patching and path patching\n",
         f"Clean: {seq} without its last token, so the last position should predict r_n. Corrupted: "
         f"the first copy r replaced by n other ids (positions unchanged). Metric: logit difference "
-        f"logit(r_n) - logit(r'_n) at the last position, mean over {t.batch} prompts: clean "
-        f"**{noise.clean:.3f}**, corrupted **{noise.corrupted:.3f}**. Normalised score = (patched - corrupted) "
-        "/ (clean - corrupted); for noising (run clean, patch in one head's corrupted z) we show "
+        f"logit(r_n) - logit(r'_n) at the last position over {t.batch} prompts ({_sequence(t)}, seed {t.seed}): "
+        f"clean **{interval_text(clean_iv)}**, corrupted **{interval_text(corrupted_iv)}** (mean [95% interval]: "
+        f"a percentile bootstrap over prompts, {RESAMPLES} resamples). Normalised score = (patched - corrupted) "
+        "/ (clean - corrupted) on batch means; for noising (run clean, patch in one head's corrupted z) we show "
         "**removed = 1 - score**, the share of the clean-to-corrupted drop that this one head causes.\n",
         *gap_note(noise.clean, noise.corrupted),
-        md_table(["head", "noising score", "removed"],
-                 [[head_label(l, h), float(noise.scores[l, h]), float(1 - noise.scores[l, h])]
+        md_table(["head", "noising score", "removed [95% interval]"],
+                 [[head_label(l, h), float(noise.scores[l, h]), interval_text(removed[l, h])]
                   for l in range(cfg.n_layer) for h in range(cfg.n_head)]), "",
         "![noising heads](noising-heads.png)\n",
         "Denoising the residual stream position by position (run corrupted, restore one clean resid_pre) "
         "shows where the information sits before each layer:\n", "![resid patching](patching-resid.png)\n"]
-    summary = [f"logit difference: clean {noise.clean:.2f}, first copy replaced {noise.corrupted:.2f}"]
+    summary = [f"logit difference over {t.batch} prompts: clean {interval_text(clean_iv)}, first copy replaced "
+               f"{interval_text(corrupted_iv)}"]
     return Section(numbers, markdown, figures, summary)
 
 
@@ -270,15 +353,17 @@ def induction_k_composition(t: Tour) -> Section:
     # most may be another one (a current-token head feeding the values), which would test something else.
     main = num["prev_head"] if num["prev_head"][0] < li else divmod(int(prev[:li].flatten().argmax()),
                                                                     model.cfg.n_head)
-    path, removed = {}, {}
+    path, removed, intervals = {}, {}, {}
     for name, receiver in (("q", ("q", li, hi)), ("k", ("k", li, hi)), ("v", ("v", li, hi)), ("logits", "logits")):
         result = PP.path_patch(model, num["clean_tokens"], num["corrupted_tokens"], main, receiver, num["metric"])
         path[name], removed[name] = result.scores, 1 - result.scores
-    verdict = k_composition_verdict(removed)
+        intervals[name] = S.result_interval(result, *num["baselines"], resamples=RESAMPLES).complement()
+    verdict = k_composition_verdict_iv(intervals)
     sentence = (f"Head {head_label(*main)} feeds induction head {li}.{hi} through its keys: path patching "
-                f"{head_label(*main)} -> {li}.{hi} keys removes {pct(removed['k'])} of the logit difference, "
-                f"queries {pct(removed['q'])}, values {pct(removed['v'])} (directly to the logits: "
-                f"{pct(removed['logits'])}). Verdict: {verdict}.")
+                f"{head_label(*main)} -> {li}.{hi} keys removes {interval_text(intervals['k'])} of the logit "
+                f"difference, queries {interval_text(intervals['q'])}, values {interval_text(intervals['v'])} "
+                f"(directly to the logits: {interval_text(intervals['logits'])}; 95% intervals over {t.batch} "
+                f"prompts). Verdict: {verdict}.")
     if reason := withheld(num["clean_logit_diff"], num["corrupted_logit_diff"]):
         verdict = "undetermined"
         sentence = f"Head {head_label(*main)} feeds induction head {li}.{hi}: verdict {verdict}; {reason}."
@@ -290,13 +375,16 @@ def induction_k_composition(t: Tour) -> Section:
         "head's **keys** (K-composition, Elhage et al. 2021).\n",
         f"Path patching (Wang et al. 2022, App. B): the sender {head_label(*main)} takes its corrupted output; "
         "every other head is frozen to its clean output; only the chosen receiver is updated. "
-        "removed = 1 - score, 1 = as bad as the corrupted run.\n",
-        md_table(["receiver", "path score", "removed"],
-                 [[f"{li}.{hi} {k}" if k != "logits" else "logits (direct)", float(path[k]), float(removed[k])]
-                  for k in ("q", "k", "v", "logits")]), "",
+        "removed = 1 - score, 1 = as bad as the corrupted run. \"Supported\" needs the keys' interval above "
+        f"{K_SHARE} and the queries' and values' below it; \"not supported\" an interval of the queries or values "
+        "wholly above the keys'; anything else is \"not established\" (or \"partly supported\": the keys carry "
+        f"the most, but not established above {K_SHARE}).\n",
+        md_table(["receiver", "path score", "removed [95% interval]"],
+                 [[f"{li}.{hi} {k}" if k != "logits" else "logits (direct)", float(path[k]),
+                   interval_text(intervals[k])] for k in ("q", "k", "v", "logits")]), "",
         f"**Answer.** {sentence}\n"]
-    return Section(dict(main_l0_head=main, path=path, path_removed=removed, hypothesis=sentence, verdict=verdict),
-                   markdown, summary=[sentence])
+    return Section(dict(main_l0_head=main, path=path, path_removed=removed, path_intervals=intervals,
+                        hypothesis=sentence, verdict=verdict), markdown, summary=[sentence])
 
 
 def induction_lens(t: Tour) -> Section:
@@ -406,66 +494,6 @@ def gpt2_roles(t: Tour) -> Section:
     return Section(dict(role_tokens=repeats, offset_scores=offsets, head_scores=roles, prev_head=prev,
                         induction_head=ind), markdown,
                    {"heads.png": plots.layer_head_grids(roles, "head scores on repeated word sequences")}, summary)
-
-
-# ---------------------------------------------------------------------------------------------
-# Datasets and intervals (docs/methods.md §14): the GPT-2 tour answers on many prompt pairs.
-
-N_PAIRS = 64  # default pairs for a small model (weights/english-6l: about a minute on a 2-core CPU)
-N_PAIRS_LARGE = 16  # default for a model of more than LARGE_MODEL parameters (GPT-2 small: a few CPU minutes)
-LARGE_MODEL = 30_000_000
-RESAMPLES = 2000
-TOLERANCE = 0.05  # direct + indirect "add up to the total" unless the remainder is established beyond this
-
-
-def default_n_pairs(model) -> int:
-    """How many pairs the tour uses when not told: fewer for a large model, so the CPU demo takes minutes."""
-    n_params = sum(p.numel() for p in model.parameters())
-    return N_PAIRS if n_params <= LARGE_MODEL else N_PAIRS_LARGE
-
-
-def _printed(iv: S.Interval) -> S.Interval:
-    """The interval as the report prints it (3 decimals): verdicts are taken from these very numbers."""
-    return iv.map(lambda x: torch.round(torch.as_tensor(x, dtype=torch.float64) * 1000) / 1000)
-
-
-def claim(iv: S.Interval, threshold: float, above: bool = True) -> str:
-    """"established" when the printed interval lies wholly above (below) threshold, else "not established"."""
-    return S.verdict(_printed(iv), threshold, above)
-
-
-def head_test_verdict_iv(noised: S.Interval, restored: S.Interval) -> str:
-    """Does a head carry the relation? Necessity (noised) and sufficiency (restored), each an interval of the share
-    of the gap: "supported" when both clear SHARE, "not supported" when both lie below it, "partly supported" when
-    one clears it and the other lies below, else "not established" (an interval straddles SHARE)."""
-    up = [claim(iv, SHARE) == S.ESTABLISHED for iv in (noised, restored)]
-    down = [claim(iv, SHARE, above=False) == S.ESTABLISHED for iv in (noised, restored)]
-    if all(up):
-        return "supported"
-    if all(down):
-        return "not supported"
-    if any(up) and any(down):
-        return "partly supported"
-    return S.NOT_ESTABLISHED
-
-
-def mechanism_iv(difference: S.Interval) -> str:
-    """Where a head's effect lies, from the interval of removed(pattern) - removed(values)."""
-    if claim(difference, 0.0) == S.ESTABLISHED:
-        return "where it attends (its pattern)"
-    if claim(difference, 0.0, above=False) == S.ESTABLISHED:
-        return "what it moves (its values)"
-    return "not established between its pattern and its values"
-
-
-def adds_up(remainder: S.Interval) -> bool:
-    """Direct + indirect add up to the total unless the remainder's interval lies wholly beyond +-TOLERANCE."""
-    return not (claim(remainder, TOLERANCE) == S.ESTABLISHED or claim(remainder, -TOLERANCE, above=False)
-                == S.ESTABLISHED)
-
-
-def interval_text(iv: S.Interval) -> str:
-    return fmt_interval(float(iv.estimate), float(iv.low), float(iv.high))
 
 
 def _removed(model, data, point: str, direction: str = "noising"):

@@ -11,6 +11,7 @@ import minitx
 from tests.conftest import random_model
 from minitx import cli, heads, lens, metrics, patching, path_patching
 from minitx.demo import replace_first_copy, run_demo
+from minitx.report import fmt
 
 FIXTURE = cli.REPO_ROOT / "weights/induction-2l"
 SAME = dict(atol=1e-6, rtol=1e-6)
@@ -60,7 +61,7 @@ def test_report_and_figures(demo):
     assert demo["kind"] == "induction" and len(demo["files"]) >= 7
     for heading in ("## 1. Attention roles", "## 2. Activation patching and path patching", "## 3. Logit lens"):
         assert heading in report
-    assert f"clean **{demo['clean_logit_diff']:.3f}**" in report
+    assert f"clean **{demo['clean_logit_diff']:.3f} [" in report  # the estimate, then its interval
     assert demo["hypothesis"] in report and demo["verdict"] in demo["hypothesis"]
     assert demo["summary"] and all(isinstance(line, str) for line in demo["summary"])
 
@@ -79,6 +80,7 @@ def test_fixture_tour_finds_k_composition(demo):
     """Known answer (docs/methods.md §9.3): the previous-token head acts on the induction head through its keys."""
     assert demo["main_l0_head"] == demo["prev_head"]
     assert float(demo["path_removed"]["k"]) >= 0.5 and demo["verdict"] == "supported"
+    assert float(demo["path_intervals"]["k"].low) > 0.5  # the verdict needs the interval above one half
     assert float(demo["path_removed"]["k"]) > 3 * max(float(demo["path_removed"][p]) for p in ("q", "v", "logits"))
 
 
@@ -117,9 +119,9 @@ def test_patching_numbers_equal_the_library(model, demo):
         score = path_patching.path_patch(model, clean, corrupted, main, receiver, metric).scores
         assert_close(demo["path"][name], score, **SAME)
         assert_close(demo["path_removed"][name], 1 - score, **SAME)
-    pct = {k: f"{100 * float(v):.0f}%" for k, v in demo["path_removed"].items()}
-    assert (f"keys removes {pct['k']} of the logit difference, queries {pct['q']}, values {pct['v']}"
-            in demo["hypothesis"])
+    shown = {k: f"{fmt(float(v))} [" for k, v in demo["path_removed"].items()}  # estimate, then its interval
+    assert (f"keys removes {shown['k']}" in demo["hypothesis"] and f"queries {shown['q']}" in demo["hypothesis"]
+            and f"values {shown['v']}" in demo["hypothesis"])
 
 
 def test_lens_numbers_equal_the_library(model, demo):
@@ -284,6 +286,19 @@ def test_interval_verdicts():
     assert mechanism_iv(iv(-0.1, 0.3)).startswith("not established")
     assert adds_up(iv(-0.04, 0.04)) and adds_up(iv(0.02, 0.2)) and not adds_up(iv(0.06, 0.2))
     assert not adds_up(iv(-0.3, -0.06))
+
+
+def test_k_composition_verdict_from_intervals():
+    from minitx.demo import k_composition_verdict_iv
+    from minitx.stats import Interval
+    iv = lambda lo, hi: Interval(torch.tensor((lo + hi) / 2), torch.tensor(lo), torch.tensor(hi), n=10)
+    small = iv(-0.05, 0.1)
+    assert k_composition_verdict_iv({"q": small, "k": iv(0.6, 0.8), "v": small}) == "supported"
+    assert k_composition_verdict_iv({"q": small, "k": iv(0.3, 0.45), "v": small}).startswith("partly supported")
+    assert k_composition_verdict_iv({"q": small, "k": iv(0.45, 0.8), "v": small}).startswith("partly supported")
+    assert k_composition_verdict_iv({"q": iv(0.5, 0.9), "k": iv(0.1, 0.3), "v": small}) == (
+        "not supported: the queries carry more than the keys")
+    assert k_composition_verdict_iv({"q": small, "k": iv(0.05, 0.4), "v": small}) == "not established"  # overlaps q
 
 
 def test_head_test_verdict():
