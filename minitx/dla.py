@@ -116,12 +116,14 @@ def decompose_resid(model: Transformer, tokens: Tensor, pos=-1, bias: str = "per
     """
     kept, _, _ = _record(model, tokens, pos)
     components, labels = _assemble(model, kept, bias)
-    return Decomposition(scores=components, labels=labels, resid=kept[get_act_name("resid_post", model.cfg.n_layer - 1)])
+    resid = kept[get_act_name("resid_post", model.cfg.n_layer - 1)]
+    return Decomposition(scores=components, labels=labels, resid=resid)
 
 
 def direct_logit_attribution(model: Transformer, tokens: Tensor, answer, wrong=None, pos=-1,
                              bias: str = "per_layer") -> DLAResult:
-    """Returns DLAResult, per_prompt contributions [component, prompt] to logit[answer] (- logit[wrong]), final-LN scale frozen.
+    """Returns DLAResult: contributions [component, prompt] (per_prompt) to logit[answer] (- logit[wrong]),
+    final-LN scale frozen.
     Elhage et al. 2021, "A Mathematical Framework for Transformer Circuits" (docs/methods.md §6.2).
 
     Each component c is centred and divided by the ln_final scale cached on this run, times gamma_f,
@@ -150,5 +152,5 @@ def direct_logit_attribution(model: Transformer, tokens: Tensor, answer, wrong=N
     head_rows = [labels.index(f"{l}.{h}") for l in range(L) for h in range(H)]
     heads = contributions[head_rows].view(L, H, B)
     metric = "logit" if wrong is None else "logit_diff"
-    return DLAResult(scores=contributions.mean(1), per_prompt=contributions, clean=float(target.mean()), metric=metric,
-                     labels=labels, heads=heads, bias_term=bias_term, target=target, scale=scale)
+    return DLAResult(scores=contributions.mean(1), per_prompt=contributions, clean=float(target.detach().mean()),
+                     metric=metric, labels=labels, heads=heads, bias_term=bias_term, target=target, scale=scale)
