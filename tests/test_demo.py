@@ -168,6 +168,27 @@ def test_gpt2_vocabulary_branch_runs_end_to_end(tmp_path):
     check_verdicts(report)
 
 
+def test_gpt2_tour_on_the_users_pairs(tmp_path):
+    """--pairs FILE: the patching sections run on the file's pairs and say so; a file of another length's pairs
+    mixed in is refused before any stage runs."""
+    from minitx import datasets
+    model = random_model(n_layer=2, n_head=2, n_embd=16, n_positions=32, vocab_size=50257)
+    rows = [datasets.PromptPair(p.clean, p.corrupted, p.answer, p.wrong)  # plain rows, as a user writes them
+            for p in datasets.role_swap_pairs(6, templates=("who_was",), seed=5)]
+    path = datasets.write_jsonl(rows, tmp_path / "pairs.jsonl")
+    result = run_demo(model, tmp_path / "out", log=None, n_pairs=4, pairs=datasets.read_jsonl(path))
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert result["n_pairs"] == 6 and "6 pairs (your file; templates from a file" in report
+    assert result["second"] is None and "Second corruption: none" in report
+    assert torch.equal(result["clean_tokens"], datasets.to_batch(rows, minitx.Tokenizer.default(), True).clean)
+    check_verdicts(report)
+    mixed = rows + datasets.role_swap_pairs(1, templates=("who",))
+    stages = []
+    with pytest.raises(ValueError, match="different lengths"):
+        run_demo(model, tmp_path / "mixed", log=stages.append, pairs=mixed)
+    assert stages == [] and not (tmp_path / "mixed").exists()
+
+
 ENGLISH = cli.REPO_ROOT / "weights/english-6l"
 ENGLISH_PAIRS = 16  # the default is 64; fewer keep the test short
 
