@@ -38,8 +38,8 @@ class Result:
         return f"{type(self).__name__}(" + ", ".join(_field_summary(self, f.name) for f in fields(self)) + ")"
 
     def _repr_html_(self) -> str:
-        """Jupyter / VS Code show a result inline as an offline heatmap (minitx/viewer.py, imported only here)."""
-        from minitx.viewer import result_html
+        """Jupyter / VS Code show a result inline as an offline heatmap (minitx/page.py, imported only here)."""
+        from minitx.page import result_html
         return result_html(self)
 
 

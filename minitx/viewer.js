@@ -154,9 +154,12 @@ function minitxView(root, d) {
       });
       body.replaceChildren(table);
     };
-    const controls = el("div", { class: "meta", text: "Logit lens (docs/methods.md §4.1): each residual stream read through the final layer norm and the unembedding; cell = top-1 token, shade = its probability; hover for the top " + k + ". " });
+    const kind = d.prompts[0].lens.kind || "logit";
+    const controls = el("div", { class: "meta", text: "The " + kind + " lens (docs/methods.md §4.1, §13): each residual stream " +
+      "read through " + (kind === "logit" ? "" : "its translator, then ") + "the final layer norm and the unembedding; cell = top-1 token, " +
+      "shade = its probability; hover for the top " + k + ". " });
     if (d.prompts.length > 1) controls.append(select("prompt", d.prompts.length, d.prompts.map((p) => promptText(p)), draw));
-    sec.append(el("h2", { text: "Logit lens" }), ctx, controls, body);
+    sec.append(el("h2", { text: kind[0].toUpperCase() + kind.slice(1) + " lens" }), ctx, controls, body);
     draw(0);
     return sec;
   }

@@ -1,4 +1,4 @@
-"""The offline HTML viewer (minitx/viewer.py + viewer.js): the file is self-contained, its embedded data equals
+"""The offline HTML viewer (minitx/viewer.py, page.py, viewer.js): the file is self-contained, its embedded data equals
 the library's numbers to the stated quantisation, and in a real headless Chromium, with networking off,
 hovering a token, a heatmap cell, a lens cell and a patching cell shows the library's values.
 
@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import minitx
-from minitx import heads, metrics, patching, viewer
+from minitx import heads, metrics, page as pages, patching
 from minitx.lens import logit_lens
 from minitx.prompts import Vocab
 
@@ -69,9 +69,9 @@ def test_embedded_patterns_equal_the_models_to_the_quantisation(model, case):
         tokens = minitx.to_tokens(prompt, prepend_bos=True)
         assert entry["ids"] == tokens[0].tolist() and entry["tokens"] == minitx.to_str_tokens(tokens[0])
         expected = heads.attention_patterns(model, tokens)[:, 0].double()  # [layer, head, q, k]
-        decoded = viewer.decode_patterns(entry["attn"], model.cfg.n_layer, model.cfg.n_head, tokens.shape[1])
+        decoded = pages.decode_patterns(entry["attn"], model.cfg.n_layer, model.cfg.n_head, tokens.shape[1])
         # half a quantisation step, plus float noise (the page was computed under another thread count)
-        assert (decoded - expected).abs().max() <= 0.5 / viewer.QUANT + 2e-6
+        assert (decoded - expected).abs().max() <= 0.5 / pages.QUANT + 2e-6
 
 
 def test_embedded_lens_and_patching_equal_the_librarys(model, case):
@@ -89,6 +89,21 @@ def test_embedded_lens_and_patching_equal_the_librarys(model, case):
         torch.testing.assert_close(values, result.scores.double(), atol=5e-5, rtol=0)
         assert shown["pair"]["clean"] == minitx.to_str_tokens(clean[0])
         assert shown["pair"]["corrupted"] == minitx.to_str_tokens(corrupted[0])
+
+
+def test_a_tuned_lens_table(model):
+    from minitx.lens import read_lens
+    from minitx.tuned_lens import TunedLens
+    lens = TunedLens(model)
+    with torch.no_grad():  # a lens that differs from the logit lens: some translator biases set
+        for layer, translator in enumerate(lens.translators):
+            translator.bias.copy_(torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(layer)))
+    tokens = minitx.to_tokens(PROMPTS[0], prepend_bos=True)
+    shown = minitx.view(model, PROMPTS[0], prepend_bos=True, lens=lens).data["prompts"][0]["lens"]
+    expected = read_lens(lens, tokens, top_k=5)
+    assert shown["kind"] == "tuned" and shown["ids"] == expected.top_tokens[:, 0].tolist()
+    torch.testing.assert_close(torch.tensor(shown["probs"]), expected.top_probs[:, 0], atol=5e-5, rtol=0)
+    assert "lens" not in minitx.view(model, PROMPTS[0], prepend_bos=True, lens=False).data["prompts"][0]
 
 
 def test_repr_html_of_results_and_pages(model, case):
