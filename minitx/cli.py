@@ -454,13 +454,13 @@ def cmd_path_patch(args) -> int:
 def _path_patch_one_sender(args, model, clean, corrupted, metric, sender, receivers, vocab, answer, wrong) -> int:
     """--sender: the path sender -> each receiver alone, and (several receivers) -> all of them together."""
     from minitx import path_patching
-    from minitx.report import text_table
+    from minitx.report import progress, text_table
     _progress(f"path patching {args.sender} -> {' + '.join(args.receiver)} ...")
     runs = [(name, [r]) for name, r in zip(args.receiver, receivers)]
     if len(receivers) > 1:
         runs.append((" + ".join(args.receiver), receivers))
     rows, result = [], None
-    for name, recs in runs:
+    for name, recs in progress(runs, "path patching"):
         result = path_patching.path_patch(model, clean, corrupted, sender, recs, metric, freeze_mlps=args.freeze_mlps)
         rows.append([f"{args.sender} -> {name}", float(result.scores), float(1 - result.scores),
                      float(result.relative_change)])
@@ -579,6 +579,59 @@ def cmd_circuits(args) -> int:
     _save_figure(plots.layer_head_grids({group: split.scores[..., g] for g, group in enumerate(split.groups)},
                                         f"share of the score variance over keys, on {where}"), args, "split.png")
     return 0
+
+
+def cmd_circuit(args) -> int:
+    """Circuit discovery on a prompt pair (or --pairs): edge scores, the faithfulness curve, the chosen circuit."""
+    from minitx import discovery, metrics, plots
+    from minitx.report import text_table
+    model, vocab = _load(args)
+    ks = _circuit_sizes(args.ks)
+    clean, corrupted, answer, wrong = _pair(args, model, vocab)
+    metric = metrics.logit_diff_metric(answer, wrong, pos=args.pos)
+    graph = discovery.edge_graph(model)
+    _progress(f"{args.method} over the {graph.n_edges} edges ...")
+    if args.method == "eap":
+        scores = discovery.eap(model, clean, corrupted, metric)
+    else:
+        scores = discovery.eap_ig(model, clean, corrupted, metric, steps=args.steps, on=args.method.split("-")[-1])
+    _progress(f"faithfulness of {len(ks)} circuits by exact edge patching ({args.ablation} ablation) ...")
+    reference = corrupted if args.ablation == "mean" else None
+    curve = discovery.faithfulness_curve(model, clean, scores, metric, [min(k, graph.n_edges) for k in ks],
+                                         ablation=args.ablation, corrupted=corrupted, reference=reference)
+    say(f"{_pair_name(args, vocab, answer, wrong)}: clean {scores.clean:+.3f}, corrupted {scores.corrupted:+.3f}")
+    say(f"{scores.method} edge scores (estimated change of the logit difference when the edge alone reads the "
+        f"corrupted run; top {args.top} of {graph.n_edges} by |score|):")
+    say(text_table(["edge", "score"], [[label, value] for label, value in scores.top(args.top)]))
+    say(f"faithfulness F = (m(C) - m(none)) / (m(all) - m(none)), every edge outside C patched ({args.ablation} "
+        f"ablation{', mean over the corrupted prompts' if args.ablation == 'mean' else ''}): 1 = the circuit alone "
+        "does the task; the complement patches C's edges instead")
+    rows = [[str(k), int(n), float(f), float(c)] for k, n, f, c in zip(curve.ks, curve.n_edges, curve.scores,
+                                                                       curve.complement)]
+    say(text_table(["top k", "edges after pruning", "F(circuit)", "F(complement)"], rows))
+    chosen = next((i for i in range(len(ks)) if float(curve.scores[i]) >= args.target), None)
+    if chosen is None:
+        say(f"no circuit of these sizes reaches F >= {args.target}; the figure shows the largest")
+        chosen = len(ks) - 1
+    else:
+        say(f"smallest circuit with F >= {args.target}: top {curve.ks[chosen]}, {int(curve.n_edges[chosen])} edges, "
+            f"F = {float(curve.scores[chosen]):.3f}: {', '.join(curve.edges(chosen))}")
+    fig = plots.circuit_graph(graph, scores.scores, curve.circuits[chosen],
+                              f"circuit on {_pair_title(args)}: top {curve.ks[chosen]} by {scores.method}, "
+                              f"F = {float(curve.scores[chosen]):.2f} ({args.ablation})")
+    _save_figure(fig, args, "circuit.png")
+    return 0
+
+
+def _circuit_sizes(text: str) -> list[int]:
+    """--ks '5,10,20' -> [5, 10, 20]: circuit sizes in edges, each >= 1, increasing."""
+    try:
+        ks = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--ks {text!r}: give circuit sizes as comma-separated integers, e.g. 5,10,20") from None
+    if not ks or min(ks) < 1 or ks != sorted(set(ks)):
+        raise ValueError(f"--ks {text!r}: circuit sizes must be integers >= 1 in increasing order, e.g. 5,10,20")
+    return ks
 
 
 def cmd_view(args) -> int:
@@ -903,6 +956,22 @@ def args_demo(p) -> None:
                    help="your own JSONL pairs for the patching sections, GPT-2 tour (default: the built-in dataset)")
 
 
+def args_circuit(p) -> None:
+    from minitx.engine import ABLATIONS
+    _common(p, "circuit.png")
+    _pair_args(p)
+    p.add_argument("--method", default="eap-ig-activations", choices=("eap", "eap-ig-inputs", "eap-ig-activations"),
+                   help="edge scores: EAP (2 forwards, 1 backward) or EAP-IG on the input embeddings or on each "
+                        "reader's input (more exact, slower)")
+    p.add_argument("--steps", type=int, default=5, help="EAP-IG: points on each integration path")
+    p.add_argument("--ablation", default="resample", choices=ABLATIONS,
+                   help="what a patched edge carries: the corrupted run's value, the mean over the corrupted "
+                        "prompts (position by position), or zero")
+    p.add_argument("--ks", default="5,10,20,50", help="circuit sizes (top-k edges by |score|) for the curve")
+    p.add_argument("--target", type=float, default=0.8, help="the faithfulness the chosen circuit must reach")
+    p.add_argument("--top", type=int, default=15, help="edges listed")
+
+
 def args_view(p) -> None:
     _common(p)
     p.add_argument("--prompt", action="append", default=None,
@@ -972,6 +1041,11 @@ COMMANDS = [
             "what `minitx patch` measures, normalised the same way.", args_attribution, cmd_attribution),
     Command("demo", "a first tour, offline: report.md and figures from the library's own numbers", DEMO_DESCRIPTION,
             args_demo, cmd_demo),
+    Command("circuit", "circuit discovery: score every edge (EAP / EAP-IG), faithfulness of the top-k circuits",
+            "Circuit discovery by edge patching (minitx.discovery, docs/methods.md §12): every edge between the "
+            "input, heads, MLPs and the logits is scored (EAP or EAP-IG), the top-k edges (pruned to input -> "
+            "logits paths) form circuits, and each circuit's faithfulness F and its complement's are measured by "
+            "exact edge patching under the named ablation.", args_circuit, cmd_circuit),
     Command("view", "one self-contained HTML page: attention, logit lens, patching (offline, interactive)",
             "Writes one .html file (minitx.view) that opens in any browser without network: every layer x head "
             "attention pattern with a token view (hover a token), the logit-lens table (top-k on hover) and, with "
