@@ -522,8 +522,8 @@ class Data:
     baselines: tuple
 
     def describe(self, bos: bool) -> str:
-        templates = sorted({p.template or "from a file" for p in self.pairs})
-        voices = sorted({p.voice or "?" for p in self.pairs})
+        templates = sorted({p.template for p in self.pairs if p.template}) or ["not recorded"]
+        voices = sorted({p.voice for p in self.pairs if p.voice}) or ["not recorded"]
         return (f"{len(self.pairs)} pairs ({self.name}; templates {', '.join(templates)}; voice {', '.join(voices)}; "
                 f"{'BOS first' if bos else 'no BOS'}; {self.batch.clean.shape[1]} tokens each)")
 
@@ -549,7 +549,8 @@ def gpt2_datasets(t: Tour) -> Section:
     main = list(t.pairs) if t.pairs else D.role_swap_pairs(min(n, _available(nouns, verbs)), nouns=nouns,
                                                            verbs=verbs, templates=("who",), seed=t.seed)
     data = _data(t, "role swap" if not t.pairs else "your file", main)
-    other = D.replacement_pairs(main, nouns, seed=t.seed + 1) if all(p.generated for p in main) else None
+    replaceable = all(p.generated for p in main) and len(nouns) >= 4  # two nouns besides S and O
+    other = D.replacement_pairs(main, nouns, seed=t.seed + 1) if replaceable else None
     second = _data(t, "both nouns replaced", other) if other else None
     c, x = data.baselines
     right = int(((c > 0) & (x < 0)).sum())
@@ -560,9 +561,9 @@ def gpt2_datasets(t: Tour) -> Section:
              f"one in **{right} of {len(main)}** pairs.",
              (f"- Second corruption: the same clean prompts, with both nouns of the story replaced by two other "
               f"nouns (e.g. {other[0].corrupted!r}), so the corrupted prompt holds neither answer." if other else
-              "- Second corruption: none (the pairs came from a file, so their nouns cannot be replaced)."),
-             f"- Every interval is a {S.Interval.__dataclass_fields__['level'].default:.0%} percentile bootstrap "
-             f"over prompts ({RESAMPLES} resamples, seed 0); a verdict needs the whole interval past its threshold, "
+              "- Second corruption: none (the pairs do not say which words are their nouns, or fewer than four nouns "
+              "are known)."),
+             f"- Every interval is a 95% percentile bootstrap over prompts ({RESAMPLES} resamples, seed 0); a verdict needs the whole interval past its threshold, "
              "otherwise it reads \"not established\". More pairs: `minitx demo --n-pairs N` (or your own pairs: "
              "`--pairs FILE`, JSONL rows with clean, corrupted, answer, wrong).\n"]
     return Section(dict(data=data, second=second, n_pairs=len(main), task_right=right), lines,
@@ -615,7 +616,7 @@ def gpt2_head_roles(t: Tour) -> Section:
         f"{len(families)} families, each a story from templates {', '.join(sorted({p.template for p in pairs}))} "
         f"(active voice, {'BOS first' if t.prepend_bos else 'no BOS'}) with three variants: the nouns swapped (the "
         "words move, roles and positions stay), the passive voice (roles stay with their words, positions move), and "
-        f"a filler sentence before it ({R.D.FILLERS[7]!r}: every position shifts). At the last position, each head's "
+        f"a filler sentence before it ({R.SHIFT_FILLER!r}: every position shifts). At the last position, each head's "
         "attention in a variant is compared with the base prompt's through three maps of the keys: same role (label), "
         "same word, same position (absolute or from the query); overlap = the attention mass kept (1 = unchanged). "
         "role - word (on swaps) > 0: it keeps the slot, not the word; role - position (on passives) > 0: it follows "

@@ -42,6 +42,7 @@ from minitx.results import Result
 from minitx.stats import NOT_ESTABLISHED, Interval, bootstrap
 
 KINDS = ("swap", "move", "shift")
+SHIFT_FILLER = D.FILLERS[7]  # "It was late.": the sentence a shift variant puts before the story
 CONTRASTS = ("role - word", "role - position", "role - absolute")  # measured on swap, move, shift variants
 CLASSES = ("role", "position", "word", NOT_ESTABLISHED)
 
@@ -234,7 +235,7 @@ def _labelled(pair, tokenizer, prepend_bos: bool, corrupted: bool = False) -> La
     return Labelled(tuple(ids), tuple(labels), labels[-1])
 
 
-def story_families(pairs, tokenizer, prepend_bos: bool = True, filler: str | None = D.FILLERS[7]) -> list[list[Variant]]:
+def story_families(pairs, tokenizer, prepend_bos: bool = True, filler: str | None = SHIFT_FILLER) -> list[list[Variant]]:
     """One family per generated active pair with no filler: its swap (the corrupted prompt), the same story in the
     passive voice (move), and the same prompt after `filler` (shift; None: no shift variant). The query is the last
     token of the question ("... was the"), where the answer is read."""
@@ -253,5 +254,5 @@ def story_families(pairs, tokenizer, prepend_bos: bool = True, filler: str | Non
     return families
 
 
-__all__ = ["Labelled", "Variant", "KINDS", "CONTRASTS", "CLASSES", "key_maps", "overlap", "pair_overlaps",
+__all__ = ["Labelled", "Variant", "KINDS", "SHIFT_FILLER", "CONTRASTS", "CLASSES", "key_maps", "overlap", "pair_overlaps",
            "query_rows", "classify", "HeadRoles", "head_roles", "story_families"]

@@ -178,7 +178,7 @@ def test_gpt2_tour_on_the_users_pairs(tmp_path):
     path = datasets.write_jsonl(rows, tmp_path / "pairs.jsonl")
     result = run_demo(model, tmp_path / "out", log=None, n_pairs=4, pairs=datasets.read_jsonl(path))
     report = (tmp_path / "out" / "report.md").read_text()
-    assert result["n_pairs"] == 6 and "6 pairs (your file; templates from a file" in report
+    assert result["n_pairs"] == 6 and "6 pairs (your file; templates not recorded" in report
     assert result["second"] is None and "Second corruption: none" in report
     assert torch.equal(result["clean_tokens"], datasets.to_batch(rows, minitx.Tokenizer.default(), True).clean)
     check_verdicts(report)
