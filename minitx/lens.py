@@ -267,6 +267,29 @@ def logit_lens(model: Transformer, tokens: Tensor, targets: Tensor | str | None 
     return read_lens(LogitLens(model), tokens, targets, top_k, incl_mid, positions)
 
 
+def lens_scores(lenses: dict, token_batches) -> dict[str, dict]:
+    """{name: {"labels", "kl", "top1", "n_positions"}}: per readable layer, KL(p_final || p_layer) in nats and
+    the share of positions whose top-1 token is the model's own, averaged over every prompt and position of
+    `token_batches` (an iterable of [batch, pos] ids, read one batch at a time to bound memory).
+    lenses: {name: Lens}, all for the same model."""
+    sums: dict[str, list] = {name: [None, None, 0] for name in lenses}
+    labels: dict[str, list] = {}
+    for tokens in token_batches:
+        for name, lens in lenses.items():
+            result = read_lens(lens, tokens, top_k=1)
+            n = result.kl_to_final[0].numel()
+            kl, top1 = result.mean_kl() * n, result.top1_agreement() * n
+            total = sums[name]
+            total[0] = kl if total[0] is None else total[0] + kl
+            total[1] = top1 if total[1] is None else total[1] + top1
+            total[2] += n
+            labels[name] = result.labels
+    if not labels:
+        raise ValueError("token_batches is empty: lens_scores needs at least one batch of prompts")
+    return {name: {"labels": labels[name], "kl": (kl / n).tolist(), "top1": (top1 / n).tolist(), "n_positions": n}
+            for name, (kl, top1, n) in sums.items()}
+
+
 def unembed_hash(model: Transformer) -> str:
     """The tuned-lens 0.2.0 fingerprint of the unembedding (`tensor_hash` of lm_head.weight [d_vocab, d_model]):
     sha256 of numpy's one-decimal summary print. A lens stores it to recognise the model it was made for."""

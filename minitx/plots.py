@@ -324,8 +324,7 @@ def lens_comparison(scores: dict, trajectories: dict | None = None, target: str 
     axes = fig.subplots(1, panels, squeeze=False)[0]
     for name, s in scores.items():
         xs = [x[label] for label in s["labels"]]
-        kl = np.maximum(np.asarray(s["kl"], dtype=float), 1e-6)  # the final layer's 0 on a log axis
-        axes[0].plot(xs, kl, marker="o", label=name)
+        axes[0].plot(xs[:-1], s["kl"][:-1], marker="o", label=name)  # "final" is 0 by definition: off the log axis
         axes[1].plot(xs, s["top1"], marker="o", label=name)
     n = max(s["n_positions"] for s in scores.values())
     axes[0].set(yscale="log", ylabel="KL(final || layer), nats", title=f"KL to the final distribution ({n:,} positions)")

@@ -3,6 +3,10 @@ estimator against brute-force autograd, deterministic training, and the file for
 
 import json
 import math
+import random
+import sys
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -252,3 +256,46 @@ def test_bad_lens_files(model, tmp_path, kind):
         load(shallow, path)
     with pytest.raises(FileNotFoundError):
         load(shallow, tmp_path / "missing")
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "english-6l"
+
+
+def test_shipped_lenses_load_and_beat_the_logit_lens_where_the_card_says():
+    """The shipped tuned lens has lower KL than the logit lens at every layer (docs/methods.md §13.3 item 3),
+    here on 1 held-out corpus row (the card's numbers use 8); the card's scores are the ones shipped."""
+    sys.path.insert(0, str(SHIPPED.parents[1] / "scripts"))
+    import make_corpus
+    model = minitx.load(SHIPPED).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # made for this model: no hash warning
+        lenses = {"logit": lens.LogitLens(model), "tuned": TunedLens.load(model, SHIPPED / "lenses" / "tuned"),
+                  "jacobian": JacobianLens.load(model, SHIPPED / "lenses" / "jacobian.pt")}
+    rng = random.Random(2)  # the card's held-out seed; its first rows
+    rows = [torch.tensor([make_corpus.row_tokens(rng, 128)])]
+    scores = lens.lens_scores(lenses, rows)
+    assert scores["jacobian"]["labels"] == ["1_pre", "2_pre", "3_pre", "4_pre", "5_pre", "final"]
+    assert all(t < l for t, l in zip(scores["tuned"]["kl"][:-1], scores["logit"]["kl"][:-1]))
+    card = json.loads((SHIPPED / "lenses" / "scores.json").read_text())["scores"]
+    assert all(t < l for t, l in zip(card["tuned"]["kl"][:-1], card["logit"]["kl"][:-1]))
+    assert card["logit"]["n_positions"] == 8 * 128
+    assert (SHIPPED / "lenses" / "tuned" / "params.pt").stat().st_size < 500_000
+    assert (SHIPPED / "lenses" / "jacobian.pt").stat().st_size < 200_000
+
+
+def test_lens_comparison_figure(model):
+    tokens = torch.randint(0, 257, (2, 6))
+    lenses = {"logit": lens.LogitLens(model), "tuned": TunedLens(model), "jacobian": identity_jacobian_lens(model)}
+    scores = lens.lens_scores(lenses, [tokens[:1], tokens[1:]])
+    whole = lens.logit_lens(model, tokens)
+    assert_close(torch.tensor(scores["logit"]["kl"]), whole.mean_kl())
+    assert_close(torch.tensor(scores["logit"]["top1"]), whole.top1_agreement())
+    assert scores["tuned"] == scores["logit"] and scores["logit"]["n_positions"] == 12
+    trajectories = {name: lens.read_lens(l, tokens[:1], targets=3, positions=-1) for name, l in lenses.items()}
+    from minitx import plots
+    fig = plots.lens_comparison(scores, trajectories, "' x'")
+    assert len(fig.axes) == 3
+    with pytest.raises(ValueError, match="batch=5 is out of range: this lens result read 2 prompt"):
+        plots.lens_table(whole, [str(i) for i in range(6)], batch=5)
+    with pytest.raises(ValueError, match="token_batches is empty"):
+        lens.lens_scores(lenses, [])
