@@ -478,3 +478,67 @@ def composition_heatmap(result, title: str | None = None) -> Figure:
                        f"({result.baseline_mean:.3f} + 3 x {result.baseline_std:.3f}, {result.n_samples} samples)",
                        size), fontsize=10)
     return fig
+
+
+# -- circuits found by edge patching ----------------------------------------------------------------
+def _node_xy(graph, writer: int) -> tuple[float, float]:
+    """Where a component sits: layers as rows (input at the bottom, logits on top); heads across a row,
+    each layer's MLP to the right of its heads and a little higher (it reads after them)."""
+    if writer == 0:
+        return (-0.6, -1.0)
+    layer, offset = divmod(writer - 1, graph.n_head + 1)
+    return (float(offset) + (0.5 if offset == graph.n_head else 0.0), layer + (0.35 if offset == graph.n_head else 0.0))
+
+
+def circuit_graph(graph, scores, circuit, title: str = "circuit") -> Figure:
+    """Returns a Figure of a circuit: graph (a minitx.engine.EdgeGraph), scores [n_edges] (edge scores, e.g.
+    EdgeScores.scores), circuit bool [n_edges] (the edges kept). Layers are rows, nodes are the input, the
+    heads (L.H), the MLPs and the logits; each kept edge is a line from writer to reader component, its width
+    by |score| and its colour by sign (red positive, blue negative); the reader's q/k/v is written at its end."""
+    S, keep = _array(scores, 1, "scores [n_edges]"), _array(circuit, 1, "circuit [n_edges]").astype(bool)
+    if S.shape[0] != len(graph.edges) or keep.shape[0] != len(graph.edges):
+        raise ValueError(f"scores and circuit must have one entry per edge ({len(graph.edges)}), "
+                         f"got {S.shape[0]} and {keep.shape[0]}")
+    width = min(16.0, max(5.0, 0.9 * (graph.n_head + 2)))
+    fig = Figure(figsize=(width, min(14.0, max(4.0, 0.9 * graph.n_layer + 2.5))), layout="constrained")
+    ax = fig.add_subplot()
+    edges = graph.edges.tolist()
+    biggest = max((abs(S[e]) for e in range(len(S)) if keep[e]), default=1.0) or 1.0
+    used = {0}
+    top = ((graph.n_head - 1) / 2 + 0.3, float(graph.n_layer))
+    for e in np.nonzero(keep)[0]:
+        w, r = edges[e]
+        label = graph.reader_labels[r]
+        kind = label.rsplit(".", 1)[1] if label.count(".") == 2 else ""
+        end = top if label == "logits" else _node_xy(graph, _reader_writer(graph, label))
+        start = _node_xy(graph, w)
+        used |= {w} | ({_reader_writer(graph, label)} if label != "logits" else set())
+        color = "tab:red" if S[e] > 0 else "tab:blue"
+        bend = min(0.5, 0.12 * (end[1] - start[1]))  # edges that skip rows curve away from the nodes between
+        ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="-|>", color=color, alpha=0.75,
+                    lw=0.6 + 4.4 * abs(S[e]) / biggest, shrinkA=9, shrinkB=9, connectionstyle=f"arc3,rad={bend:.2f}"))
+        if kind:  # which input of the reader head: near the arrow's end, on its bend's side
+            x, y = start[0] + 0.8 * (end[0] - start[0]), start[1] + 0.8 * (end[1] - start[1])
+            ax.text(x + 0.4 * bend * (end[1] - start[1]) * 0.8, y, kind, fontsize=8, color=color, ha="center")
+    for w in range(graph.n_writers):
+        x, y = _node_xy(graph, w)
+        on = w in used
+        ax.scatter([x], [y], s=260 if on else 60, color="white", edgecolors="black" if on else "lightgray", zorder=3)
+        if on:
+            ax.text(x, y, graph.writer_labels[w], ha="center", va="center", fontsize=7, zorder=4)
+    ax.scatter([top[0]], [top[1]], s=420, color="white", edgecolors="black", zorder=3)
+    ax.text(top[0], top[1], "logits", ha="center", va="center", fontsize=7, zorder=4)
+    ax.set_yticks(range(-1, graph.n_layer + 1), ["input", *[f"layer {l}" for l in range(graph.n_layer)], "logits"])
+    ax.set_xticks([])
+    ax.set_xlim(-1, graph.n_head + 1)
+    ax.set_ylim(-1.7, graph.n_layer + 0.7)
+    ax.set_title(_wrap(f"{title} ({int(keep.sum())} edges; width = |score|, red +, blue -)", width - 0.5), fontsize=10)
+    return fig
+
+
+def _reader_writer(graph, reader_label: str) -> int:
+    """The writer index of the component a reader ("L.H.q", "mlpL") belongs to."""
+    if reader_label.startswith("mlp"):
+        return graph.writer("mlp", int(reader_label[3:]))
+    layer, head, _ = reader_label.split(".")
+    return graph.writer("head", int(layer), int(head))

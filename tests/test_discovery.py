@@ -228,3 +228,19 @@ def test_errors(model):
         D.eap(model, CLEAN, CORRUPTED[:, :-1], METRIC)
     with pytest.raises(ValueError, match="the metric returned nan"):
         D.eap(model, CLEAN, CORRUPTED, lambda logits: logits[:, -1, 0] * float("nan"))
+
+
+def test_command_line(tmp_path, capsys):
+    """`minitx circuit` prints the top edges, the faithfulness curve and the chosen circuit, and draws it."""
+    from minitx import cli
+    clean, corrupted = "64 5 9 2 7 5 9 2", "64 5 9 3 7 5 9 2"  # token ids of the fixture: A B C D A B C -> D
+    code = cli.main(["circuit", clean, corrupted, "--model", str(ROOT / "weights" / "induction-2l"), "--answer", "2",
+                     "--wrong", "3", "--method", "eap", "--ks", "2,4,46", "--out", str(tmp_path / "c.png")])
+    out = capsys.readouterr().out
+    assert code == 0 and "EAP edge scores" in out and "F(complement)" in out
+    last = next(line for line in out.splitlines() if line.startswith("46 "))
+    assert last.split()[1:] == ["46", "1.000", "0.000"]  # every edge kept: F = 1; its complement patches all: 0
+    assert (tmp_path / "c.png").stat().st_size > 1000
+    code = cli.main(["circuit", clean, corrupted, "--model", str(ROOT / "weights" / "induction-2l"), "--answer", "2",
+                     "--wrong", "3", "--ks", "4,2"])
+    assert code == 2 and "increasing order" in capsys.readouterr().err
