@@ -156,8 +156,11 @@ def cmd_download(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from minitx.verify import format_rows, verify
-    rows = verify(resolve_model(args.model), tolerance=args.tolerance)
+    from minitx.verify import format_rows, verify, verify_processed
+    if args.source is not None:  # a processed model against its raw source: the invariants of docs/methods.md §11
+        rows = verify_processed(resolve_model(args.model), resolve_model(args.source), tolerance=args.tolerance)
+    else:
+        rows = verify(resolve_model(args.model), tolerance=args.tolerance)
     say(format_rows(rows))
     failed = [r for r in rows if not r.ok]
     say(f"\n{len(rows) - len(failed)} of {len(rows)} checks within tolerance {args.tolerance:g}")
@@ -230,14 +233,14 @@ def _heads_tokens(args, model, vocab):
     if 2 * args.n + o > cfg.n_ctx:
         raise ValueError(f"--n {args.n} gives {2 * args.n + o} positions ({'[BOS] + ' if o else ''}r + r) but this "
                          f"model has n_positions={cfg.n_ctx}; allowed --n 1..{(cfg.n_ctx - o) // 2}")
-    heads.check_memory(cfg, args.batch, 2 * args.n + o)  # before the batch is drawn
+    heads.check_memory(cfg, args.batch, 2 * args.n + o, device=model.W_E.device)  # before the batch is drawn
     drawn = f" from the {len(pool)} tokens this model trained" if pool is not None else ""
     if args.prompt is not None:
         tokens = vocab.tokens(args.prompt, prepend_bos=args.prepend_bos)
         if tokens.shape[1] < 2:
             raise ValueError("the prompt needs at least 2 tokens to score heads")
         _check_runs(model, tokens)
-        heads.check_memory(cfg, *tokens.shape)
+        heads.check_memory(cfg, *tokens.shape, device=model.W_E.device)
         _warn_blank(args, model, vocab, tokens, "the prompt")
         return tokens, pool, f"the prompt {args.prompt!r}"
     tokens = heads.repeated_tokens(cfg.d_vocab, args.n, args.batch, args.seed, args.prepend_bos, token_ids=pool)
@@ -820,6 +823,9 @@ def args_verify(p) -> None:
     p.add_argument("model", help="hub id, checkpoint directory or .safetensors file")
     p.add_argument("--tolerance", type=_tolerance, default=1e-4,
                    help="largest allowed difference from transformers, a finite number > 0")
+    p.add_argument("--source", default=None, help="for a processed model (minitx.processing): the raw checkpoint it "
+                                                  "came from; each row then checks one invariant of the processing "
+                                                  "against it (default: compare with transformers)")
 
 
 def args_generate(p) -> None:

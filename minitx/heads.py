@@ -32,7 +32,7 @@ def attention_patterns(model: Transformer, tokens: Tensor) -> Tensor:
     """Returns [layer, batch, head, q_pos, k_pos] attention patterns, caching nothing else.
     Vaswani et al. 2017, "Attention Is All You Need" (the softmax pattern)."""
     tokens = check_tokens(tokens, model.cfg.d_vocab)
-    check_memory(model.cfg, *tokens.shape)
+    check_memory(model.cfg, *tokens.shape, device=model.W_E.device)
     names = [get_act_name("pattern", layer) for layer in range(model.cfg.n_layer)]
     _, cache = model.run_with_cache(tokens, names_filter=names)
     return torch.stack([cache[name] for name in names])
@@ -47,23 +47,29 @@ def memory_estimate(cfg, batch: int, n_pos: int) -> int:
     return batch * size * (patterns + block)
 
 
-def memory_limit() -> int:
-    """Bytes a head-score call may use: MINITX_MAX_BYTES if set, else half the machine's memory."""
+def memory_limit(device=None) -> int:
+    """Bytes a head-score call may use: MINITX_MAX_BYTES if set, else half the memory of the device the model
+    runs on (an accelerator's own memory, or the machine's)."""
     if os.environ.get("MINITX_MAX_BYTES"):
         return int(float(os.environ["MINITX_MAX_BYTES"]))
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory // 2
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
     except (ValueError, OSError, AttributeError):  # no sysconf on this platform
         return 8 << 30
 
 
-def check_memory(cfg, batch: int, n_pos: int) -> None:
+def check_memory(cfg, batch: int, n_pos: int, device=None) -> None:
     """MemoryError with the estimate, before anything is allocated, when scoring heads would not fit."""
-    need, limit = memory_estimate(cfg, batch, n_pos), memory_limit()
+    need, limit = memory_estimate(cfg, batch, n_pos), memory_limit(device)
     if need > limit:
+        on = "this machine" if device is None or torch.device(device).type == "cpu" else str(device)
+        where = "MINITX_MAX_BYTES" if os.environ.get("MINITX_MAX_BYTES") else \
+            f"half the memory of {on}; MINITX_MAX_BYTES sets another limit"
         raise MemoryError(f"scoring heads on {batch} prompts of {n_pos} tokens needs about {need / 2**30:.1f} GiB, "
-                          f"more than the {limit / 2**30:.1f} GiB allowed (half this machine's memory, or "
-                          "MINITX_MAX_BYTES); use fewer or shorter prompts")
+                          f"more than the {limit / 2**30:.1f} GiB allowed ({where}); use fewer or shorter prompts")
 
 
 def _without_bos(pattern: Tensor) -> tuple[Tensor, Tensor]:
@@ -241,7 +247,7 @@ def induction_scores(model: Transformer, n: int = 50, batch: int = 10, seed: int
     if 2 * n + o > model.cfg.n_ctx:
         raise ValueError(f"n={n} gives {2 * n + o} positions but the model has n_positions={model.cfg.n_ctx}")
     check_count(batch, "batch", "the number of random sequences")
-    check_memory(model.cfg, batch, 2 * n + o)  # before the tokens are drawn
+    check_memory(model.cfg, batch, 2 * n + o, device=model.W_E.device)  # before the tokens are drawn
     tokens = repeated_tokens(model.cfg.d_vocab, n, batch, seed, prepend_bos, model.cfg.bos_token_id
                              if 0 <= model.cfg.bos_token_id < model.cfg.d_vocab else None, token_ids)
     patterns = attention_patterns(model, tokens)
