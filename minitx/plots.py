@@ -396,6 +396,15 @@ def plot_result(result, str_tokens=None, title: str | None = None, *, corrupted_
         return role_swap_figure(result, title)
     if name == "DLAResult":
         return dla_bars(result, title)
+    if name == "CompositionScores":
+        return composition_heatmap(result, title)
+    if name == "EdgeScores":  # the 20 edges of largest |score|
+        S = _array(result.scores, 1, "edge scores")
+        keep = np.zeros(S.shape[0], dtype=bool)
+        keep[np.argsort(-np.abs(np.nan_to_num(S)), kind="stable")[:20]] = True
+        return circuit_graph(result.graph, S, keep, title)
+    if name == "CircuitCurve":
+        return faithfulness_figure(result, title)
     if hasattr(result, "top_tokens"):  # a LensResult
         return lens_table(result, str_tokens, title=title)
     S = getattr(result, "scores", None)
@@ -415,7 +424,27 @@ def plot_result(result, str_tokens=None, title: str | None = None, *, corrupted_
         return patching_heatmap(S.permute(0, 2, 1).reshape(-1, P), str_tokens, title, row_labels=rows, ylabel="head",
                                 corrupted_tokens=corrupted_tokens)
     raise ValueError(f"plot_result: no figure for a {name} with axes {axes}; known: (layer, head), (layer,), "
-                     "(layer, pos), (layer, pos, head), RoleSwap, DLAResult, LensResult")
+                     "(layer, pos), (layer, pos, head), RoleSwap, DLAResult, LensResult, CompositionScores, "
+                     "EdgeScores, CircuitCurve")
+
+
+def faithfulness_figure(result, title: str = "faithfulness of the top-k circuits") -> Figure:
+    """Returns a Figure of a `minitx.discovery.CircuitCurve`: F(C) of each circuit and of its complement
+    against the number of edges kept (1 = the full model's metric, 0 = every edge patched)."""
+    n = _array(result.n_edges, 1, "n_edges [circuit]")
+    fig = Figure(figsize=(6.0, 4.0), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(n, _array(result.scores, 1, "scores [circuit]"), "o-", color="#b2182b", label="circuit F(C)")
+    ax.plot(n, _array(result.complement, 1, "complement [circuit]"), "s--", color="#2166ac",
+            label="complement F(not C)")
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlabel("edges kept (after pruning)")
+    ax.set_ylabel(f"faithfulness ({getattr(result, 'ablation', '')} ablation)")
+    ax.set_title(_wrap(title, 5.5), fontsize=10)
+    ax.legend(fontsize=8)
+    return fig
 
 
 # -- saving ------------------------------------------------------------------------------------------------------
@@ -445,7 +474,8 @@ def save(fig: Figure, path, dpi: int = 110) -> Path:
 
 
 __all__ = ["attention_pattern", "attention_grid", "layer_head_grid", "layer_head_grids", "patching_heatmap",
-           "lens_table", "lens_comparison", "role_swap_figure", "dla_bars", "plot_result", "position_labels", "save"]
+           "lens_table", "lens_comparison", "role_swap_figure", "dla_bars", "plot_result", "faithfulness_figure",
+           "position_labels", "save"]
 
 
 # -- weight circuits ---------------------------------------------------------------------------------------------

@@ -229,3 +229,20 @@ def test_save_bounds_and_folders(tmp_path, monkeypatch):
     assert plots.save(fig, tmp_path / "new" / "x.png").is_file()  # one named folder is
     with pytest.raises(ValueError, match="at least one head"):
         plots.attention_grid(torch.zeros(0, 3, 3), ["a", "b", "c"], 0)
+
+
+def test_plot_result_for_circuits_and_discovery(model):
+    from minitx import circuits, discovery, metrics
+    clean = torch.tensor([[39, 5, 6, 7, 5], [39, 8, 9, 10, 8]])
+    corrupted = torch.tensor([[39, 5, 11, 7, 5], [39, 8, 12, 10, 8]])
+    metric = metrics.logit_diff_metric(6, 11)
+    scores = discovery.eap(model, clean, corrupted, metric)
+    graph = plots.plot_result(scores, title="EAP edges on the pair")
+    assert graph.axes and "EAP edges" in graph.axes[0].get_title()
+    curve = discovery.faithfulness_curve(model, clean, scores, metric, [1, 5, 20], ablation="resample",
+                                         corrupted=corrupted)
+    fig = plots.plot_result(curve, title="faithfulness on the pair")
+    assert fig.axes[0].get_ylabel() == "faithfulness (resample ablation)" and len(fig.axes[0].lines) >= 2
+    assert outside_canvas(fig) == []
+    composition = circuits.all_composition_scores(model, "K", n_samples=10)
+    assert plots.plot_result(composition).axes
