@@ -115,3 +115,53 @@ def format_rows(rows: list[Row]) -> str:
     lines = [f"{'point':<{width}}  {'max |diff|':>11}  ok"]
     lines += [f"{r.point:<{width}}  {r.max_abs_diff:>11.3g}  {'yes' if r.ok else 'NO'}" for r in rows]
     return "\n".join(lines)
+
+
+def processing_rows(processed, source, tokens: torch.Tensor, tolerance: float = 1e-4) -> list[Row]:
+    """A processed model (minitx.processing) against the model it came from, on tokens [batch, pos]: one Row per
+    invariant of docs/methods.md §11, each point naming the transforms that keep it."""
+    steps = processed.cfg.processing
+    if not steps or source.cfg.processing:
+        raise ValueError(f"the model must be processed (minitx.processing) and its source raw; their config's "
+                         f"processing is {list(steps)} and {list(source.cfg.processing)}")
+    with torch.no_grad():
+        logits, cache = processed.run_with_cache(tokens)
+        source_logits, source_cache = source.run_with_cache(tokens)
+
+    def diff(a, b):
+        return float((a.double() - b.double()).abs().max())
+
+    def centred(x):  # minus the mean over the last axis
+        return x - x.mean(-1, keepdim=True)
+
+    shifted = "center_unembed" in steps  # logits move by one constant per position
+    rows = [Row("log-probs (every transform)", diff(logits.log_softmax(-1), source_logits.log_softmax(-1)), tolerance),
+            Row("logits minus their mean per position (center_unembed adds a constant per position)" if shifted
+                else "logits (fold_ln, center_writing_weights, fold_value_biases)",
+                diff(centred(logits), centred(source_logits)) if shifted else diff(logits, source_logits), tolerance)]
+    written = "center_writing_weights" in steps  # the stream loses its mean over d_model
+    for layer in range(processed.cfg.n_layer):
+        rows.append(Row(f"blocks.{layer}.attn.hook_pattern (every transform)",
+                        diff(cache["pattern", layer], source_cache["pattern", layer]), tolerance))
+        ours, theirs = cache["attn_out", layer], source_cache["attn_out", layer]
+        rows.append(Row(f"blocks.{layer}.hook_attn_out{' minus its mean over d_model' if written else ''} "
+                        f"(fold_ln, fold_value_biases{', center_writing_weights' if written else ''})",
+                        diff(centred(ours), centred(theirs)) if written else diff(ours, theirs), tolerance))
+        if written:
+            rows.append(Row(f"blocks.{layer}.hook_resid_post: mean over d_model is 0 (center_writing_weights)",
+                            float(cache["resid_post", layer].double().mean(-1).abs().max()), tolerance))
+    return rows
+
+
+def verify_processed(name_or_path: str, source: str, tolerance: float = 1e-4, seed: int = 0) -> list[Row]:
+    """Loads a processed checkpoint and its raw source (both with minitx) and returns processing_rows on random
+    tokens. transformers is not needed: the reference is the source model."""
+    from minitx.loading import load
+    processed, raw = load(name_or_path), load(source)
+    if (processed.cfg.d_vocab, processed.cfg.n_layer, processed.cfg.d_model) != (raw.cfg.d_vocab, raw.cfg.n_layer,
+                                                                                 raw.cfg.d_model):
+        raise ValueError(f"{name_or_path} and {source} are not the same model shape, so one cannot be the other "
+                         "processed")
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, raw.cfg.d_vocab, (3, max(2, min(16, raw.cfg.n_ctx))), generator=generator)
+    return processing_rows(processed, raw, tokens, tolerance)

@@ -144,3 +144,25 @@ def test_processed_convention_of_the_circuits(model):
         assert_close(same, expected, **EXACT)
     scores = circuits.copying_scores(model, embedding="processed")
     assert scores.processing == processing.TRANSFORMS and scores.embedding == "processed"
+
+
+@pytest.mark.parametrize("steps", [("fold_ln",), ("fold_ln", "center_writing_weights"), processing.TRANSFORMS])
+def test_verify_rows_name_and_check_each_invariant(model, tokens, steps):
+    from minitx.verify import processing_rows
+    rows = processing_rows(processing.process(model, steps), model, tokens, tolerance=1e-10)
+    assert all(row.ok for row in rows), [(row.point, row.max_abs_diff) for row in rows if not row.ok]
+    points = [row.point for row in rows]
+    assert points[0] == "log-probs (every transform)"
+    assert ("center_unembed" in points[1]) == ("center_unembed" in steps)
+    assert any("mean over d_model is 0" in p for p in points) == ("center_writing_weights" in steps)
+    with pytest.raises(ValueError, match="must be processed"):
+        processing_rows(model, model, tokens)
+
+
+def test_verify_a_saved_processed_checkpoint_against_its_source(tmp_path, capsys):
+    from minitx import cli
+    source = minitx.load("weights/induction-2l")
+    processing.process(source).save_pretrained(tmp_path / "processed")
+    assert cli.main(["verify", str(tmp_path / "processed"), "--source", "weights/induction-2l"]) == 0
+    out = capsys.readouterr().out
+    assert "log-probs (every transform)" in out and "checks within tolerance" in out
