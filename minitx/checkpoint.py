@@ -294,6 +294,9 @@ def save_pretrained(model, directory) -> Path:
     """Writes config.json and model.safetensors in HF's layout (tied lm_head omitted, as HF saves).
     model: anything with `.cfg` and `.named_parameters()` (a minitx Transformer)."""
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise FileExistsError(f"{directory} is a file; save_pretrained writes a folder (config.json and "
+                              "model.safetensors): give a folder path")
     directory.mkdir(parents=True, exist_ok=True)
     state = to_hf_state_dict(model.named_parameters(), model.cfg)
     hf_config = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], **dataclasses.asdict(model.cfg),

@@ -7,6 +7,8 @@ plain function passed to one call, never a module or global state.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 import functools
 import numbers
@@ -258,6 +260,28 @@ def _backward_hook(fn, name: str, grad: Tensor):
         raise ValueError(f"backward hook on {name} returned {got}; it must return None or a gradient like the one "
                          f"it got: shape {tuple(grad.shape)}, {grad.dtype}")
     return out
+
+
+# Hooks set with `with model.hooks(...)`: (model, fwd, bwd) entries, per thread and asyncio task.
+_CONTEXT_HOOKS: contextvars.ContextVar[tuple] = contextvars.ContextVar("minitx_context_hooks", default=())
+
+
+@contextlib.contextmanager
+def context_hooks(owner, fwd_hooks: list, bwd_hooks: list):
+    """Adds owner's hooks for the calling thread (or task) until the block ends; on exit removes exactly
+    this entry, whatever order overlapping blocks end in."""
+    entry = (owner, fwd_hooks, bwd_hooks)
+    _CONTEXT_HOOKS.set(_CONTEXT_HOOKS.get() + (entry,))
+    try:
+        yield owner
+    finally:
+        _CONTEXT_HOOKS.set(tuple(e for e in _CONTEXT_HOOKS.get() if e is not entry))
+
+
+def active_context_hooks(owner) -> tuple[list, list]:
+    """(fwd, bwd): the hooks `context_hooks` holds for owner in the calling thread, outermost first."""
+    entries = [e for e in _CONTEXT_HOOKS.get() if e[0] is owner]
+    return [h for e in entries for h in e[1]], [h for e in entries for h in e[2]]
 
 
 class Cache(dict):

@@ -21,9 +21,6 @@ Config: minitx/config.py. Checkpoint names (c_attn, wte, ...): minitx/checkpoint
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import functools
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +32,7 @@ from minitx.checks import (check_attention_mask, check_generation, check_layer_r
                            check_seed, check_sweep_options, check_tokens)
 from minitx.config import Config  # noqa: F401  (re-exported: minitx.model.Config)
 from minitx.hooks import (ON_REQUEST, POINTS, Cache, HookPoint, NamesFilter, Run, get_act_name,  # noqa: F401
-                          check_hooks_can_fire, hook_list, point_names)
+                          active_context_hooks, check_hooks_can_fire, context_hooks, hook_list, point_names)
 
 # ---------------------------------------------------------------------------------------------
 # The layers.
@@ -46,7 +43,19 @@ def affine(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
     return torch.addmm(b, x.reshape(-1, x.shape[-1]), W).view(*x.shape[:-1], W.shape[-1])
 
 
-class LayerNorm(nn.Module):
+class Part(nn.Module):
+    """A layer norm, attention, MLP or block. Analysis weights (W_Q, W_O, ...) are the model's, by layer."""
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name not in _STACKED:
+                raise
+            raise AttributeError(f"{type(self).__name__} has no {name}; the model has it: model.{name}[layer]") from None
+
+
+class LayerNorm(Part):
     def __init__(self, d_model: int, eps: float, layer: int | None = None, which: str | None = None):
         """layer, which ("ln1" or "ln2"): where it sits, for its point names; no layer: ln_final."""
         super().__init__()
@@ -66,7 +75,7 @@ class LayerNorm(nn.Module):
         return run(self.hook_normalized, out)
 
 
-class Attention(nn.Module):
+class Attention(Part):
     def __init__(self, cfg: Config, layer: int):
         super().__init__()
         d, H = cfg.d_model, cfg.n_head
@@ -126,7 +135,7 @@ class Attention(nn.Module):
         return affine(z.reshape(B, T, H * dh), self.W_O, self.b_O), present
 
 
-class MLP(nn.Module):
+class MLP(Part):
     def __init__(self, cfg: Config, layer: int):
         super().__init__()
         self.W_in = nn.Parameter(torch.zeros(cfg.d_model, cfg.d_mlp))
@@ -142,7 +151,7 @@ class MLP(nn.Module):
         return affine(post, self.W_out, self.b_out)
 
 
-class Block(nn.Module):
+class Block(Part):
     def __init__(self, cfg: Config, layer: int):
         super().__init__()
         self.ln1, self.attn = LayerNorm(cfg.d_model, cfg.layer_norm_epsilon, layer, "ln1"), Attention(cfg, layer)
@@ -198,8 +207,6 @@ _STACKED = {
     "W_O": ("attn.W_O", lambda attn, w: w.view(attn.n_head, attn.d_head, -1)), "b_O": ("attn.b_O", lambda attn, b: b),
     **{n: (f"mlp.{n}", lambda attn, w: w) for n in ("W_in", "b_in", "W_out", "b_out")},
 }
-# Hooks set with `with model.hooks(...)`: (model, fwd, bwd) entries, per thread and asyncio task.
-_CONTEXT_HOOKS: contextvars.ContextVar[tuple] = contextvars.ContextVar("minitx_context_hooks", default=())
 
 
 class Transformer(nn.Module):
@@ -362,22 +369,13 @@ class Transformer(nn.Module):
         return Run(point_names(n), point_names(n, include_on_request=False), fwd_hooks, bwd_hooks, cache_filter,
                    cache, keep_grad)
 
-    @contextlib.contextmanager
     def hooks(self, fwd_hooks=(), bwd_hooks=()):
         """Every forward inside the `with` block, in this thread (or asyncio task), runs with these hooks;
         they are gone after it, whatever order overlapping blocks exit in. Other threads never see them."""
         self._run(fwd_hooks, bwd_hooks)  # fail on typos before anything runs
-        entry = (self, hook_list(fwd_hooks), hook_list(bwd_hooks, "bwd_hooks"))
-        _CONTEXT_HOOKS.set(_CONTEXT_HOOKS.get() + (entry,))
-        try:
-            yield self
-        finally:
-            _CONTEXT_HOOKS.set(tuple(e for e in _CONTEXT_HOOKS.get() if e is not entry))
+        return context_hooks(self, hook_list(fwd_hooks), hook_list(bwd_hooks, "bwd_hooks"))
 
-    @property
-    def _context_hooks(self) -> tuple[list, list]:  # (fwd, bwd) set with model.hooks(...) in this thread
-        entries = [e for e in _CONTEXT_HOOKS.get() if e[0] is self]
-        return [h for e in entries for h in e[1]], [h for e in entries for h in e[2]]
+    _context_hooks = property(active_context_hooks)  # (fwd, bwd) set with model.hooks(...) in this thread
 
     @property
     def has_context_hooks(self) -> bool:

@@ -253,6 +253,9 @@ class Tokenizer:
                 raise TypeError("to_str_tokens(text) needs prepend_bos=True or False")
             ids = self._encode_prompts(text_or_ids, prepend_bos)[0]
         else:
+            if not isinstance(text_or_ids, (torch.Tensor, list, tuple, range)):
+                raise TypeError(f"to_str_tokens takes text or token ids (a list or a tensor), got "
+                                f"{type(text_or_ids).__name__}")
             if isinstance(text_or_ids, torch.Tensor) and text_or_ids.dim() > 2:
                 raise ValueError(f"to_str_tokens takes one sequence of ids, [pos] or [1, pos]; got shape "
                                  f"{tuple(text_or_ids.shape)}")
