@@ -269,7 +269,8 @@ def is_swap(clean: Tensor, corrupted: Tensor, answer: int, wrong: int) -> bool:
     return bool((clean == answer).any() and (clean == wrong).any() and torch.equal(swapped, corrupted))
 
 
-def labelled_tokens(pair: PromptPair, tokenizer, prepend_bos: bool, corrupted: bool = False) -> tuple[list[int], list[str]]:
+def labelled_tokens(pair: PromptPair, tokenizer, prepend_bos: bool,
+                    corrupted: bool = False) -> tuple[list[int], list[str]]:
     """(ids, one label per id) of a generated pair's clean (or corrupted) prompt: "BOS", "S", "O", "verb",
     "story.<word>", "q.<word>", "q.verb", "filler.<i>" (a filler word of several tokens repeats its label
     with .1, .2 for the later pieces). The ids equal tokenizer.to_tokens of the prompt (checked)."""
@@ -333,5 +334,5 @@ def read_jsonl(path) -> list[PromptPair]:
 
 
 __all__ = ["PromptPair", "PairBatch", "NOUNS", "VERBS", "FILLERS", "STORIES", "TEMPLATES", "make_pair",
-           "role_swap_pairs", "replacement_pairs", "known_words", "pair_tokens", "to_batch", "to_batches", "load_pairs", "is_swap", "labelled_tokens",
-           "write_jsonl", "read_jsonl"]
+           "role_swap_pairs", "replacement_pairs", "known_words", "pair_tokens", "to_batch", "to_batches", "load_pairs",
+           "is_swap", "labelled_tokens", "write_jsonl", "read_jsonl"]

@@ -563,8 +563,9 @@ def gpt2_datasets(t: Tour) -> Section:
               f"nouns (e.g. {other[0].corrupted!r}), so the corrupted prompt holds neither answer." if other else
               "- Second corruption: none (the pairs do not say which words are their nouns, or fewer than four nouns "
               "are known)."),
-             f"- Every interval is a 95% percentile bootstrap over prompts ({RESAMPLES} resamples, seed 0); a verdict needs the whole interval past its threshold, "
-             "otherwise it reads \"not established\". More pairs: `minitx demo --n-pairs N` (or your own pairs: "
+             f"- Every interval is a 95% percentile bootstrap over prompts ({RESAMPLES} resamples, seed 0); a "
+             "verdict needs the whole interval past its threshold, otherwise it reads \"not established\". More "
+             "pairs: `minitx demo --n-pairs N` (or your own pairs: "
              "`--pairs FILE`, JSONL rows with clean, corrupted, answer, wrong).\n"]
     return Section(dict(data=data, second=second, n_pairs=len(main), task_right=right), lines,
                    summary=[f"data: {data.describe(t.prepend_bos)}"])
@@ -657,7 +658,8 @@ def gpt2_patching(t: Tour) -> Section:
         "patching-resid.png": plots.patching_heatmap(resid.scores, labels, f"denoising resid_pre by position, mean "
                                                      f"over {len(data.pairs)} pairs (first pair's tokens)"),
         "noising-heads.png": plots.layer_head_grid(removed.estimate, f"noising each head's z over {len(data.pairs)} "
-                                                   "pairs: removed (1 - score)", colorbar_label="removed (1 = as corrupted)"),
+                                                   "pairs: removed (1 - score)",
+                                                   colorbar_label="removed (1 = as corrupted)"),
         "path-logits.png": plots.layer_head_grid(1 - direct_grid.scores, "path patching head -> logits, MLPs frozen "
                                                  "(direct): removed", colorbar_label="removed (1 = as corrupted)")}
     L, n_head = t.model.cfg.n_layer, t.model.cfg.n_head
@@ -699,7 +701,7 @@ def head_test(model, data, second, head: tuple[int, int], noise, removed) -> dic
     l, h = head
     c, x = data.baselines
     total = removed[l, h]
-    restore, restored = _removed(model, data, "z", "denoising")
+    _, restored = _removed(model, data, "z", "denoising")
     restored = restored[l, h]
     pattern_run, pattern = _removed(model, data, "pattern")
     values_run, values = _removed(model, data, "v")
@@ -737,21 +739,25 @@ def head_test(model, data, second, head: tuple[int, int], noise, removed) -> dic
         claims.append([f"direct + via later heads differ from the total by more than {TOLERANCE}",
                        fmt(float(remainder.estimate)), f"[{fmt(float(remainder.low))}, {fmt(float(remainder.high))}]",
                        f"+-{TOLERANCE}", "established" if not adds_up(remainder) else S.NOT_ESTABLISHED])
-    verdict = head_test_verdict_iv(total, restored)
-    where = mechanism_iv(difference)
+    numbers = {"noised": total, "restored": restored, "pattern": pattern, "values": values,
+               "pattern_minus_values": difference, "direct": direct, "direct_mlps_recomputed": direct_mlps,
+               "via_later_heads": via, "remainder": remainder, "verdict": head_test_verdict_iv(total, restored),
+               "mechanism": mechanism_iv(difference)}
+    return {"rows": rows, "claims": claims, "sentence": _head_sentence(head, numbers), **numbers}
+
+
+def _head_sentence(head: tuple[int, int], n: dict) -> str:
+    """The answer to "head L.H carries the subject-object relation", from the numbers of head_test."""
+    remainder, via = n["remainder"], n["via_later_heads"]
     sums = "" if remainder is None else (
         f" Direct and via-later-heads shares {'add up to' if adds_up(remainder) else 'do NOT add up to'} the total "
         f"(remainder {interval_text(remainder)}: MLP-mediated paths and interactions between paths).")
-    sentence = (f"Head {l}.{h} carries the subject-object relation: {verdict}. Noising it removes "
-                f"{interval_text(total)} of the logit difference and restoring it alone recovers "
-                f"{interval_text(restored)} (threshold {pct(SHARE)}); its effect lies in {where} (pattern "
-                f"{interval_text(pattern)}, values {interval_text(values)}); directly to the logits with MLPs frozen: "
-                f"{interval_text(direct)}" + ("" if via is None else f"; via later heads: {interval_text(via)}")
-                + f".{sums}")
-    return {"rows": rows, "claims": claims, "sentence": sentence, "verdict": verdict, "noised": total,
-            "restored": restored, "pattern": pattern, "values": values, "pattern_minus_values": difference,
-            "direct": direct, "direct_mlps_recomputed": direct_mlps, "via_later_heads": via, "remainder": remainder,
-            "mechanism": where}
+    return (f"Head {head_label(*head)} carries the subject-object relation: {n['verdict']}. Noising it removes "
+            f"{interval_text(n['noised'])} of the logit difference and restoring it alone recovers "
+            f"{interval_text(n['restored'])} (threshold {pct(SHARE)}); its effect lies in {n['mechanism']} (pattern "
+            f"{interval_text(n['pattern'])}, values {interval_text(n['values'])}); directly to the logits with MLPs "
+            f"frozen: {interval_text(n['direct'])}"
+            + ("" if via is None else f"; via later heads: {interval_text(via)}") + f".{sums}")
 
 
 def _claim_cells(iv, threshold: float) -> list:
@@ -879,6 +885,6 @@ def run_demo(model, out_dir, *, n: int = 12, batch: int = 8, seed: int = 0, prep
 
 
 __all__ = ["Vocab", "run_demo", "check_demo_args", "fit_tour", "replace_first_copy", "write_report", "GPT2_VOCAB",
-           "check_report_folder", "withheld", "k_composition_verdict", "head_test_verdict", "mechanism", "Section", "Tour",
-           "INDUCTION_TOUR", "GPT2_TOUR", "claim", "head_test_verdict_iv", "mechanism_iv", "adds_up", "default_n_pairs",
-           "head_test", "SHARE", "TOLERANCE"]
+           "check_report_folder", "withheld", "k_composition_verdict", "head_test_verdict", "mechanism", "Section",
+           "Tour", "INDUCTION_TOUR", "GPT2_TOUR", "claim", "k_composition_verdict_iv", "head_test_verdict_iv",
+           "mechanism_iv", "adds_up", "default_n_pairs", "head_test", "SHARE", "K_SHARE", "TOLERANCE"]

@@ -235,7 +235,8 @@ def _labelled(pair, tokenizer, prepend_bos: bool, corrupted: bool = False) -> La
     return Labelled(tuple(ids), tuple(labels), labels[-1])
 
 
-def story_families(pairs, tokenizer, prepend_bos: bool = True, filler: str | None = SHIFT_FILLER) -> list[list[Variant]]:
+def story_families(pairs, tokenizer, prepend_bos: bool = True,
+                   filler: str | None = SHIFT_FILLER) -> list[list[Variant]]:
     """One family per generated active pair with no filler: its swap (the corrupted prompt), the same story in the
     passive voice (move), and the same prompt after `filler` (shift; None: no shift variant). The query is the last
     token of the question ("... was the"), where the answer is read."""
@@ -254,5 +255,5 @@ def story_families(pairs, tokenizer, prepend_bos: bool = True, filler: str | Non
     return families
 
 
-__all__ = ["Labelled", "Variant", "KINDS", "SHIFT_FILLER", "CONTRASTS", "CLASSES", "key_maps", "overlap", "pair_overlaps",
-           "query_rows", "classify", "HeadRoles", "head_roles", "story_families"]
+__all__ = ["Labelled", "Variant", "KINDS", "SHIFT_FILLER", "CONTRASTS", "CLASSES", "key_maps", "overlap",
+           "pair_overlaps", "query_rows", "classify", "HeadRoles", "head_roles", "story_families"]

@@ -164,8 +164,9 @@ def result_interval(result, clean=None, corrupted=None, **kwargs) -> Interval:
         clean, corrupted = torch.full((n,), float(mean_clean)), torch.full((n,), float(mean_corrupted))
     for given, mean, what in ((clean, mean_clean, "clean"), (corrupted, mean_corrupted, "corrupted")):
         if abs(float(torch.as_tensor(given).double().mean()) - float(mean)) > 1e-3 * max(1.0, abs(float(mean))):
-            raise ValueError(f"the {what} baselines average {float(torch.as_tensor(given).mean()):.4g} but the result's "
-                             f"{what} mean is {float(mean):.4g}: they are not the same prompts or metric")
+            average = float(torch.as_tensor(given).mean())
+            raise ValueError(f"the {what} baselines average {average:.4g} but the result's {what} mean is "
+                             f"{float(mean):.4g}: they are not the same prompts or metric")
     return normalized_interval(per_prompt, clean, corrupted, **kwargs)
 
 
