@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from minitx.checks import check_token_ids, check_tokens
+from minitx.checks import check_index, check_seed, check_token_ids, check_tokens, is_int
 from minitx.factored import FactoredMatrix, composition_scores
 from minitx.model import Transformer
 from minitx.results import Result
@@ -63,12 +63,10 @@ def _check_embedding(embedding) -> None:
                          "(docs/methods.md §10.1)")
 
 
-def _check_head(model: Transformer, layer, head) -> None:
-    cfg = model.cfg
-    if not (isinstance(layer, int) and 0 <= layer < cfg.n_layer):
-        raise ValueError(f"layer={layer!r} is not a layer of this model; allowed: 0..{cfg.n_layer - 1}")
-    if head is not None and not (isinstance(head, int) and 0 <= head < cfg.n_head):
-        raise ValueError(f"head={head!r} is not a head of this model; allowed: 0..{cfg.n_head - 1} (or None: all)")
+def _check_head(model: Transformer, layer, head) -> None:  # head None: every head of the layer
+    check_index(layer, model.cfg.n_layer, "layer", "layers")
+    if head is not None:
+        check_index(head, model.cfg.n_head, "head", "heads")
 
 
 def _normalised_rows(x: Tensor) -> Tensor:  # [n, d_model] -> rows centred, each divided by its own RMS
@@ -149,8 +147,9 @@ def random_composition_baseline(d_model: int, d_head: int, n_samples: int = 200,
     """(mean, std) of C(V O, Q Kᵀ) with every factor N(0, 1) of the head's shapes ([d_model, d_head] and
     its transpose). C is scale-free and the three modes pair the same shapes, so one baseline serves all
     (and is computed once per shape, seed and sample count)."""
-    if not (isinstance(n_samples, int) and n_samples >= 2):
+    if not is_int(n_samples) or n_samples < 2:
         raise ValueError(f"n_samples={n_samples!r}: a baseline needs an int of at least 2 random samples")
+    check_seed(seed)
     g, scores = torch.Generator().manual_seed(seed), []
     for start in range(0, n_samples, 16):  # in chunks: 200 samples of GPT-2 small's shapes would be 300 MB
         n = min(16, n_samples - start)
@@ -380,6 +379,9 @@ def positional_token_split(model: Transformer, tokens: Tensor, exclude_bos: bool
     (constants with positions, constants); on `tokens` [batch, pos], ln1 scales frozen. exclude_bos: leave
     key 0 out of the variation (its score is often an outlier, an attention sink). No BOS is added."""
     tokens = check_tokens(tokens, model.cfg.d_vocab)
+    if tokens.shape[1] < 2 + exclude_bos:
+        raise ValueError(f"prompts of {tokens.shape[1]} token(s) give no query more than one key to vary over; "
+                         f"need at least {2 + exclude_bos} tokens{' with exclude_bos' if exclude_bos else ''}")
     layers = list(range(model.cfg.n_layer))
     cache = _cache_for(model, tokens, layers)
     shares = []

@@ -59,7 +59,7 @@ def test_the_convention_must_be_named(model):
         circuits.full_OV_circuit(model, 0, 0)
     with pytest.raises(ValueError, match="raw, normalised, processed"):
         circuits.full_OV_circuit(model, 0, 0, embedding="effective")
-    with pytest.raises(ValueError, match="allowed: 0..2"):
+    with pytest.raises(ValueError, match="this model has layers 0..2"):
         circuits.token_QK_circuit(model, 3, 0, embedding="raw")
 
 
@@ -133,6 +133,8 @@ def test_positional_token_split_shares_sum_to_one(model):
         assert_close(result.per_prompt.sum(2), torch.ones(3, 4, 4), **TOL)
         assert len(result.kind) == 3 and all(k in ("positional", "token-pair", "mixed") for k in result.kind[0])
         assert all(k in ("positional", "indirect", "mixed") for row in result.kind[1:] for k in row)
+    with pytest.raises(ValueError, match="at least 3 tokens with exclude_bos"):
+        circuits.positional_token_split(model, tokens[:, :2], exclude_bos=True)
     # By hand for one head and one prompt: Cov(position x position term, score) / Var(score), pooled over queries.
     d = circuits.score_decomposition(model, tokens[:1], 1, 2)
     pos = d.components.index("pos")
