@@ -173,7 +173,7 @@ def all_composition_scores(model: Transformer, mode: str, n_samples: int = 200, 
         # OV = Q_l C_l and right = C_r Q_rᵀ with Q_l, Q_r orthonormal: every norm is that of a d_head-sized core.
         C_left, C_right = left.collapse_left(), right.collapse_right()  # [layer, head, d_head, d_model], transposed
         norm_left, norm_right = torch.linalg.matrix_norm(C_left), torch.linalg.matrix_norm(C_right)  # [layer, head]
-        raw = torch.zeros(L, H, L, H, dtype=C_left.dtype)
+        raw = torch.zeros(L, H, L, H, dtype=C_left.dtype, device=C_left.device)
         for earlier in range(L - 1):  # one matmul per earlier layer: its heads against every later head
             later = C_right[earlier + 1:]  # [later layer, head, d_model, d_head]
             products = C_left[earlier].flatten(0, 1) @ later.permute(2, 0, 1, 3).flatten(1)  # [H d_head, L' H d_head]
@@ -182,7 +182,8 @@ def all_composition_scores(model: Transformer, mode: str, n_samples: int = 200, 
         scores = raw / (norm_left[:, :, None, None] * norm_right[None, None])
         raw, scores = raw.to(model.W_E.dtype), scores.to(model.W_E.dtype)
     mean, std = random_composition_baseline(model.cfg.d_model, model.cfg.d_head, n_samples, seed)
-    later_than = torch.arange(L)[:, None, None, None] < torch.arange(L)[None, None, :, None]
+    layers = torch.arange(L, device=scores.device)
+    later_than = layers[:, None, None, None] < layers[None, None, :, None]
     return CompositionScores(scores=scores, axes=("earlier_layer", "earlier_head", "later_layer", "later_head"),
                              raw=raw, metric=f"{mode}-composition", mode=mode, baseline_mean=mean,
                              baseline_std=std, n_samples=n_samples, above_baseline=(scores > mean + 3 * std) & later_than,
@@ -217,10 +218,10 @@ def _diagonal_argmax_fraction(left: Tensor, right: Tensor, chunk: int = 2048) ->
     """left [head, n, r], right [head, r, n] -> [head]: share of rows s of left @ right whose entry s is
     strictly the largest (a tie, as in an all-zero row, is no hit); a block of rows at a time, so the
     n x n matrix never exists."""
-    hits = torch.zeros(left.shape[0])
+    hits = torch.zeros(left.shape[0], device=left.device)
     for start in range(0, left.shape[1], chunk):
         rows = left[:, start:start + chunk] @ right  # [head, chunk, n]
-        own = torch.arange(rows.shape[1]), torch.arange(start, start + rows.shape[1])
+        own = torch.arange(rows.shape[1], device=rows.device), torch.arange(start, start + rows.shape[1], device=rows.device)
         diagonal = rows[:, own[0], own[1]]  # [head, chunk]
         rows[:, own[0], own[1]] = float("-inf")
         hits += (diagonal > rows.max(-1).values).sum(-1)
@@ -233,8 +234,9 @@ def copying_scores(model: Transformer, *, embedding: str, tokens=None) -> Copyin
     |S|² d_head per head, so a large vocabulary wants a subset (the words the model knows)."""
     cfg = model.cfg
     S = torch.arange(cfg.d_vocab) if tokens is None else check_token_ids(tokens, cfg.d_vocab).reshape(-1).unique()
+    S = S.to(model.W_E.device)
     model = _in_convention(model, embedding)
-    ov, qk, argmax = (torch.zeros(cfg.n_layer, cfg.n_head) for _ in range(3))
+    ov, qk, argmax = (torch.zeros(cfg.n_layer, cfg.n_head, device=model.W_E.device) for _ in range(3))
     with torch.no_grad():
         for layer in range(cfg.n_layer):
             w = reading_weights(model, layer, embedding)
@@ -352,13 +354,13 @@ class PositionalTokenSplit(Result):
 def _group_shares(q: Tensor, k: Tensor, kinds: list[str], scale: float, exclude_bos: bool) -> Tensor:
     """q, k [component, batch, head, pos, d_head] -> shares [head, group, batch] of the score variance over keys."""
     def by_kind(x):  # [3, batch, head, pos, d_head]: token, position, constant components summed
-        index = torch.tensor([(TOKEN, POSITION, CONSTANT).index(kind) for kind in kinds])
-        return torch.zeros(3, *x.shape[1:], dtype=x.dtype).index_add_(0, index, x)
+        index = torch.tensor([(TOKEN, POSITION, CONSTANT).index(kind) for kind in kinds], device=x.device)
+        return torch.zeros(3, *x.shape[1:], dtype=x.dtype, device=x.device).index_add_(0, index, x)
 
     q3, k3 = by_kind(q), by_kind(k)
     terms = torch.einsum("abhpe,cbhqe->acbhpq", q3, k3) * scale  # [3, 3, batch, head, q_pos, k_pos]
     T = terms.shape[-1]
-    keys = torch.ones(T, T, dtype=torch.bool).tril()
+    keys = torch.ones(T, T, dtype=torch.bool, device=terms.device).tril()
     if exclude_bos:
         keys[:, 0] = False
     n_keys = keys.sum(-1).clamp_min(1)  # [q_pos]
