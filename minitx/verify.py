@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from minitx.hooks import get_act_name
+
 
 @dataclass
 class Row:
@@ -41,14 +43,14 @@ def parity_rows(model, hf_model, prompts: torch.Tensor, attention_mask: torch.Te
 
     rows = []
     for layer in range(model.cfg.n_layer):
-        rows.append(Row(f"blocks.{layer}.hook_resid_pre (hidden_states[{layer}])",
+        rows.append(Row(f"{get_act_name('resid_pre', layer)} (hidden_states[{layer}])",
                         diff(cache["resid_pre", layer], out.hidden_states[layer]), tolerance))
     rows.append(Row("ln_final.hook_normalized (hidden_states[-1], after ln_f)",
                     diff(cache["ln_final.hook_normalized"], out.hidden_states[-1]), tolerance))
     for layer in range(model.cfg.n_layer):
         pattern, hf_pattern = cache["pattern", layer], out.attentions[layer]
         keep = real[:, None, :, None] & real[:, None, None, :]  # real query and real key
-        rows.append(Row(f"blocks.{layer}.attn.hook_pattern (attentions[{layer}])",
+        rows.append(Row(f"{get_act_name('pattern', layer)} (attentions[{layer}])",
                         float((pattern - hf_pattern).abs().masked_fill(~keep, 0).max()), tolerance))
     rows.append(Row("logits", diff(logits, out.logits), tolerance))
     with torch.no_grad():
@@ -141,14 +143,14 @@ def processing_rows(processed, source, tokens: torch.Tensor, tolerance: float = 
                 diff(centred(logits), centred(source_logits)) if shifted else diff(logits, source_logits), tolerance)]
     written = "center_writing_weights" in steps  # the stream loses its mean over d_model
     for layer in range(processed.cfg.n_layer):
-        rows.append(Row(f"blocks.{layer}.attn.hook_pattern (every transform)",
+        rows.append(Row(f"{get_act_name('pattern', layer)} (every transform)",
                         diff(cache["pattern", layer], source_cache["pattern", layer]), tolerance))
         ours, theirs = cache["attn_out", layer], source_cache["attn_out", layer]
-        rows.append(Row(f"blocks.{layer}.hook_attn_out{' minus its mean over d_model' if written else ''} "
+        rows.append(Row(f"{get_act_name('attn_out', layer)}{' minus its mean over d_model' if written else ''} "
                         f"(fold_ln, fold_value_biases{', center_writing_weights' if written else ''})",
                         diff(centred(ours), centred(theirs)) if written else diff(ours, theirs), tolerance))
         if written:
-            rows.append(Row(f"blocks.{layer}.hook_resid_post: mean over d_model is 0 (center_writing_weights)",
+            rows.append(Row(f"{get_act_name('resid_post', layer)}: mean over d_model is 0 (center_writing_weights)",
                             float(cache["resid_post", layer].double().mean(-1).abs().max()), tolerance))
     return rows
 
