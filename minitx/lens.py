@@ -30,12 +30,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from minitx.checks import check_tokens
-from minitx.metrics import check_integers
+from minitx.checks import check_integers, check_positions, check_tokens
+from minitx.hooks import get_act_name
 from minitx.model import Run, Transformer
 from minitx.results import Result
 
-POSITIONS = "None (all), an int or a list of ints (negative counts from the end)"
 TARGETS = "token ids (an int, a list of ints or an integer tensor broadcastable to [batch, pos]) or 'next'"
 
 
@@ -135,21 +134,16 @@ def _ranges(layers: list[int]) -> str:
 def _point_names(n_layer: int, incl_mid: bool, layers=None) -> list[str]:
     names = []
     for l in range(n_layer) if layers is None else layers:
-        names += [f"blocks.{l}.hook_resid_pre"] + ([f"blocks.{l}.hook_resid_mid"] if incl_mid else [])
-    return names + [f"blocks.{n_layer - 1}.hook_resid_post"]
+        names += [get_act_name("resid_pre", l)] + ([get_act_name("resid_mid", l)] if incl_mid else [])
+    return names + [get_act_name("resid_post", n_layer - 1)]
 
 
 def _positions(positions, seq_len: int) -> Tensor:
     if positions is None:
         return torch.arange(seq_len)
-    check_integers(positions, "positions", POSITIONS)
-    pos = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
-    if not len(pos):
+    if isinstance(positions, (list, tuple, range)) and not len(positions):
         raise ValueError(f"positions is empty; give None (all) or at least one of -{seq_len}..{seq_len - 1}")
-    bad = pos[(pos < -seq_len) | (pos >= seq_len)]
-    if len(bad):
-        raise ValueError(f"position {int(bad[0])} is out of range; allowed -{seq_len}..{seq_len - 1}")
-    return pos % seq_len
+    return check_positions(positions, seq_len, "positions").reshape(-1)
 
 
 def _residuals(model: Transformer, tokens: Tensor, incl_mid: bool, positions, scale: bool = False, layers=None):

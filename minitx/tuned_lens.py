@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from minitx.checks import check_tokens
+from minitx.hooks import get_act_name
 from minitx.lens import Lens, check_lens_model, load_tensor_file, unembed_hash
 from minitx.model import Run, Transformer
 
@@ -140,7 +141,7 @@ def _check_state(state: dict, expected: dict, path: Path) -> None:
             raise ValueError(f"tuned lens parameters {path}: {name} must hold finite floats")
 
 
-def vocabulary_outcomes(model: Transformer) -> tuple[Tensor | None, float | None]:
+def _vocabulary_outcomes(model: Transformer) -> tuple[Tensor | None, float | None]:
     """(ids of the W_U columns that are not all zero, log of how many are), or (None, None) when none is zero.
 
     A zero column gives logit 0 under every lens, so all of them can be merged into ONE outcome with logit
@@ -153,7 +154,7 @@ def vocabulary_outcomes(model: Transformer) -> tuple[Tensor | None, float | None
     return (~zero).nonzero()[:, 0], math.log(n_zero)
 
 
-def outcome_log_probs(x: Tensor, model: Transformer, used: Tensor | None, log_zero: float | None) -> Tensor:
+def _outcome_log_probs(x: Tensor, model: Transformer, used: Tensor | None, log_zero: float | None) -> Tensor:
     """x [..., d_model] (a stream already in the final basis) -> log-probabilities over the outcomes
     [..., d_vocab], or over the used ids plus the merged zero columns [..., len(used) + 1]."""
     if used is None:
@@ -164,7 +165,7 @@ def outcome_log_probs(x: Tensor, model: Transformer, used: Tensor | None, log_ze
 
 def lens_kl(lens: Lens, h: Tensor, layer: int, final_log_probs: Tensor, used=None, log_zero=None) -> Tensor:
     """Mean KL(p_final || p_lens) in nats over every position of h [batch, pos, d_model] (tuned-lens's loss)."""
-    log_probs = outcome_log_probs(lens.transform(h, layer), lens.model, used, log_zero)
+    log_probs = _outcome_log_probs(lens.transform(h, layer), lens.model, used, log_zero)
     return (final_log_probs.exp() * (final_log_probs - log_probs)).sum(-1).mean()
 
 
@@ -203,9 +204,10 @@ def train_tuned_lens(model: Transformer, token_batches, *, steps: int | None = N
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps={steps!r}: the number of optimiser steps, an int >= 1")
     lens = lens or TunedLens(model)
-    optimizer, schedule = _optimizer(optimizer, list(lens.parameters()), steps, lr_scale, momentum, weight_decay)
-    names = [f"blocks.{l}.hook_resid_pre" for l in range(model.cfg.n_layer)]
-    used, log_zero = vocabulary_outcomes(model)
+    params = list(lens.parameters())
+    optimizer, schedule = _optimizer(optimizer, params, steps, lr_scale, momentum, weight_decay)
+    names = [get_act_name("resid_pre", l) for l in range(model.cfg.n_layer)]
+    used, log_zero = _vocabulary_outcomes(model)
     device, seen, start, history = model.W_U.device, 0, time.perf_counter(), []
     for step, tokens in enumerate(token_batches):
         if step == steps:
@@ -214,14 +216,17 @@ def train_tuned_lens(model: Transformer, token_batches, *, steps: int | None = N
         with torch.no_grad():
             # stop_at_layer=n_layer: the final residual, before ln_final
             resid, cache = model.run_with_cache(tokens, names_filter=names, stop_at_layer=model.cfg.n_layer)
-            final = outcome_log_probs(resid, model, used, log_zero)  # [batch, pos, outcomes]
+            final = _outcome_log_probs(resid, model, used, log_zero)  # [batch, pos, outcomes]
         losses = []
         for layer, name in enumerate(names):  # one layer at a time keeps one [batch, pos, d_vocab] graph alive
             with torch.enable_grad():
                 loss = lens_kl(lens, cache[name], layer, final, used, log_zero)
-                loss.backward()
+                # autograd.grad, not backward: a model with trainable weights gets no .grad from the lens
+                own = list(lens.translators[layer].parameters())
+                for param, grad in zip(own, torch.autograd.grad(loss, own)):
+                    param.grad = grad if param.grad is None else param.grad + grad
             losses.append(loss.item())
-        torch.nn.utils.clip_grad_norm_(list(lens.parameters()), max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=False)
         schedule.step()

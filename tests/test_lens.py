@@ -73,7 +73,7 @@ def test_errors(model):
     tokens = torch.randint(0, 256, (1, 5))
     with pytest.raises(ValueError, match="no next token at position 4"):
         lens.logit_lens(model, tokens, targets="next")
-    with pytest.raises(ValueError, match="position 5 is out of range; allowed -5..4"):
+    with pytest.raises(ValueError, match="position 5 is out of range for prompts of 5 tokens; allowed: -5..4"):
         lens.logit_lens(model, tokens, positions=[0, 5])
 
 

@@ -22,6 +22,8 @@ from minitx.tuned_lens import TunedLens
 from tests.conftest import random_model
 from tests.test_lens import hf_twin
 
+pytestmark = pytest.mark.peers  # .ci/run runs these with .venv-peers
+
 PROMPTS = ["When Mary and John went to the store, John gave a drink to Mary.",
            "The cat sat on the mat and the dog sat on the rug, because it was warm.",
            "After the meeting, the students walked home slowly through the park."]

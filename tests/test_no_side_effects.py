@@ -20,10 +20,10 @@ import torch
 from torch.testing import assert_close
 
 import minitx.model
-from minitx import attribution, dla, engine, heads, lens, metrics, path_patching, patching
+from minitx import attribution, dla, engine, heads, jacobian_lens, lens, metrics, path_patching, patching, tuned_lens
 from tests.conftest import random_model
 
-MODULES = (heads, lens, dla, engine, patching, path_patching, attribution)
+MODULES = (heads, lens, tuned_lens, jacobian_lens, dla, engine, patching, path_patching, attribution)
 CLEAN = torch.tensor([[5, 9, 2, 5, 9, 2], [7, 1, 8, 7, 1, 8]])  # repeats, for the duplicate-token score
 CORRUPTED = CLEAN.clone()
 CORRUPTED[:, 2] = torch.tensor([3, 4])
@@ -51,6 +51,12 @@ ENTRY_POINTS = {
     "lens.logit_lens": (lambda m, f: lens.logit_lens(m, CLEAN, targets="next", incl_mid=True,
                                                      positions=[0, 2, 4]), False),
     "lens.cached_scale_lens": (lambda m, f: lens.cached_scale_lens(m, CLEAN, incl_mid=True), False),
+    "lens.unembed_hash": (lambda m, f: lens.unembed_hash(m), False),
+    "tuned_lens.train_tuned_lens": (lambda m, f: list(tuned_lens.train_tuned_lens(m, [CLEAN, CLEAN],
+                                                                                  progress=False).parameters()), False),
+    "jacobian_lens.prompt_jacobians": (lambda m, f: jacobian_lens.prompt_jacobians(m, CLEAN[:1], [0, 1], 8, 1), False),
+    "jacobian_lens.fit_jacobian_lens": (lambda m, f: jacobian_lens.fit_jacobian_lens(
+        m, CLEAN, skip_first_positions=1, progress=False).jacobians, False),
     "dla.decompose_resid": (lambda m, f: dla.decompose_resid(m, CLEAN, pos=torch.tensor([5, 3])), False),
     "dla.direct_logit_attribution": (lambda m, f: dla.direct_logit_attribution(m, CLEAN, 3, wrong=5), False),
     "patching.gaussian_noise_embeddings": (lambda m, f: patching.gaussian_noise_embeddings(m, CLEAN, [1, 2]), False),
