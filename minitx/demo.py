@@ -845,7 +845,7 @@ def check_report_folder(out: Path) -> list[str]:
     return [name for name in names if "/" not in name and "\\" not in name and name not in ("", ".", "..")]
 
 
-def run_demo(model, out_dir, *, n: int = 12, batch: int = 8, seed: int = 0, prepend_bos: bool = True,
+def run_demo(model, out_dir, *, n: int = 12, batch: int = 50, seed: int = 0, prepend_bos: bool = True,
              log: Callable[[str], None] | None = _stderr, vocab: Vocab | None = None, n_pairs: int | None = None,
              pairs: list | None = None) -> dict:
     """Writes report.md and PNG figures into out_dir; returns the numbers reported (library tensors as returned).
