@@ -243,9 +243,11 @@ class Run:
         means exactly what returning the edited tensor means, and never reaches another point, the
         residual stream or a cached value. The copy costs one activation, only where a hook is."""
         own = x.clone()
-        version = own._version  # bumped by every in-place write
+        counted = not own.is_inference()  # under torch.inference_mode tensors keep no version counter
+        version = own._version if counted else None  # bumped by every in-place write
         out = fn(own, HookPoint(name))
-        edited = out is not None or own._version != version or (name.endswith("hook_scale") and not torch.equal(own, x))
+        edited = out is not None or (own._version != version if counted else not torch.equal(own, x)) or (
+            name.endswith("hook_scale") and not torch.equal(own, x))
         out = own if out is None else out
         if edited:
             check_replacement(name, x, out)

@@ -254,13 +254,13 @@ class Transformer(nn.Module):
     def _stacked(self, name: str) -> Tensor:  # [layer, ...]
         source, view = _STACKED[name]
         params = [block.get_parameter(source) for block in self.blocks]
-        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
-            return torch.stack([view(block.attn, p) for block, p in zip(self.blocks, params)])
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params) or any(p.is_inference() for p in params):
+            return torch.stack([view(block.attn, p) for block, p in zip(self.blocks, params)])  # fresh every read
         key = [(id(p), p.data_ptr(), p._version) for p in params]
         cache = self.__dict__.setdefault("_stacked_cache", {})
         if name in cache and cache[name][0] == key and cache[name][1]._version == cache[name][2]:
             return cache[name][1]
-        with torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad():  # a tensor with a version counter, in any mode
             value = torch.stack([view(block.attn, p) for block, p in zip(self.blocks, params)])
         cache[name] = (key, value, value._version)
         return value

@@ -526,3 +526,18 @@ def test_hook_arguments_none_and_backward_hooks_in_run_with_cache():
                                              bwd_hooks=[("blocks.1.hook_resid_post", lambda g, h: seen.append(h.name))])
         logits.sum().backward()
     assert seen == ["blocks.1.hook_resid_post"] and "blocks.1.hook_resid_post" in cache
+
+
+def test_hooks_and_stacked_weights_under_inference_mode(tiny_model):
+    tokens = torch.tensor([[1, 2, 3, 4]])
+    expected = tiny_model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_resid_mid", lambda x, h: x * 2)])
+    with torch.inference_mode():
+        in_place = tiny_model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_resid_mid", lambda x, h: x.mul_(2))])
+        read_only = tiny_model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_resid_mid", lambda x, h: None)])
+        W_Q = tiny_model.W_Q
+        assert tiny_model.W_Q is W_Q and torch.equal(W_Q, expected_stack(tiny_model, "W_Q"))
+        loaded = random_model(3)  # parameters made under inference_mode: read afresh, never stale
+        with torch.no_grad():
+            loaded.blocks[0].attn.W_QKV.mul_(2)
+        assert torch.equal(loaded.W_Q, expected_stack(loaded, "W_Q"))
+    assert torch.equal(in_place, expected) and torch.equal(read_only, tiny_model(tokens))
