@@ -75,11 +75,11 @@ def _normalised_rows(x: Tensor) -> Tensor:  # [n, d_model] -> rows centred, each
 
 
 def _in_convention(model: Transformer, embedding: str) -> Transformer:
-    """The model whose weights the convention reads: a processed copy for "processed" (unless it already is)."""
+    """The model whose weights the convention reads: for "processed", a copy with the transforms it lacks."""
     _check_embedding(embedding)
-    if embedding == "processed" and "fold_ln" not in getattr(model.cfg, "processing", ()):
-        from minitx.processing import process
-        return process(model)
+    if embedding == "processed":
+        from minitx.processing import TRANSFORMS, process
+        return process(model, [step for step in TRANSFORMS if step not in model.cfg.processing])
     return model
 
 
@@ -177,7 +177,7 @@ def all_composition_scores(model: Transformer, mode: str, n_samples: int = 200, 
         for earlier in range(L - 1):  # one matmul per earlier layer: its heads against every later head
             later = C_right[earlier + 1:]  # [later layer, head, d_model, d_head]
             products = C_left[earlier].flatten(0, 1) @ later.permute(2, 0, 1, 3).flatten(1)  # [H d_head, L' H d_head]
-            blocks = products.view(H, -1, L - earlier - 1, H, products.shape[1] // ((L - earlier - 1) * H))
+            blocks = products.view(H, -1, *later.shape[:2], later.shape[-1])  # [head, d_head, later layer, head, d_head]
             raw[earlier, :, earlier + 1:] = blocks.pow(2).sum((1, 4)).sqrt()
         scores = raw / (norm_left[:, :, None, None] * norm_right[None, None])
         raw, scores = raw.to(model.W_E.dtype), scores.to(model.W_E.dtype)
@@ -187,7 +187,7 @@ def all_composition_scores(model: Transformer, mode: str, n_samples: int = 200, 
     return CompositionScores(scores=scores, axes=("earlier_layer", "earlier_head", "later_layer", "later_head"),
                              raw=raw, metric=f"{mode}-composition", mode=mode, baseline_mean=mean,
                              baseline_std=std, n_samples=n_samples, above_baseline=(scores > mean + 3 * std) & later_than,
-                             processing=tuple(getattr(model.cfg, "processing", ())))
+                             processing=model.cfg.processing)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,9 +221,9 @@ def _diagonal_argmax_fraction(left: Tensor, right: Tensor, chunk: int = 2048) ->
     hits = torch.zeros(left.shape[0], device=left.device)
     for start in range(0, left.shape[1], chunk):
         rows = left[:, start:start + chunk] @ right  # [head, chunk, n]
-        own = torch.arange(rows.shape[1], device=rows.device), torch.arange(start, start + rows.shape[1], device=rows.device)
-        diagonal = rows[:, own[0], own[1]]  # [head, chunk]
-        rows[:, own[0], own[1]] = float("-inf")
+        row = torch.arange(rows.shape[1], device=rows.device)
+        diagonal = rows[:, row, start + row]  # [head, chunk]
+        rows[:, row, start + row] = float("-inf")
         hits += (diagonal > rows.max(-1).values).sum(-1)
     return hits / left.shape[1]
 
@@ -247,7 +247,7 @@ def copying_scores(model: Transformer, *, embedding: str, tokens=None) -> Copyin
             argmax[layer] = _diagonal_argmax_fraction(E[S] @ w["W_V"], w["W_O"] @ W_U[:, S])
     return CopyingScores(scores=ov, axes=("layer", "head"), metric="copying score (eigenvalues of E W_OV W_U)",
                          argmax_fraction=argmax, qk_scores=qk, tokens=S, embedding=embedding,
-                         processing=tuple(getattr(model.cfg, "processing", ())))
+                         processing=model.cfg.processing)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,7 +255,7 @@ def copying_scores(model: Transformer, *, embedding: str, tokens=None) -> Copyin
 # With the run's ln1 scales frozen, ln1 is linear in the residual stream, and the score is bilinear in
 # the stream's components: S[i, j] = scale (Σ_a ĉ_a[i] W_Q + b_Q) · (Σ_b ĉ_b[j] W_K + b_K).
 
-TOKEN, POSITION, CONSTANT = "token", "position", "constant"
+TOKEN, POSITION, CONSTANT = KINDS = ("token", "position", "constant")
 GROUPS = ("position x position", "token-carrying", "constant and position")
 
 
@@ -288,10 +288,15 @@ def _cache_for(model: Transformer, tokens: Tensor, layers) -> dict:
     return cache
 
 
-def _query_key_parts(model: Transformer, cache, layer: int) -> tuple[list[str], list[str], Tensor, Tensor]:
+def _query_key_parts(model: Transformer, cache, layer: int, by_kind: bool = False):
     """(names, kinds, q [component, batch, head, pos, d_head], k [same]) with Σ over components = the run's q, k.
-    Components: those of residual_components, then ln1's bias β, then b_Q (queries) / b_K (keys)."""
+    Components: those of residual_components (by_kind: summed into token, position, constant; everything
+    below is linear, so summing first changes nothing), then ln1's bias β, then b_Q (queries) / b_K (keys)."""
     names, kinds, parts = residual_components(model, cache, layer)
+    if by_kind:
+        index = torch.tensor([KINDS.index(kind) for kind in kinds], device=parts.device)
+        parts = parts.new_zeros(len(KINDS), *parts.shape[1:]).index_add_(0, index, parts)
+        names, kinds = list(KINDS), list(KINDS)
     ln = model.blocks[layer].ln1
     sigma = cache[f"blocks.{layer}.ln1.hook_scale"]  # [batch, pos, 1], frozen: ln1 is now linear
     normed = (parts - parts.mean(-1, keepdim=True)) / sigma * ln.w  # [component, batch, pos, d_model]
@@ -318,6 +323,7 @@ class ScoreDecomposition(Result):
     attn_scores: Tensor  # [batch, q_pos, k_pos]: blocks.{layer}.attn.hook_attn_scores of this head
 
 
+@torch.no_grad()
 def score_decomposition(model: Transformer, tokens: Tensor, layer: int, head: int) -> ScoreDecomposition:
     """The exact split of head (layer, head)'s attention scores on `tokens` [batch, pos] into query-component x
     key-component terms, with the run's ln1 scales frozen. No BOS is added."""
@@ -354,11 +360,10 @@ class PositionalTokenSplit(Result):
 def _group_shares(q: Tensor, k: Tensor, kinds: list[str], scale: float, exclude_bos: bool) -> Tensor:
     """q, k [component, batch, head, pos, d_head] -> shares [head, group, batch] of the score variance over keys."""
     def by_kind(x):  # [3, batch, head, pos, d_head]: token, position, constant components summed
-        index = torch.tensor([(TOKEN, POSITION, CONSTANT).index(kind) for kind in kinds], device=x.device)
-        return torch.zeros(3, *x.shape[1:], dtype=x.dtype, device=x.device).index_add_(0, index, x)
+        index = torch.tensor([KINDS.index(kind) for kind in kinds], device=x.device)
+        return x.new_zeros(len(KINDS), *x.shape[1:]).index_add_(0, index, x)
 
-    q3, k3 = by_kind(q), by_kind(k)
-    terms = torch.einsum("abhpe,cbhqe->acbhpq", q3, k3) * scale  # [3, 3, batch, head, q_pos, k_pos]
+    terms = torch.einsum("abhpe,cbhqe->acbhpq", by_kind(q), by_kind(k)) * scale  # [3, 3, batch, head, q_pos, k_pos]
     T = terms.shape[-1]
     keys = torch.ones(T, T, dtype=torch.bool, device=terms.device).tril()
     if exclude_bos:
@@ -389,7 +394,7 @@ def positional_token_split(model: Transformer, tokens: Tensor, exclude_bos: bool
     shares = []
     with torch.no_grad():
         for layer in layers:
-            _, kinds, q, k = _query_key_parts(model, cache, layer)
+            _, kinds, q, k = _query_key_parts(model, cache, layer, by_kind=True)
             shares.append(_group_shares(q, k, kinds, model.blocks[layer].attn.scale, exclude_bos))
     per_prompt = torch.stack(shares).float()  # [layer, head, group, prompt]
     mean, std = per_prompt.nanmean(-1), _nanstd(per_prompt)

@@ -114,7 +114,8 @@ def fold_value_biases(model: Transformer) -> Transformer:
 
 
 def process(model: Transformer, transforms=TRANSFORMS) -> Transformer:
-    """The transforms, applied in the given order (default: all four, as TransformerLens processes weights)."""
+    """The transforms, applied in the given order (default: all four, as TransformerLens processes weights).
+    With none to apply, the model itself is returned."""
     if isinstance(transforms, str) or any(t not in TRANSFORMS for t in transforms):
         raise ValueError(f"transforms must be a list of names from {', '.join(TRANSFORMS)}; got {transforms!r}")
     for name in transforms:
