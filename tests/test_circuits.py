@@ -63,6 +63,21 @@ def test_the_convention_must_be_named(model):
         circuits.token_QK_circuit(model, 3, 0, embedding="raw")
 
 
+def test_bad_arguments_get_one_clear_error(model):
+    tokens = torch.randint(0, 50, (2, 6))
+    cases = [(lambda: circuits.full_OV_circuit(model, 0, 4, embedding="raw"), ValueError, "this model has heads 0..3"),
+             (lambda: circuits.all_composition_scores(model, "QK"), ValueError, "choose 'Q'"),
+             (lambda: circuits.all_composition_scores(model, "K", n_samples=1), ValueError, "at least 2"),
+             (lambda: circuits.all_composition_scores(model, "K", seed=-1), ValueError, "seed"),
+             (lambda: circuits.copying_scores(model, embedding="raw", tokens=[1.5]), TypeError, "token"),
+             (lambda: circuits.score_decomposition(model, tokens.float(), 0, 0), TypeError, "integer ids"),
+             (lambda: circuits.score_decomposition(model, tokens, -1, 0), ValueError, "layers 0..2"),
+             (lambda: circuits.positional_token_split(model, tokens[:, :1]), ValueError, "at least 2 tokens")]
+    for call, error, message in cases:
+        with pytest.raises(error, match=message):
+            call()
+
+
 @pytest.mark.parametrize("mode", ["Q", "K", "V"])
 def test_composition_scores_equal_the_dense_definition(model, mode):
     result = circuits.all_composition_scores(model, mode, n_samples=100)
