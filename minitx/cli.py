@@ -489,7 +489,8 @@ def cmd_lens(args) -> int:
     import torch
     _warn_blank(args, model, vocab, tokens if target is None else torch.cat([tokens, torch.tensor([[target]])], 1),
                 "the prompt" if target is None else "the prompt or --target")
-    result = lens.logit_lens(model, tokens, targets=target, incl_mid=args.incl_mid)
+    chosen = _lens(args, model, args.lens)
+    result = lens.read_lens(chosen, tokens, targets=target, incl_mid=args.incl_mid)
     labels = vocab.str_tokens(tokens[0])
     p = args.pos % T
     header = ["stream", "top-1", "p(top-1)"] + ([f"p({vocab.decode(target)!r})", "rank"] if target is not None else [])
@@ -499,13 +500,40 @@ def cmd_lens(args) -> int:
         if target is not None:
             row += [float(result.target_probs[i, 0, p]), int(result.target_ranks[i, 0, p])]
         rows.append(row)
-    say(f"logit lens at position {p} ({labels[p]!r}); rank 0 = top-1")
+    say(f"{args.lens} lens at position {p} ({labels[p]!r}); rank 0 = top-1")
     say(text_table(header, rows))
     what = f"colour = p({vocab.decode(target)!r})" if target is not None else "colour = p(top-1)"
-    fig = plots.lens_table(result, labels, vocab.decode, title=f"logit lens on {args.prompt!r}: top-1 token per "
-                                                              f"layer; {what}")
-    _save_figure(fig, args, "lens.png")
+    fig = plots.lens_table(result, labels, vocab.decode, title=f"{args.lens} lens on {args.prompt!r}: top-1 token "
+                                                              f"per layer; {what}")
+    if not args.compare:
+        _save_figure(fig, args, "lens.png")
+        return 0
+    lenses = {kind: _lens(args, model, kind) for kind in ("logit", "tuned", "jacobian")}
+    scores = lens.lens_scores(lenses, [tokens])
+    paths = ({kind: lens.read_lens(lenses[kind], tokens, targets=target, positions=[p]) for kind in lenses}
+             if target is not None else None)
+    say(text_table(["lens", "mean KL(final || layer) per stream, nats"],
+                   [[kind, "  ".join(f"{l} {k:.3f}" for l, k in zip(s["labels"], s["kl"]))] for kind, s in scores.items()]))
+    _save_figure(plots.lens_comparison(scores, paths, repr(vocab.decode(target)) if target is not None else "",
+                                       title=f"lenses on {args.prompt!r} ({len(labels)} positions)"), args, "lens.png")
     return 0
+
+
+def _lens(args, model, kind: str):
+    """The lens to read with: the logit lens, or a tuned / Jacobian lens from --lens-path or the model's lenses/."""
+    from minitx import lens
+    if kind == "logit":
+        return lens.LogitLens(model)
+    folder = Path(resolve_model(args.model)) / "lenses"
+    path = Path(args.lens_path) if args.lens_path and kind == args.lens else folder / ("tuned" if kind == "tuned" else
+                                                                                      "jacobian.pt")
+    if not path.exists():
+        raise FileNotFoundError(f"no {kind} lens at {path}; give --lens-path, or make one with scripts/train_lenses.py")
+    if kind == "tuned":
+        from minitx.tuned_lens import TunedLens
+        return TunedLens.load(model, path)
+    from minitx.jacobian_lens import JacobianLens
+    return JacobianLens.load(model, path)
 
 
 def _circuit_prompts(args, model, vocab):
@@ -900,7 +928,16 @@ def args_lens(p) -> None:
     p.add_argument("--target", default=None, help=f"token whose probability and rank to show ({TOKEN_HELP})")
     p.add_argument("--pos", type=int, default=-1, help="position the table shows; the figure shows all")
     p.add_argument("--incl-mid", action="store_true", help="also read each block's resid_mid (between attention "
-                                                           "and MLP) (default: resid_pre and the final stream only)")
+                                                           "and MLP; logit lens only) (default: resid_pre and the "
+                                                           "final stream only)")
+    p.add_argument("--lens", choices=["logit", "tuned", "jacobian"], default="logit",
+                   help="which lens reads the streams: the logit lens, or the tuned / Jacobian lens shipped in the "
+                        "model's lenses/ folder (docs/methods.md §13)")
+    p.add_argument("--lens-path", default=None, help="a tuned-lens folder or a Jacobian-lens .pt file for --lens "
+                                                      "(default: <model>/lenses/tuned or <model>/lenses/jacobian.pt)")
+    p.add_argument("--compare", action="store_true", help="instead of the table figure, draw the three lenses' KL "
+                                                          "to the final distribution, top-1 agreement and p(--target) "
+                                                          "per stream on this prompt")
 
 
 def args_circuits(p) -> None:

@@ -299,3 +299,41 @@ def test_lens_comparison_figure(model):
         plots.lens_table(whole, [str(i) for i in range(6)], batch=5)
     with pytest.raises(ValueError, match="token_batches is empty"):
         lens.lens_scores(lenses, [])
+
+
+def test_command_line_lens_choice(tmp_path, capsys):
+    """`minitx lens --lens tuned|jacobian` reads the lenses in the model's lenses/ folder (or --lens-path); the
+    table is read_lens's; --compare draws the three lenses; a missing lens or incl-mid is one clean line."""
+    from minitx import cli
+
+    def main(argv):
+        return cli.main([str(a) for a in argv])
+    model = random_model(n_layer=3, n_head=2, n_embd=32, n_positions=48, vocab_size=65)
+    folder = tmp_path / "tiny"
+    model.save_pretrained(folder)
+    model = minitx.load(folder)
+    tuned = TunedLens(model)
+    with torch.no_grad():
+        tuned.translators[1].bias.fill_(0.5)
+    tuned.save(folder / "lenses" / "tuned")
+    identity_jacobian_lens(model).save(tmp_path / "elsewhere.pt")
+    tokens = torch.tensor([[7, 8, 9, 7, 8]])
+    expected = lens.read_lens(tuned, tokens, targets=9)
+    assert main(["lens", "7 8 9 7 8", "--model", folder, "--target", "9", "--lens", "tuned", "--no-prepend-bos",
+                 "--out", tmp_path / "t.png"]) == 0
+    out = capsys.readouterr().out
+    assert "tuned lens at position 4" in out
+    row = next(line for line in out.splitlines() if line.startswith("1_pre")).split()
+    assert float(row[-2]) == pytest.approx(float(expected.target_probs[1, 0, -1]), abs=5e-4)
+    assert main(["lens", "7 8 9 7 8", "--model", folder, "--lens", "jacobian", "--lens-path",
+                 tmp_path / "elsewhere.pt", "--out", tmp_path / "j.png"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[3:-1]] == ["1_pre", "2_pre", "final"]
+    assert main(["lens", "7 8 9 7 8", "--model", folder, "--lens", "jacobian", "--out", tmp_path / "x.png"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no jacobian lens at" in err[0] and "--lens-path" in err[0]
+    assert main(["lens", "7 8", "--model", folder, "--lens", "tuned", "--incl-mid", "--out", tmp_path / "y.png"]) == 2
+    assert "only the logit lens can" in capsys.readouterr().err
+    identity_jacobian_lens(model).save(folder / "lenses" / "jacobian.pt")
+    assert main(["lens", "7 8 9 7 8", "--model", folder, "--target", "9", "--compare",
+                 "--out", tmp_path / "c.png"]) == 0
+    assert (tmp_path / "c.png").stat().st_size > 10_000
