@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["View", "html_page", "fragment", "result_html", "encode_patterns", "decode_patterns", "result_payload", "QUANT",
-           "DECIMALS"]
+__all__ = ["View", "html_page", "fragment", "result_html", "encode_patterns", "decode_patterns", "result_payload",
+           "edge_payload", "QUANT", "DECIMALS", "MAX_EDGES"]
 
 QUANT = 65535  # attention weights are stored as round(p * QUANT) in uint16
 DECIMALS = 4  # lens probabilities and patching values are stored rounded to this many decimals
@@ -71,8 +71,27 @@ def _round(x: Tensor) -> list:
     return [None if v != v else v for v in values.reshape(-1).tolist()]
 
 
+MAX_EDGES = 500  # a circuit view embeds the edges of largest |score| (GPT-2 small has 32,491)
+
+
+def edge_payload(result, title: str, pair: dict | None) -> dict:
+    """Edge scores over an EdgeGraph (discovery.EdgeScores) -> the circuit view: the MAX_EDGES edges of largest
+    |score| as [writer label, reader label, score], largest first."""
+    graph, scores = result.graph, result.scores.detach().cpu().double()
+    order = scores.abs().argsort(descending=True)[:MAX_EDGES].tolist()
+    edges = [[graph.writer_labels[w], graph.reader_labels[r], round(float(scores[e]), DECIMALS)]
+             for e in order for w, r in [graph.edges[e].tolist()]]
+    return {"title": title, "kind": type(result).__name__, "view": "circuit", "metric": result.metric,
+            "method": getattr(result, "method", None), "n_layer": graph.n_layer, "n_head": graph.n_head,
+            "n_edges": graph.n_edges, "edges": edges, "clean": result.clean, "corrupted": result.corrupted,
+            "pair": pair}
+
+
 def result_payload(result, title: str, pos_labels: list[str] | None, pair: dict | None) -> dict:
-    """A Result's scores as heatmaps: 2-D as one, 1-D as one column, 3-D as one per index of the last axis."""
+    """A Result's scores as heatmaps: 2-D as one, 1-D as one column, 3-D as one per index of the last axis;
+    scores over the edges of a graph (circuit discovery) as the circuit view."""
+    if hasattr(getattr(result, "graph", None), "writer_labels") and tuple(result.axes) == ("edge",):
+        return edge_payload(result, title, pair)
     axes = list(result.axes) or [f"axis {i}" for i in range(result.scores.dim())]
     raw = result.raw if result.raw is not None and result.raw.shape == result.scores.shape else None
 

@@ -194,7 +194,59 @@ function minitxView(root, d) {
     return sec;
   }
 
+  // Circuit discovery: the graph of components, layer 0 at the bottom, with the edges of largest |score|.
+  function circuitSection(R) {
+    const sec = el("section", { "data-view": "circuit" });
+    const pair = R.pair ? "clean: " + q(R.pair.clean.join("")) + " | corrupted: " + q(R.pair.corrupted.join("")) : "";
+    const base = R.clean !== null ? "clean " + fmt(R.clean) + ", corrupted " + fmt(R.corrupted) : "";
+    const L = R.n_layer, H = R.n_head, row = 64, W = Math.max(520, (H + 1) * 64);
+    const probe = el("div"); probe.innerHTML = "<svg></svg>";  // the SVG namespace, without writing out its URL
+    const NS = probe.firstChild.namespaceURI;
+    const svgEl = (tag, attrs) => { const e = document.createElementNS(NS, tag);
+      for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v); return e; };
+    const x = (i) => ((i + 0.5) * W) / (H + 1), y = (r) => 28 + r * row;  // row 0 = logits, row L + 1 = input
+    const node = (label, reading) => {  // a writer's label -> where its edges leave (top); a reader's -> where they enter
+      if (label === "input") return [W / 2, y(L + 1) - 10];
+      if (label === "logits") return [W / 2, y(0) + 10];
+      let m = /^mlp(\d+)$/.exec(label);
+      if (m) return [x(H), y(L - +m[1]) + (reading ? 10 : -10)];
+      m = /^(\d+)\.(\d+)(?:\.([qkv]))?$/.exec(label);
+      return [x(+m[2]) + (m[3] ? 8 * ("qkv".indexOf(m[3]) - 1) : 0), y(L - +m[1]) + (m[3] ? 10 : -10)];
+    };
+    const m = Math.max(1e-9, ...R.edges.map((e) => Math.abs(e[2])));
+    const svg = svgEl("svg", { width: W, height: y(L + 1) + 28, "data-part": "circuit" });
+    const draw = (k) => {
+      svg.replaceChildren();
+      const labelled = (cx, cy, text) => {  // nodes on top of the edges, transparent to the mouse
+        svg.append(svgEl("circle", { cx, cy, r: 10, fill: "#f4f4f4", stroke: "#999", "pointer-events": "none" }));
+        const t = svgEl("text", { x: cx, y: cy + 4, "text-anchor": "middle", "font-size": 10, "pointer-events": "none" });
+        t.textContent = text; svg.append(t); };
+      R.edges.slice(0, k).map((e, i) => [e, i]).reverse().forEach(([[w, r, s], i]) => {  // strongest drawn last, on top
+        const [x1, y1] = node(w, false), [x2, y2] = node(r, true);
+        const line = svgEl("line", { x1, y1, x2, y2, stroke: signed(s, m), "stroke-width": 1.5 + (5 * Math.abs(s)) / m,
+          "stroke-linecap": "round", "data-edge": i, "data-label": w + " -> " + r });
+        line.onmousemove = (ev) => showTip(ev, w + " -> " + r + "\nscore " + fmt(s) + "\nmetric: " + (R.metric || "n/a") +
+          (R.method ? "\nmethod: " + R.method : "") + (base ? "\n" + base : "") + (pair ? "\n" + pair.replace(" | ", "\n") : ""));
+        line.onmouseleave = hideTip;
+        svg.append(line);
+      });
+      labelled(W / 2, y(L + 1), "in"); labelled(W / 2, y(0), "out");
+      for (let l = 0; l < L; l++) { for (let h = 0; h < H; h++) labelled(x(h), y(L - l), l + "." + h); labelled(x(H), y(L - l), "m" + l); }
+    };
+    const counts = [10, 20, 50, 100, 200, R.edges.length].filter((n, i, a) => n <= R.edges.length && a.indexOf(n) === i);
+    const pick = select("edges shown", counts.length, counts.map(String), (i) => draw(counts[i]));
+    sec.append(el("h2", { text: R.title + " (" + R.kind + ")" }), context(pair, ["metric: " + (R.metric || "n/a"), base,
+      R.method && "method: " + R.method].filter(Boolean).join(" | ")),
+      el("div", { class: "meta", text: "Score: the estimated change of the metric when the edge is patched (noising form, " +
+        "docs/methods.md §12.3): blue = negative (the edge carries what the metric needs), red = positive. Readers q, k, v " +
+        "enter a head at its left, centre and right. The " + R.edges.length + " edges of largest |score| (of " + R.n_edges + ") are embedded. " }, pick),
+      svg);
+    const start = Math.max(0, counts.indexOf(20));
+    pick.querySelector("select").value = start; draw(counts[start]);
+    return sec;
+  }
+
   if (d.prompts.length && d.prompts[0].attn) root.append(attentionSection());
   if (d.prompts.length && d.prompts[0].lens) root.append(lensSection());
-  (d.results || []).forEach((R) => root.append(resultSection(R)));
+  (d.results || []).forEach((R) => root.append(R.view === "circuit" ? circuitSection(R) : resultSection(R)));
 }

@@ -59,13 +59,22 @@ def _prompt_payload(model, tokens: Tensor, vocab, top_k: int, words: dict, lens:
     return entry
 
 
+def _title(result) -> str:
+    """e.g. "denoising z", "EAP edge scores", or the result's type."""
+    if getattr(result, "method", None) and hasattr(result, "graph"):
+        return f"{result.method} edge scores"
+    words = [getattr(result, "direction", None), getattr(result, "point", None)]
+    return " ".join(w for w in words if w) or type(result).__name__
+
+
 def view(model, prompts, *, prepend_bos: bool, model_name: str = "", vocab=None, results=(), pair=None,
          top_k: int = 5, lens: bool | Lens = True, title: str = "minitx view") -> View:
     """Returns View: the page for `prompts` (a str, a list of str, or token ids [batch, pos] / [pos]).
 
     prepend_bos: said on the page; applied to text prompts (token tensors are used as given).
     vocab: a minitx.prompts.Vocab (default: GPT-2's tokenizer for a 50257-id model, else integer ids).
-    results: Result objects (patching, path patching, ...) to show as heatmaps; `pair` = (clean, corrupted)
+    results: Result objects to show: patching, path patching ... as heatmaps, circuit discovery's edge scores
+    (discovery.EdgeScores) as a circuit graph; `pair` = (clean, corrupted)
     prompts or tokens they were computed on, shown on hover and used to label positions.
     top_k: tokens listed on hover of a lens cell. lens: True for the logit lens, a Lens of this model (e.g. a
     minitx.tuned_lens.TunedLens) to read the streams through it instead, False to leave the table out.
@@ -81,8 +90,7 @@ def view(model, prompts, *, prepend_bos: bool, model_name: str = "", vocab=None,
         clean, corrupted = (_as_tokens(p, vocab, prepend_bos) for p in pair)
         pair_data = {"clean": vocab.str_tokens(clean[0]), "corrupted": vocab.str_tokens(corrupted[0])}
         pos_labels = [a if a == b else f"{a}/{b}" for a, b in zip(pair_data["clean"], pair_data["corrupted"])]
-    panels = [result_payload(r, f"{getattr(r, 'direction', '') or ''} {getattr(r, 'point', '') or type(r).__name__}"
-                              .strip(), pos_labels, pair_data) for r in results]
+    panels = [result_payload(r, _title(r), pos_labels, pair_data) for r in results]
     cfg = model.cfg
     data = {"title": title, "model": model_name or f"{cfg.n_layer}-layer GPT-2 ({cfg.n_head} heads)",
             "n_layer": cfg.n_layer, "n_head": cfg.n_head, "bos": bool(prepend_bos), "quant": QUANT,

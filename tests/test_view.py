@@ -20,13 +20,13 @@ import pytest
 import torch
 
 import minitx
-from minitx import heads, metrics, page as pages, patching
+from minitx import discovery, heads, metrics, page as pages, patching
 from minitx.lens import logit_lens
 from minitx.prompts import Vocab
 
 PROMPTS = ["The cat sat on the mat because it was tired", "The cat chased the mouse. The one who chased was the"]
 CLEAN, CORRUPTED = PROMPTS[1], "The mouse chased the cat. The one who chased was the"
-SHOWN = 5e-4  # values are displayed with 3 decimals: at most half a unit of the last place from the stored value
+SHOWN = 1e-3  # shown with 3 decimals (half a unit: 5e-4) from values stored to 4 (5e-5) or quantised (7.7e-6)
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +36,12 @@ def model():
 
 @pytest.fixture(scope="module")
 def case(model):
-    """(page, results, clean, corrupted): two prompts, and resid_pre-by-position and z-by-head patching."""
+    """(page, results, clean, corrupted): two prompts; resid_pre-by-position and z-by-head patching, EAP edge scores."""
     clean, corrupted = (minitx.to_tokens(p, prepend_bos=True) for p in (CLEAN, CORRUPTED))
     metric = metrics.logit_diff_metric(minitx.to_single_token(" cat"), minitx.to_single_token(" mouse"))
     results = [patching.activation_patching(model, clean, corrupted, metric, "resid_pre", by="pos"),
-               patching.activation_patching(model, clean, corrupted, metric, "z", by="all")]
+               patching.activation_patching(model, clean, corrupted, metric, "z", by="all"),
+               discovery.eap(model, clean, corrupted, metric)]
     page = minitx.view(model, PROMPTS, prepend_bos=True, model_name="english-6l", results=results,
                        pair=(clean, corrupted))
     return page, results, clean, corrupted
@@ -83,12 +84,22 @@ def test_embedded_lens_and_patching_equal_the_librarys(model, case):
         assert entry["lens"]["ids"] == lens.top_tokens[:, 0].tolist()
         torch.testing.assert_close(torch.tensor(entry["lens"]["probs"]), lens.top_probs[:, 0], atol=5e-5, rtol=0)
         assert all(data["words"][str(i)] == minitx.to_string([i]) for i in lens.top_tokens.unique().tolist())
-    for result, shown in zip(results, data["results"]):
+    for result, shown in zip(results[:2], data["results"]):
         assert shown["metric"] == result.metric and shown["clean"] == result.clean
         values = torch.tensor(shown["values"][0], dtype=torch.float64).reshape(result.scores.shape)
         torch.testing.assert_close(values, result.scores.double(), atol=5e-5, rtol=0)
         assert shown["pair"]["clean"] == minitx.to_str_tokens(clean[0])
         assert shown["pair"]["corrupted"] == minitx.to_str_tokens(corrupted[0])
+
+
+def test_embedded_edges_are_the_largest_scores(case):
+    scores = case[1][2]  # EdgeScores
+    shown = embedded(case[0].html)["results"][2]
+    assert shown["view"] == "circuit" and shown["n_edges"] == scores.graph.n_edges == len(scores.scores)
+    order = scores.scores.abs().argsort(descending=True)[:len(shown["edges"])]
+    assert len(shown["edges"]) == min(pages.MAX_EDGES, len(scores.scores))
+    for (writer, reader, value), e in zip(shown["edges"], order.tolist()):
+        assert f"{writer} -> {reader}" == scores.graph.label(e) and abs(value - float(scores.scores[e])) <= 5e-5
 
 
 def test_a_tuned_lens_table(model):
@@ -207,7 +218,7 @@ def test_browser_token_hover_shows_every_heads_attention(opened, model):
     for cell in cells:
         h, k, direction = int(cell.get_attribute("data-head")), int(cell.get_attribute("data-pos")), cell.get_attribute("data-dir")
         value = expected[0, h, i, k] if direction == "from" else expected[0, h, k, i]
-        assert abs(float(cell.text) - float(value)) <= SHOWN + 1e-5, (h, k, direction)
+        assert abs(float(cell.text) - float(value)) <= SHOWN, (h, k, direction)
 
 
 def test_browser_heatmap_hover_shows_the_pattern_value(opened, model):
@@ -222,7 +233,7 @@ def test_browser_heatmap_hover_shows_the_pattern_value(opened, model):
             text = tip(opened)
             assert f"head {layer}.{head}  query {q} " in text and f"-> key {k} " in text, text
             shown = float(re.search(r"attention ([0-9.]+)", text).group(1))
-            assert abs(shown - float(expected[layer, head, q, k])) <= SHOWN + 1e-5
+            assert abs(shown - float(expected[layer, head, q, k])) <= SHOWN
 
 
 def test_browser_lens_and_patching_hover(opened, model, case):
@@ -234,15 +245,27 @@ def test_browser_lens_and_patching_hover(opened, model, case):
     assert lines[0].startswith(f"{lens.labels[row]}, position {col} ")
     for line, token_id, p in zip(lines[1:], lens.top_tokens[row, 0, col].tolist(), lens.top_probs[row, 0, col].tolist()):
         word, shown = line.rsplit(" ", 1)
-        assert json.loads(word) == minitx.to_string([token_id]) and abs(float(shown) - p) <= SHOWN + 1e-5
+        assert json.loads(word) == minitx.to_string([token_id]) and abs(float(shown) - p) <= SHOWN
     result = case[1][0]  # resid_pre by position, [layer, pos]
     layer, pos = 2, 2
     table = opened.find_elements("css selector", "[data-view=result] table[data-part=result]")[0]
     hover(opened, table.find_element("css selector", f"td[data-row='{layer}'][data-col='{pos}']"))
     text = tip(opened)
-    assert abs(float(re.search(r"score (-?[0-9.]+)", text).group(1)) - float(result.scores[layer, pos])) <= SHOWN + 1e-5
+    assert abs(float(re.search(r"score (-?[0-9.]+)", text).group(1)) - float(result.scores[layer, pos])) <= SHOWN
     assert f"metric: {result.metric}" in text
     assert json.dumps("<|endoftext|>" + CLEAN) in text and json.dumps("<|endoftext|>" + CORRUPTED) in text
+
+
+def test_browser_circuit_edge_hover(opened, case):
+    scores = case[1][2]
+    for rank in (0, 3):
+        e = int(scores.scores.abs().argsort(descending=True)[rank])
+        line = opened.find_element("css selector", f"[data-view=circuit] line[data-edge='{rank}']")
+        assert line.get_attribute("data-label") == scores.graph.label(e)
+        hover(opened, line)
+        text = tip(opened)
+        assert text.startswith(scores.graph.label(e) + "\n") and "method: EAP" in text, text
+        assert abs(float(re.search(r"score (-?[0-9.]+)", text).group(1)) - float(scores.scores[e])) <= SHOWN
 
 
 def test_browser_no_console_error_no_network_and_screenshots(opened, tmp_path):
@@ -254,8 +277,8 @@ def test_browser_no_console_error_no_network_and_screenshots(opened, tmp_path):
     out = Path(os.environ.get("MINITX_ARTIFACTS", tmp_path))
     out.mkdir(parents=True, exist_ok=True)
     sections = opened.find_elements("css selector", ".mtx section[data-view]")
-    assert [s.get_attribute("data-view") for s in sections] == ["attention", "lens", "result", "result"]
-    for name, section in zip(["attention", "lens", "patching-resid", "patching-heads"], sections):
+    assert [s.get_attribute("data-view") for s in sections] == ["attention", "lens", "result", "result", "circuit"]
+    for name, section in zip(["attention", "lens", "patching-resid", "patching-heads", "circuit"], sections):
         opened.execute_script("arguments[0].scrollIntoView()", section)
         path = out / f"view-{name}.png"
         assert section.screenshot(str(path))
