@@ -418,6 +418,52 @@ def bench_composition(ours, peers, repeats, results):
     results["composition_scores"]["minitx"]["baseline_once_s"] = baseline
 
 
+def bench_lenses(cfg_kwargs: dict, n_prompts: int, pos: int, repeats: int, results):
+    """Fitting a Jacobian lens (every block output, dim_batch 8) on n_prompts prompts of `pos` tokens: minitx's
+    fit_jacobian_lens against TransformerLens 4.3's JacobianLens.fit on the same weights and tokens (the bridge
+    booted from a checkpoint with GPT-2's tokenizer files), checked equal to 1e-4; then tuned-lens training
+    throughput (train_tuned_lens, the published recipe, batch 4 x pos) in tokens/s. GPT-2 vocabulary."""
+    import shutil
+    from minitx.jacobian_lens import fit_jacobian_lens
+    from minitx.tokenizer import Tokenizer
+    from minitx.tuned_lens import train_tuned_lens
+    words = [" the", " cat", " sat", " on", " mat", " and", " a", " dog", " ran", " to", " park", " in", " rain"]
+    rng = torch.Generator().manual_seed(0)
+    texts = ["".join(words[int(i)] for i in torch.randint(0, len(words), (pos - 1,), generator=rng))
+             for _ in range(n_prompts)]  # one GPT-2 token per word: pos tokens with BOS
+    tokens = [Tokenizer.default().to_tokens(t, prepend_bos=True)[0].to(DEVICE) for t in texts]
+    fit = dict(dim_batch=8, max_seq_len=pos, skip_first_positions=min(16, pos // 4))
+    with tempfile.TemporaryDirectory() as tmp:
+        model = minitx.Transformer(minitx.Config(**cfg_kwargs)).init_weights(0)
+        model.save_pretrained(tmp)
+        ours = load(tmp, device=DEVICE).eval().requires_grad_(False)
+        contestants = {"minitx": lambda: fit_jacobian_lens(ours, tokens, progress=False, **fit)}
+        if tl_peers is not None:
+            from transformer_lens.tools.analysis.jacobian_lens import JacobianLens
+            source = ROOT / "minitx" / "data" / "gpt2"
+            shutil.copy(source / "encoder.json", Path(tmp) / "vocab.json")
+            shutil.copy(source / "vocab.bpe", Path(tmp) / "merges.txt")
+            Path(tmp, "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GPT2Tokenizer", **dict.fromkeys(
+                ["bos_token", "eos_token", "unk_token"], "<|endoftext|>")}))
+            bridge = tl_peers.bridge(tmp, DEVICE)
+            contestants["TL bridge"] = lambda: JacobianLens.fit(bridge, texts, corpus="bench", show_progress=False, **fit)
+            ours_J, theirs_J = contestants["minitx"](), contestants["TL bridge"]()
+            gap = max(float((ours_J.jacobians[l].cpu() - theirs_J.jacobians[l]).abs().max()) for l in ours_J.jacobians)
+            if gap > 1e-4:
+                raise SystemExit(f"Jacobian lens differs from TransformerLens's fit by {gap:.2e}")
+        times = race(contestants, repeats, warmup=0)
+        key = f"jacobian_lens_fit_{n_prompts}x{pos}"
+        results[key] = report(f"Jacobian lens fit, {n_prompts} prompts x {pos} tokens, d_model {ours.cfg.d_model}, "
+                              f"{ours.cfg.n_layer} layers", times)
+        batches = [random_tokens(ours.cfg, (4, pos), seed) for seed in range(3)]
+        train_tuned_lens(ours, batches[:1], progress=False)  # warm-up
+        seconds = statistics.median(timed(lambda: train_tuned_lens(ours, batches, progress=False), repeats))
+        rate = 3 * 4 * pos / seconds
+        print(f"  tuned lens training (train_tuned_lens, 3 steps of 4 x {pos} tokens, full vocabulary): "
+              f"{rate:,.0f} tokens/s")
+        results["tuned_lens_training"] = {"tokens_per_s": rate, "batch": [4, pos], "steps": 3}
+
+
 def cpu_name() -> str:
     try:
         return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
@@ -429,7 +475,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny model, one repeat: a smoke test, not a measurement")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--only", default="forward,cache,sweeps,path,generate,fresh,scaling,medium,bfloat16,composition")
+    parser.add_argument("--only", default="forward,cache,sweeps,path,generate,fresh,scaling,medium,bfloat16,composition,"
+                                          "lenses")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (every peer runs there)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", default=None, help="also write the results here")
@@ -472,6 +519,9 @@ def main():
         if "scaling" in only:
             bench_scaling(ours, peers, results, [16, 32] if args.quick else [64, 128, 256, 512, 1024])
         del ours, peers
+    if "lenses" in only:
+        bench_lenses(small if not args.quick else dict(small, vocab_size=50257), 4 if args.quick else 16,
+                     24 if args.quick else 128, 1 if args.quick else max(1, args.repeats // 2), results)
     if "medium" in only and not args.quick:
         with tempfile.TemporaryDirectory() as tmp:
             ours, peers = build(dict(n_layer=24, n_head=16, n_embd=1024, n_positions=1024, vocab_size=50257), Path(tmp))
