@@ -520,8 +520,11 @@ def main():
             bench_scaling(ours, peers, results, [16, 32] if args.quick else [64, 128, 256, 512, 1024])
         del ours, peers
     if "lenses" in only:
-        bench_lenses(small if not args.quick else dict(small, vocab_size=50257), 4 if args.quick else 16,
-                     24 if args.quick else 128, 1 if args.quick else max(1, args.repeats // 2), results)
+        # GPT-2 small's shape needs 768 backward passes per prompt: a GPU's work. On a CPU, 4 layers of width 256.
+        shape = small if DEVICE.startswith("cuda") else dict(small, n_layer=4, n_head=4, n_embd=256)
+        bench_lenses(dict(small, vocab_size=50257) if args.quick else shape, 4 if args.quick else 16,
+                     24 if args.quick else (128 if DEVICE.startswith("cuda") else 64),
+                     1 if args.quick else max(1, args.repeats // 2), results)
     if "medium" in only and not args.quick:
         with tempfile.TemporaryDirectory() as tmp:
             ours, peers = build(dict(n_layer=24, n_head=16, n_embd=1024, n_positions=1024, vocab_size=50257), Path(tmp))
