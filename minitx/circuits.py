@@ -349,16 +349,24 @@ class PositionalTokenSplit(Result):
     position x position is above 0.5; when that of token-carrying terms is, "token-pair" in layer 0 and
     "indirect" after it (earlier heads and MLPs carry what they computed, position included: in GPT-2-like
     models MLP0 re-encodes token and position, so a later head can be positional without W_pos's own path);
-    else "mixed"."""
+    else "mixed".
+    same_in_every_prompt [layer, head] (per prompt: same_per_prompt [layer, head, prompt]): the share of each
+    prompt's score variation over keys that the other prompts' mean scores at the same (query, key) positions
+    explain, Cov / Var as above. On prompts that share no token at a position (random tokens), that is the
+    part set by positions alone, by whatever path position reaches the head; on templated prompts it also
+    holds the template's tokens. NaN for a single prompt."""
 
     groups: tuple
     std: Tensor
     kind: list
     exclude_bos: bool
+    same_in_every_prompt: Tensor
+    same_per_prompt: Tensor
 
 
-def _group_shares(q: Tensor, k: Tensor, kinds: list[str], scale: float, exclude_bos: bool) -> Tensor:
-    """q, k [component, batch, head, pos, d_head] -> shares [head, group, batch] of the score variance over keys."""
+def _group_shares(q: Tensor, k: Tensor, kinds: list[str], scale: float, exclude_bos: bool) -> tuple[Tensor, Tensor]:
+    """q, k [component, batch, head, pos, d_head] -> (shares [head, group, batch] of the score variance over keys,
+    shares [head, batch] of it that the other prompts' mean score explains)."""
     def by_kind(x):  # [3, batch, head, pos, d_head]: token, position, constant components summed
         index = torch.tensor([KINDS.index(kind) for kind in kinds], device=x.device)
         return x.new_zeros(len(KINDS), *x.shape[1:]).index_add_(0, index, x)
@@ -377,7 +385,10 @@ def _group_shares(q: Tensor, k: Tensor, kinds: list[str], scale: float, exclude_
     groups = torch.stack([position, token, total - position - token])  # [group, batch, head, q, k]
     variance = (total * total).sum((-2, -1))  # [batch, head], pooled over queries
     shares = (groups * total).sum((-2, -1)) / variance  # Σ over groups = 1
-    return shares.permute(2, 0, 1)  # [head, group, batch]
+    B = total.shape[0]
+    others = (total.sum(0) - total) / (B - 1) if B > 1 else torch.full_like(total, float("nan"))  # leave one out
+    same = (others * total).sum((-2, -1)) / variance  # [batch, head]
+    return shares.permute(2, 0, 1), same.T  # [head, group, batch], [head, batch]
 
 
 def positional_token_split(model: Transformer, tokens: Tensor, exclude_bos: bool = False) -> PositionalTokenSplit:
@@ -391,12 +402,14 @@ def positional_token_split(model: Transformer, tokens: Tensor, exclude_bos: bool
                          f"need at least {2 + exclude_bos} tokens{' with exclude_bos' if exclude_bos else ''}")
     layers = list(range(model.cfg.n_layer))
     cache = _cache_for(model, tokens, layers)
-    shares = []
+    shares, same = [], []
     with torch.no_grad():
         for layer in layers:
             _, kinds, q, k = _query_key_parts(model, cache, layer, by_kind=True)
-            shares.append(_group_shares(q, k, kinds, model.blocks[layer].attn.scale, exclude_bos))
-    per_prompt = torch.stack(shares).float()  # [layer, head, group, prompt]
+            by_group, by_others = _group_shares(q, k, kinds, model.blocks[layer].attn.scale, exclude_bos)
+            shares.append(by_group)
+            same.append(by_others)
+    per_prompt, same = torch.stack(shares).float(), torch.stack(same).float()  # [layer, head, (group,) prompt]
     mean, std = per_prompt.nanmean(-1), _nanstd(per_prompt)
     sem = std / per_prompt.shape[-1] ** 0.5
     lower = mean - 2 * sem
@@ -405,7 +418,7 @@ def positional_token_split(model: Transformer, tokens: Tensor, exclude_bos: bool
              for h in range(model.cfg.n_head)] for l in layers]
     return PositionalTokenSplit(scores=mean, axes=("layer", "head", "group"), per_prompt=per_prompt,
                                 metric="share of the score variance over keys", groups=GROUPS, std=std, kind=kind,
-                                exclude_bos=exclude_bos)
+                                exclude_bos=exclude_bos, same_in_every_prompt=same.nanmean(-1), same_per_prompt=same)
 
 
 def _nanstd(x: Tensor) -> Tensor:  # std over the last axis, ignoring NaN (a prompt too short to vary)

@@ -598,17 +598,22 @@ def cmd_circuits(args) -> int:
         f"share over {len(token_set)} tokens, QK self-preference (same score of E W_QK E^T); shares of the score "
         f"variance over keys on {where}{', keys after BOS' if args.exclude_bos else ''} (mean over prompts)")
     rows = [[f"{l}.{h}", float(copying.scores[l, h]), float(copying.argmax_fraction[l, h]),
-             float(copying.qk_scores[l, h]), *(float(split.scores[l, h, g]) for g in range(3)), split.kind[l][h]]
-            for l in range(cfg.n_layer) for h in range(cfg.n_head)]
-    say(text_table(["head", "copying", "argmax", "QK self", "pos x pos", "token", "other", "kind"], rows))
+             float(copying.qk_scores[l, h]), *(float(split.scores[l, h, g]) for g in range(3)), split.kind[l][h],
+             float(split.same_in_every_prompt[l, h])] for l in range(cfg.n_layer) for h in range(cfg.n_head)]
+    say(text_table(["head", "copying", "argmax", "QK self", "pos x pos", "token", "other", "kind", "same in all"],
+                   rows))
     say("kind: positional / token-pair (layer 0) / indirect (later layers, through earlier heads and MLPs) when that "
-        "share minus two standard errors over prompts is above 0.5, else mixed")
+        "share minus two standard errors over prompts is above 0.5, else mixed. same in all: the share of each "
+        "prompt's score variation that the other prompts' mean scores explain (position alone, when the prompts "
+        "share no token at a position, as random prompts do)")
     _save_figure(plots.layer_head_grids({"copying score": copying.scores, "diagonal argmax share": copying.argmax_fraction,
                                          "QK self-preference": copying.qk_scores},
                                         f"copying ({args.embedding} embedding)", diverging=True, limits=(-1.0, 1.0)),
                  args, "copying.png")
-    _save_figure(plots.layer_head_grids({group: split.scores[..., g] for g, group in enumerate(split.groups)},
-                                        f"share of the score variance over keys, on {where}"), args, "split.png")
+    panels = {**{group: split.scores[..., g] for g, group in enumerate(split.groups)},
+              "same in every prompt": split.same_in_every_prompt}
+    _save_figure(plots.layer_head_grids(panels, f"share of the score variance over keys, on {where}"), args,
+                 "split.png")
     return 0
 
 

@@ -161,6 +161,17 @@ def test_positional_token_split_shares_sum_to_one(model):
         den += float(((s - s.mean()) ** 2).sum())
     result = circuits.positional_token_split(model, tokens[:1])
     assert abs(result.per_prompt[1, 2, 0, 0] - num / den) < 1e-5
+    assert result.same_in_every_prompt.isnan().all()  # one prompt: nothing to compare with
+    # The share the other prompts' mean scores explain, by hand for prompt 0.
+    scores = circuits.score_decomposition(model, tokens, 1, 2).scores.sum((0, 1))  # [batch, q, k]
+    num = den = 0.0
+    for q in range(1, 16):
+        rows = scores[:, q, :q + 1] - scores[:, q, :q + 1].mean(-1, keepdim=True)  # [batch, keys]
+        others = rows[1:].mean(0)
+        num += float((others * rows[0]).sum())
+        den += float((rows[0] ** 2).sum())
+    result = circuits.positional_token_split(model, tokens)
+    assert abs(result.same_per_prompt[1, 2, 0] - num / den) < 1e-5
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,6 +195,12 @@ def test_handbuilt_known_answers():
     split = circuits.positional_token_split(m, clean)
     assert split.scores[0, 0, 0] > 0.999 and split.kind[0][0] == "positional"
     assert split.scores[1, 0, 1] > 0.999 and split.kind[1][0] == "indirect"  # through L0.0's output
+    assert split.same_in_every_prompt[0, 0] > 0.999  # set by positions alone ...
+    assert split.same_in_every_prompt[1, 0] > 0.999  # ... and so is L1.0's on [BOS] + A + A: its period is fixed
+    random = torch.randint(0, handbuilt.BOS, (8, handbuilt.T), generator=torch.Generator().manual_seed(1))
+    random[:, 0] = handbuilt.BOS
+    split = circuits.positional_token_split(m, random)  # tokens at every position differ between prompts
+    assert split.same_in_every_prompt[0, 0] > 0.999 and split.same_in_every_prompt[1, 0] < 0.1
 
 
 def test_trained_fixture_known_answers():
