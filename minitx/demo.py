@@ -505,6 +505,16 @@ def _removed(model, data, point: str, direction: str = "noising"):
     return result, (iv.complement() if direction == "noising" else iv)
 
 
+def _one_head(model, data, point: str, head: tuple[int, int], direction: str = "noising"):
+    """Patching one head's `point` (all positions) on a dataset, one forward: (per-prompt metric [prompt], interval
+    of the share removed (noising) or recovered (denoising)); the sweep's entry for that head, without the sweep."""
+    b, (c, x) = data.batch, data.baselines
+    logits = P.patch_one(model, b.clean, b.corrupted, point, head[0], head=head[1], direction=direction)
+    patched = b.metric()(logits).float().cpu()
+    iv = S.normalized_interval(patched, c, x, resamples=RESAMPLES)
+    return patched, (iv.complement() if direction == "noising" else iv)
+
+
 def _path(model, data, senders, receivers, freeze_mlps: bool):
     """One path-patching experiment on a dataset: (result, interval of the share removed)."""
     b = data.batch
@@ -701,14 +711,11 @@ def head_test(model, data, second, head: tuple[int, int], noise, removed) -> dic
     l, h = head
     c, x = data.baselines
     total = removed[l, h]
-    _, restored = _removed(model, data, "z", "denoising")
-    restored = restored[l, h]
-    pattern_run, pattern = _removed(model, data, "pattern")
-    values_run, values = _removed(model, data, "v")
-    pattern, values = pattern[l, h], values[l, h]
+    _, restored = _one_head(model, data, "z", head, "denoising")
+    pattern_patched, pattern = _one_head(model, data, "pattern", head)
+    values_patched, values = _one_head(model, data, "v", head)
     # removed(pattern) - removed(values) = (values patched - pattern patched) / (clean - corrupted), per prompt
-    difference = S.ratio_interval(values_run.per_prompt[l, h] - pattern_run.per_prompt[l, h], c - x,
-                                  resamples=RESAMPLES)
+    difference = S.ratio_interval(values_patched - pattern_patched, c - x, resamples=RESAMPLES)
     direct_run, direct = _path(model, data, [(l, h)], "logits", freeze_mlps=True)
     _, direct_mlps = _path(model, data, [(l, h)], "logits", freeze_mlps=False)
     later = [(k, j, i) for j in range(l + 1, model.cfg.n_layer) for i in range(model.cfg.n_head) for k in "qkv"]

@@ -231,6 +231,11 @@ def test_english_demo_on_the_shipped_model(english):
     assert len(result["head_classes"]) == 6 and result["head_roles"].n_families == ENGLISH_PAIRS
     test = result["head_test"]
     assert float(test["noised"].estimate) == pytest.approx(float(1 - noise.scores[result["main_head"]]), abs=1e-5)
+    for point, direction, key in (("z", "denoising", "restored"), ("v", "noising", "values")):  # one head = sweep's
+        sweep = patching.activation_patching(model, batch.clean, batch.corrupted, batch.metric(), point, "all",
+                                             direction=direction).scores[result["main_head"]]
+        expected = float(sweep) if direction == "denoising" else float(1 - sweep)
+        assert float(test[key].estimate) == pytest.approx(expected, abs=1e-4), key
     assert "MLPs frozen" in report and "directly to the logits with MLPs frozen" in test["sentence"]
     check_verdicts(report)
 
