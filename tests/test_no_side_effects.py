@@ -62,6 +62,12 @@ ENTRY_POINTS = {
     "patching.gaussian_noise_embeddings": (lambda m, f: patching.gaussian_noise_embeddings(m, CLEAN, [1, 2]), False),
     "patching.mean_ablation": (lambda m, f: patching.mean_ablation(m, REFERENCE, batch_size=2), False),
     "engine.final_resid": (lambda m, f: engine.final_resid(m, m(CLEAN, stop_at_layer=1), 1), False),
+    "engine.edge_graph": (lambda m, f: engine.edge_graph(m).n_edges, False),
+    "engine.writer_values": (lambda m, f: engine.writer_values(m, CLEAN), False),
+    "engine.ablation_values": (lambda m, f: engine.ablation_values(m, "mean", CLEAN, reference=REFERENCE), False),
+    "engine.edge_patching": (lambda m, f: engine.edge_patching(
+        m, CLEAN, torch.arange(engine.edge_graph(m).n_edges) % torch.tensor([[2], [3], [5]]) == 0,
+        engine.ablation_values(m, "resample", CLEAN, corrupted=CORRUPTED), f, max_rows=2), True),
     "engine.metric_blocks": (lambda m, f: engine.metric_blocks(
         m, engine.final_resid(m, m(CLEAN, stop_at_layer=0).repeat(2, 1, 1), 0), f, 2), True),
     "engine.shortcuts": (lambda m, f: engine.shortcuts(m, CLEAN, CORRUPTED, f), False),
