@@ -4,7 +4,8 @@
 
 Needs Debian's chromium + chromium-driver and selenium (the test extra). Builds the page that
 tests/test_view.py checks (english-6l, two prompts, resid_pre-by-position and z-by-head patching of the
-role-swapped story), hovers a token, a lens cell and a patching cell, and saves one PNG per view.
+role-swapped story, EAP edge scores), hovers a token, a lens cell, a patching cell and an edge, and saves
+one PNG per view.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 
 import minitx
-from minitx import metrics, patching
+from minitx import discovery, metrics, patching
 
 PROMPTS = ["The cat sat on the mat because it was tired", "The cat chased the mouse. The one who chased was the"]
 CORRUPTED = "The mouse chased the cat. The one who chased was the"
@@ -28,7 +29,8 @@ def build_page(path: Path) -> None:
     clean, corrupted = (minitx.to_tokens(p, prepend_bos=True) for p in (PROMPTS[1], CORRUPTED))
     metric = metrics.logit_diff_metric(minitx.to_single_token(" cat"), minitx.to_single_token(" mouse"))
     results = [patching.activation_patching(model, clean, corrupted, metric, "resid_pre", by="pos"),
-               patching.activation_patching(model, clean, corrupted, metric, "z", by="all")]
+               patching.activation_patching(model, clean, corrupted, metric, "z", by="all"),
+               discovery.eap(model, clean, corrupted, metric)]
     page = minitx.view(model, PROMPTS, prepend_bos=True, model_name="english-6l", results=results,
                        pair=(clean, corrupted))
     page.save(path)
@@ -79,6 +81,8 @@ def main() -> None:
             results = driver.find_elements("css selector", "[data-view=result]")
             shoot(driver, results[0], results[0].find_element("css selector", "td[data-row='3'][data-col='2']"),
                   args.out / "view-patching.png")
+            circuit = find("[data-view=circuit]")
+            shoot(driver, circuit, circuit.find_element("css selector", "line[data-edge='0']"), args.out / "view-circuit.png")
         finally:
             driver.quit()
 
