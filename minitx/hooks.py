@@ -1,8 +1,15 @@
-"""Hook plumbing shared by every forward: point-name shorthands, name resolution with typo
-suggestions, validation of what a hook returns, one call's hooks (`Run`) and the Cache it fills.
+"""The vocabulary of activation points and the hook plumbing shared by every forward.
+
+    POINTS, point_names(n_layer)        every point a model has, with its axes, in forward order
+    SHORTHANDS, get_act_name(...)       "pattern", 3 -> "blocks.3.attn.hook_pattern" (negative layers from the end)
+    Run                                 one call's hooks and cache requests; every activation passes through it
+    Cache                               activations by name or (shorthand, layer)
+    context_hooks, active_context_hooks the per-thread store behind `with model.hooks(...)`
 
 The names are TransformerLens's (`blocks.3.attn.hook_pattern`); the mechanism is not: a hook is a
-plain function passed to one call, never a module or global state.
+plain function passed to one call (or one `with` block of one thread), never a module or global state.
+A forward hook gets its own copy of the activation, so editing it in place means what returning the
+edit means, and never reaches another point or a cached value.
 """
 
 from __future__ import annotations
