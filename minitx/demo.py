@@ -9,18 +9,24 @@ Every number in the report comes from a library call made here (minitx.heads, .p
 
 The tour is a list of sections. Each section is a function of the `Tour` (model, vocabulary, options
 and the numbers of the sections before it) that returns a `Section`: its numbers, its markdown, its
-figures and its summary lines. Verdicts come from the pure rules at the top of this file
-(`withheld`, `k_composition_verdict`, `head_test_verdict`, `mechanism`), each tested on its own.
+figures and its summary lines. Headline numbers come with bootstrap 95% intervals over prompts
+(minitx.stats), and verdicts come from the pure rules at the top of this file (`claim`,
+`head_test_verdict_iv`, `k_composition_verdict_iv`, `mechanism_iv`, `adds_up`, `withheld`): a claim holds
+only when its printed interval clears its threshold, otherwise the report says "not established"
+(docs/methods.md §14). Each rule is tested on its own, and tests/test_demo.py recomputes every verdict
+of a written report from the numbers printed beside it.
 
 Two tours, chosen by the vocabulary:
 - a small model with its own id vocabulary (the shipped fixture `weights/induction-2l`: vocab 64 + BOS):
-  (1) head roles on repeated random tokens [BOS] + r + r; (2) noising each head with the first copy
-  replaced, and path patching of the top previous-token head into the induction head's q/k/v and the logits,
-  answering one hypothesis; (3) the logit lens on a repeated sequence.
-- a GPT-2-vocabulary model (the shipped `weights/english-6l`, or `--model gpt2`): the logit lens on
-  "The cat sat on the" -> " mat"; head roles on repeated word sequences; the role swap "The cat chased
-  the mouse" / "The mouse chased the cat"; and patching with the role-swapped story as the corruption,
-  testing "head L.H carries the subject-object relation" end to end.
+  (1) head roles on `batch` (default 50) repeated random sequences [BOS] + r + r; (2) noising each head with
+  the first copy replaced, and path patching of the top previous-token head into the induction head's q/k/v
+  and the logits, answering one hypothesis; (3) the logit lens on the repeated sequences.
+- a GPT-2-vocabulary model (the shipped `weights/english-6l`, or `--model gpt2`): the data (`n_pairs`
+  role-swap pairs from minitx.datasets, default 64, 16 for a model over 30M parameters, or the user's
+  JSONL pairs); the logit lens on "The cat sat on the" -> " mat" and on the dataset; head roles on
+  repeated word sequences; role, position or word for every head over swapped, passive and shifted
+  stories (minitx.roles); and patching over the dataset, testing "head L.H carries the subject-object
+  relation" end to end, with direct effects computed with the MLPs frozen and a second corruption.
 
 References: Olsson et al. 2022 (induction heads, repeated random tokens); Wang et al. 2022 (IOI:
 path patching, role-swap minimal pairs); Heimersheim & Nanda 2024 (noising vs denoising);
