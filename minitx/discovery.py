@@ -33,7 +33,7 @@ from torch import Tensor
 
 from minitx.checks import check_count, check_tokens
 from minitx.engine import (ABLATIONS, EdgeGraph, WriterValues, ablation_values, check_metric_values, check_same_shape,
-                           edge_graph, edge_patching, writer_values)
+                           edge_graph, edge_patching, writer_points, writer_values, writers_of)
 from minitx.hooks import get_act_name
 from minitx.metrics import metric_name
 from minitx.results import Result
@@ -101,8 +101,9 @@ def _reader_grads(model, clean: Tensor, metric: Callable, steps: int = 1, clean_
     """Gradients of the metric at every reader input on the clean run, [batch, pos, (head,) d_model] per group,
     averaged over `steps` input embeddings on the line from the corrupted (input corrupt_vals) to the clean one
     (alpha = k/steps, k = 1..steps; steps=1 without corrupt_vals: the clean run itself).
-    -> (grads, the metric [batch] on the first step's inputs: the clean run's when steps=1)."""
-    B, groups = len(clean), _reader_groups(edge_graph(model))
+    -> (grads, the metric [batch] on the first step's inputs, the writers' values there: the clean run's when
+    steps=1)."""
+    B, groups, L = len(clean), _reader_groups(edge_graph(model)), model.cfg.n_layer
     names = [name for name, _, _ in groups]
     # A hook gives mlp_in its own tensor (a copy), so its gradient is the MLP's alone, not resid_mid's.
     fwd = [(get_act_name("mlp_in", l), lambda x, h: None) for l in range(model.cfg.n_layer)]
@@ -112,13 +113,14 @@ def _reader_grads(model, clean: Tensor, metric: Callable, steps: int = 1, clean_
         fwd.append((get_act_name("resid_pre", 0), lambda x, h: (start + alpha * change).requires_grad_(True)))
     with torch.enable_grad():
         leaf = [(get_act_name("embed"), lambda x, h: x.detach().requires_grad_(True))]
-        logits, cache = model.run_with_cache(clean.repeat(steps, 1), names_filter=names, fwd_hooks=leaf + fwd,
-                                             keep_grad=True)
+        logits, cache = model.run_with_cache(clean.repeat(steps, 1), names_filter=names + writer_points(L),
+                                             fwd_hooks=leaf + fwd, keep_grad=True)
         total = _summed_metric(metric, logits, B)
         grads = torch.autograd.grad(total, [cache[n] for n in names], allow_unused=True)
     grads = {n: (torch.zeros_like(cache[n]) if g is None else g).view(steps, B, *cache[n].shape[1:]).mean(0)
              for n, g in zip(names, grads)}
-    return grads, check_metric_values(metric(logits[:B].detach()), B)
+    first = writers_of({n: cache[n][:B] for n in writer_points(L)}, L)
+    return grads, check_metric_values(metric(logits[:B].detach()), B), first
 
 
 def _scores(model, graph, clean_vals, corrupt_vals, grads, clean_m, corrupt_m, metric, method) -> EdgeScores:
@@ -133,12 +135,11 @@ def eap(model, clean: Tensor, corrupted: Tensor, metric: Callable) -> EdgeScores
     score(u -> v) = (a_u(x') - a_u(x)) . dm/d in_v at x. Exact where m is linear in in_v (an edge into the
     logits with the final layer norm's scale frozen)."""
     clean, corrupted = _check_pair(model, clean, corrupted)
-    graph = edge_graph(model)
-    corrupt_vals = writer_values(model, corrupted)
-    clean_vals = writer_values(model, clean)
-    grads, clean_m = _reader_grads(model, clean, metric)
-    with torch.no_grad():
-        corrupt_m = check_metric_values(metric(model(corrupted)), len(clean))
+    graph, L = edge_graph(model), model.cfg.n_layer
+    with torch.no_grad():  # forward 1: the corrupted run's writers and metric
+        logits, cache = model.run_with_cache(corrupted, names_filter=writer_points(L))
+        corrupt_vals, corrupt_m = writers_of(cache, L), check_metric_values(metric(logits), len(clean))
+    grads, clean_m, clean_vals = _reader_grads(model, clean, metric)  # forward 2 and the backward, on clean
     return _scores(model, graph, clean_vals, corrupt_vals, grads, clean_m, corrupt_m, metric, "EAP")
 
 
@@ -163,7 +164,7 @@ def eap_ig(model, clean: Tensor, corrupted: Tensor, metric: Callable, steps: int
         clean_m = check_metric_values(metric(model(clean)), len(clean))
         corrupt_m = check_metric_values(metric(model(corrupted)), len(clean))
     if on == "inputs":
-        grads, _ = _reader_grads(model, clean, metric, steps, clean_vals, corrupt_vals)
+        grads, _, _ = _reader_grads(model, clean, metric, steps, clean_vals, corrupt_vals)
     else:
         grads = _activation_path_grads(model, graph, clean, metric, steps, clean_vals, corrupt_vals, edges)
     return _scores(model, graph, clean_vals, corrupt_vals, grads, clean_m, corrupt_m, metric,

@@ -359,19 +359,25 @@ class WriterValues:
     ablation: str = "run"
 
 
-def _writer_points(n_layer: int) -> list[str]:
+def writer_points(n_layer: int) -> list[str]:
+    """The points holding every writer's output: hook_resid_pre of block 0 (the input, embed + pos_embed),
+    each layer's hook_result (per head), each layer's hook_mlp_out."""
     return ([get_act_name("resid_pre", 0)] + [get_act_name("result", l) for l in range(n_layer)]
             + [get_act_name("mlp_out", l) for l in range(n_layer)])
 
 
+def writers_of(cache, n_layer: int, ablation: str = "run") -> WriterValues:
+    """WriterValues read (detached) from a cache holding `writer_points(n_layer)`."""
+    names = [cache[n].detach() for n in writer_points(n_layer)]
+    return WriterValues(names[0], tuple(names[1:n_layer + 1]), tuple(names[n_layer + 1:]), ablation)
+
+
 @torch.no_grad()
 def writer_values(model, tokens: Tensor, ablation: str = "run") -> WriterValues:
-    """The output of every writer on a run of tokens [batch, pos] (hook_resid_pre of block 0 for the input,
-    hook_result for heads, hook_mlp_out for MLPs)."""
-    L, names = model.cfg.n_layer, _writer_points(model.cfg.n_layer)
-    _, cache = model.run_with_cache(token_batch(tokens), names_filter=names, stop_at_layer=L)
-    return WriterValues(cache[names[0]], tuple(cache[n] for n in names[1:L + 1]), tuple(cache[n] for n in names[L + 1:]),
-                        ablation)
+    """The output of every writer on a run of tokens [batch, pos] (`writer_points`)."""
+    L = model.cfg.n_layer
+    _, cache = model.run_with_cache(token_batch(tokens), names_filter=writer_points(L), stop_at_layer=L)
+    return writers_of(cache, L, ablation)
 
 
 def ablation_values(model, ablation: str, tokens: Tensor, *, corrupted: Tensor | None = None,
@@ -473,4 +479,4 @@ def edge_patching(model, tokens: Tensor, patched: Tensor, ablated: WriterValues,
 __all__ = ["Corruption", "RESID_LIKE", "HEAD_LIKE", "DIRECTIONS", "token_batch", "check_metric_values",
            "differing_positions", "shared_prefix", "check_same_shape", "position_mask", "Shortcuts", "shortcuts",
            "cached_past", "final_resid", "read_position", "metric_blocks", "EdgeGraph", "edge_graph", "edge_count", "ABLATIONS",
-           "WriterValues", "writer_values", "ablation_values", "edge_patching"]
+           "WriterValues", "writer_points", "writers_of", "writer_values", "ablation_values", "edge_patching"]
