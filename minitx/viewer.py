@@ -20,11 +20,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from minitx.heads import attention_patterns
+from minitx.heads import attention_patterns, repeated_tokens
 from minitx.lens import Lens, LogitLens, read_lens
 from minitx.page import DECIMALS, QUANT, View, encode_patterns, html_page, result_payload
 
-__all__ = ["view"]
+__all__ = ["view", "demo_view", "STORY"]
+
+# The demo's role-swap story: (clean, corrupted, answer, wrong).
+STORY = ("The cat chased the mouse. The one who chased was the", "The mouse chased the cat. The one who chased was the",
+         " cat", " mouse")
 
 
 def _vocab_for(model, vocab):
@@ -96,3 +100,25 @@ def view(model, prompts, *, prepend_bos: bool, model_name: str = "", vocab=None,
             "n_layer": cfg.n_layer, "n_head": cfg.n_head, "bos": bool(prepend_bos), "quant": QUANT,
             "prompts": entries, "words": words, "results": panels, "top_k": top_k}
     return View(html=html_page(data), data=data)
+
+
+def demo_view(model, vocab=None, *, prepend_bos: bool = True, model_name: str = "") -> View:
+    """The page `minitx demo --html` writes. A text model: "The cat sat on the" and the role-swap STORY, with
+    activation patching of resid_pre by position and z by head and EAP edge scores on the story pair. A model of
+    bare ids (the induction fixture): [BOS] + r + r, r = 10 random ids (heads.repeated_tokens, seed 0)."""
+    from minitx.discovery import eap
+    from minitx.metrics import logit_diff_metric
+    from minitx.patching import activation_patching
+    vocab = _vocab_for(model, vocab)
+    if not vocab.is_text:
+        n = max(1, min(10, (model.cfg.n_ctx - 1) // 2))
+        tokens = repeated_tokens(model.cfg.d_vocab, n, 1, 0, prepend_bos, vocab.bos)
+        return view(model, tokens, prepend_bos=prepend_bos, model_name=model_name, vocab=vocab,
+                    title="minitx demo: attention and the logit lens on a repeated sequence")
+    clean, corrupted = (vocab.tokens(p, prepend_bos=prepend_bos) for p in STORY[:2])
+    metric = logit_diff_metric(vocab.token(STORY[2]), vocab.token(STORY[3]))
+    results = [activation_patching(model, clean, corrupted, metric, "resid_pre", by="pos"),
+               activation_patching(model, clean, corrupted, metric, "z", by="all"), eap(model, clean, corrupted, metric)]
+    return view(model, ["The cat sat on the", STORY[0]], prepend_bos=prepend_bos, model_name=model_name, vocab=vocab,
+                results=results, pair=(clean, corrupted), title="minitx demo: attention, logit lens, patching, circuit")
+

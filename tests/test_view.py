@@ -285,3 +285,12 @@ def test_browser_no_console_error_no_network_and_screenshots(opened, tmp_path):
         image = matplotlib.image.imread(path)[..., :3]
         colours = np.unique((image.reshape(-1, 3) * 255).round().astype(int), axis=0)
         assert image.std() > 0.05 and len(colours) > 20, (name, image.std(), len(colours))  # not blank
+
+
+def test_demo_view_of_the_fixture():
+    from minitx.viewer import demo_view
+    model = minitx.load("induction-2l")
+    data = demo_view(model, prepend_bos=True).data
+    ids = data["prompts"][0]["ids"]
+    assert ids[0] == 64 and len(ids) == 21 and ids[1:11] == ids[11:]  # [BOS] + r + r, n = 10
+    assert data["results"] == [] and data["bos"] is True
