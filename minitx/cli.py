@@ -606,13 +606,8 @@ def cmd_circuits(args) -> int:
         "share minus two standard errors over prompts is above 0.5, else mixed. same in all: the share of each "
         "prompt's score variation that the other prompts' mean scores explain (position alone, when the prompts "
         "share no token at a position, as random prompts do)")
-    _save_figure(plots.layer_head_grids({"copying score": copying.scores, "diagonal argmax share": copying.argmax_fraction,
-                                         "QK self-preference": copying.qk_scores},
-                                        f"copying ({args.embedding} embedding)", diverging=True, limits=(-1.0, 1.0)),
-                 args, "copying.png")
-    panels = {**{group: split.scores[..., g] for g, group in enumerate(split.groups)},
-              "same in every prompt": split.same_in_every_prompt}
-    _save_figure(plots.layer_head_grids(panels, f"share of the score variance over keys, on {where}"), args,
+    _save_figure(plots.plot_result(copying, title=f"copying ({args.embedding} embedding)"), args, "copying.png")
+    _save_figure(plots.plot_result(split, title=f"share of the score variance over keys, on {where}"), args,
                  "split.png")
     return 0
 

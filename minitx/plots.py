@@ -398,6 +398,12 @@ def plot_result(result, str_tokens=None, title: str | None = None, *, corrupted_
         return dla_bars(result, title)
     if name == "CompositionScores":
         return composition_heatmap(result, title)
+    if name == "CopyingScores":  # minitx.circuits: three [layer, head] scores in [-1, 1]
+        return layer_head_grids({"copying score": result.scores, "diagonal argmax share": result.argmax_fraction,
+                                 "QK self-preference": result.qk_scores}, title, diverging=True, limits=(-1.0, 1.0))
+    if name == "PositionalTokenSplit":  # minitx.circuits: shares of the score variance over keys
+        return layer_head_grids({**{group: result.scores[..., g] for g, group in enumerate(result.groups)},
+                                 "same in every prompt": result.same_in_every_prompt}, title)
     if name == "EdgeScores":  # the 20 edges of largest |score|
         S = _array(result.scores, 1, "edge scores")
         keep = np.zeros(S.shape[0], dtype=bool)
@@ -425,7 +431,7 @@ def plot_result(result, str_tokens=None, title: str | None = None, *, corrupted_
                                 corrupted_tokens=corrupted_tokens)
     raise ValueError(f"plot_result: no figure for a {name} with axes {axes}; known: (layer, head), (layer,), "
                      "(layer, pos), (layer, pos, head), RoleSwap, DLAResult, LensResult, CompositionScores, "
-                     "EdgeScores, CircuitCurve")
+                     "CopyingScores, PositionalTokenSplit, EdgeScores, CircuitCurve")
 
 
 def faithfulness_figure(result, title: str = "faithfulness of the top-k circuits") -> Figure:

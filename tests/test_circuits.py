@@ -268,8 +268,11 @@ def test_every_score_is_unchanged_under_a_change_of_head_basis(model):
 
 def test_composition_heatmap_and_the_circuits_command(tmp_path, capsys):
     from minitx import cli, plots
-    fig = plots.composition_heatmap(circuits.all_composition_scores(handbuilt.model(), "K", n_samples=20))
+    m = handbuilt.model()
+    fig = plots.plot_result(circuits.all_composition_scores(m, "K", n_samples=20))
     assert fig.axes[0].get_xlabel() == "later head (reads)"
+    assert len(plots.plot_result(circuits.copying_scores(m, embedding="raw")).axes) == 6  # 3 panels, 3 colour bars
+    assert len(plots.plot_result(circuits.positional_token_split(m, handbuilt.prompts(2)[0])).axes) == 8
     assert cli.main(["circuits", "--model", "weights/induction-2l", "--out", str(tmp_path), "--samples", "20",
                      "--batch", "3", "--n-pos", "10", "--mode", "all"]) == 0
     out = capsys.readouterr().out
