@@ -75,7 +75,7 @@ def test_wheel_holds_only_the_package(wheel):
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     top = {n.split("/")[0] for n in names}
     assert top == {"minitx", f"minitx-{minitx.__version__}.dist-info"}
-    assert {"minitx/__main__.py", "minitx/shipped.py", "minitx/viewer.py", "minitx/viewer.js"} <= set(names)
+    assert {"minitx/__main__.py", "minitx/shipped.py", "minitx/viewer.py", "minitx/page.py", "minitx/viewer.js"} <= set(names)
     entry_points = wheel.read(f"minitx-{minitx.__version__}.dist-info/entry_points.txt").decode()
     assert "minitx = minitx.cli:main" in entry_points
     metadata = wheel.read(f"minitx-{minitx.__version__}.dist-info/METADATA").decode()
