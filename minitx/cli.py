@@ -990,7 +990,7 @@ def args_demo(p) -> None:
     p.add_argument("--out", default="minitx-demo", help="folder for report.md and the PNGs; a previous demo's "
                                                         "folder is replaced, any other non-empty folder refused")
     p.add_argument("--n", type=int, default=12, help="random tokens per copy, fixture tour")
-    p.add_argument("--batch", type=int, default=8, help="random sequences, fixture tour")
+    p.add_argument("--batch", type=int, default=50, help="random sequences, fixture tour (intervals are over these)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the random tokens")
     p.add_argument("--n-pairs", type=int, default=None,
                    help="prompt pairs per dataset, GPT-2 tour (default: 64, or 16 for a model over 30M parameters; "

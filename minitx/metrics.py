@@ -22,13 +22,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-# describe, check_integers, check_count: temporary re-exports while patching/lens switch to minitx.checks.
-from minitx.checks import check_count, check_integers, check_positions, check_token_ids, describe  # noqa: F401
-
-
-def resolve_pos(pos: int | Tensor, batch: int, n_pos: int) -> Tensor:
-    """Temporary alias of checks.check_positions(pos, n_pos, batch=batch), until its callers switch."""
-    return check_positions(pos, n_pos, batch=batch)
+from minitx.checks import check_positions, check_token_ids
 
 
 def logits_at(logits: Tensor, pos: int | Tensor = -1) -> Tensor:
