@@ -46,7 +46,8 @@ class FactoredMatrix:
 
     def __init__(self, A: Tensor, B: Tensor):
         if A.dim() < 2 or B.dim() < 2:
-            raise ValueError(f"A and B must be matrices (or stacks of them), got shapes {tuple(A.shape)} and {tuple(B.shape)}")
+            raise ValueError(f"A and B must be matrices (or stacks of them), got shapes {tuple(A.shape)} and "
+                             f"{tuple(B.shape)}")
         if A.shape[-1] != B.shape[-2]:
             raise ValueError(f"A [..., m, r] and B [..., r, n] must share r: got A {tuple(A.shape)}, B {tuple(B.shape)}")
         lead = _broadcast(A.shape[:-2], B.shape[:-2])
@@ -83,6 +84,10 @@ class FactoredMatrix:
 
     # -- products: the result stays factored, with the smaller inner size -------------------------
     def __matmul__(self, other):
+        rows = other.ldim if isinstance(other, FactoredMatrix) else other.shape[0 if other.dim() == 1 else -2]
+        if rows != self.rdim:
+            raise ValueError(f"cannot multiply a FactoredMatrix of shape {tuple(self.shape)} by {tuple(other.shape)}: "
+                             f"the right side needs {self.rdim} rows")
         if isinstance(other, FactoredMatrix):  # (A1 B1)(A2 B2): keep the narrower of the two inner sizes
             middle = self.B @ other.A  # [..., r1, r2]
             if self.mdim <= other.mdim:
@@ -93,13 +98,17 @@ class FactoredMatrix:
         return FactoredMatrix(self.A, self.B @ other)
 
     def __rmatmul__(self, other):  # other @ self, other a tensor [..., k, ldim] or a vector [ldim]
+        if other.shape[-1] != self.ldim:
+            raise ValueError(f"cannot multiply {tuple(other.shape)} by a FactoredMatrix of shape {tuple(self.shape)}: "
+                             f"the left side needs {self.ldim} columns")
         if other.dim() == 1:
             return (other @ self.A) @ self.B
         return FactoredMatrix(other @ self.A, self.B)
 
     def __mul__(self, scalar) -> FactoredMatrix:
         if isinstance(scalar, Tensor) and scalar.numel() != 1:
-            raise ValueError(f"* multiplies by a scalar; got a tensor of shape {tuple(scalar.shape)} (use @ for products)")
+            raise ValueError(f"* multiplies by a scalar; got a tensor of shape {tuple(scalar.shape)} "
+                             "(use @ for products)")
         return FactoredMatrix(self.A * scalar, self.B)
 
     __rmul__ = __mul__

@@ -63,6 +63,10 @@ def test_products_with_tensors_vectors_and_factored_matrices():
         product = M @ N
         assert isinstance(product, FactoredMatrix) and product.mdim == min(2, inner)
         assert_close(product.AB, dense @ N.AB, **TOL)
+    with pytest.raises(ValueError, match="needs 5 rows"):
+        M @ torch.randn(6, 2, dtype=A.dtype)
+    with pytest.raises(ValueError, match="needs 6 columns"):
+        torch.randn(2, 5, dtype=A.dtype) @ M
     assert_close((2.5 * M).AB, 2.5 * dense, **TOL)
     assert_close((-M).AB, -dense, **TOL)
 
