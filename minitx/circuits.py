@@ -214,11 +214,12 @@ def eigenvalue_score(M: FactoredMatrix | Tensor) -> Tensor:
     return eigenvalues.sum(-1).real / eigenvalues.abs().sum(-1)
 
 
-def _diagonal_argmax_fraction(left: Tensor, right: Tensor, chunk: int = 2048) -> Tensor:
+def _diagonal_argmax_fraction(left: Tensor, right: Tensor, block: int = 2 ** 25) -> Tensor:
     """left [head, n, r], right [head, r, n] -> [head]: share of rows s of left @ right whose entry s is
-    strictly the largest (a tie, as in an all-zero row, is no hit); a block of rows at a time, so the
-    n x n matrix never exists."""
+    strictly the largest (a tie, as in an all-zero row, is no hit); rows a block of about `block` entries
+    at a time, so the n x n matrix never exists."""
     hits = torch.zeros(left.shape[0], device=left.device)
+    chunk = max(1, block // (left.shape[0] * right.shape[-1]))
     for start in range(0, left.shape[1], chunk):
         rows = left[:, start:start + chunk] @ right  # [head, chunk, n]
         row = torch.arange(rows.shape[1], device=rows.device)
