@@ -40,6 +40,7 @@ from minitx.loading import load  # noqa: E402
 from minitx.metrics import logit_diff_metric  # noqa: E402
 from minitx.patching import activation_patching  # noqa: E402
 from minitx.path_patching import path_patch  # noqa: E402
+from minitx import discovery, engine  # noqa: E402
 
 
 DEVICE = "cpu"
@@ -292,6 +293,44 @@ def bench_path(ours, results):
     results["path_patching"] = {"seconds": seconds, "forwards": calls["n"]}
 
 
+def bench_discovery(ours, peers, repeats, results, batch: int = 8, pos: int = 16, n_circuits: int = 20):
+    """Circuit discovery: EAP over every edge (against TransformerLens's edge attribution patching, scores
+    checked equal), its cost in plain forwards of the same batch, and the faithfulness of n_circuits circuits
+    by exact edge patching side by side against one patched forward per circuit."""
+    gen = torch.Generator().manual_seed(6)
+    clean = torch.randint(0, ours.cfg.d_vocab, (batch, pos), generator=gen).to(DEVICE)
+    corrupted = clean.clone()
+    corrupted[:, pos // 2] = (clean[:, pos // 2] + 1) % ours.cfg.d_vocab  # one token differs, as in most pairs
+    metric = logit_diff_metric(1, 2)
+    graph = engine.edge_graph(ours)
+    # EAP in minitx's noising form with x = corrupted, x' = clean is TL's denoising form (tests/test_discovery_tl_parity.py)
+    eap = lambda: discovery.eap(ours, corrupted, clean, metric)  # noqa: E731
+    scores = eap()
+    with torch.no_grad():
+        times = race({"minitx": eap, "minitx plain forward (same batch)": lambda: ours(clean)}, repeats)
+    if "TL bridge" in peers:
+        from tl_peers import tl_edge_scores  # noqa: E402
+        tl = []
+        times["TL bridge edge attribution_patch"] = timed(lambda: tl.append(tl_edge_scores(
+            peers["TL bridge"], clean, corrupted, metric, graph)), 1)
+        torch.testing.assert_close(scores.scores, tl[0].to(scores.scores.dtype), atol=1e-4, rtol=1e-3)
+    rows = report(f"EAP over all {graph.n_edges} edges, {batch} pairs x {pos} tokens (scores equal to TL's where run)",
+                  times)
+    forwards = rows["minitx plain forward (same batch)"]["ratio_vs_minitx"]
+    print(f"  EAP costs {1 / forwards:.1f} plain forwards of the same batch (2 forwards + 1 backward + the edge sums)")
+    results["eap"] = {**rows, "forward_equivalents": 1 / forwards}
+    ablated = engine.ablation_values(ours, "resample", clean, corrupted=corrupted)
+    ks = torch.linspace(graph.n_edges * 0.01, graph.n_edges * 0.2, n_circuits).long().tolist()
+    circuits = torch.stack([discovery.top_edges(scores.scores, k) for k in ks])
+    with torch.no_grad():
+        batched = lambda: engine.edge_patching(ours, clean, ~circuits, ablated, metric, max_rows=batch * n_circuits)  # noqa: E731
+        separate = lambda: torch.cat([engine.edge_patching(ours, clean, ~c, ablated, metric) for c in circuits])  # noqa: E731
+        torch.testing.assert_close(batched(), separate(), atol=1e-4, rtol=1e-4)
+        times = race({"minitx": batched, "one patched forward per circuit": separate}, repeats)
+    results["faithfulness"] = report(f"faithfulness of {n_circuits} circuits by exact edge patching (top 1%..20% of "
+                                     f"the edges), {batch} x {pos} tokens: side by side vs one forward each", times)
+
+
 def bench_generate(ours, peers, repeats, results):
     prompt = random_tokens(ours.cfg, (1, 16), 4)
     hf = peers["transformers-sdpa"]
@@ -437,7 +476,8 @@ def bench_lenses(cfg_kwargs: dict, n_prompts: int, pos: int, repeats: int, resul
         model = minitx.Transformer(minitx.Config(**cfg_kwargs)).init_weights(0)
         model.save_pretrained(tmp)
         ours = load(tmp, device=DEVICE).eval().requires_grad_(False)
-        contestants = {"minitx": lambda: fit_jacobian_lens(ours, tokens, progress=False, **fit)}
+        fitted = {}  # each contestant's last lens, compared after the race
+        contestants = {"minitx": lambda: fitted.update(minitx=fit_jacobian_lens(ours, tokens, progress=False, **fit))}
         if tl_peers is not None:
             from transformer_lens.tools.analysis.jacobian_lens import JacobianLens
             source = ROOT / "minitx" / "data" / "gpt2"
@@ -446,12 +486,14 @@ def bench_lenses(cfg_kwargs: dict, n_prompts: int, pos: int, repeats: int, resul
             Path(tmp, "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GPT2Tokenizer", **dict.fromkeys(
                 ["bos_token", "eos_token", "unk_token"], "<|endoftext|>")}))
             bridge = tl_peers.bridge(tmp, DEVICE)
-            contestants["TL bridge"] = lambda: JacobianLens.fit(bridge, texts, corpus="bench", show_progress=False, **fit)
-            ours_J, theirs_J = contestants["minitx"](), contestants["TL bridge"]()
-            gap = max(float((ours_J.jacobians[l].cpu() - theirs_J.jacobians[l]).abs().max()) for l in ours_J.jacobians)
+            contestants["TL bridge"] = lambda: fitted.update(TL=JacobianLens.fit(bridge, texts, corpus="bench",
+                                                                               show_progress=False, **fit))
+        times = race(contestants, repeats, warmup=0)
+        if "TL" in fitted:
+            ours_J, theirs_J = fitted["minitx"].jacobians, fitted["TL"].jacobians
+            gap = max(float((ours_J[l].cpu() - theirs_J[l]).abs().max()) for l in ours_J)
             if gap > 1e-4:
                 raise SystemExit(f"Jacobian lens differs from TransformerLens's fit by {gap:.2e}")
-        times = race(contestants, repeats, warmup=0)
         key = f"jacobian_lens_fit_{n_prompts}x{pos}"
         results[key] = report(f"Jacobian lens fit, {n_prompts} prompts x {pos} tokens, d_model {ours.cfg.d_model}, "
                               f"{ours.cfg.n_layer} layers", times)
@@ -508,6 +550,8 @@ def main():
             bench_sweeps(ours, peers, max(1, args.repeats // 2), results)
         if "path" in only:
             bench_path(ours, results)
+        if "discovery" in only:
+            bench_discovery(ours, peers, max(1, args.repeats // 2), results)
         if "generate" in only:
             bench_generate(ours, peers, max(1, args.repeats // 2), results)
         if "bfloat16" in only:
