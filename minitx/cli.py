@@ -1109,7 +1109,8 @@ class _HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if (action.option_strings and "default" not in text and action.default is not argparse.SUPPRESS
+        if (action.option_strings and "default" not in text and "required" not in text
+                and not text.startswith("the same as") and action.default is not argparse.SUPPRESS
                 and not action.required and not isinstance(action.default, bool)):
             text += " (default: none)" if action.default is None else " (default: %(default)s)"
         return text

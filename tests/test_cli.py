@@ -242,7 +242,8 @@ def test_every_option_says_what_it_does_and_its_default():
                 continue  # --prompt and friends: aliases of a positional argument
             assert action.help, f"minitx {name} {action.option_strings[0]} has no help"
             shown = sub._get_formatter()._get_help_string(action)
-            assert action.required or "default" in shown or action.default is False, (name, action.option_strings)
+            assert action.required or "default" in shown or "required" in shown or action.default is False, \
+                (name, action.option_strings)
         assert "(default:" in text or name == "download"
 
 
