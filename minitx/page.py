@@ -92,12 +92,12 @@ def result_payload(result, title: str, pos_labels: list[str] | None, pair: dict 
     scores over the edges of a graph (circuit discovery) as the circuit view."""
     if hasattr(getattr(result, "graph", None), "writer_labels") and tuple(result.axes) == ("edge",):
         return edge_payload(result, title, pair)
-    axes = list(result.axes) or [f"axis {i}" for i in range(result.scores.dim())]
+    axes = list(result.axes) or [f"axis {i}" for i in range(result.scores.dim())] or ["value"]
     raw = result.raw if result.raw is not None and result.raw.shape == result.scores.shape else None
 
-    def slices(x: Tensor) -> list[Tensor]:
+    def slices(x: Tensor) -> list[Tensor]:  # a 0-d or 1-d score is one column; axes after the third are merged
         x = x.detach().cpu()
-        x = x[:, None] if x.dim() == 1 else x
+        x = x.reshape(-1, 1) if x.dim() < 2 else x.reshape(*x.shape[:2], -1) if x.dim() > 3 else x
         return [x] if x.dim() == 2 else [x[..., i] for i in range(x.shape[-1])]
 
     def labels(axis: str, n: int) -> list[str]:
@@ -108,7 +108,7 @@ def result_payload(result, title: str, pos_labels: list[str] | None, pair: dict 
     scores = slices(result.scores)
     cols_axis = axes[1] if len(axes) > 1 else ""
     return {"title": title, "metric": result.metric, "axes": [axes[0], cols_axis],
-            "slice_axis": axes[2] if len(axes) > 2 else None,
+            "slice_axis": " x ".join(axes[2:]) if len(axes) > 2 else None,
             "rows": labels(axes[0], scores[0].shape[0]),
             "cols": labels(cols_axis, scores[0].shape[1]) if cols_axis else ["all"],
             "values": [_round(s) for s in scores], "raw": None if raw is None else [_round(s) for s in slices(raw)],

@@ -142,6 +142,16 @@ def test_token_ids_model_and_three_axis_results(tmp_path):
     assert page.save(tmp_path / "v.html").read_text(encoding="utf-8") == page.html
 
 
+def test_any_result_shape_renders():
+    from minitx.results import Result
+    for scores, axes in ((torch.tensor(0.25), ()), (torch.arange(3.0), ("layer",)),
+                         (torch.rand(2, 3, 4, 5), ("layer", "pos", "head", "prompt"))):
+        html = Result(scores=scores, axes=axes, metric="m")._repr_html_()
+        shown = embedded(html)["results"][0]
+        flat = torch.tensor([v for s in shown["values"] for v in s], dtype=torch.float64)
+        assert len(flat) == scores.numel() and set(flat.tolist()) == set(scores.double().round(decimals=4).reshape(-1).tolist())
+
+
 def test_command_line_writes_the_page(tmp_path, monkeypatch, capsys):
     from minitx import cli
     monkeypatch.chdir(tmp_path)
