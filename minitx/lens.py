@@ -242,7 +242,7 @@ def read_lens(lens: Lens, tokens: Tensor, targets: Tensor | str | None = None, t
     stack, pos, _ = _residuals(model, tokens, incl_mid, positions, layers=layers)
     read = [layer for layer in layers for _ in range(1 + incl_mid)] + [model.cfg.n_layer]
     with torch.no_grad():
-        logits = torch.stack([lens(resid, layer) for resid, layer in zip(stack, read)])  # [layer+1, batch, pos, d_vocab]
+        logits = torch.stack([lens(resid, layer) for resid, layer in zip(stack, read)])  # [layer+1, batch, pos, vocab]
     if isinstance(targets, str):
         targets = _next_tokens(tokens, pos)
     labels = lens_labels(model.cfg.n_layer, incl_mid)
@@ -266,6 +266,8 @@ def lens_scores(lenses: dict, token_batches) -> dict[str, dict]:
     the share of positions whose top-1 token is the model's own, averaged over every prompt and position of
     `token_batches` (an iterable of [batch, pos] ids, read one batch at a time to bound memory).
     lenses: {name: Lens}, all for the same model."""
+    if len({id(lens.model) for lens in lenses.values()}) > 1:
+        raise ValueError("lens_scores compares lenses of ONE model; these lenses were made for different models")
     sums: dict[str, list] = {name: [None, None, 0] for name in lenses}
     labels: dict[str, list] = {}
     for tokens in token_batches:

@@ -79,9 +79,11 @@ def card(args, scores: dict, paths: dict, runs: dict, mat: dict) -> str:
         f"Made by `{runs.get('command', 'python scripts/train_lenses.py')}` "
         f"(torch {torch.__version__}, CPU). Both lenses read the model through its own final layer norm and "
         "unembedding (`minitx.lens.Lens`); load them with `TunedLens.load(model, 'weights/english-6l/lenses/tuned')` "
-        "and `JacobianLens.load(model, 'weights/english-6l/lenses/jacobian.pt')`, or `minitx lens --lens tuned|jacobian`.\n",
+        "and `JacobianLens.load(model, 'weights/english-6l/lenses/jacobian.pt')`, or "
+        "`minitx lens --lens tuned|jacobian`.\n",
         "| file | what | size |", "|---|---|---|",
-        f"| `tuned/` (config.json + params.pt) | tuned-lens 0.2.0 folder format, float32 | {size(paths['tuned']):,} bytes |",
+        f"| `tuned/` (config.json + params.pt) | tuned-lens 0.2.0 folder format, float32 | "
+        f"{size(paths['tuned']):,} bytes |",
         f"| `jacobian.pt` | Jacobian-lens reference artifact, float16 | {size(paths['jacobian']):,} bytes |",
         "| `scores.json`, `comparison.png` | the numbers and figure below | |\n",
         "## How they were made\n",
@@ -164,7 +166,8 @@ def main(argv=None) -> dict:
     plots.save(fig, out / "comparison.png")
     (out / "LENS_CARD.md").write_text(card(args, scores, paths, runs, mat))
     for name, s in scores.items():
-        print(f"{name:9s} KL " + " ".join(f"{k:.3f}" for k in s["kl"]) + "  top-1 " + " ".join(f"{t:.2f}" for t in s["top1"]))
+        print(f"{name:9s} KL " + " ".join(f"{k:.3f}" for k in s["kl"])
+              + "  top-1 " + " ".join(f"{t:.2f}" for t in s["top1"]))
     print(f"wrote {out}")
     return scores
 

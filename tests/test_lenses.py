@@ -195,7 +195,8 @@ def test_tuned_lens_folder_round_trip(model, tmp_path):
     tuned.save(tmp_path / "tuned")
     config = json.loads((tmp_path / "tuned" / "config.json").read_text())
     assert config == dict(base_model_name_or_path="minitx", d_model=64, num_hidden_layers=3, bias=True,
-                          base_model_revision=None, unembed_hash=lens.unembed_hash(model), lens_type="linear_tuned_lens")
+                          base_model_revision=None, unembed_hash=lens.unembed_hash(model),
+                          lens_type="linear_tuned_lens")
     state = torch.load(tmp_path / "tuned" / "params.pt", weights_only=True)
     assert sorted(state) == ["0.bias", "0.weight", "1.bias", "1.weight", "2.bias", "2.weight"]
     loaded = TunedLens.load(model, tmp_path / "tuned")
@@ -299,6 +300,8 @@ def test_lens_comparison_figure(model):
         plots.lens_table(whole, [str(i) for i in range(6)], batch=5)
     with pytest.raises(ValueError, match="token_batches is empty"):
         lens.lens_scores(lenses, [])
+    with pytest.raises(ValueError, match="lenses of ONE model"):
+        lens.lens_scores({"a": lens.LogitLens(model), "b": lens.LogitLens(random_model(n_layer=3))}, [tokens])
 
 
 def test_command_line_lens_choice(tmp_path, capsys):

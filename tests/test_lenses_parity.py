@@ -106,8 +106,8 @@ def bridge_pair(tmp_path_factory):
     source = Path(minitx.__file__).parent / "data" / "gpt2"  # GPT-2's files, under transformers' names
     shutil.copy(source / "encoder.json", directory / "vocab.json")
     shutil.copy(source / "vocab.bpe", directory / "merges.txt")
-    (directory / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "GPT2Tokenizer", **dict.fromkeys(["bos_token", "eos_token", "unk_token"], "<|endoftext|>")}))
+    special = dict.fromkeys(["bos_token", "eos_token", "unk_token"], "<|endoftext|>")
+    (directory / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GPT2Tokenizer", **special}))
     theirs = TransformerBridge.boot_transformers(str(directory), device="cpu", dtype=torch.float32).eval()
     return ours, theirs
 
