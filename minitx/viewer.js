@@ -1,5 +1,6 @@
-// minitx view: draws the data that minitx/viewer.py embeds in the page. Hand-written, no libraries, no network.
-// Sections: attention (token view, one large pattern, the layer x head grid), logit lens, results (heatmaps).
+// minitx view: draws the data that minitx/page.py embeds in the page. Hand-written, no libraries, no network.
+// Sections: attention (token view, one large pattern, the layer x head grid), the lens table, results as
+// heatmaps (patching, path patching, any Result), circuits (edge scores as a graph).
 "use strict";
 
 function minitxView(root, d) {
@@ -40,7 +41,7 @@ function minitxView(root, d) {
   function patterns(p) {
     if (!p.attnArray) {
       const bytes = Uint8Array.from(atob(p.attn), (c) => c.charCodeAt(0));
-      p.attnArray = new Uint16Array(bytes.buffer);
+      p.attnArray = new Uint16Array(bytes.buffer);  // little-endian, as written and as every browser platform is
     }
     const T = p.tokens.length, tri = (T * (T + 1)) / 2;
     return (l, h, qi, k) => (k > qi ? 0 : p.attnArray[(l * d.n_head + h) * tri + (qi * (qi + 1)) / 2 + k] / d.quant);
