@@ -589,9 +589,11 @@ def cmd_circuits(args) -> int:
         rows = [[f"{i // (H * L * H)}.{i // (L * H) % H} -> {i // H % L}.{i % H}", float(result.scores.flatten()[i]),
                  "yes" if bool(result.above_baseline.flatten()[i]) else "no"] for i in order.tolist()
                 if float(result.scores.flatten()[i]) > 0]
-        say(f"{mode}-composition on {weights}: random baseline {result.baseline_mean:.3f} +- {result.baseline_std:.3f} "
-            f"(std over {result.n_samples} random factor pairs); {int(result.above_baseline.sum())} pairs above "
-            f"mean + 3 std = {threshold:.3f}. Largest:")
+        n_pairs = H * H * L * (L - 1) // 2
+        say(f"{mode}-composition on {weights}: random baseline {result.baseline_mean:.4g} +- {result.baseline_std:.2g} "
+            f"(std over {result.n_samples} random factor pairs); {int(result.above_baseline.sum())} of {n_pairs} "
+            f"pairs above mean + 3 std = {threshold:.4g} (random weights would put about {0.00135 * n_pairs:.1f} "
+            "there, if the random scores are near-Gaussian). Largest:")
         say(text_table(["earlier -> later head", "score", "above baseline"], rows))
         _save_figure(plots.composition_heatmap(result), args, f"composition-{mode}.png")
     say(f"per head: copying = sum(eig) / sum(|eig|) of E W_OV W_U ({args.embedding} embedding), diagonal argmax "
