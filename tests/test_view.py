@@ -228,7 +228,7 @@ def test_browser_token_hover_shows_every_heads_attention(opened, model):
     for cell in cells:
         h, k, direction = int(cell.get_attribute("data-head")), int(cell.get_attribute("data-pos")), cell.get_attribute("data-dir")
         value = expected[0, h, i, k] if direction == "from" else expected[0, h, k, i]
-        assert abs(float(cell.text) - float(value)) <= SHOWN, (h, k, direction)
+        assert abs(float(cell.get_attribute("textContent")) - float(value)) <= SHOWN, (h, k, direction)
 
 
 def test_browser_heatmap_hover_shows_the_pattern_value(opened, model):
