@@ -108,6 +108,21 @@ def test_random_baseline_is_the_score_of_random_factors():
         circuits.random_composition_baseline(24, 6, n_samples=1)
 
 
+def test_a_randomly_initialised_model_scores_like_the_baseline():
+    """The baseline is the null of weights without structure: a freshly initialised GPT-2's 384 head pairs have
+    the baseline's mean and spread, and (about 0.13% expected) none above mean + 3 std."""
+    m = minitx.Transformer(minitx.Config(n_layer=4, n_head=8, n_embd=128, vocab_size=100, n_positions=16))
+    m.init_weights(3)
+    for mode in ("Q", "K", "V"):
+        result = circuits.all_composition_scores(m, mode)
+        scores = result.scores[result.scores > 0]
+        assert scores.numel() == 384
+        # pairs share heads, so not independent: twice the 3 standard errors of 384 independent scores
+        assert abs(float(scores.mean()) - result.baseline_mean) < 6 * result.baseline_std / 384 ** 0.5
+        assert 0.8 < float(scores.std()) / result.baseline_std < 1.2
+        assert int(result.above_baseline.sum()) <= 2
+
+
 def test_copying_scores_equal_the_dense_eigenvalues_and_argmax(model):
     tokens = torch.tensor([3, 7, 7, 11, 20, 42])
     result = circuits.copying_scores(model, embedding="raw", tokens=tokens)
