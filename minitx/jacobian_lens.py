@@ -174,7 +174,12 @@ def fit_jacobian_lens(model: Transformer, prompts, *, source_layers=None, dim_ba
             raise ValueError(f"{what}={value!r} must be an int >= 1")
     if isinstance(skip_first_positions, bool) or not isinstance(skip_first_positions, int) or skip_first_positions < 0:
         raise ValueError(f"skip_first_positions={skip_first_positions!r} must be an int >= 0")
-    prompts = list(prompts)
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+        raise ValueError("prompts is empty: fit_jacobian_lens needs at least one prompt of token ids")
+    if any(isinstance(p, str) for p in prompts):
+        raise TypeError("prompts must be token ids (a LongTensor [n, pos] or lists of ids), not text; use "
+                        "minitx.Tokenizer.default().to_tokens(text, prepend_bos=True)[0] for each prompt")
     sums, n_done, start = _resume(checkpoint, layers, model.cfg.d_model)
     device, began = model.W_U.device, time.perf_counter()
     for index in range(start, len(prompts)):
