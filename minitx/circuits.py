@@ -36,6 +36,7 @@ from torch import Tensor
 
 from minitx.checks import check_index, check_seed, check_token_ids, check_tokens, is_int
 from minitx.factored import FactoredMatrix, composition_scores
+from minitx.hooks import get_act_name
 from minitx.model import Transformer
 from minitx.results import Result
 
@@ -264,14 +265,14 @@ def residual_components(model: Transformer, cache, layer: int) -> tuple[list[str
     """(names, kinds, components [component, batch, pos, d_model]) of the stream entering block `layer`:
     embed, pos, every earlier head, every earlier MLP (with its bias), and the earlier attention biases b_O.
     They sum to blocks.{layer}.hook_resid_pre. kinds: token (carries token content), position, constant."""
-    names, kinds, parts = ["embed", "pos"], [TOKEN, POSITION], [cache["hook_embed"], cache["hook_pos_embed"]]
+    names, kinds, parts = ["embed", "pos"], [TOKEN, POSITION], [cache["embed"], cache["pos_embed"]]
     for earlier in range(layer):
-        result = cache[f"blocks.{earlier}.attn.hook_result"]  # [batch, pos, head, d_model]
+        result = cache["result", earlier]  # [batch, pos, head, d_model]
         names += [f"L{earlier}.{h}" for h in range(model.cfg.n_head)]
         parts += list(result.unbind(2))
     for earlier in range(layer):
         names.append(f"mlp{earlier}")
-        parts.append(cache[f"blocks.{earlier}.hook_mlp_out"])
+        parts.append(cache["mlp_out", earlier])
     kinds += [TOKEN] * (len(names) - 2)
     names.append("attn_biases")
     kinds.append(CONSTANT)
@@ -281,9 +282,9 @@ def residual_components(model: Transformer, cache, layer: int) -> tuple[list[str
 
 def _cache_for(model: Transformer, tokens: Tensor, layers) -> dict:
     last = max(layers)
-    wanted = {"hook_embed", "hook_pos_embed", *(f"blocks.{l}.{p}" for l in range(last) for p in
-                                                 ("attn.hook_result", "hook_mlp_out")),
-              *(f"blocks.{l}.{p}" for l in layers for p in ("ln1.hook_scale", "attn.hook_attn_scores"))}
+    wanted = {get_act_name("embed"), get_act_name("pos_embed"),
+              *(get_act_name(point, l) for l in range(last) for point in ("result", "mlp_out")),
+              *(name for l in layers for name in (get_act_name("attn_scores", l), get_act_name("scale", l, "ln1")))}
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in wanted, stop_at_layer=last + 1)
     return cache
@@ -299,7 +300,7 @@ def _query_key_parts(model: Transformer, cache, layer: int, by_kind: bool = Fals
         parts = parts.new_zeros(len(KINDS), *parts.shape[1:]).index_add_(0, index, parts)
         names, kinds = list(KINDS), list(KINDS)
     ln = model.blocks[layer].ln1
-    sigma = cache[f"blocks.{layer}.ln1.hook_scale"]  # [batch, pos, 1], frozen: ln1 is now linear
+    sigma = cache["scale", layer, "ln1"]  # [batch, pos, 1], frozen: ln1 is now linear
     normed = (parts - parts.mean(-1, keepdim=True)) / sigma * ln.w  # [component, batch, pos, d_model]
     normed = torch.cat([normed, ln.b.expand_as(normed[:1])])
     q = torch.einsum("cbpd,hde->cbhpe", normed, model.W_Q[layer])
@@ -337,7 +338,7 @@ def score_decomposition(model: Transformer, tokens: Tensor, layer: int, head: in
     return ScoreDecomposition(scores=terms, axes=("query_component", "key_component", "batch", "q_pos", "k_pos"),
                               metric=f"L{layer}.{head} attention score", components=tuple(names), kinds=tuple(kinds),
                               layer=layer, head=head,
-                              attn_scores=cache[f"blocks.{layer}.attn.hook_attn_scores"][:, head])
+                              attn_scores=cache["attn_scores", layer][:, head])
 
 
 @dataclass(kw_only=True, repr=False)
