@@ -39,7 +39,8 @@ import safetensors.torch
 import torch
 
 import minitx
-from minitx import attribution, cli, dla, heads, lens, metrics, patching, path_patching, plots
+from minitx import attribution, cli, dla, heads, jacobian_lens, lens, metrics, patching, path_patching, plots
+from minitx import tuned_lens
 from minitx.tokenizer import Tokenizer
 from tests.conftest import random_model
 
@@ -649,6 +650,24 @@ CASES = [
     case("tokenizer-encode-none", lambda e: e.tok.encode(None), TypeError, "text must be a str, got NoneType"),
     case("tokenizer-to_string-float", lambda e: e.tok.to_string(2.5), TypeError,
          "to_string takes token ids (an int, a list or a tensor), got float"),
+    # ---- issue 12 and issue 15: lenses (H8) ---------------------------------------------------------------------
+    case("lens_table-batch-out-of-range", lambda e: plots.lens_table(lens.logit_lens(e.m, e.T), list("abcde"),
+                                                                      batch=5), ValueError,
+         "batch=5 is out of range: this lens result read 2 prompt(s), allowed -2..1"),
+    case("read_lens-not-a-lens", lambda e: lens.read_lens(e.m, e.T), TypeError,
+         "lens must be a minitx Lens (LogitLens, TunedLens, JacobianLens), got Transformer"),
+    case("lens-layer-out-of-range", lambda e: lens.LogitLens(e.m)(e.logits, 7), ValueError,
+         "the logit lens cannot read layer 7; it reads resid_pre of layers 0..1 and the final residual (layer 2)"),
+    case("tuned-lens-incl-mid", lambda e: lens.read_lens(tuned_lens.TunedLens(e.m), e.T, incl_mid=True), ValueError,
+         "incl_mid=True reads resid_mid, which only the logit lens can"),
+    case("tuned-lens-no-steps", lambda e: tuned_lens.train_tuned_lens(e.m, iter([e.T])), ValueError,
+         "token_batches has no length; give steps="),
+    case("jacobian-lens-text-prompts", lambda e: jacobian_lens.fit_jacobian_lens(e.m, ["the cat"]), TypeError,
+         "prompts must be token ids"),
+    case("jacobian-lens-short-prompts", lambda e: jacobian_lens.fit_jacobian_lens(e.m, e.T), ValueError,
+         "no prompt had more than 17 tokens, so nothing was fitted"),
+    case("jacobian-lens-source-layer", lambda e: jacobian_lens.fit_jacobian_lens(e.m, e.T, source_layers=[1]),
+         ValueError, "source_layers=[1]: block outputs 0..0"),
 ]
 
 
