@@ -59,10 +59,10 @@ def parameter_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
              "attn.b_O": (d,), "ln2.w": (d,), "ln2.b": (d,), "mlp.W_in": (d, d_mlp), "mlp.b_in": (d_mlp,),
              "mlp.W_out": (d_mlp, d), "mlp.b_out": (d,)}
     shapes = {"W_E": (cfg.d_vocab, d), "W_pos": (cfg.n_ctx, d)}
+    if not cfg.tie_word_embeddings:  # the model's own parameters come before its blocks'
+        shapes["W_U_untied"] = (d, cfg.d_vocab)
     shapes.update({f"blocks.{l}.{k}": s for l in range(cfg.n_layer) for k, s in block.items()})
     shapes.update({"ln_final.w": (d,), "ln_final.b": (d,)})
-    if not cfg.tie_word_embeddings:
-        shapes["W_U_untied"] = (d, cfg.d_vocab)
     return shapes
 
 

@@ -367,3 +367,14 @@ def test_valid_repo_ids():
         assert loading.is_valid_repo_id(name), name
     with pytest.raises(ValueError, match="revision"):
         load("gpt2", revision="../main")
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_checkpoint_knows_every_parameter_from_the_config_alone(tied):
+    """checkpoint.parameter_shapes(cfg) (no model built) lists exactly the Transformer's parameters, in order."""
+    from minitx.checkpoint import parameter_shapes
+    cfg = minitx.Config(n_layer=3, n_head=2, n_embd=8, n_positions=16, vocab_size=30, n_inner=20,
+                        tie_word_embeddings=tied, bos_token_id=0)
+    with torch.device("meta"):
+        model = minitx.Transformer(cfg)
+    assert list(parameter_shapes(cfg).items()) == [(n, tuple(p.shape)) for n, p in model.named_parameters()]
