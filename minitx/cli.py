@@ -787,6 +787,9 @@ def cmd_demo(args) -> int:
     fit_tour(model, vocab, args.n, args.prepend_bos)
     out = Path(args.out).expanduser().resolve()
     check_report_folder(out)
+    if args.html is not None and not Path(args.html).expanduser().resolve().parent.is_dir():
+        raise FileNotFoundError(f"--html {args.html}: the folder {Path(args.html).expanduser().resolve().parent} "
+                                "does not exist")
     say(f"writing the demo report into {out}")
     pairs = None
     if args.pairs is not None:
@@ -800,6 +803,11 @@ def cmd_demo(args) -> int:
     for line in result["summary"]:
         say(f"- {line}")
     say(f"report: {out / 'report.md'} ({len(result['files']) - 1} figures)")
+    if args.html is not None:
+        from minitx.viewer import demo_view
+        _progress("writing the interactive page (attention, logit lens, patching, circuit) ...")
+        page = demo_view(model, vocab, prepend_bos=args.prepend_bos, model_name=args.model or DEFAULT_MODEL)
+        say(f"view: {page.save(Path(args.html).expanduser()).resolve()} (open it in a browser, no network needed)")
     return 0
 
 
@@ -999,6 +1007,9 @@ def args_demo(p) -> None:
                         "more pairs = narrower intervals, slower)")
     p.add_argument("--pairs", default=None, metavar="FILE",
                    help="your own JSONL pairs for the patching sections, GPT-2 tour (default: the built-in dataset)")
+    p.add_argument("--html", default=None, metavar="FILE",
+                   help="also write one self-contained HTML page to FILE (minitx view): attention, logit lens, and "
+                        "for a text model patching and circuit scores on the role-swap story")
 
 
 def args_circuit(p) -> None:

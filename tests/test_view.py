@@ -304,3 +304,14 @@ def test_demo_view_of_the_fixture():
     ids = data["prompts"][0]["ids"]
     assert ids[0] == 64 and len(ids) == 21 and ids[1:11] == ids[11:]  # [BOS] + r + r, n = 10
     assert data["results"] == [] and data["bos"] is True
+
+
+def test_demo_html_on_the_fixture(tmp_path, monkeypatch, capsys):
+    from minitx import cli
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["demo", "--model", "induction-2l", "--out", "d", "--html", "demo.html"])
+    assert code == 0 and "view: " in capsys.readouterr().out and (tmp_path / "d" / "report.md").is_file()
+    data = embedded((tmp_path / "demo.html").read_text(encoding="utf-8"))
+    assert data["model"] == "induction-2l" and data["prompts"][0]["ids"][1:11] == data["prompts"][0]["ids"][11:]
+    assert cli.main(["demo", "--model", "induction-2l", "--out", "e", "--html", "no/such/folder/x.html"]) == 2
+    assert "--html no/such/folder/x.html: the folder" in capsys.readouterr().err and not (tmp_path / "e").exists()
