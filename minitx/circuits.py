@@ -265,7 +265,8 @@ def residual_components(model: Transformer, cache, layer: int) -> tuple[list[str
     """(names, kinds, components [component, batch, pos, d_model]) of the stream entering block `layer`:
     embed, pos, every earlier head, every earlier MLP (with its bias), and the earlier attention biases b_O.
     They sum to blocks.{layer}.hook_resid_pre. kinds: token (carries token content), position, constant."""
-    names, kinds, parts = ["embed", "pos"], [TOKEN, POSITION], [cache["embed"], cache["pos_embed"]]
+    names, kinds = ["embed", "pos"], [TOKEN, POSITION]
+    parts = [cache[get_act_name("embed")], cache[get_act_name("pos_embed")]]
     for earlier in range(layer):
         result = cache["result", earlier]  # [batch, pos, head, d_model]
         names += [f"L{earlier}.{h}" for h in range(model.cfg.n_head)]
