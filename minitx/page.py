@@ -50,7 +50,7 @@ class View:
 def encode_patterns(patterns: Tensor) -> str:
     """[layer, head, pos, pos] -> base64 of uint16 little-endian, the lower triangle of each (layer, head)
     in row order (q, k <= q)."""
-    T = patterns.shape[-1]
+    patterns, T = patterns.detach().float().cpu(), patterns.shape[-1]
     q, k = torch.tril_indices(T, T)
     values = (patterns[..., q, k].clamp(0, 1) * QUANT).round().to(torch.int32).numpy().astype("<u2")
     return base64.b64encode(values.tobytes()).decode("ascii")

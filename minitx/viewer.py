@@ -39,14 +39,15 @@ def _vocab_for(model, vocab):
 
 
 def _as_tokens(prompt, vocab, prepend_bos: bool) -> Tensor:
+    """-> [1, pos] token ids (on the CPU; each run moves them to the model's device)."""
     if isinstance(prompt, Tensor):
-        return prompt.reshape(1, -1)
+        return prompt.reshape(1, -1).cpu()
     return vocab.tokens(prompt, prepend_bos=prepend_bos)
 
 
 def _lens_payload(lens: Lens, tokens: Tensor, vocab, top_k: int, words: dict) -> dict:
     """One prompt read through a lens: labels, and per (layer, pos) the top-k ids and probabilities."""
-    result = read_lens(lens, tokens, top_k=top_k)
+    result = read_lens(lens, tokens.to(lens.model.W_E.device), top_k=top_k)
     top = result.top_tokens[:, 0]  # [layer+1, pos, k]
     for token_id in top.unique().tolist():
         words.setdefault(str(token_id), vocab.decode(token_id))
@@ -56,7 +57,7 @@ def _lens_payload(lens: Lens, tokens: Tensor, vocab, top_k: int, words: dict) ->
 
 def _prompt_payload(model, tokens: Tensor, vocab, top_k: int, words: dict, lens: Lens | None) -> dict:
     with torch.no_grad():
-        patterns = attention_patterns(model, tokens)[:, 0].float()  # [layer, head, q, k]
+        patterns = attention_patterns(model, tokens.to(model.W_E.device))[:, 0]  # [layer, head, q, k]
     entry = {"tokens": vocab.str_tokens(tokens[0]), "ids": tokens[0].tolist(), "attn": encode_patterns(patterns)}
     if lens is not None:
         entry["lens"] = _lens_payload(lens, tokens, vocab, top_k, words)
