@@ -21,7 +21,6 @@ Config: minitx/config.py. Checkpoint names (c_attn, wte, ...): minitx/checkpoint
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -99,7 +98,8 @@ class Attention(Part):
 
     def forward(self, x: Tensor, qkv_inputs, run: Run, mask: Tensor | None, past=None, keep_last: int | None = None):
         """x: ln1 output [batch, pos, d_model]; qkv_inputs: per-head normalised inputs or None.
-        keep_last=k: only the last k positions query (every position is still a key and value)."""
+        past (generation; sweeps): earlier keys and values. keep_last=k (sweeps only): only the last k
+        positions query (every position is still a key and value)."""
         (B, T, _), H, dh, hook = x.shape, self.n_head, self.d_head, self.hook
         if qkv_inputs is None:
             # One copy lays q, k and v out head-major for attention; the points see [batch, pos, head, d_head] views.
@@ -178,7 +178,7 @@ class Block(Part):
             no_hooks = Run()  # the per-head layer norms are not separate points
             qkv_inputs = [self.ln1(run(n, copy.clone()), no_hooks) for n in split]
         attn_out, present = self.attn(normalized, qkv_inputs, run, mask, past, keep_last)
-        if keep_last is not None:  # from here on only the last k positions are computed
+        if keep_last is not None:  # sweeps only: from here on only the last k positions are computed
             resid = resid[:, -keep_last:]
         return resid + run(hook["attn_out"], attn_out), present
 
@@ -187,7 +187,7 @@ class Block(Part):
         """resid: the stream before the block [batch, pos, d_model]; from_mid: after its attention instead,
         so only the MLP half runs. Returns (resid_post, this block's keys and values or None)."""
         hook, present = self.hook, None
-        if from_mid:
+        if from_mid:  # sweeps only
             resid = resid if keep_last is None else resid[:, -keep_last:]
         else:
             resid, present = self.attention_half(resid, run, mask, past, keep_last)
