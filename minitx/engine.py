@@ -444,9 +444,15 @@ class _EdgePatch:
 
     def _correct(self, x: Tensor, readers: list[int]) -> Tensor:
         """x: the readers' current input, [rows, pos, head, d_model] (q/k/v copies) or [rows, pos, d_model]."""
-        delta = torch.cat(self.deltas, 3)  # [n, batch, pos, writers so far, d_model]
-        mask = self.M[:, :delta.shape[3], readers]  # [n, writers so far, readers]
-        change = torch.einsum("nbpwd,nwr->nbprd", delta, mask).reshape(-1, x.shape[1], len(readers), x.shape[-1])
+        change, first = 0, 0
+        for delta in self.deltas:  # one writer group at a time, [n, batch, pos, k, d_model]: no concatenated copy
+            mask = self.M[:, first:first + delta.shape[3], readers]  # [n, k, readers]
+            first += delta.shape[3]
+            if bool(mask.any()):
+                change = change + torch.einsum("nbpwd,nwr->nbprd", delta, mask)
+        if not isinstance(change, Tensor):
+            return x
+        change = change.reshape(-1, x.shape[1], len(readers), x.shape[-1])
         return x - (change if x.dim() == 4 else change[:, :, 0])
 
 

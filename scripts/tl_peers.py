@@ -75,3 +75,29 @@ def peers(hf_model, local_dir, device: str = "cpu") -> dict:
 
 FRESH_PROCESS = ("import torch; from transformer_lens.model_bridge import TransformerBridge; "
                  "m = TransformerBridge.boot_transformers({path!r}, device='cpu'); m(torch.tensor([[1, 2, 3]]))")
+
+
+def tl_edge_scores(bridge_model, clean, corrupted, metric, graph) -> torch.Tensor:
+    """TransformerLens 4.3's edge attribution patching (denoising form, per position, averaged over pairs),
+    summed over positions and laid out in minitx's EdgeGraph order: [n_edges]."""
+    from transformer_lens.tools.analysis.attribution_patching import EdgeAttributionConfig, attribution_patch
+    result = attribution_patch(bridge_model, clean, corrupted, lambda logits: metric(logits).sum(),
+                               EdgeAttributionConfig(granularity="edge"))
+    index = {graph.label(e): e for e in range(len(graph.edges))}
+    out = torch.zeros(len(graph.edges), dtype=torch.float64)
+    for (writer, reader), score in result.edge_scores.items():
+        out[index[f"{_label(writer)} -> {_label(reader)}"]] += score
+    return out
+
+
+def _label(node) -> str:
+    """A TL attribution Node -> minitx's EdgeGraph label of that writer or reader."""
+    if node.kind == "embed":
+        return "input"
+    if node.kind == "attn_head_out":
+        return f"{node.layer}.{node.head}"
+    if node.kind in ("mlp_out", "mlp_in"):
+        return f"mlp{node.layer}"
+    if node.kind == "logits":
+        return "logits"
+    return f"{node.layer}.{node.head}.{node.kind[0]}"  # q_input -> L.H.q
