@@ -6,6 +6,8 @@ Each failure says what was wrong and what is allowed, in one line (the table: do
     describe(value)                                 a one-line description of an argument, for messages
     check_integers(value, what, allowed)            TypeError unless ints (no bools, no floats)
     check_count(value, what, meaning)               an int >= 1
+    check_choice(value, what, allowed)              one of a few named options (strings)
+    check_max_offset(max_offset)                    an int offset >= 0 (heads look back only)
     check_index(value, size, what, plural)          an int in 0..size-1 (a layer, a head)
     check_positions(pos, n_pos, what, batch=None)   positions (negative from the end) -> LongTensor >= 0
     check_seed(seed)                                an int seed torch's generators accept
@@ -63,6 +65,22 @@ def check_count(value, what: str, meaning: str) -> None:
     """ValueError unless value is an int >= 1 (not a bool, a float or a string)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{what}={value!r}: {meaning}, an int >= 1")
+
+
+def check_choice(value, what: str, allowed: tuple) -> None:
+    """ValueError unless value is one of `allowed`: "bias='none'; allowed: 'per_layer', 'summed'"."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{what}={value!r}; allowed: {', '.join(map(repr, allowed))}")
+
+
+def check_max_offset(max_offset) -> None:
+    """TypeError unless max_offset is an int, ValueError if < 0 (offsets count backwards only)."""
+    if not is_int(max_offset):
+        raise TypeError(f"max_offset must be an int >= 0, got {describe(max_offset)}")
+    if max_offset < 0:
+        raise ValueError(f"max_offset={max_offset}: offsets are d = q - k >= 0, because a causal head at query q "
+                         "sees only keys k <= q; a '+k' role exists only relative to an anchor token "
+                         "(induction: one after the previous occurrence), see induction_scores")
 
 
 def _integer_values(value, what: str, kind: str, batch: int | None) -> Tensor:

@@ -24,10 +24,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from minitx.checks import check_positions, check_token_ids, check_tokens
+from minitx.checks import check_choice, check_positions, check_token_ids, check_tokens
 from minitx.hooks import get_act_name
 from minitx.model import Transformer
 from minitx.results import Result
+
+
+BIAS = ("per_layer", "summed")  # b_O: one component per layer, or one summed over layers
 
 
 @dataclass(kw_only=True, repr=False)
@@ -86,8 +89,6 @@ def _record(model: Transformer, tokens: Tensor, pos) -> tuple[dict[str, Tensor],
 
 def _assemble(model: Transformer, kept: dict[str, Tensor], bias: str) -> tuple[Tensor, list[str]]:
     """Returns ([component, batch, d_model] residual pieces, their labels) from the recorded points."""
-    if bias not in ("per_layer", "summed"):
-        raise ValueError(f"bias={bias!r}; allowed: 'per_layer' (one b_O component per layer) or 'summed'")
     embed = kept[get_act_name("embed")]  # [batch, d_model]
     parts, labels = [embed, kept[get_act_name("pos_embed")]], ["embed", "pos_embed"]
     b_O = model.b_O  # [layer, d_model]; it belongs to no head
@@ -114,6 +115,7 @@ def decompose_resid(model: Transformer, tokens: Tensor, pos=-1, bias: str = "per
     output bias b_O ("L.b_O", or one "b_O" summed over layers with bias="summed") and the MLP output
     (its b_out included). pos: an int or a LongTensor [batch].
     """
+    check_choice(bias, "bias", BIAS)  # before the forward
     kept, _, _ = _record(model, tokens, pos)
     components, labels = _assemble(model, kept, bias)
     resid = kept[get_act_name("resid_post", model.cfg.n_layer - 1)]
@@ -135,6 +137,7 @@ def direct_logit_attribution(model: Transformer, tokens: Tensor, answer, wrong=N
     B, V = tokens.shape[0], model.cfg.d_vocab
     answer = check_token_ids(answer, V, "answer", batch=B)  # checked before the forward runs
     wrong = None if wrong is None else check_token_ids(wrong, V, "wrong", batch=B)
+    check_choice(bias, "bias", BIAS)
     kept, logits, _ = _record(model, tokens, pos)
     components, labels = _assemble(model, kept, bias)  # [component, batch, d_model]
     W_U = model.W_U  # [d_model, d_vocab]

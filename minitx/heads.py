@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from minitx.checks import (check_count, check_index, check_integers, check_positions, check_seed, check_token_ids,
-                           check_tokens, describe, is_int)
+from minitx.checks import (check_choice, check_count, check_index, check_integers, check_max_offset, check_positions,
+                           check_seed, check_token_ids, check_tokens, is_int)
 from minitx.hooks import get_act_name
 from minitx.model import Transformer
 from minitx.results import Result
@@ -108,16 +108,6 @@ def _check_heads(heads, n_layer: int, n_head: int) -> list[tuple[int, list[int]]
 
 # ---------------------------------------------------------------------------------------------
 # Offset ("k-back") heads, docs/methods.md §5.1.
-
-
-def check_max_offset(max_offset) -> None:
-    """ValueError unless max_offset is an int >= 0 (offsets count backwards only)."""
-    if not is_int(max_offset):
-        raise TypeError(f"max_offset must be an int >= 0, got {describe(max_offset)}")
-    if max_offset < 0:
-        raise ValueError(f"max_offset={max_offset}: offsets are d = q - k >= 0, because a causal head at query q "
-                         "sees only keys k <= q; a '+k' role exists only relative to an anchor token "
-                         "(induction: one after the previous occurrence), see induction_scores")
 
 
 def offset_profile(pattern: Tensor, max_offset: int) -> Tensor:
@@ -314,8 +304,7 @@ def detect_head(model: Transformer, tokens: Tensor, detection: str | Tensor, hea
     n_ctx = model.cfg.n_ctx
     tokens = _check_tokens(model, tokens, lambda S: 1 < S < n_ctx,
                            lambda S: f"the prompts have {S} tokens; detect_head needs 1 < pos < n_ctx={n_ctx}")
-    if error_measure not in ("mul", "abs"):
-        raise ValueError(f"error_measure={error_measure!r}; allowed: 'mul', 'abs'")
+    check_choice(error_measure, "error_measure", ("mul", "abs"))
     pairs = None if heads is None else _check_heads(heads, model.cfg.n_layer, model.cfg.n_head)
     D = _detection_tensor(detection, tokens, error_measure)  # [batch, q, k]
     patterns = attention_patterns(model, tokens) if cache is None else _cached_patterns(model, tokens, cache)

@@ -30,6 +30,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize, TwoSlopeNorm
 from matplotlib.figure import Figure
 
+from minitx.checks import check_choice
 from minitx.report import token_label
 
 SEQUENTIAL = "Blues"
@@ -268,8 +269,7 @@ def lens_table(result, str_tokens, tokenizer=None, *, batch: int = 0, color_by: 
     top_ids = result.top_tokens[:, batch, :, 0]  # [layer+1, pos]
     has_target = result.target_probs is not None
     color_by = color_by or ("target" if has_target else "top")
-    if color_by not in ("top", "target"):
-        raise ValueError(f"color_by={color_by!r}; use 'top' or 'target'")
+    check_choice(color_by, "color_by", ("top", "target"))
     if color_by == "target" and not has_target:
         raise ValueError("color_by='target' needs a LensResult computed with targets")
     values = _array(result.target_probs[:, batch] if color_by == "target" else result.top_probs[:, batch, :, 0],
