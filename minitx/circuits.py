@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from minitx.checks import check_index, check_seed, check_token_ids, check_tokens, is_int
+from minitx.checks import check_choice, check_index, check_seed, check_token_ids, check_tokens, is_int
 from minitx.factored import FactoredMatrix, composition_scores
 from minitx.hooks import get_act_name
 from minitx.model import Transformer
@@ -58,12 +58,6 @@ def OV(model: Transformer) -> FactoredMatrix:
 # Circuits through the embeddings, docs/methods.md §10.1.
 
 
-def _check_embedding(embedding) -> None:
-    if embedding not in EMBEDDINGS:
-        raise ValueError(f"embedding={embedding!r} is not a convention; choose one of {', '.join(EMBEDDINGS)} "
-                         "(docs/methods.md §10.1)")
-
-
 def _check_head(model: Transformer, layer, head) -> None:  # head None: every head of the layer
     check_index(layer, model.cfg.n_layer, "layer", "layers")
     if head is not None:
@@ -77,7 +71,7 @@ def _normalised_rows(x: Tensor) -> Tensor:  # [n, d_model] -> rows centred, each
 
 def _in_convention(model: Transformer, embedding: str) -> Transformer:
     """The model whose weights the convention reads: for "processed", a copy with the transforms it lacks."""
-    _check_embedding(embedding)
+    check_choice(embedding, "embedding", EMBEDDINGS)  # a convention of docs/methods.md §10.1
     if embedding == "processed":
         from minitx.processing import TRANSFORMS, process
         return process(model, [step for step in TRANSFORMS if step not in model.cfg.processing])
@@ -165,8 +159,7 @@ def random_composition_baseline(d_model: int, d_head: int, n_samples: int = 200,
 def all_composition_scores(model: Transformer, mode: str, n_samples: int = 200, seed: int = 0) -> CompositionScores:
     """Q-, K- or V-composition of every earlier head into every later head, with the random baseline.
     Each pair of layers is one batched product of r x r cores; pairs within a layer are never computed."""
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r}: choose 'Q' (into queries), 'K' (into keys) or 'V' (into values)")
+    check_choice(mode, "mode", MODES)  # into queries, keys or values
     L, H = model.cfg.n_layer, model.cfg.n_head
     with torch.no_grad():
         left = OV(model)

@@ -57,7 +57,7 @@ def test_circuits_through_the_embeddings(model, embedding):
 def test_the_convention_must_be_named(model):
     with pytest.raises(TypeError):
         circuits.full_OV_circuit(model, 0, 0)
-    with pytest.raises(ValueError, match="raw, normalised, processed"):
+    with pytest.raises(ValueError, match="allowed: 'raw', 'normalised', 'processed'"):
         circuits.full_OV_circuit(model, 0, 0, embedding="effective")
     with pytest.raises(ValueError, match="this model has layers 0..2"):
         circuits.token_QK_circuit(model, 3, 0, embedding="raw")
@@ -66,7 +66,7 @@ def test_the_convention_must_be_named(model):
 def test_bad_arguments_get_one_clear_error(model):
     tokens = torch.randint(0, 50, (2, 6))
     cases = [(lambda: circuits.full_OV_circuit(model, 0, 4, embedding="raw"), ValueError, "this model has heads 0..3"),
-             (lambda: circuits.all_composition_scores(model, "QK"), ValueError, "choose 'Q'"),
+             (lambda: circuits.all_composition_scores(model, "QK"), ValueError, "allowed: 'Q', 'K', 'V'"),
              (lambda: circuits.all_composition_scores(model, "K", n_samples=1), ValueError, "at least 2"),
              (lambda: circuits.all_composition_scores(model, "K", seed=-1), ValueError, "seed"),
              (lambda: circuits.copying_scores(model, embedding="raw", tokens=[1.5]), TypeError, "token"),
