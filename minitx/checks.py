@@ -1,4 +1,4 @@
-"""Checks of what a user passes to minitx: the config, token ids, positions, counts, integers, attention masks,
+"""Checks of what a user passes to minitx: token ids, positions, counts, integers, attention masks,
 generation arguments. This is the only home of argument checks; every module calls these.
 
 Each failure says what was wrong and what is allowed, in one line (the table: docs/bad-inputs.md).
@@ -127,24 +127,6 @@ def check_token_ids(ids, d_vocab: int, what: str = "token", batch: int | None = 
     if bool(bad.any()):
         raise ValueError(f"{what} id {int(values[bad][0])} is outside the vocabulary; allowed ids are 0..{d_vocab - 1}")
     return values
-
-
-def check_config(cfg, activations) -> None:
-    """A GPT-2 Config whose fields make a model: positive sizes, heads dividing the width, a known activation."""
-    for field in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size"):
-        value = getattr(cfg, field)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"config {field}={value!r} is not allowed: it must be a positive integer")
-    if cfg.n_inner is not None and (not isinstance(cfg.n_inner, int) or cfg.n_inner < 1):
-        raise ValueError(f"config n_inner={cfg.n_inner!r} is not allowed: a positive integer or null")
-    if cfg.n_embd % cfg.n_head:
-        raise ValueError(f"config n_embd={cfg.n_embd} is not divisible by n_head={cfg.n_head}; "
-                         "each head needs an equal share of the model width")
-    if cfg.activation_function not in activations:
-        raise ValueError(f"config activation_function={cfg.activation_function!r} is not supported; "
-                         f"allowed: {', '.join(sorted(activations))}")
-    if not cfg.layer_norm_epsilon > 0:
-        raise ValueError(f"config layer_norm_epsilon={cfg.layer_norm_epsilon!r} must be > 0")
 
 
 def check_tokens(tokens, d_vocab: int) -> Tensor:

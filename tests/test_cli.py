@@ -87,6 +87,15 @@ def test_patch_resid_and_heads(model_dir, tmp_path, capsys):
     assert "denoising resid_pre" in out and "clean" in out
     header = next(line for line in out.splitlines() if line.startswith("layer"))
     assert "0:BOS" in header and "5:4" in header  # positions labelled by their tokens
+    # the printed scores are the library's, row by row
+    from minitx import metrics, patching
+    from minitx.prompts import Vocab
+    model = minitx.load(model_dir)
+    vocab = Vocab.for_model(model)
+    clean, corrupted = (vocab.tokens(p, prepend_bos=True) for p in ("3 4 5 3 4", "3 6 5 3 4"))
+    expected = patching.activation_patching(model, clean, corrupted, metrics.logit_diff_metric(5, 6), "resid_pre").scores
+    printed = [[float(v) for v in line.split()[1:]] for line in out.splitlines() if re.match(r"\d+ +-?\d", line)]
+    assert printed == [[float(f"{float(v):.3f}") for v in row] for row in expected]
     check_png(tmp_path / "p.png")
     code, out, _ = run(capsys, "patch", *args, "--point", "z", "--direction", "noising", "--out", tmp_path / "z.png")
     assert code == 0 and "noising z" in out and "head 1" in out
