@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from minitx.checks import check_positions, check_token_ids
+from minitx.checks import check_integers, check_positions, check_token_ids
 
 
 def logits_at(logits: Tensor, pos: int | Tensor = -1) -> Tensor:
@@ -72,8 +72,7 @@ class Metric:
 
     def __init__(self, name: str, at_pos: Callable[[Tensor], Tensor], pos: int | Tensor = -1,
                  token_ids: Tensor | None = None):
-        if isinstance(pos, bool) or not isinstance(pos, (int, Tensor)):
-            raise TypeError(f"pos must be an int or a LongTensor [batch], got {type(pos).__name__}")
+        check_integers(pos, "pos", "an int or a LongTensor [batch]")
         self.name, self.at_pos, self.pos, self.token_ids = name, at_pos, pos, token_ids
 
     def __call__(self, logits: Tensor) -> Tensor:
@@ -85,6 +84,8 @@ class Metric:
 
 def logit_diff_metric(answer: int | Tensor, wrong: int | Tensor, pos: int | Tensor = -1) -> Metric:
     """Returns a Metric: logits [batch, pos, d_vocab] -> [batch] logit differences at `pos`."""
+    check_integers(answer, "answer", "an int token id or a LongTensor [batch]")  # not 2.5 truncated to 2
+    check_integers(wrong, "wrong", "an int token id or a LongTensor [batch]")
     ids = torch.cat([torch.as_tensor(answer).reshape(-1), torch.as_tensor(wrong).reshape(-1)]).long().unique()
     return Metric("logit_diff", lambda x: _logit_diff_at(x, answer, wrong), pos, token_ids=ids)
 
