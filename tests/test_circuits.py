@@ -176,7 +176,8 @@ def test_positional_token_split_shares_sum_to_one(model):
         den += float(((s - s.mean()) ** 2).sum())
     result = circuits.positional_token_split(model, tokens[:1])
     assert abs(result.per_prompt[1, 2, 0, 0] - num / den) < 1e-5
-    assert result.same_in_every_prompt.isnan().all()  # one prompt: nothing to compare with
+    assert result.same_in_every_prompt.isnan().all()  # one prompt: nothing to compare with ...
+    assert {k for row in result.kind for k in row} == {"one prompt: no verdict"}  # ... and no spread to judge by
     # The share the other prompts' mean scores explain, by hand for prompt 0.
     scores = circuits.score_decomposition(model, tokens, 1, 2).scores.sum((0, 1))  # [batch, q, k]
     num = den = 0.0
