@@ -669,6 +669,7 @@ def _circuit_sizes(text: str) -> list[int]:
 
 def cmd_view(args) -> int:
     from minitx import metrics, patching
+    from minitx.discovery import eap
     from minitx.viewer import view
     pair = [args.clean, args.corrupted, args.answer, args.wrong]
     if any(x is not None for x in pair) and not all(x is not None for x in pair):
@@ -680,9 +681,9 @@ def cmd_view(args) -> int:
     if args.clean is not None:
         clean, corrupted, answer, wrong = _pair(args, model, vocab)
         metric = metrics.logit_diff_metric(answer, wrong, pos=args.pos)
-        _progress("activation patching resid_pre by position and z by head ...")
+        _progress("activation patching resid_pre by position and z by head; EAP edge scores ...")
         results = [patching.activation_patching(model, clean, corrupted, metric, point, by=by)
-                   for point, by in (("resid_pre", "pos"), ("z", "all"))]
+                   for point, by in (("resid_pre", "pos"), ("z", "all"))] + [eap(model, clean, corrupted, metric)]
         prompts, tokens_pair = prompts or [args.clean, args.corrupted], (clean, corrupted)
     for prompt in prompts:
         _check_runs(model, vocab.tokens(prompt, prepend_bos=args.prepend_bos))
@@ -1105,7 +1106,8 @@ COMMANDS = [
     Command("view", "one self-contained HTML page: attention, logit lens, patching (offline, interactive)",
             "Writes one .html file (minitx.view) that opens in any browser without network: every layer x head "
             "attention pattern with a token view (hover a token), the logit-lens table (top-k on hover) and, with "
-            "--clean/--corrupted/--answer/--wrong, activation patching of resid_pre by position and z by head.",
+            "--clean/--corrupted/--answer/--wrong, activation patching of resid_pre by position and z by head and "
+            "the circuit graph of EAP edge scores (minitx.discovery.eap).",
             args_view, cmd_view),
 ]
 

@@ -159,7 +159,8 @@ def test_command_line_writes_the_page(tmp_path, monkeypatch, capsys):
                      "--answer", " cat", "--wrong", " mouse", "--out", "v.html"])
     assert code == 0 and "v.html" in capsys.readouterr().out
     data = embedded((tmp_path / "v.html").read_text(encoding="utf-8"))
-    assert [len(data["prompts"]), len(data["results"])] == [1, 2] and data["model"] == "weights/english-6l"
+    assert [len(data["prompts"]), len(data["results"])] == [1, 3] and data["model"] == "weights/english-6l"
+    assert data["results"][2]["view"] == "circuit" and data["results"][2]["method"] == "EAP"
     assert cli.main(["view", "--clean", CLEAN]) == 2
     assert "needs all of --clean, --corrupted" in capsys.readouterr().err
 
