@@ -483,8 +483,7 @@ def cmd_lens(args) -> int:
     tokens = vocab.tokens(args.prompt, prepend_bos=args.prepend_bos)
     target = _token(args, vocab, args.target, "--target") if args.target is not None else None
     T = tokens.shape[1]
-    if not -T <= args.pos < T:
-        raise ValueError(f"--pos {args.pos} is out of range; the prompt has positions {-T}..{T - 1}")
+    _check_pos(args.pos, T)
     _check_runs(model, tokens)
     import torch
     _warn_blank(args, model, vocab, tokens if target is None else torch.cat([tokens, torch.tensor([[target]])], 1),
