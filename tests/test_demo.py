@@ -314,6 +314,15 @@ def test_interval_verdicts():
     assert not adds_up(iv(-0.3, -0.06))
 
 
+def test_default_number_of_pairs_follows_the_model_size():
+    from types import SimpleNamespace
+    from minitx.demo import LARGE_MODEL, N_PAIRS, N_PAIRS_LARGE, default_n_pairs
+    sized = lambda n: SimpleNamespace(parameters=lambda: [torch.empty(1).expand(n)])  # n parameters, no memory
+    assert default_n_pairs(sized(LARGE_MODEL)) == N_PAIRS == 64
+    assert default_n_pairs(sized(LARGE_MODEL + 1)) == N_PAIRS_LARGE == 8
+    assert default_n_pairs(random_model()) == N_PAIRS
+
+
 def test_k_composition_verdict_from_intervals():
     from minitx.demo import k_composition_verdict_iv
     from minitx.stats import Interval
