@@ -80,6 +80,8 @@ class Vocab:
 
     def tokens(self, prompt: str, *, prepend_bos: bool, what: str = "prompt") -> Tensor:
         """Returns [1, pos] token ids of one prompt, BOS first iff prepend_bos."""
+        if self.is_text and not prompt and not prepend_bos:
+            raise ValueError(f"{what} is empty; give some text (or use --prepend-bos)")
         if self.is_text:
             return self.tokenizer.to_tokens(prompt, prepend_bos=prepend_bos)
         ids = ([self.bos] if prepend_bos else []) + self._ids(prompt, what)

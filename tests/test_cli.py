@@ -187,7 +187,7 @@ def test_generate_on_the_shipped_models(tmp_path, capsys, monkeypatch):
       "k:9.0"], r"receiver layer 9 is out of range"),
     (["path-patch", "--clean", "1 2 3", "--corrupted", "1 5 3", "--answer", "3", "--wrong", "4", "--receiver",
       "key1"], r"--receiver 'key1': use logits, q:L\.H"),
-    (["lens", "--prompt", "1 2", "--pos", "5"], r"--pos 5 is out of range"),
+    (["lens", "--prompt", "1 2", "--pos", "5"], r"--pos: position 5 is out of range for prompts of 3 tokens"),
     (["lens", "--prompt", "", "--no-prepend-bos"], r"prompt is empty"),
 ])
 def test_bad_inputs_give_one_line_and_exit_2(model_dir, tmp_path, capsys, monkeypatch, argv, pattern):
@@ -195,6 +195,12 @@ def test_bad_inputs_give_one_line_and_exit_2(model_dir, tmp_path, capsys, monkey
     code, out, err = run(capsys, *argv[:1], "--model", model_dir, *argv[1:])
     check_clean_error(code, out, err, pattern)
     assert not list(tmp_path.glob("*.png"))  # nothing written on an error
+
+
+def test_empty_text_prompt_names_the_flag(gpt2_vocab_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "generate", "", "--model", gpt2_vocab_dir)
+    check_clean_error(code, out, err, r"^minitx generate: error: prompt is empty; give some text \(or use --prepend-bos\)$")
 
 
 def test_usage_errors_and_missing_model(tmp_path, capsys):
