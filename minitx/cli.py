@@ -1050,10 +1050,12 @@ class Command:
 
 DEMO_DESCRIPTION = (
     "Writes report.md and PNGs into --out and prints a summary. With the default English model "
-    f"({DEFAULT_MODEL}) or any GPT-2-vocabulary model (--model gpt2): the logit lens on 'The cat sat on the', "
-    "head roles, attention under a role swap, and path patching testing 'head L.H carries the subject-object "
-    "relation'. With the induction fixture (--model weights/induction-2l): head roles, noising and path patching "
-    "of the layer-0 head into the induction head, and the logit lens.")
+    f"({DEFAULT_MODEL}) or any GPT-2-vocabulary model (--model gpt2): the logit lens on 'The cat sat on the' and "
+    "over a dataset, head roles, which heads follow a role, a position or a word (one prompt family per pair), and "
+    "activation and path patching over --n-pairs role-swap pairs testing 'head L.H carries the subject-object "
+    "relation', each verdict from 95% bootstrap intervals. With the induction fixture (--model "
+    "weights/induction-2l): head roles, noising and path patching of the layer-0 head into the induction head over "
+    "--batch random sequences, and the logit lens.")
 
 COMMANDS = [
     Command("download", "fetch a GPT-2 checkpoint into the Hugging Face cache ahead of time", None,
