@@ -209,8 +209,9 @@ def check_keep_last(keep_last, n_pos: int, n_blocks: int) -> None:
 
 def check_seed(seed, what: str = "seed") -> None:
     """A random seed: an int in 0..2**64-1 (what torch.Generator.manual_seed takes)."""
-    check_integers(seed, what, "an int from 0 to 2**64-1")
-    if isinstance(seed, Tensor) or not 0 <= seed < 2 ** 64:
+    if not is_int(seed):  # one int: not a list, a tensor, a float or a bool
+        raise TypeError(f"{what} must be an int from 0 to 2**64-1, got {describe(seed)}")
+    if not 0 <= seed < 2 ** 64:
         raise ValueError(f"{what}={seed!r} is not allowed: an int from 0 to 2**64-1")
 
 

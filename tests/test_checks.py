@@ -73,7 +73,7 @@ def test_check_seed():
         checks.check_seed(2 ** 64)
     with pytest.raises(ValueError, match="seed=-1"):
         checks.check_seed(-1)
-    for bad in (None, "a", 1.0, True):
+    for bad in (None, "a", 1.0, True, [1, 2], torch.tensor(3)):  # one int, not a list or a tensor
         with pytest.raises(TypeError, match="seed must be an int from 0 to 2"):
             checks.check_seed(bad)
 
