@@ -60,21 +60,6 @@ class PathPatchingResult(Result):
     clean_per_prompt: Tensor | None = None
     corrupted_per_prompt: Tensor | None = None
 
-    @property
-    def score(self) -> Tensor:
-        """Former name of `scores`."""
-        return self.scores
-
-    @property
-    def orig(self) -> float:
-        """Former name of `clean` (the metric on x_orig)."""
-        return self.clean
-
-    @property
-    def new(self) -> float:
-        """Former name of `corrupted` (the metric on x_new)."""
-        return self.corrupted
-
 
 @dataclass(kw_only=True, repr=False)
 class DirectPathResult(Result):

@@ -123,6 +123,6 @@ def test_intervals_of_patching_and_path_patching_results():
     fixed = S.result_interval(result)  # its own per-prompt baselines (or their means): the same estimate
     torch.testing.assert_close(fixed.estimate, result.scores.float(), atol=1e-5, rtol=1e-5)
     path = PP.path_patch_senders(model, clean, corrupted, "logits", metric)
-    torch.testing.assert_close(S.result_interval(path, c, x).estimate, path.score.float(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(S.result_interval(path, c, x).estimate, path.scores.float(), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="not the same prompts"):
         S.result_interval(result, c + 1, x)
