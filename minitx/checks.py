@@ -5,6 +5,7 @@ Each failure says what was wrong and what is allowed, in one line (the table: do
 
     describe(value)                                 a one-line description of an argument, for messages
     check_integers(value, what, allowed)            TypeError unless ints (no bools, no floats)
+    check_int(value, what, allowed)                 TypeError unless one int; check_real: one real number
     check_count(value, what, meaning)               an int >= 1
     check_choice(value, what, allowed)              one of a few named options (strings)
     check_max_offset(max_offset)                    an int offset >= 0 (heads look back only)
@@ -55,6 +56,18 @@ def is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def check_int(value, what: str, allowed: str) -> None:
+    """TypeError naming `what` and saying what is `allowed` unless value is one int (not a bool, list or tensor)."""
+    if not is_int(value):
+        raise TypeError(f"{what} must be {allowed}, got {describe(value)}")
+
+
+def check_real(value, what: str, allowed: str) -> None:
+    """TypeError unless value is one real number (an int or a float, not a bool, a string or a tensor)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what} must be {allowed}, got {describe(value)}")
+
+
 def check_index(value, size: int, what: str, plural: str) -> None:
     """ValueError unless value is an int in 0..size-1: "layer 5 is out of range; this model has layers 0..1"."""
     if not is_int(value) or not 0 <= value < size:
@@ -75,8 +88,7 @@ def check_choice(value, what: str, allowed: tuple) -> None:
 
 def check_max_offset(max_offset) -> None:
     """TypeError unless max_offset is an int, ValueError if < 0 (offsets count backwards only)."""
-    if not is_int(max_offset):
-        raise TypeError(f"max_offset must be an int >= 0, got {describe(max_offset)}")
+    check_int(max_offset, "max_offset", "an int >= 0")
     if max_offset < 0:
         raise ValueError(f"max_offset={max_offset}: offsets are d = q - k >= 0, because a causal head at query q "
                          "sees only keys k <= q; a '+k' role exists only relative to an anchor token "
@@ -209,8 +221,7 @@ def check_keep_last(keep_last, n_pos: int, n_blocks: int) -> None:
 
 def check_seed(seed, what: str = "seed") -> None:
     """A random seed: an int in 0..2**64-1 (what torch.Generator.manual_seed takes)."""
-    if not is_int(seed):  # one int: not a list, a tensor, a float or a bool
-        raise TypeError(f"{what} must be an int from 0 to 2**64-1, got {describe(seed)}")
+    check_int(seed, what, "an int from 0 to 2**64-1")
     if not 0 <= seed < 2 ** 64:
         raise ValueError(f"{what}={seed!r} is not allowed: an int from 0 to 2**64-1")
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from minitx.checks import (check_choice, check_count, check_index, check_integers, check_max_offset, check_positions,
-                           check_seed, check_token_ids, check_tokens, is_int)
+from minitx.checks import (check_choice, check_count, check_index, check_int, check_max_offset,
+                           check_positions, check_real, check_seed, check_token_ids, check_tokens, is_int)
 from minitx.hooks import get_act_name
 from minitx.model import Transformer
 from minitx.results import Result
@@ -168,7 +168,9 @@ def argmax_offset(scores: Tensor, min_offset: int = 0, threshold: float | None =
     Olsson et al. 2022 (docs/methods.md §5.1: an "offset-d head" has off_d >= tau and d = argmax)."""
     if not isinstance(scores, Tensor) or scores.dim() < 1:
         raise TypeError(f"scores must be offset_scores' [layer, head, offset] tensor, got {type(scores).__name__}")
-    check_integers(min_offset, "min_offset", "an int offset")
+    check_int(min_offset, "min_offset", "an int offset")
+    if threshold is not None:
+        check_real(threshold, "threshold", "a number (the smallest score an offset head needs) or None")
     if not 0 <= min_offset < scores.shape[-1]:
         raise ValueError(f"min_offset={min_offset} is not an offset of these scores; allowed 0..{scores.shape[-1] - 1}")
     best = scores[..., min_offset:].max(-1)  # scores: [layer, head, offset]

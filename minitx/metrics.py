@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from minitx.checks import check_integers, check_positions, check_token_ids
+from minitx.checks import check_integers, check_positions, check_real, check_token_ids
 
 
 def logits_at(logits: Tensor, pos: int | Tensor = -1) -> Tensor:
@@ -126,10 +126,12 @@ def normalized(patched: Tensor | float, clean: Tensor | float, corrupted: Tensor
     over it first (ratio of means; Wang et al. 2022, TL's normalize_patched_logit_diff). Scalars and
     0-d tensors are taken as already averaged. When clean == corrupted the score is undefined: NaN,
     with a warning."""
-    def mean(x):
+    def mean(x, what):
+        if isinstance(x, (str, bytes, bool)) or x is None:
+            check_real(x, what, "a tensor of per-prompt values [..., batch] or a number")
         x = torch.as_tensor(x, dtype=torch.float32) if not isinstance(x, Tensor) else x.float()
         return x.mean(-1) if x.dim() else x
-    p, c, c_star = mean(patched), mean(clean), mean(corrupted)
+    p, c, c_star = mean(patched, "patched"), mean(clean, "clean"), mean(corrupted, "corrupted")
     if c.dim() or c_star.dim():
         raise ValueError(f"clean and corrupted must be per-prompt values [batch] or scalars; got shapes "
                          f"{tuple(torch.as_tensor(clean).shape)} and {tuple(torch.as_tensor(corrupted).shape)}")

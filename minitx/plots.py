@@ -46,7 +46,10 @@ def _array(x, dims: int, what: str) -> np.ndarray:
     """A tensor or array -> float numpy array with exactly `dims` axes (leading size-1 axes dropped)."""
     if hasattr(x, "detach"):
         x = x.detach().float().cpu().numpy()
-    a = np.asarray(x, dtype=float)
+    try:
+        a = np.asarray(x, dtype=float)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} must be numbers (a tensor or an array), got {type(x).__name__}") from None
     while a.ndim > dims and a.shape[0] == 1:
         a = a[0]
     if a.ndim != dims:
@@ -481,7 +484,7 @@ def save(fig: Figure, path, dpi: int = 110) -> Path:
 
 __all__ = ["attention_pattern", "attention_grid", "layer_head_grid", "layer_head_grids", "patching_heatmap",
            "lens_table", "lens_comparison", "role_swap_figure", "dla_bars", "plot_result", "faithfulness_figure",
-           "position_labels", "save"]
+           "composition_heatmap", "circuit_graph", "position_labels", "save"]
 
 
 # -- weight circuits ---------------------------------------------------------------------------------------------

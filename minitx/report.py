@@ -54,6 +54,7 @@ def head_label(layer: int, head: int) -> str:
 def text_table(header: list[str], rows: list[list]) -> str:
     """Rows of cells -> aligned text; the first column left-aligned, the others right-aligned."""
     cells = [[str(h) for h in header]] + [[fmt(v) for v in row] for row in rows]
+    _check_row_lengths(cells)
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
 
     def line(r):
@@ -63,9 +64,17 @@ def text_table(header: list[str], rows: list[list]) -> str:
 
 def md_table(header: list[str], rows: list[list]) -> str:
     """Rows of cells -> a Markdown table; floats to 3 decimals."""
+    _check_row_lengths([header, *rows])
     lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _check_row_lengths(rows: list) -> None:
+    """ValueError naming the first row whose cell count differs from the header's (a table would misalign)."""
+    for i, row in enumerate(rows[1:]):
+        if len(row) != len(rows[0]):
+            raise ValueError(f"table row {i} has {len(row)} cells but the header has {len(rows[0])}")
 
 
 def head_rows(scores: dict) -> list[list]:

@@ -120,6 +120,11 @@ def test_offset_errors(model):
         heads.offset_scores(model, tokens, max_offset=-1)
     with pytest.raises(ValueError, match="allowed offsets are 0..5"):
         heads.offset_scores(model, tokens, max_offset=6)
+    scores = torch.rand(2, 4, 3)
+    with pytest.raises(TypeError, match="min_offset must be an int offset, got list"):
+        heads.argmax_offset(scores, min_offset=[1])
+    with pytest.raises(TypeError, match="threshold must be a number"):
+        heads.argmax_offset(scores, threshold="0.5")
 
 
 def _tl_reference(A, D, exclude_bos, exclude_current_token, error_measure):

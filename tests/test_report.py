@@ -2,6 +2,8 @@
 
 import io
 
+import pytest
+
 from minitx import report
 
 
@@ -25,6 +27,9 @@ def test_text_and_markdown_tables():
     import torch
     rows = report.head_rows({"a": torch.tensor([[1.0, 2.0]]), "b": torch.tensor([[3.0, 4.0]])})
     assert rows == [["0.0", 1.0, 3.0], ["0.1", 2.0, 4.0]]
+    for table in (report.text_table, report.md_table):  # a short row would shift every later column
+        with pytest.raises(ValueError, match="table row 1 has 1 cells but the header has 2"):
+            table(["head", "score"], [["0.1", 0.5], ["0.2"]])
 
 
 class Terminal(io.StringIO):
