@@ -247,6 +247,13 @@ def test_prompts_are_positional_with_the_flag_as_alias(model_dir, tmp_path, caps
     assert code == 0 and (tmp_path / "patch.png").is_file()  # --out names a folder: the default name inside it
 
 
+def test_demo_help_states_the_demo_defaults():
+    from minitx import demo
+    text = " ".join(cli.build_parser()._subparsers._group_actions[0].choices["demo"].format_help().split())
+    assert f"(default: {demo.N_PAIRS}, or {demo.N_PAIRS_LARGE} for a model over 30M parameters;" in text
+    assert demo.LARGE_MODEL == 30_000_000
+
+
 def test_every_option_says_what_it_does_and_its_default():
     parser = cli.build_parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices
