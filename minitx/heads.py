@@ -51,7 +51,12 @@ def memory_limit(device=None) -> int:
     """Bytes a head-score call may use: MINITX_MAX_BYTES if set, else half the memory of the device the model
     runs on (an accelerator's own memory, or the machine's)."""
     if os.environ.get("MINITX_MAX_BYTES"):
-        return int(float(os.environ["MINITX_MAX_BYTES"]))
+        text = os.environ["MINITX_MAX_BYTES"]
+        try:
+            return int(float(text))
+        except (ValueError, OverflowError):
+            raise ValueError(f"MINITX_MAX_BYTES={text!r} is not a number of bytes (e.g. 4e9); unset it to use "
+                             "half the device's memory") from None
     device = torch.device(device) if device is not None else None
     if device is not None and device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory // 2

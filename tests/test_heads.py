@@ -252,3 +252,6 @@ def test_memory_estimate_refuses_before_allocating(model, monkeypatch):
         heads.induction_scores(model, n=20, batch=100)
     monkeypatch.setenv("MINITX_MAX_BYTES", str(need))
     assert heads.induction_scores(model, n=20, batch=100).shape == (2, 4)
+    monkeypatch.setenv("MINITX_MAX_BYTES", "4 GB")
+    with pytest.raises(ValueError, match=r"MINITX_MAX_BYTES='4 GB' is not a number of bytes"):
+        heads.induction_scores(model, n=20, batch=100)
