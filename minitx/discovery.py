@@ -104,7 +104,12 @@ def _reader_grads(model, clean: Tensor, metric: Callable, steps: int = 1, clean_
     -> (grads, the metric [batch] on the first step's inputs, the writers' values there: the clean run's when
     steps=1)."""
     B, groups, L = len(clean), _reader_groups(edge_graph(model)), model.cfg.n_layer
-    names = [name for name, _, _ in groups]
+    # Gradients at each head's q, k and v (the fused forward), carried back through W_Q/W_K/W_V and ln1 by hand
+    # (`_through_ln1`): the same numbers as at the per-head input copies, without running those copies.
+    projected = {name: get_act_name(name.split("_input")[0][-1], layer)
+                 for name, layer, _ in groups if name.endswith("_input")}
+    names = [projected.get(name, name) for name, _, _ in groups]
+    names += [get_act_name("resid_pre", l) for l in range(L) if get_act_name("resid_pre", l) not in names]
     # A hook gives mlp_in its own tensor (a copy), so its gradient is the MLP's alone, not resid_mid's.
     fwd = [(get_act_name("mlp_in", l), lambda x, h: None) for l in range(model.cfg.n_layer)]
     if corrupt_vals is not None:
@@ -116,11 +121,30 @@ def _reader_grads(model, clean: Tensor, metric: Callable, steps: int = 1, clean_
         logits, cache = model.run_with_cache(clean.repeat(steps, 1), names_filter=names + writer_points(L),
                                              fwd_hooks=leaf + fwd, keep_grad=True)
         total = _summed_metric(metric, logits, B)
-        grads = torch.autograd.grad(total, [cache[n] for n in names], allow_unused=True)
-    grads = {n: (torch.zeros_like(cache[n]) if g is None else g).view(steps, B, *cache[n].shape[1:]).mean(0)
-             for n, g in zip(names, grads)}
+        wanted = [projected.get(name, name) for name, _, _ in groups]
+        grads = torch.autograd.grad(total, [cache[n] for n in wanted], allow_unused=True)
+    grads = {n: torch.zeros_like(cache[n]) if g is None else g for n, g in zip(wanted, grads)}
+    for name, point in projected.items():  # [rows, pos, head, d_head] at q/k/v -> [rows, pos, head, d_model]
+        layer = int(name.split(".")[1])
+        grads[name] = _through_ln1(model, layer, "qkv".index(point[-1]), grads.pop(point),
+                                   cache[get_act_name("resid_pre", layer)].detach())
+    grads = {n: g.view(steps, B, *g.shape[1:]).mean(0) for n, g in grads.items()}
     first = writers_of({n: cache[n][:B] for n in writer_points(L)}, L)
     return grads, check_metric_values(metric(logits[:B].detach()), B), first
+
+
+def _through_ln1(model, layer: int, which: int, grad: Tensor, resid: Tensor) -> Tensor:
+    """The gradient at each head's own pre-LN copy of its query (which=0), key (1) or value (2) input, from the
+    gradient at that head's q, k or v [rows, pos, head, d_head] and the stream it reads, resid [rows, pos,
+    d_model]: back through W [head, d_model, d_head], then through ln1 (x_hat = (x - mean) / sigma, times w):
+    dx = (g - mean(g) - x_hat mean(g x_hat)) / sigma with g = w * (grad W^T) -> [rows, pos, head, d_model]."""
+    W = (model.W_Q, model.W_K, model.W_V)[which][layer].detach()  # [head, d_model, d_head]
+    ln = model.blocks[layer].ln1
+    centred = resid - resid.mean(-1, keepdim=True)
+    sigma = (centred.pow(2).mean(-1, keepdim=True) + ln.eps).sqrt()  # [rows, pos, 1]
+    x_hat = (centred / sigma)[:, :, None]  # [rows, pos, 1, d_model]
+    g = torch.einsum("bphe,hde->bphd", grad, W) * ln.w.detach()
+    return (g - g.mean(-1, keepdim=True) - x_hat * (g * x_hat).mean(-1, keepdim=True)) / sigma[:, :, None]
 
 
 def _scores(model, graph, clean_vals, corrupt_vals, grads, clean_m, corrupt_m, metric, method) -> EdgeScores:
