@@ -86,9 +86,12 @@ def _edge_terms(graph: EdgeGraph, deltas: Tensor, grads: dict[str, Tensor]) -> T
     input, summed over positions and d_model, for each writer (edges that do not exist are dropped)."""
     B = deltas.shape[0]
     dense = deltas.new_zeros(B, graph.n_writers, graph.n_readers)
+    flat = deltas.permute(0, 2, 1, 3).reshape(B, graph.n_writers, -1)  # [batch, writer, pos * d_model], made once
     for name, _, readers in _reader_groups(graph):
         g = grads[name] if grads[name].dim() == 4 else grads[name][:, :, None]  # [batch, pos, readers, d_model]
-        dense[:, :, readers] = torch.einsum("bpwd,bprd->bwr", deltas, g.to(deltas.dtype))
+        before = sum(1 for w in range(graph.n_writers) if graph.writer_time(w) < graph.reader_time(readers[0]))
+        g = g.to(deltas.dtype).permute(0, 2, 1, 3).reshape(B, len(readers), -1)  # [batch, readers, pos * d_model]
+        dense[:, :before, readers] = torch.bmm(flat[:, :before], g.transpose(1, 2))  # the writers before them
     return dense[:, graph.edges[:, 0], graph.edges[:, 1]].T
 
 
