@@ -53,6 +53,8 @@ class Config:
     d_mlp = property(lambda self: self.n_inner or 4 * self.n_embd)
     d_vocab = property(lambda self: self.vocab_size)
     n_ctx = property(lambda self: self.n_positions)
+    n_layers = property(lambda self: self.n_layer)  # TransformerLens's names
+    n_heads = property(lambda self: self.n_head)
 
 
 def _is_int(value) -> bool:

@@ -4,6 +4,7 @@
     SHORTHANDS, get_act_name(...)       "pattern", 3 -> "blocks.3.attn.hook_pattern" (negative layers from the end)
     Run                                 one call's hooks and cache requests; every activation passes through it
     Cache                               activations by name or (shorthand, layer)
+    ELSEWHERE                           TransformerLens names minitx keeps elsewhere (for error messages)
     context_hooks, active_context_hooks the per-thread store behind `with model.hooks(...)`
 
 The names are TransformerLens's (`blocks.3.attn.hook_pattern`); the mechanism is not: a hook is a
@@ -68,8 +69,6 @@ def point_names(n_layer: int, include_on_request: bool = True) -> tuple[str, ...
             "ln_final.hook_scale", "ln_final.hook_normalized")
 
 
-
-
 def _shorthands() -> dict[str, str]:
     """TransformerLens's short names, read off POINTS: "pattern" -> "attn.hook_pattern" (after "blocks.{l}.");
     the layer-norm points ("scale", "normalized") name ln1, ln2 or ln_final by layer and layer_type."""
@@ -84,6 +83,7 @@ def _shorthands() -> dict[str, str]:
 
 SHORTHANDS = _shorthands()
 LAYER_TYPES = ("ln1", "ln2")  # which layer norm "scale" and "normalized" name inside a block
+SUBLAYER_TYPES = {"attn": ("attn", "a"), "mlp": ("mlp", "m")}  # TransformerLens's optional layer_type
 
 
 def get_act_name(name: str, layer: int | None = None, layer_type: str | None = None, *,
@@ -95,9 +95,14 @@ def get_act_name(name: str, layer: int | None = None, layer_type: str | None = N
         hint = f"did you mean {close[0]}? " if close else ""
         raise KeyError(f"unknown shorthand {name!r}; {hint}allowed: {', '.join(SHORTHANDS)}")
     suffix, is_ln = SHORTHANDS[name], name in ("scale", "normalized")
-    if layer_type is not None and not (is_ln and layer_type in LAYER_TYPES):
-        raise ValueError(f"layer_type={layer_type!r} is not allowed for {name!r}: only 'scale' and 'normalized' "
-                         f"take one, 'ln1' or 'ln2' (to pick a head, index the activation: cache[{name!r}, l][:, h])")
+    # TransformerLens's spelling ("pattern", 0, "attn") names the sublayer the point already lies in.
+    allowed = LAYER_TYPES if is_ln else SUBLAYER_TYPES.get(suffix.split(".")[0], ())
+    if layer_type is not None and layer_type not in allowed:
+        takes = (f"it takes {' or '.join(map(repr, allowed))}" if allowed
+                 else "it takes none (attention, MLP and layer-norm points do)")
+        raise ValueError(f"layer_type={layer_type!r} is not allowed for {name!r}: {takes} "
+                         f"(to pick a head, index the activation: cache[{name!r}, l][:, h])")
+    layer_type = layer_type if is_ln else None
     if name in ("embed", "pos_embed"):
         return suffix
     if layer is None:
@@ -123,8 +128,7 @@ class HookPoint:
 
     name: str
 
-    @property
-    def layer(self) -> int | None:
+    def layer(self) -> int | None:  # a method, as TransformerLens's hook.layer()
         return int(self.name.split(".")[1]) if self.name.startswith("blocks.") else None
 
 
@@ -198,7 +202,7 @@ def check_hooks_can_fire(run: "Run", start_at_layer, stop_at_layer, n_layer: int
     start, stop = start_at_layer or 0, n_layer if stop_at_layer is None else stop_at_layer
 
     def fires(name: str) -> bool:
-        layer = HookPoint(name).layer
+        layer = HookPoint(name).layer()
         if layer is not None:
             return start <= layer < stop
         return start_at_layer is None if "embed" in name else stop_at_layer is None
@@ -303,8 +307,12 @@ class Cache(dict):
 
     def name(self, key) -> str:
         """A key -> the point name it stands for; TypeError or KeyError saying what a key may be."""
-        if isinstance(key, str):
+        if isinstance(key, str) and (key not in SHORTHANDS or super().__contains__(key)):
             return key
+        if isinstance(key, str):  # a shorthand alone: "embed", "pos_embed"; "scale", "normalized" (ln_final)
+            if key in ("embed", "pos_embed", "scale", "normalized"):
+                return get_act_name(key)
+            raise KeyError(f"{key!r} needs a layer: cache[{key!r}, 0] (or cache[{key!r}, -1] for the last layer)")
         if not isinstance(key, tuple) or not key:
             raise TypeError(f"a cache key is a point name ('blocks.0.hook_resid_pre') or a (shorthand, layer) tuple "
                             f"such as ('resid_pre', 0) or ('pattern', -1); got {type(key).__name__} {key!r:.40}")
@@ -335,3 +343,28 @@ class Cache(dict):
 
     def get(self, key, default=None):
         return self[key] if key in self else default
+
+    def __getattr__(self, name: str):  # only reached for names a Cache lacks
+        if name in ELSEWHERE:
+            raise AttributeError(f"Cache has no {name} (a TransformerLens name); in minitx: {ELSEWHERE[name]}")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+
+# TransformerLens names a porting user reaches for on a model or cache, and where minitx keeps them
+# (for error messages only: minitx computes these with free functions over a model).
+ELSEWHERE = {
+    "OV": "minitx.circuits.OV(model)", "QK": "minitx.circuits.QK(model)", "tokenizer": "minitx.Tokenizer.default()",
+    "b_U": "none: GPT-2 has no unembedding bias (minitx.processing keeps ln_final's bias instead)",
+    **{n: f"minitx.{n}(...); the tokenizer is not part of the model"
+       for n in ("to_tokens", "to_str_tokens", "to_string", "to_single_token")},
+    **{n: "none: hooks are per call, run_with_hooks(tokens, fwd_hooks=[...]) or `with model.hooks(...)`"
+       for n in ("add_hook", "reset_hooks", "remove_all_hook_fns")},
+    "accumulated_resid": "minitx.lens.logit_lens(model, tokens) reads the stream before each block",
+    "decompose_resid": "minitx.dla.decompose_resid(model, tokens, pos)",
+    "stack_head_results": "cache['result', l] with names_filter asking for it ([batch, pos, head, d_model])",
+    "get_full_resid_decomposition": "minitx.dla.decompose_resid(model, tokens, pos)",
+    "logit_attrs": "minitx.dla.direct_logit_attribution(model, tokens, answer, wrong)",
+    "apply_ln_to_stack": "model.unembed(x) applies ln_final on x's own statistics, then W_U",
+    "remove_batch_dim": "index the batch: cache['pattern', 0][0]",
+    "to": "{name: x.to(device) for name, x in cache.items()}",
+}

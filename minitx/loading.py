@@ -25,7 +25,7 @@ from minitx.config import Config, config_from_dict, read_config
 from minitx.hub import (DownloadError, cached_snapshot, download, download_for_load, hub_cache_dir,
                         is_valid_repo_id)
 from minitx.model import Transformer
-from minitx.shipped import shipped_path
+from minitx.shipped import shipped_models, shipped_path
 
 __all__ = ["load", "save_pretrained", "download", "DownloadError", "convert_state_dict", "hf_key",
            "hub_cache_dir", "cached_snapshot", "is_valid_repo_id"]
@@ -63,11 +63,26 @@ def _mistyped_path(name: str) -> None:
                             f"For the hub repo of that name, call minitx.download({name!r}) first.")
 
 
+def _mistyped_shipped_name(name: str) -> None:
+    """FileNotFoundError for a name close to a shipped model's ("english6l"), before it is tried as a hub id."""
+    shipped = shipped_models()
+    close = difflib.get_close_matches(name.removeprefix("weights/"), shipped, n=1, cutoff=0.8)
+    if close and "/" not in name.removeprefix("weights/"):
+        raise FileNotFoundError(f"{name!r} is not a shipped model; did you mean {close[0]!r}? (shipped: "
+                                f"{', '.join(shipped)}; a local path or a hub id also works. For the hub repo of "
+                                f"that name, call minitx.download({name!r}) first.)")
+
+
 def _snapshot(repo_id: str, revision: str) -> Path:
     snapshot = cached_snapshot(repo_id, revision)
     if snapshot is None:
         _mistyped_path(repo_id)
-        snapshot = download_for_load(repo_id, revision)
+        _mistyped_shipped_name(repo_id)
+        try:
+            snapshot = download_for_load(repo_id, revision)
+        except OSError as e:  # offline, not found, cannot connect: say what else a name may be
+            raise type(e)(f"{e} ({repo_id!r} is also not a local path nor a shipped model: "
+                          f"{', '.join(shipped_models())})") from e
     return snapshot
 
 

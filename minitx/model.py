@@ -30,7 +30,7 @@ from minitx.activations import ACTIVATIONS
 from minitx.checks import (check_attention_mask, check_generation, check_layer_range, check_prompt_rows, check_residual,
                            check_seed, check_sweep_options, check_tokens)
 from minitx.config import Config  # noqa: F401  (re-exported: minitx.model.Config)
-from minitx.hooks import (ON_REQUEST, POINTS, Cache, HookPoint, NamesFilter, Run, get_act_name,  # noqa: F401
+from minitx.hooks import (ELSEWHERE, ON_REQUEST, POINTS, Cache, HookPoint, NamesFilter, Run, get_act_name,  # noqa: F401
                           active_context_hooks, check_hooks_can_fire, context_hooks, hook_list, point_names)
 
 # ---------------------------------------------------------------------------------------------
@@ -43,15 +43,20 @@ def affine(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
 
 
 class Part(nn.Module):
-    """A layer norm, attention, MLP or block. Analysis weights (W_Q, W_O, ...) are the model's, by layer."""
+    """The model or a layer norm, attention, MLP or block. Analysis weights (W_Q, W_O, ...) are the model's,
+    by layer; a missing TransformerLens name says where minitx keeps it."""
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str):  # reached for parameters and submodules (nn.Module), and names it lacks
         try:
             return super().__getattr__(name)
         except AttributeError:
-            if name not in _STACKED:
+            if name in _STACKED and not isinstance(self, Transformer):
+                where = f"; the model has it: model.{name}[layer]"
+            elif name in ELSEWHERE:
+                where = f" (a TransformerLens name); in minitx: {ELSEWHERE[name]}"
+            else:
                 raise
-            raise AttributeError(f"{type(self).__name__} has no {name}; the model has it: model.{name}[layer]") from None
+            raise AttributeError(f"{type(self).__name__} has no {name}{where}") from None
 
 
 class LayerNorm(Part):
@@ -209,7 +214,7 @@ _STACKED = {
 }
 
 
-class Transformer(nn.Module):
+class Transformer(Part):
     """GPT-2. `model(tokens)` gives logits [batch, pos, d_vocab]; hooks and caches are per call."""
 
     def __init__(self, cfg: Config):

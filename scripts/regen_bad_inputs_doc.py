@@ -77,8 +77,17 @@ def repl(m):
         print("not in tests:", tid)
         return m.group(0)
     return f"{m.group(1)}{table.pop(tid)}{m.group(2)}"
-doc = re.sub(r"^(\| `(?:[^`]|`(?!\s*\|))*` \| ).*?( \| `tests/test_bad_inputs\.py::(test_bad_input|test_bad_cli_input)\[([^\]]+)\]` \|)$",
-             repl, doc, flags=re.M)
+ROW = (r"^(\| `(?:[^`]|`(?!\s*\|))*`(?: \(with `--model M`\))? \| ).*?"
+       r"( \| `tests/test_bad_inputs\.py::(test_bad_input|test_bad_cli_input)\[([^\]]+)\]` \|)$")
+# Each test's row once: a later copy of a row (appended by an older version of this script) is dropped.
+rows_seen, lines = set(), []
+for line in doc.split("\n"):
+    m = re.match(ROW, line)
+    if m and (m.group(3), m.group(4)) in rows_seen:
+        continue
+    rows_seen.add((m.group(3), m.group(4)) if m else None)
+    lines.append(line)
+doc = re.sub(ROW, repl, "\n".join(lines), flags=re.M)
 # Rows the doc does not have yet: appended to one section, with the input read off the test's source.
 import ast, shlex
 SHORT = [("e.m", "model"), ("e.T", "tokens"), ("e.C", "corrupted"), ("e.tok", "tok"), ("e.metric", "metric"),

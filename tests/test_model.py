@@ -495,12 +495,27 @@ def test_negative_layers_count_from_the_end(tiny_model):
     assert cache["pattern", -2] is cache["pattern", 0]
 
 
+def test_transformer_lens_spellings_port_as_written(tiny_model):
+    """What TransformerLens's Main Demo writes reads the same points here (no silent difference)."""
+    seen = []
+    _, cache = tiny_model.run_with_cache(torch.tensor([[1, 2, 3]]), fwd_hooks=[
+        ("blocks.1.attn.hook_z", lambda z, hook: seen.append(hook.layer()))])  # TL's hook.layer() is a method
+    assert seen == [1]
+    assert cache["pattern", 0, "attn"] is cache["pattern", 0] and cache["z", -1, "a"] is cache["blocks.1.attn.hook_z"]
+    assert cache["pre", 1, "mlp"] is cache["blocks.1.mlp.hook_pre"] and cache["post", 0, "m"] is cache["post", 0]
+    assert cache["embed"] is cache["hook_embed"] and cache["pos_embed"] is cache["hook_pos_embed"]
+    assert cache["scale"] is cache["ln_final.hook_scale"] and cache["normalized"] is cache["ln_final.hook_normalized"]
+    assert cache["scale", 0, "ln2"] is cache["blocks.0.ln2.hook_scale"]
+    assert (tiny_model.cfg.n_layers, tiny_model.cfg.n_heads) == (tiny_model.cfg.n_layer, tiny_model.cfg.n_head)
+    assert not hasattr(tiny_model, "OV") and not hasattr(cache, "decompose_resid")  # they say where minitx has them
+
+
 def test_cache_keys_in_and_getitem_agree(tiny_model):
     _, cache = tiny_model.run_with_cache(torch.tensor([[1, 2, 3]]), names_filter=["blocks.0.attn.hook_pattern"])
     assert ("pattern", 0) in cache and "blocks.0.attn.hook_pattern" in cache and ("pattern", -2) in cache
     assert ("pattern", 1) not in cache and ("nope", 0) not in cache and 5 not in cache
     assert cache.get(("pattern", 0)) is cache["pattern", 0] and cache.get(("pattern", 1)) is None
-    with pytest.raises(ValueError, match=r"layer_type=1 is not allowed for 'pattern'.*to pick a head, index"):
+    with pytest.raises(ValueError, match=r"layer_type=1 is not allowed for 'pattern': it takes 'attn' or 'a'.*a head, index"):
         cache["pattern", 0, 1]
     with pytest.raises(TypeError, match="a cache key is a point name .* got int 5"):
         cache[5]
