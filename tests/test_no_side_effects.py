@@ -20,10 +20,11 @@ import torch
 from torch.testing import assert_close
 
 import minitx.model
-from minitx import attribution, dla, engine, heads, jacobian_lens, lens, metrics, path_patching, patching, tuned_lens
+from minitx import (attribution, discovery, dla, engine, heads, jacobian_lens, lens, metrics, path_patching, patching,
+                    tuned_lens)
 from tests.conftest import random_model
 
-MODULES = (heads, lens, tuned_lens, jacobian_lens, dla, engine, patching, path_patching, attribution)
+MODULES = (heads, lens, tuned_lens, jacobian_lens, dla, engine, patching, path_patching, attribution, discovery)
 CLEAN = torch.tensor([[5, 9, 2, 5, 9, 2], [7, 1, 8, 7, 1, 8]])  # repeats, for the duplicate-token score
 CORRUPTED = CLEAN.clone()
 CORRUPTED[:, 2] = torch.tensor([3, 4])
@@ -68,6 +69,14 @@ ENTRY_POINTS = {
     "engine.edge_patching": (lambda m, f: engine.edge_patching(
         m, CLEAN, torch.arange(engine.edge_graph(m).n_edges) % torch.tensor([[2], [3], [5]]) == 0,
         engine.ablation_values(m, "resample", CLEAN, corrupted=CORRUPTED), f, max_rows=2), True),
+    "discovery.eap": (lambda m, f: discovery.eap(m, CLEAN, CORRUPTED, f), True),
+    "discovery.eap_ig": (lambda m, f: discovery.eap_ig(m, CLEAN, CORRUPTED, f, steps=2, on="activations"), True),
+    "discovery.faithfulness": (lambda m, f: discovery.faithfulness(
+        m, CLEAN, torch.arange(engine.edge_graph(m).n_edges) % torch.tensor([[2], [3]]) == 0, f,
+        engine.ablation_values(m, "zero", CLEAN), max_rows=2), True),
+    "discovery.faithfulness_curve": (lambda m, f: discovery.faithfulness_curve(
+        m, CLEAN, discovery.eap(m, CLEAN, CORRUPTED, plain_metric), f, [3, 10], ablation="resample",
+        corrupted=CORRUPTED), True),
     "engine.metric_blocks": (lambda m, f: engine.metric_blocks(
         m, engine.final_resid(m, m(CLEAN, stop_at_layer=0).repeat(2, 1, 1), 0), f, 2), True),
     "engine.shortcuts": (lambda m, f: engine.shortcuts(m, CLEAN, CORRUPTED, f), False),
