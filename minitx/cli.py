@@ -727,8 +727,9 @@ def cmd_role_swap(args) -> int:
     _check_runs(model, a, b)
     swapped = (a[0] != b[0]).nonzero()[:, 0].tolist() if a.shape == b.shape else None
     if swapped is None or len(swapped) != 2:
+        differ = "their lengths" if swapped is None else f"positions {swapped}" if swapped else "no position"
         raise ValueError(f"the two prompts must have the same number of tokens and differ at exactly two positions "
-                         f"(the swapped words); they differ at {swapped if swapped is not None else 'their lengths'}")
+                         f"(the swapped words); they differ at {differ}")
     _warn_blank(args, model, vocab, _cat_tokens(a, b), "the prompts")
     result = heads.role_swap(model, a, b, tuple(swapped), top=model.cfg.n_layer * model.cfg.n_head)
     labels = vocab.str_tokens(a[0])
@@ -821,6 +822,17 @@ def _seed(text: str) -> int:
         check_seed(value)
     except (ValueError, TypeError):
         raise argparse.ArgumentTypeError(f"invalid seed {text!r}: an int from 0 to 2**64-1") from None
+    return value
+
+
+def _count(text: str) -> int:
+    """An argparse type: an int >= 1 (a --top of 0 or -3 would list nothing, or all but the last 3)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: an int >= 1")
     return value
 
 
@@ -960,7 +972,7 @@ def args_circuits(p) -> None:
     p.add_argument("--processed", action="store_true", help="score the processed weights (minitx.processing.process, "
                                                             "as TransformerLens does) (default: the weights as stored)")
     p.add_argument("--samples", type=int, default=200, help="random factor pairs in the composition baseline")
-    p.add_argument("--top", type=int, default=10, help="composition pairs listed")
+    p.add_argument("--top", type=_count, default=10, help="composition pairs listed")
     p.add_argument("--copy-tokens", type=int, default=2000, help="size of the token set of the argmax test (a seeded "
                                                                  "sample of the trained tokens when there are more)")
     p.add_argument("--batch", type=int, default=16, help="random prompts of the positional/token split")
@@ -977,7 +989,7 @@ def args_dla(p) -> None:
                                                    f"{TOKEN_HELP})")
     p.add_argument("--wrong", default=None, help="a competing token: attribute logit[answer] - logit[wrong]")
     p.add_argument("--pos", type=int, default=-1, help="position whose logits are read")
-    p.add_argument("--top", type=int, default=20, help="how many components (largest first) the table and figure show")
+    p.add_argument("--top", type=_count, default=20, help="how many components (largest first) the table and figure show")
 
 
 def args_role_swap(p) -> None:
@@ -1025,7 +1037,7 @@ def args_circuit(p) -> None:
                         "prompts (position by position), or zero")
     p.add_argument("--ks", default="5,10,20,50", help="circuit sizes (top-k edges by |score|) for the curve")
     p.add_argument("--target", type=float, default=0.8, help="the faithfulness the chosen circuit must reach")
-    p.add_argument("--top", type=int, default=15, help="edges listed")
+    p.add_argument("--top", type=_count, default=15, help="edges listed")
 
 
 def args_view(p) -> None:

@@ -189,6 +189,7 @@ def test_generate_on_the_shipped_models(tmp_path, capsys, monkeypatch):
       "key1"], r"--receiver 'key1': use logits, q:L\.H"),
     (["lens", "--prompt", "1 2", "--pos", "5"], r"--pos: position 5 is out of range for prompts of 3 tokens"),
     (["lens", "--prompt", "", "--no-prepend-bos"], r"prompt is empty"),
+    (["dla", "--prompt", "1 2", "--answer", "3", "--top", "-3"], r"argument --top: invalid count '-3': an int >= 1"),
 ])
 def test_bad_inputs_give_one_line_and_exit_2(model_dir, tmp_path, capsys, monkeypatch, argv, pattern):
     monkeypatch.chdir(tmp_path)
@@ -451,7 +452,7 @@ def test_dla_role_swap_and_attribution_commands(model_dir, tmp_path, capsys, mon
                                                                     reverse=True)
     assert rows[0][3] == f"{float(rs.scores.abs().max() * rs.scores.flatten()[rs.scores.abs().argmax()].sign()):.3f}"
     code, out, err = run(capsys, "role-swap", "5 9 2 7", "5 9 2 8", "--model", model_dir)
-    check_clean_error(code, out, err, r"differ at exactly two positions .* they differ at \[4\]")
+    check_clean_error(code, out, err, r"differ at exactly two positions .* they differ at positions \[4\]")
 
     code, out, _ = run(capsys, "attribution", "3 4 5 3 4", "3 6 5 3 4", "--answer", 5, "--wrong", 6, "--model",
                        model_dir, "--out", tmp_path)
