@@ -571,6 +571,8 @@ def cmd_circuits(args) -> int:
         model = processing.process(model)
     if args.copy_tokens < 1:
         raise ValueError(f"--copy-tokens {args.copy_tokens}: the size of the token set must be at least 1")
+    if args.samples < 2:  # before the progress line, as every other argument
+        raise ValueError(f"--samples {args.samples}: a random baseline needs at least 2 samples")
     known = known_token_ids(model)
     g = torch.Generator().manual_seed(args.seed)
     token_set = known[torch.randperm(len(known), generator=g)[:args.copy_tokens]]

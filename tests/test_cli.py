@@ -190,6 +190,7 @@ def test_generate_on_the_shipped_models(tmp_path, capsys, monkeypatch):
     (["lens", "--prompt", "1 2", "--pos", "5"], r"--pos: position 5 is out of range for prompts of 3 tokens"),
     (["lens", "--prompt", "", "--no-prepend-bos"], r"prompt is empty"),
     (["dla", "--prompt", "1 2", "--answer", "3", "--top", "-3"], r"argument --top: invalid count '-3': an int >= 1"),
+    (["circuits", "--samples", "1"], r"--samples 1: a random baseline needs at least 2 samples"),  # before progress
 ])
 def test_bad_inputs_give_one_line_and_exit_2(model_dir, tmp_path, capsys, monkeypatch, argv, pattern):
     monkeypatch.chdir(tmp_path)
