@@ -648,8 +648,9 @@ def cmd_circuit(args) -> int:
         say(f"no circuit of these sizes reaches F >= {args.target}; the figure shows the largest")
         chosen = len(ks) - 1
     else:
-        say(f"smallest circuit with F >= {args.target}: top {curve.ks[chosen]}, {int(curve.n_edges[chosen])} edges, "
-            f"F = {float(curve.scores[chosen]):.3f}: {', '.join(curve.edges(chosen))}")
+        say(f"smallest of the sizes tried (--ks {args.ks}) with F >= {args.target} on these prompts: top "
+            f"{curve.ks[chosen]}, {int(curve.n_edges[chosen])} edges, F = {float(curve.scores[chosen]):.3f}: "
+            f"{', '.join(curve.edges(chosen))}")
     fig = plots.circuit_graph(graph, scores.scores, curve.circuits[chosen],
                               f"circuit on {_pair_title(args)}: top {curve.ks[chosen]} by {scores.method}, "
                               f"F = {float(curve.scores[chosen]):.2f} ({args.ablation})")
