@@ -59,8 +59,8 @@ def _mistyped_path(name: str) -> None:
         return
     close = difflib.get_close_matches(path.name, [p.name for p in path.parent.iterdir()], n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(str(path.parent / c) for c in close)}?" if close else ""
-    raise FileNotFoundError(f"{name!r}: no such local file or directory (the folder {path.parent} exists){hint} "
-                            f"For the hub repo of that name, call minitx.download({name!r}) first.")
+    hub = f" For the hub repo of that name, call minitx.download({name!r}) first." if is_valid_repo_id(name) else ""
+    raise FileNotFoundError(f"{name!r}: no such local file or directory (the folder {path.parent} exists){hint}{hub}")
 
 
 def _mistyped_shipped_name(name: str) -> None:

@@ -5,7 +5,7 @@ GPT-2 in four lines, and where each lives in this file:
     x = W_E[tokens] + W_pos[positions]         Transformer.embed
     x = x + attn(ln1(x))    for each block     Block.attention_half -> LayerNorm, Attention
     x = x + mlp(ln2(x))     for each block     Block.forward -> LayerNorm, MLP
-    logits = ln_f(x) W_U                       Transformer.unembed (W_U = W_E.T: GPT-2 ties them)
+    logits = ln_final(x) W_U                   Transformer.unembed (W_U = W_E.T: GPT-2 ties them)
 
 attn(x): per head, softmax(causal(q k^T / sqrt(d_head))) v, with q, k, v = x W_Q, x W_K, x W_V (+ biases),
 then W_O; mlp(x) = gelu(x W_in + b_in) W_out + b_out. Each intermediate passes through `run(name, x)`,

@@ -353,6 +353,15 @@ def test_a_missing_path_in_an_existing_folder_is_reported_as_a_path(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"did you mean weights/english-6l\? For the hub repo of that name"):
         load("weights/english-6")  # a valid hub id too, but the folder says it is a path
+    with pytest.raises(FileNotFoundError, match=r"'/x-absent': no such local file or directory \(the folder / exists\)$"):
+        load("/x-absent")  # not a hub id either, so no advice to download it
+
+
+def test_a_name_close_to_a_shipped_model_is_caught_before_the_hub(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no local folder of these names
+    for name in ("english6l", "Induction-2l", "weights/english-6"):
+        with pytest.raises(FileNotFoundError, match=r"is not a shipped model; did you mean '(english-6l|induction-2l)'"):
+            load(name)
 
 
 @pytest.mark.parametrize("name", ["a/b/c", "-x", ".x", "x-", "a..b", "a--b", "a b", "x" * 97, "",
