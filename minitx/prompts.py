@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from minitx.checks import check_token_ids
+
 GPT2_VOCAB = 50257
 
 ROLE_WORDS = [" river", " stone", " king", " tree", " door", " fish", " star", " moon", " boat", " car", " road",
@@ -72,10 +74,7 @@ class Vocab:
             raise ValueError(f"{what} {text!r}: this model's vocabulary has {self.d_vocab} ids, not GPT-2's "
                              f"{GPT2_VOCAB}, so there is no text tokenizer; give space-separated token ids "
                              f"0..{self.d_vocab - 1}, e.g. '3 17 5 3 17'") from None
-        bad = [i for i in ids if not 0 <= i < self.d_vocab]
-        if bad:
-            raise ValueError(f"{what}: token id {bad[0]} is outside the vocabulary; allowed ids are "
-                             f"0..{self.d_vocab - 1}")
+        check_token_ids(ids, self.d_vocab, f"{what}: token")
         return ids
 
     def tokens(self, prompt: str, *, prepend_bos: bool, what: str = "prompt") -> Tensor:
