@@ -66,7 +66,8 @@ def verify(name_or_path: str, tolerance: float = 1e-4, seed: int = 0) -> list[Ro
     try:
         import transformers
     except ImportError as error:
-        raise SystemExit("minitx verify needs transformers as the reference: pip install transformers") from error
+        raise ImportError("minitx verify needs transformers as the reference: pip install transformers") from error
+    from transformers.utils import logging as hf_logging
     import minitx
     from minitx.loading import load
 
@@ -75,11 +76,16 @@ def verify(name_or_path: str, tolerance: float = 1e-4, seed: int = 0) -> list[Ro
     # float32 whatever the checkpoint stores, as minitx loads it (the keyword was torch_dtype before 4.56)
     major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
     dtype = {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": torch.float32}
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # the table alone on the command line, no "Loading weights" bar
     try:
         hf_model = transformers.GPT2LMHeadModel.from_pretrained(source, attn_implementation="eager", **dtype).eval()
     except Exception as error:  # noqa: BLE001 - any failure of the reference is one line, not a traceback
         raise ValueError(f"transformers could not load {source} ({type(error).__name__}: "
                          f"{str(error).splitlines()[0] if str(error) else ''})") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     generator = torch.Generator().manual_seed(seed)
     n_ctx = model.cfg.n_ctx
     texts = ["The cat sat on the mat because", "When Mary and John went to the store, John gave a drink to",

@@ -49,3 +49,22 @@ def test_verify_a_file_without_config_beside_it(tmp_path, capsys):
 def test_import_does_not_pull_in_transformers():
     code = "import sys, minitx; minitx.Transformer; assert 'transformers' not in sys.modules, 'transformers imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_verify_without_transformers_is_an_import_error_and_one_line(tmp_path, capsys, monkeypatch):
+    """A library function never exits the caller's interpreter; the command line says what to install."""
+    from minitx.verify import verify
+
+    random_model(5).save_pretrained(tmp_path)
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if it were not installed
+    with pytest.raises(ImportError, match="minitx verify needs transformers as the reference: pip install transformers"):
+        verify(str(tmp_path))
+    assert main(["verify", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install transformers" in err[0] and "Traceback" not in err[0]
+
+
+def test_verify_prints_no_loading_bar(tmp_path, capfd):
+    random_model(5).save_pretrained(tmp_path)
+    assert main(["verify", str(tmp_path)]) == 0
+    assert "Loading weights" not in capfd.readouterr().err
