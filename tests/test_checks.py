@@ -112,3 +112,24 @@ def test_generation_arguments_have_their_types_checked(kwargs, message):
     with pytest.raises(TypeError, match=message):
         checks.check_generation(3, args["max_new_tokens"], args["temperature"], args["top_k"], args["eos_token_id"],
                                 cfg)
+
+
+def test_check_choice_int_real_and_max_offset():
+    checks.check_choice("summed", "bias", ("per_layer", "summed"))
+    for bad in ("none", None, 1, ["summed"]):
+        with pytest.raises(ValueError, match=r"^bias=.*; allowed: 'per_layer', 'summed'$"):
+            checks.check_choice(bad, "bias", ("per_layer", "summed"))
+    checks.check_int(np.int64(3), "k", "an int")
+    for bad in (True, 2.0, [1], torch.tensor(1), "1", None):
+        with pytest.raises(TypeError, match="^k must be an int, got "):
+            checks.check_int(bad, "k", "an int")
+    for good in (0, 0.5, np.float32(1.5)):
+        checks.check_real(good, "t", "a number")
+    for bad in (True, "0.5", torch.tensor(0.5), None):
+        with pytest.raises(TypeError, match="^t must be a number, got "):
+            checks.check_real(bad, "t", "a number")
+    checks.check_max_offset(0)
+    with pytest.raises(ValueError, match="max_offset=-1: offsets are d = q - k >= 0"):
+        checks.check_max_offset(-1)
+    with pytest.raises(TypeError, match="max_offset must be an int >= 0, got float 1.0"):
+        checks.check_max_offset(1.0)
