@@ -207,7 +207,7 @@ def cmd_attention(args) -> int:
     say(f"layer {args.layer}: the key each query attends to most (position, token, weight)")
     say(text_table(["query", *(f"head {args.layer}.{h}" for h in shown)], rows))
     if len(labels) > 1:
-        prev = heads.previous_token_scores(model, tokens)[args.layer]
+        prev = heads.offset_profile(patterns, 1)[:, 1:, 1].mean(-1)  # [head] mean A[q, q-1], q >= 1: no 2nd forward
         say("mean attention to the previous token: " + ", ".join(f"{args.layer}.{h} {float(prev[h]):.2f}"
                                                                   for h in shown))
     if args.head is not None:

@@ -5,6 +5,7 @@ import shutil
 
 import matplotlib.image
 import pytest
+import torch
 
 import minitx
 from tests.conftest import random_model
@@ -57,6 +58,9 @@ def test_attention(model_dir, tmp_path, capsys):
     assert "head 1.0" in out and "head 1.1" in out
     assert re.search(r"^0 BOS\s+0 BOS 1\.00", out, re.M)  # query 0 can only read itself
     assert len([line for line in out.splitlines() if re.match(r"\d+ ", line)]) == 6  # BOS + 5 tokens
+    model = minitx.load(model_dir)
+    prev = heads.previous_token_scores(model, torch.tensor([[64, 5, 9, 2, 5, 9]]))[1]
+    assert f"1.0 {float(prev[0]):.2f}, 1.1 {float(prev[1]):.2f}" in out  # the library's previous-token scores
     check_png(png)
     code, out, _ = run(capsys, "attention", "--model", model_dir, "--prompt", "5 9 2", "--layer", 0, "--head", 1,
                        "--no-prepend-bos", "--out", tmp_path / "b.png")
