@@ -11,6 +11,8 @@ def test_fmt_and_pct():
     assert report.fmt(0.12345) == "0.123" and report.fmt(-0.0001) == "0.000" and report.fmt(float("nan")) == "nan"
     assert report.fmt(3) == "3" and report.fmt("a") == "a" and report.fmt(2.0, digits=1) == "2.0"
     assert report.pct(0.414) == "41%" and report.pct(-0.05) == "-5%"
+    assert report.fmt_interval(0.4123, 0.35, 0.47) == "0.412 [0.350, 0.470]"
+    assert report.fmt_interval(-0.0001, -0.0004, 0.2, digits=2) == "0.00 [0.00, 0.20]"  # no "-0.00"
 
 
 def test_token_label():
