@@ -159,6 +159,10 @@ class Tokenizer:
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__} {text!r:.40}")
         if bad := regex.search(r"[\ud800-\udfff]", text):  # UTF-8 cannot encode a lone surrogate
+            if "\udc80" <= bad.group() <= "\udcff":  # how Python passes on a byte that is not UTF-8 (argv, files)
+                raise ValueError(f"the text is not valid UTF-8: byte 0x{ord(bad.group()) - 0xDC00:02x} at index "
+                                 f"{bad.start()} (a lone surrogate {bad.group()!a}); give UTF-8 text, or decode the "
+                                 "source with errors='replace' first")
             raise ValueError(f"the text holds a lone surrogate {bad.group()!a} at index {bad.start()}, which is not "
                              "a Unicode character; decode the source with errors='replace' first")
         ids: list[int] = []

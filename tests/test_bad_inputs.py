@@ -659,6 +659,8 @@ CASES = [
          "Cache has no accumulated_resid (a TransformerLens name); in minitx: minitx.lens.logit_lens(model, tokens)"),
     case("model-transformer-lens-name", lambda e: e.m.OV, AttributeError,
          "Transformer has no OV (a TransformerLens name); in minitx: minitx.circuits.OV(model)"),
+    case("tokenizer-byte-not-utf8", lambda e: e.tok.to_tokens("caf\udcc3", prepend_bos=False), ValueError,
+         "the text is not valid UTF-8: byte 0xc3 at index 3 (a lone surrogate '\\udcc3'); give UTF-8 text"),
     case("model-reset_hooks", lambda e: e.m.reset_hooks(), AttributeError,
          "Transformer has no reset_hooks (a TransformerLens name); in minitx: none: hooks are per call"),
     case("load-shipped-name-typo", lambda e: minitx.load("english6l"), FileNotFoundError,
