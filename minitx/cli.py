@@ -85,6 +85,9 @@ def resolve_model(name: str | None) -> str:
     """--model -> what minitx.loading.load reads: a local path, a shipped model's folder, or a hub id."""
     from minitx.shipped import shipped_path
     name = DEFAULT_MODEL if name is None else name
+    if not name.strip():  # Path("") is the current folder: never load it by accident
+        raise ValueError(f"--model {name!r} is empty; give a checkpoint folder, a .safetensors file or a hub id "
+                         f"(or leave --model out for {DEFAULT_MODEL})")
     path = Path(name).expanduser()
     if path.exists():
         return str(path)
@@ -229,10 +232,11 @@ def _heads_tokens(args, model, vocab):
     heads.check_max_offset(args.max_offset)
     known = known_token_ids(model)
     pool = known.tolist() if len(known) < cfg.d_vocab else None  # a small model's trained tokens only
-    heads.repeated_tokens(cfg.d_vocab, args.n, 1, args.seed, args.prepend_bos, token_ids=pool)  # checks --n
-    if 2 * args.n + o > cfg.n_ctx:
-        raise ValueError(f"--n {args.n} gives {2 * args.n + o} positions ({'[BOS] + ' if o else ''}r + r) but this "
-                         f"model has n_positions={cfg.n_ctx}; allowed --n 1..{(cfg.n_ctx - o) // 2}")
+    n_tokens = len(set(pool or range(cfg.d_vocab)) - {cfg.d_vocab - 1})  # ids r is drawn from: not BOS (the last)
+    largest = min(n_tokens, (cfg.n_ctx - o) // 2)  # distinct ids, and [BOS] + r + r within n_positions
+    if not 1 <= args.n <= largest:
+        raise ValueError(f"--n {args.n}: allowed --n 1..{largest} ({n_tokens} distinct ids to draw r from; "
+                         f"{'[BOS] + ' if o else ''}r + r must fit n_positions={cfg.n_ctx})")
     heads.check_memory(cfg, args.batch, 2 * args.n + o, device=model.W_E.device)  # before the batch is drawn
     drawn = f" from the {len(pool)} tokens this model trained" if pool is not None else ""
     if args.prompt is not None:
@@ -1202,7 +1206,7 @@ def _one_line(error: BaseException) -> str:
     """An exception as one line: our own messages as they are, anything else with its type and a hint."""
     message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
     first = str(message).strip().splitlines()[0] if str(message).strip() else ""
-    expected = (ValueError, KeyError, TypeError, OSError, FloatingPointError, MemoryError)
+    expected = (ValueError, KeyError, TypeError, OSError, FloatingPointError, MemoryError, ImportError)
     if isinstance(error, expected) and first:
         return first
     return f"{type(error).__name__}: {first or 'no message'} (set MINITX_DEBUG=1 to see where)"

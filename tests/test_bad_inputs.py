@@ -722,12 +722,14 @@ CLI_CASES = [
     cli_case("attention-too-long", ["attention", "--prompt", " ".join(["1"] * 20), "--layer", "0"],
              "minitx attention: error: the sequence reaches position 20, but this model has n_positions=16"),
     cli_case("heads-n-too-large", ["heads", "--n", "30"],
-             "minitx heads: error: n=30 distinct tokens per half are not available: allowed 1..19"),
-    cli_case("heads-n-zero", ["heads", "--n", "0"], "n=0 distinct tokens per half are not available"),
+             "minitx heads: error: --n 30: allowed --n 1..7 (19 distinct ids to draw r from; [BOS] + r + r must "
+             "fit n_positions=16)"),
+    cli_case("heads-n-zero", ["heads", "--n", "0"], "--n 0: allowed --n 1..7"),
     cli_case("heads-one-token-prompt", ["heads", "--n", "3", "--prompt", "5", "--no-prepend-bos"],
              "minitx heads: error: the prompt needs at least 2 tokens to score heads"),
     cli_case("heads-n-exceeds-positions", ["heads", "--n", "8"],
-             "minitx heads: error: --n 8 gives 17 positions ([BOS] + r + r) but this model has n_positions=16"),
+             "minitx heads: error: --n 8: allowed --n 1..7 (19 distinct ids to draw r from; [BOS] + r + r must "
+             "fit n_positions=16)"),
     cli_case("heads-batch-zero", ["heads", "--n", "3", "--batch", "0"], "--batch"),
     cli_case("heads-negative-max-offset", ["heads", "--n", "3", "--max-offset", "-1"], "max_offset=-1"),
     cli_case("patch-answer-out-of-vocab", ["patch", *PAIR[:4], "--answer", "30", "--wrong", "5"],
