@@ -207,6 +207,8 @@ def test_empty_text_prompt_names_the_flag(gpt2_vocab_dir, tmp_path, capsys, monk
     monkeypatch.chdir(tmp_path)
     code, out, err = run(capsys, "generate", "", "--model", gpt2_vocab_dir)
     check_clean_error(code, out, err, r"^minitx generate: error: prompt is empty; give some text \(or use --prepend-bos\)$")
+    code, out, err = run(capsys, "generate", "x", "--model", "")  # not the current folder
+    check_clean_error(code, out, err, r"^minitx generate: error: --model '' is empty; give a checkpoint folder")
 
 
 def test_usage_errors_and_missing_model(tmp_path, capsys):
