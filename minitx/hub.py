@@ -122,9 +122,12 @@ def download(repo_id: str, revision: str = "main", *, endpoint: str | None = Non
         raise ValueError(f"retries={retries!r} is not allowed: how often to retry a failed file, an int >= 0")
     if not force and (snapshot := cached_snapshot(repo_id, revision)):
         return snapshot
+    base = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+    if not isinstance(base, str) or urllib.parse.urlsplit(base).scheme not in ("http", "https"):
+        where = "endpoint" if endpoint else "HF_ENDPOINT"
+        raise ValueError(f"{where}={base!r} is not a hub address; give an http(s) URL such as {DEFAULT_ENDPOINT}")
     if variable := _offline():
         raise OSError(f"{variable} is set: not downloading {repo_id!r}; unset it on a machine that is online")
-    base = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
     repo = repo_dir(repo_id)
 
     def fetch(filename: str, rev: str, required: bool = True):

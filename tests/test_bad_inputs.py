@@ -661,6 +661,8 @@ CASES = [
          "Transformer has no OV (a TransformerLens name); in minitx: minitx.circuits.OV(model)"),
     case("tokenizer-byte-not-utf8", lambda e: e.tok.to_tokens("caf\udcc3", prepend_bos=False), ValueError,
          "the text is not valid UTF-8: byte 0xc3 at index 3 (a lone surrogate '\\udcc3'); give UTF-8 text"),
+    case("download-endpoint-not-a-url", lambda e: minitx.download("org/absent-h10", endpoint="notaurl"), ValueError,
+         "endpoint='notaurl' is not a hub address; give an http(s) URL such as https://huggingface.co"),
     case("model-reset_hooks", lambda e: e.m.reset_hooks(), AttributeError,
          "Transformer has no reset_hooks (a TransformerLens name); in minitx: none: hooks are per call"),
     case("load-shipped-name-typo", lambda e: minitx.load("english6l"), FileNotFoundError,
