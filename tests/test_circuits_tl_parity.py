@@ -6,39 +6,25 @@ TransformerLens is an optional peer: these tests skip unless it imports (the REA
 says how to install it; `.venv-peers/bin/python -m pytest tests/test_circuits_tl_parity.py`).
 """
 
-import json
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
 from torch.testing import assert_close
 
-import minitx
 from minitx import circuits, processing
 from tests.conftest import random_model
+from tests.peers import tl_bridge
 
 pytest.importorskip("transformer_lens.model_bridge")
+pytestmark = pytest.mark.peers  # .ci/run runs these in .venv-peers
 TOL = dict(atol=1e-5, rtol=1e-5)
-
-
-def bridge(model, directory: Path):
-    """TransformerLens's bridge over transformers' GPT-2, booted from the checkpoint minitx saved."""
-    from transformer_lens.model_bridge import TransformerBridge
-    model.save_pretrained(directory)
-    source = Path(minitx.__file__).parent / "data" / "gpt2"  # GPT-2's tokenizer files, under transformers' names
-    shutil.copy(source / "encoder.json", directory / "vocab.json")
-    shutil.copy(source / "vocab.bpe", directory / "merges.txt")
-    (directory / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "GPT2Tokenizer", **dict.fromkeys(["bos_token", "eos_token", "unk_token"], "<|endoftext|>")}))
-    return TransformerBridge.boot_transformers(str(directory), device="cpu", dtype=torch.float32).eval()
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     ours = random_model(vocab_size=50257, n_layer=3, n_head=4, n_embd=64, n_positions=64)
-    raw = bridge(ours, tmp_path_factory.mktemp("raw"))
-    processed = bridge(ours, tmp_path_factory.mktemp("processed"))
+    raw = tl_bridge(ours, tmp_path_factory.mktemp("raw"))
+    processed = tl_bridge(ours, tmp_path_factory.mktemp("processed"))
     processed.enable_compatibility_mode(disable_warnings=True)
     return ours, raw, processed
 

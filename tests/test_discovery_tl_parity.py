@@ -6,10 +6,7 @@ corrupted run, averaged over prompt pairs. minitx's `eap` is the noising form, (
 at x; with x the corrupted prompts and x' the clean ones it is the same quantity, summed over positions.
 """
 
-import json
-import shutil
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +15,7 @@ from torch.testing import assert_close
 import minitx
 from minitx import discovery, metrics
 from tests.conftest import random_model
+from tests.peers import tl_bridge
 
 tl_attribution = pytest.importorskip("transformer_lens.tools.analysis.attribution_patching")
 pytestmark = pytest.mark.peers
@@ -30,17 +28,8 @@ CORRUPTED = ["When Mary and John went to the store, Mary gave a drink to",
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from transformer_lens.model_bridge import TransformerBridge
     ours = random_model(vocab_size=50257, n_layer=2, n_head=4, n_embd=64, n_positions=64)
-    directory = tmp_path_factory.mktemp("checkpoint")
-    ours.save_pretrained(directory)
-    source = Path(minitx.__file__).parent / "data" / "gpt2"  # GPT-2's files, under transformers' names
-    shutil.copy(source / "encoder.json", directory / "vocab.json")
-    shutil.copy(source / "vocab.bpe", directory / "merges.txt")
-    (directory / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "GPT2Tokenizer", **dict.fromkeys(["bos_token", "eos_token", "unk_token"], "<|endoftext|>")}))
-    theirs = TransformerBridge.boot_transformers(str(directory), device="cpu", dtype=torch.float32).eval()
-    return ours, theirs
+    return ours, tl_bridge(ours, tmp_path_factory.mktemp("checkpoint"))
 
 
 def our_label(node) -> str:

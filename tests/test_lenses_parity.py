@@ -7,9 +7,7 @@ runs on its bridge booted from the checkpoint minitx saved (with GPT-2's tokeniz
 
 import json
 import logging
-import shutil
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +18,7 @@ from minitx import lens
 from minitx.jacobian_lens import JacobianLens, fit_jacobian_lens
 from minitx.tuned_lens import TunedLens
 from tests.conftest import random_model
+from tests.peers import tl_bridge
 from tests.test_lens import hf_twin
 
 pytestmark = pytest.mark.peers  # .ci/run runs these with .venv-peers
@@ -99,17 +98,8 @@ def test_a_lens_saved_by_either_library_loads_in_the_other(twin, tmp_path, caplo
 @pytest.fixture(scope="module")
 def bridge_pair(tmp_path_factory):
     pytest.importorskip("transformer_lens.tools.analysis.jacobian_lens")
-    from transformer_lens.model_bridge import TransformerBridge
     ours = random_model(vocab_size=50257, n_layer=3, n_head=4, n_embd=32, n_positions=64)
-    directory = tmp_path_factory.mktemp("checkpoint")
-    ours.save_pretrained(directory)
-    source = Path(minitx.__file__).parent / "data" / "gpt2"  # GPT-2's files, under transformers' names
-    shutil.copy(source / "encoder.json", directory / "vocab.json")
-    shutil.copy(source / "vocab.bpe", directory / "merges.txt")
-    special = dict.fromkeys(["bos_token", "eos_token", "unk_token"], "<|endoftext|>")
-    (directory / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GPT2Tokenizer", **special}))
-    theirs = TransformerBridge.boot_transformers(str(directory), device="cpu", dtype=torch.float32).eval()
-    return ours, theirs
+    return ours, tl_bridge(ours, tmp_path_factory.mktemp("checkpoint"))
 
 
 def test_jacobian_lens_equals_transformer_lens_fit(bridge_pair, tmp_path):

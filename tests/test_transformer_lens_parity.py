@@ -9,9 +9,6 @@ hooked forward per patch, its head detector tokenizes the text itself (prependin
 direct-path patching, logit lens and attribution patching run their own hooks and autograd.
 """
 
-import json
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +17,7 @@ from torch.testing import assert_close
 import minitx
 from minitx import attribution, heads, lens, metrics, patching, path_patching
 from tests.conftest import random_model
+from tests.peers import tl_bridge
 
 tl_patching = pytest.importorskip("transformer_lens.patching")
 tl_heads = pytest.importorskip("transformer_lens.head_detector")
@@ -34,17 +32,8 @@ TEXT = "When Mary and John went to the store, John gave a drink to Mary. When Ma
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from transformer_lens.model_bridge import TransformerBridge
     ours = random_model(vocab_size=50257, n_layer=2, n_head=4, n_embd=64, n_positions=64)
-    directory = tmp_path_factory.mktemp("checkpoint")
-    ours.save_pretrained(directory)
-    source = Path(minitx.__file__).parent / "data" / "gpt2"  # GPT-2's files, under transformers' names
-    shutil.copy(source / "encoder.json", directory / "vocab.json")
-    shutil.copy(source / "vocab.bpe", directory / "merges.txt")
-    (directory / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "GPT2Tokenizer", **dict.fromkeys(["bos_token", "eos_token", "unk_token"], "<|endoftext|>")}))
-    theirs = TransformerBridge.boot_transformers(str(directory), device="cpu", dtype=torch.float32).eval()
-    return ours, theirs
+    return ours, tl_bridge(ours, tmp_path_factory.mktemp("checkpoint"))
 
 
 @pytest.fixture(scope="module")
