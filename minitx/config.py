@@ -55,6 +55,7 @@ class Config:
     n_ctx = property(lambda self: self.n_positions)
     n_layers = property(lambda self: self.n_layer)  # TransformerLens's names
     n_heads = property(lambda self: self.n_head)
+    act_fn = property(lambda self: self.activation_function)
 
 
 def _is_int(value) -> bool:

@@ -506,7 +506,8 @@ def test_transformer_lens_spellings_port_as_written(tiny_model):
     assert cache["embed"] is cache["hook_embed"] and cache["pos_embed"] is cache["hook_pos_embed"]
     assert cache["scale"] is cache["ln_final.hook_scale"] and cache["normalized"] is cache["ln_final.hook_normalized"]
     assert cache["scale", 0, "ln2"] is cache["blocks.0.ln2.hook_scale"]
-    assert (tiny_model.cfg.n_layers, tiny_model.cfg.n_heads) == (tiny_model.cfg.n_layer, tiny_model.cfg.n_head)
+    cfg = tiny_model.cfg
+    assert (cfg.n_layers, cfg.n_heads, cfg.act_fn) == (cfg.n_layer, cfg.n_head, cfg.activation_function)
     assert not hasattr(tiny_model, "OV") and not hasattr(cache, "decompose_resid")  # they say where minitx has them
 
 
