@@ -418,8 +418,28 @@ def cmd_patch(args) -> int:
         say(text_table(["head", *(f"{p}:{t}" for p, t in enumerate(labels))], rows))
         fig = plots.patching_heatmap(S.permute(0, 2, 1).reshape(-1, S.shape[1]), labels, title,
                                      row_labels=[r[0] for r in rows], ylabel="head")
+    if clean.shape[0] > 1:  # --pairs: the table holds means; say how sure the largest ones are
+        _say_top_intervals(result, labels)
     _save_figure(fig, args, "patch.png")
     return 0
+
+
+def _say_top_intervals(result, labels: list[str], top: int = 5) -> None:
+    """The `top` entries of largest |score| of a patching result over several prompts, each with its 95% interval."""
+    import torch
+    from minitx import stats
+    from minitx.report import fmt_interval, head_label, text_table
+    interval = stats.result_interval(result)
+    order = interval.estimate.flatten().abs().nan_to_num(-1.0).argsort(descending=True)[:top].tolist()
+    rows = []
+    for flat in order:
+        at = dict(zip(result.axes, (int(i) for i in torch.unravel_index(torch.tensor(flat), interval.estimate.shape))))
+        where = head_label(at["layer"], at["head"]) if "head" in at else f"layer {at['layer']}"
+        where += f" at {at['pos']}:{labels[at['pos']]}" if "pos" in at else ""
+        rows.append([where, fmt_interval(*(float(x.flatten()[flat]) for x in (interval.estimate, interval.low,
+                                                                               interval.high)))])
+    say(f"largest {len(rows)} by |score|, with a 95% percentile bootstrap interval over the {interval.n} pairs:")
+    say(text_table(["where", "score [95% interval]"], rows))
 
 
 REL_CHANGE = ("rel. change = (patched - clean) / clean logit difference: the IOI paper's \"% change in logit "

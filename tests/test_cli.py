@@ -484,6 +484,23 @@ def test_pairs_file_instead_of_one_pair(gpt2_vocab_dir, tmp_path, capsys):
     result = patching.activation_patching(model, batch.clean, batch.corrupted,
                                           metrics.logit_diff_metric(batch.answer, batch.wrong), "z", "all")
     assert f"clean {result.clean:+.3f}, corrupted {result.corrupted:+.3f}" in out.splitlines()[0]
+    assert "interval" not in out  # one pair: no interval over pairs
+    # several pairs: the table's means, and for the largest ones the interval over the pairs (stats.result_interval)
+    from minitx import stats
+    from minitx.report import fmt_interval
+    pairs = datasets.role_swap_pairs(6, templates=("who",))  # one token length: one batch
+    path = datasets.write_jsonl(pairs, tmp_path / "six.jsonl")
+    code, out, err = run(capsys, "patch", "--pairs", path, "--point", "z", "--model", gpt2_vocab_dir, "--out", tmp_path)
+    assert code == 0, err
+    batch = datasets.load_pairs(path, minitx.Tokenizer.default(), True)
+    result = patching.activation_patching(model, batch.clean, batch.corrupted,
+                                          metrics.logit_diff_metric(batch.answer, batch.wrong), "z", "all")
+    interval = stats.result_interval(result)
+    l, h = divmod(int(interval.estimate.flatten().abs().argmax()), model.cfg.n_head)
+    assert f"with a 95% percentile bootstrap interval over the {len(pairs)} pairs" in out
+    first = out.split("score [95% interval]")[1].splitlines()[2]
+    assert first.split(maxsplit=1) == [f"{l}.{h}", fmt_interval(*(float(x[l, h]) for x in (interval.estimate,
+                                                                                         interval.low, interval.high)))]
     code, out, err = run(capsys, "patch", "a b", "a c", "--pairs", path, "--model", gpt2_vocab_dir)
     check_clean_error(code, out, err, r"--pairs replaces the single pair; drop --clean, --corrupted")
     code, out, err = run(capsys, "patch", "a b", "--model", gpt2_vocab_dir)
