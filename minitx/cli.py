@@ -419,18 +419,20 @@ def cmd_patch(args) -> int:
         fig = plots.patching_heatmap(S.permute(0, 2, 1).reshape(-1, S.shape[1]), labels, title,
                                      row_labels=[r[0] for r in rows], ylabel="head")
     if clean.shape[0] > 1:  # --pairs: the table holds means; say how sure the largest ones are
-        _say_top_intervals(result, labels)
+        _say_top_intervals(result, labels, no_effect=0.0 if result.direction == "denoising" else 1.0)
     _save_figure(fig, args, "patch.png")
     return 0
 
 
-def _say_top_intervals(result, labels: list[str], top: int = 5) -> None:
-    """The `top` entries of largest |score| of a patching result over several prompts, each with its 95% interval."""
+def _say_top_intervals(result, labels: list[str], no_effect: float, top: int = 5) -> None:
+    """The `top` entries of a patching result over several prompts that move the score most from `no_effect`
+    (0 when denoising, 1 when noising or path patching), each with its 95% interval."""
     import torch
     from minitx import stats
     from minitx.report import fmt_interval, head_label, text_table
     interval = stats.result_interval(result)
-    order = interval.estimate.flatten().abs().nan_to_num(-1.0).argsort(descending=True)[:top].tolist()
+    effect = (interval.estimate.flatten() - no_effect).abs().nan_to_num(-1.0)  # NaN (no path) last
+    order = effect.argsort(descending=True)[:top].tolist()
     rows = []
     for flat in order:
         at = dict(zip(result.axes, (int(i) for i in torch.unravel_index(torch.tensor(flat), interval.estimate.shape))))
@@ -438,7 +440,8 @@ def _say_top_intervals(result, labels: list[str], top: int = 5) -> None:
         where += f" at {at['pos']}:{labels[at['pos']]}" if "pos" in at else ""
         rows.append([where, fmt_interval(*(float(x.flatten()[flat]) for x in (interval.estimate, interval.low,
                                                                                interval.high)))])
-    say(f"largest {len(rows)} by |score|, with a 95% percentile bootstrap interval over the {interval.n} pairs:")
+    say(f"the {len(rows)} scores farthest from {no_effect:g} (no effect), with a 95% percentile bootstrap interval "
+        f"over the {interval.n} pairs:")
     say(text_table(["where", "score [95% interval]"], rows))
 
 
@@ -474,6 +477,8 @@ def cmd_path_patch(args) -> int:
                      float(result.relative_change[l, h])] for l in range(cfg.n_layer) for h in range(cfg.n_head)]))
     fig = plots.layer_head_grid(removed, f"path patching sender -> {named}{frozen} on {_pair_title(args)}: removed "
                                 "(1 - score)", limits=(-1.0, 1.0), colorbar_label="removed (1 = as corrupted)")
+    if clean.shape[0] > 1:  # --pairs
+        _say_top_intervals(result, [], no_effect=1.0)
     _save_figure(fig, args, "path-patch.png")
     return 0
 
