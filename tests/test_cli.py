@@ -501,6 +501,13 @@ def test_pairs_file_instead_of_one_pair(gpt2_vocab_dir, tmp_path, capsys):
     first = out.split("score [95% interval]")[1].splitlines()[2]
     assert first.split(maxsplit=1) == [f"{l}.{h}", fmt_interval(*(float(x[l, h]) for x in (interval.estimate,
                                                                                          interval.low, interval.high)))]
+    code, out, err = run(capsys, "patch", "--pairs", path, "--point", "z", "--direction", "noising", "--model",
+                         gpt2_vocab_dir, "--out", tmp_path)  # noising: no effect is 1, so farthest from 1 first
+    noised = patching.activation_patching(model, batch.clean, batch.corrupted, metrics.logit_diff_metric(
+        batch.answer, batch.wrong), "z", "all", direction="noising")
+    l, h = divmod(int((noised.scores.flatten() - 1).abs().argmax()), model.cfg.n_head)
+    assert code == 0 and "scores farthest from 1 (no effect)" in out
+    assert out.split("score [95% interval]")[1].splitlines()[2].split()[0] == f"{l}.{h}"
     code, out, err = run(capsys, "patch", "a b", "a c", "--pairs", path, "--model", gpt2_vocab_dir)
     check_clean_error(code, out, err, r"--pairs replaces the single pair; drop --clean, --corrupted")
     code, out, err = run(capsys, "patch", "a b", "--model", gpt2_vocab_dir)
