@@ -95,10 +95,25 @@ def resolve_model(name: str | None) -> str:
     return str(shipped) if shipped is not None else name
 
 
+def _check_out(out: str | None) -> None:
+    """--out names a place that can be written, checked before any work: its folder is a folder, or can be made."""
+    if out is None:
+        return
+    folder = _figure_path(out, "figure.png").parent
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"--out {out}: {folder} is a file, not a folder")
+    if not folder.exists() and not folder.parent.is_dir():
+        raise FileNotFoundError(f"cannot make the folder {folder}: {folder.parent} does not exist; create it first "
+                                "(only the last folder of a path is created)")  # as plots.save says, before the work
+
+
 def _load(args):
-    """-> (model, prompts.Vocab) for --model; the checkpoint's own vocab.json + merges.txt when it has them."""
+    """-> (model, prompts.Vocab) for --model, after checking --out; the checkpoint's own vocab.json + merges.txt
+    when it has them."""
     from minitx.loading import load
     from minitx.prompts import Vocab
+    if args.command != "demo":  # the demo's --out is a report folder, checked by demo.check_report_folder
+        _check_out(getattr(args, "out", None))
     path = resolve_model(args.model)
     model = load(path)
     return model, Vocab.for_model(model, path if Path(path).exists() else None)
@@ -820,6 +835,9 @@ def cmd_demo(args) -> int:
     fit_tour(model, vocab, args.n, args.prepend_bos)
     out = Path(args.out).expanduser().resolve()
     check_report_folder(out)
+    if args.html is not None and Path(args.html).expanduser().is_dir():
+        raise IsADirectoryError(f"--html {args.html} is a folder; give a file name such as "
+                                f"{Path(args.html) / 'view.html'}")
     if args.html is not None and not Path(args.html).expanduser().resolve().parent.is_dir():
         raise FileNotFoundError(f"--html {args.html}: the folder {Path(args.html).expanduser().resolve().parent} "
                                 "does not exist")

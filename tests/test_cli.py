@@ -211,6 +211,15 @@ def test_empty_text_prompt_names_the_flag(gpt2_vocab_dir, tmp_path, capsys, monk
     check_clean_error(code, out, err, r"^minitx generate: error: --model '' is empty; give a checkpoint folder")
 
 
+def test_out_and_html_checked_before_any_work(model_dir, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    code, out, err = run(capsys, "heads", "--model", model_dir, "--n", 3, "--out", tmp_path / "file" / "h.png")
+    check_clean_error(code, out, err, r"^minitx heads: error: --out .*/file/h\.png: .*/file is a file, not a folder$")
+    code, out, err = run(capsys, "demo", "--model", model_dir, "--out", tmp_path / "d", "--html", tmp_path)
+    check_clean_error(code, out, err, r"^minitx demo: error: --html .* is a folder; give a file name such as")
+    assert not (tmp_path / "d").exists()  # nothing was written
+
+
 def test_usage_errors_and_missing_model(tmp_path, capsys):
     code, out, err = run(capsys, "attention", "--prompt", "1 2")  # --layer missing: argparse's error, one line
     check_clean_error(code, out, err, r"^minitx attention: error: the following arguments are required: --layer")
