@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from minitx.checks import check_integers, check_positions, check_real, check_token_ids
+from minitx.checks import check_integers, check_positions, check_real, check_token_ids, check_tokens
 
 
 def logits_at(logits: Tensor, pos: int | Tensor = -1) -> Tensor:
@@ -61,6 +61,22 @@ def log_prob(logits: Tensor, answer: int | Tensor, pos: int | Tensor = -1) -> Te
 def prob(logits: Tensor, answer: int | Tensor, pos: int | Tensor = -1) -> Tensor:
     """Returns [batch]: p(answer) at `pos`."""
     return log_prob(logits, answer, pos).exp()
+
+
+def next_token_loss(logits: Tensor, tokens: Tensor, per_token: bool = False) -> Tensor:
+    """Returns the next-token cross-entropy in nats: logits at position i [batch, pos, d_vocab] scored against
+    tokens[:, i + 1]; the mean over every prediction, or [batch, pos - 1] with per_token=True.
+    TransformerLens's `model(tokens, return_type="loss")` (and `loss_per_token=True`)."""
+    if not isinstance(logits, Tensor) or logits.dim() != 3:
+        raise ValueError(f"logits must be [batch, pos, d_vocab], got "
+                         f"{tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__}")
+    tokens = check_tokens(tokens, logits.shape[-1]).to(logits.device)
+    if tokens.shape != logits.shape[:2] or tokens.shape[1] < 2:
+        raise ValueError(f"tokens {tuple(tokens.shape)} must be the [batch, pos] the logits {tuple(logits.shape)} were "
+                         "computed from, with at least 2 positions (the first token is never predicted)")
+    log_probs = logits[:, :-1].log_softmax(-1)  # [batch, pos - 1, d_vocab]
+    loss = -log_probs.gather(-1, tokens[:, 1:, None])[..., 0]  # [batch, pos - 1]
+    return loss if per_token else loss.mean()
 
 
 class Metric:
