@@ -207,7 +207,8 @@ def check_generation(n_prompt: int, max_new_tokens: int, temperature: float, top
     if eos_token_id is not None and not 0 <= eos_token_id < cfg.d_vocab:
         raise ValueError(f"eos_token_id={eos_token_id} is outside the vocabulary 0..{cfg.d_vocab - 1}")
     if n_prompt + max_new_tokens > cfg.n_ctx:
-        raise ValueError(f"{n_prompt} prompt tokens + {max_new_tokens} new ones exceed n_positions={cfg.n_ctx}")
+        raise ValueError(f"{n_prompt} prompt tokens + {max_new_tokens} new ones exceed n_positions={cfg.n_ctx}; "
+                         f"allowed: max_new_tokens 0..{max(cfg.n_ctx - n_prompt, 0)} for this prompt")
 
 
 def check_keep_last(keep_last, n_pos: int, n_blocks: int) -> None:

@@ -1202,7 +1202,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(command.name, help=command.help, description=command.description,
                            formatter_class=_HelpFormatter)
         command.add_arguments(p)
-        p.set_defaults(func=command.run)
+        p.set_defaults(func=command.run, _parser=p)
     return parser
 
 
@@ -1228,7 +1228,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # said by the command's own parser, so the error names it and its --help
+            getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
         _merge_prompts(args)
     except SystemExit as exit_:  # --help (0) or a usage error (2, already printed): return it, for in-process calls
         return exit_.code if isinstance(exit_.code, int) else 2

@@ -775,6 +775,10 @@ CLI_CASES = [
              "already holds files that minitx demo did not write"),
     cli_case("demo-out-missing-parent", ["demo", "--out", "no/such/folder"],
              "cannot make the folder /"),
+    cli_case("unknown-option-names-the-command", ["role-swap", "1 2", "--clean", "1 3"],
+             "minitx role-swap: error: unrecognized arguments: --clean 1 3 (see minitx role-swap --help)"),
+    cli_case("generate-too-many-new-tokens", ["generate", "1 2", "--max-new-tokens", "20"],
+             "minitx generate: error: 2 prompt tokens + 20 new ones exceed n_positions=16; allowed: max_new_tokens 0..14"),
     cli_case("attention-out-missing-parents", ["attention", "1 2", "--layer", "0", "--out", "no/such/a.png"],
              "minitx attention: error: cannot make the folder no/such: no does not exist; create it first"),
 ]
