@@ -367,4 +367,12 @@ ELSEWHERE = {
     "apply_ln_to_stack": "model.unembed(x) applies ln_final on x's own statistics, then W_U",
     "remove_batch_dim": "index the batch: cache['pattern', 0][0]",
     "to": "{name: x.to(device) for name, x in cache.items()}",
+    "return_type": "the call returns logits; the loss is minitx.metrics.next_token_loss(logits, tokens)",
+    "reset_hooks_end": "none: hooks never outlive the call",
 }
+
+
+def check_keywords(kwargs: dict, call: str) -> None:
+    """TypeError for a TransformerLens keyword minitx has no use for, saying where minitx has it instead."""
+    for key in sorted(kwargs.keys() & ELSEWHERE.keys()):
+        raise TypeError(f"{call} takes no {key} (a TransformerLens keyword); in minitx: {ELSEWHERE[key]}")

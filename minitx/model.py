@@ -31,7 +31,8 @@ from minitx.checks import (check_attention_mask, check_generation, check_layer_r
                            check_seed, check_sweep_options, check_tokens)
 from minitx.config import Config  # noqa: F401  (re-exported: minitx.model.Config)
 from minitx.hooks import (ELSEWHERE, ON_REQUEST, POINTS, Cache, HookPoint, NamesFilter, Run, get_act_name,  # noqa: F401
-                          active_context_hooks, check_hooks_can_fire, context_hooks, hook_list, point_names)
+                          active_context_hooks, check_hooks_can_fire, check_keywords, context_hooks, hook_list,
+                          point_names)
 
 # ---------------------------------------------------------------------------------------------
 # The layers.
@@ -391,6 +392,7 @@ class Transformer(Part):
     def run_with_hooks(self, tokens: Tensor, *args, fwd_hooks=(), bwd_hooks=(), **kwargs) -> Tensor:
         """Forward where fwd_hooks [(name | names | predicate, fn(act, hook) -> replacement | None)] fire."""
         fwd, bwd = self._context_hooks
+        check_keywords(kwargs, "run_with_hooks")
         own = self._run(fwd_hooks, bwd_hooks)  # this call's hooks must be able to fire
         check_hooks_can_fire(own, kwargs.get("start_at_layer"), kwargs.get("stop_at_layer"), self.cfg.n_layer)
         run = self._run(fwd + hook_list(fwd_hooks), bwd + hook_list(bwd_hooks, "bwd_hooks"))
@@ -402,6 +404,7 @@ class Transformer(Part):
         predicate over all names (on-request points included). The cache holds values after hooks."""
         cache = Cache(n_layers=self.cfg.n_layer)
         fwd, bwd = self._context_hooks
+        check_keywords(kwargs, "run_with_cache")
         own = self._run(fwd_hooks, bwd_hooks)  # this call's hooks must be able to fire
         check_hooks_can_fire(own, kwargs.get("start_at_layer"), kwargs.get("stop_at_layer"), self.cfg.n_layer)
         run = self._run(fwd + hook_list(fwd_hooks), bwd + hook_list(bwd_hooks, "bwd_hooks"), names_filter, cache,

@@ -663,6 +663,11 @@ CASES = [
          "the text is not valid UTF-8: byte 0xc3 at index 3 (a lone surrogate '\\udcc3'); give UTF-8 text"),
     case("download-endpoint-not-a-url", lambda e: minitx.download("org/absent-h10", endpoint="notaurl"), ValueError,
          "endpoint='notaurl' is not a hub address; give an http(s) URL such as https://huggingface.co"),
+    case("run_with_hooks-return_type-loss", lambda e: e.m.run_with_hooks(e.T, return_type="loss"), TypeError,
+         "run_with_hooks takes no return_type (a TransformerLens keyword); in minitx: the call returns logits; the loss "
+         "is minitx.metrics.next_token_loss(logits, tokens)"),
+    case("run_with_cache-remove_batch_dim", lambda e: e.m.run_with_cache(e.T, remove_batch_dim=True), TypeError,
+         "run_with_cache takes no remove_batch_dim (a TransformerLens keyword); in minitx: index the batch"),
     case("model-reset_hooks", lambda e: e.m.reset_hooks(), AttributeError,
          "Transformer has no reset_hooks (a TransformerLens name); in minitx: none: hooks are per call"),
     case("load-shipped-name-typo", lambda e: minitx.load("english6l"), FileNotFoundError,
