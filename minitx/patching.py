@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from minitx.checks import check_count, check_integers, check_positions, check_tokens
+from minitx.checks import check_count, check_index, check_integers, check_positions, check_tokens
 from minitx.engine import (DIRECTIONS, HEAD_LIKE, RESID_LIKE, Corruption, Shortcuts, cached_past,  # noqa: F401
                            check_same_shape, metric_blocks, position_mask, shortcuts, token_batch)
 from minitx.hooks import get_act_name
@@ -365,8 +365,8 @@ def patch_one(model, clean: Tensor, corrupted, point: str, layer: int, *, pos: i
     if pos is not None:
         check_integers(pos, "pos", "None (all positions) or an int position")
         pos = int(check_positions(pos, clean.tokens.shape[1]))
-    if head is not None and (isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < model.cfg.n_head):
-        raise ValueError(f"head {head!r} is out of range; this model has heads 0..{model.cfg.n_head - 1}")
+    if head is not None:
+        check_index(head, model.cfg.n_head, "head", "heads")
     name, idx = get_act_name(point, layer), act_index(point, pos, head)
     if source.tokens is None:
         src = source.values[name]

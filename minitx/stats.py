@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from minitx.checks import check_count
+from minitx.checks import check_count, check_int
 
 ESTABLISHED, NOT_ESTABLISHED = "established", "not established"
 
@@ -69,8 +69,7 @@ def _check(level, resamples, seed) -> None:
     if isinstance(level, bool) or not isinstance(level, float) or not 0 < level < 1:
         raise ValueError(f"level={level!r}: the interval's coverage, a float strictly between 0 and 1 (e.g. 0.95)")
     check_count(resamples, "resamples", "the number of bootstrap resamples")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    check_int(seed, "seed", "an int")
 
 
 def resample_weights(n: int, resamples: int = 2000, seed: int = 0) -> Tensor:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from minitx.checks import check_tokens
+from minitx.checks import check_count, check_tokens
 from minitx.hooks import get_act_name
 from minitx.lens import Lens, check_lens_model, load_tensor_file, unembed_hash
 from minitx.model import Run, Transformer
@@ -201,8 +201,7 @@ def train_tuned_lens(model: Transformer, token_batches, *, steps: int | None = N
         if not hasattr(token_batches, "__len__"):
             raise ValueError("token_batches has no length; give steps= (the linear decay needs the total)")
         steps = len(token_batches)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps={steps!r}: the number of optimiser steps, an int >= 1")
+    check_count(steps, "steps", "the number of optimiser steps")
     lens = lens or TunedLens(model)
     params = list(lens.parameters())
     optimizer, schedule = _optimizer(optimizer, params, steps, lr_scale, momentum, weight_decay)
