@@ -72,21 +72,12 @@ def withheld(clean: float, corrupted: float) -> str | None:
             "normalised scores divide by noise: this model does not do the task")
 
 
-def k_composition_verdict(removed: dict) -> str:
-    """Does the previous-token head act on the induction head through its keys? removed: {"q", "k", "v"} shares."""
-    best = max(("q", "k", "v"), key=lambda k: float(removed[k]))
-    if best == "k" and float(removed["k"]) >= 0.5:
-        return "supported"
-    if best == "k":
-        return "partly supported (keys carry the most, but less than half)"
-    return f"not supported: the {dict(q='queries', v='values')[best]} carry more than the keys"
-
-
 K_SHARE = 0.5  # K-composition is "supported" when the keys' path removes more than half of the logit difference
 
 
 def k_composition_verdict_iv(removed: dict) -> str:
-    """The interval form of k_composition_verdict. removed: {"q", "k", "v"} -> Interval of the share removed."""
+    """Does the previous-token head act on the induction head through its keys? removed: {"q", "k", "v"} ->
+    Interval of the share of the logit difference each path removes."""
     k, q, v = removed["k"], removed["q"], removed["v"]
     above = lambda a, b: claim(a, float(_printed(b).high)) == S.ESTABLISHED  # a's interval wholly above b's
     for name, other in (("queries", q), ("values", v)):
@@ -97,21 +88,6 @@ def k_composition_verdict_iv(removed: dict) -> str:
     if above(k, q) and above(k, v):
         return f"partly supported (the keys carry the most, but not established above {pct(K_SHARE)})"
     return S.NOT_ESTABLISHED
-
-
-def head_test_verdict(noised: float, restored: float) -> str:
-    """Does a head carry the relation? Necessity (noised) and sufficiency (restored), both shares of the gap."""
-    if noised >= SHARE and restored >= SHARE:
-        return "supported"
-    return "partly supported" if max(noised, restored) >= SHARE else "not supported"
-
-
-def mechanism(pattern: float, values: float) -> str:
-    """Where a head's effect lies: in where it attends (pattern) or in what it moves (values)."""
-    if abs(pattern) > abs(values):
-        return "where it attends (its pattern): it finds the right token by its role"
-    return ("what it moves (its values): earlier layers wrote the relation into the positions it reads, and it "
-            "moves it to the answer")
 
 
 def gap_note(clean: float, corrupted: float) -> list[str]:
@@ -900,6 +876,6 @@ def run_demo(model, out_dir, *, n: int = 12, batch: int = 50, seed: int = 0, pre
 
 
 __all__ = ["Vocab", "run_demo", "check_demo_args", "fit_tour", "replace_first_copy", "write_report", "GPT2_VOCAB",
-           "check_report_folder", "withheld", "k_composition_verdict", "head_test_verdict", "mechanism", "Section",
+           "check_report_folder", "withheld", "Section",
            "Tour", "INDUCTION_TOUR", "GPT2_TOUR", "claim", "k_composition_verdict_iv", "head_test_verdict_iv",
            "mechanism_iv", "adds_up", "default_n_pairs", "head_test", "SHARE", "K_SHARE", "TOLERANCE"]

@@ -286,16 +286,6 @@ def test_withheld_below_the_minimum_gap():
     assert "0.200 apart" in reason and "does not do the task" in reason
 
 
-def test_k_composition_verdict():
-    from minitx.demo import k_composition_verdict
-    assert k_composition_verdict({"q": 0.1, "k": 0.7, "v": 0.2}) == "supported"
-    assert k_composition_verdict({"q": 0.1, "k": 0.5, "v": 0.2}) == "supported"
-    assert k_composition_verdict({"q": 0.1, "k": 0.4, "v": 0.2}).startswith("partly supported")
-    assert k_composition_verdict({"q": 0.6, "k": 0.4, "v": 0.2}) == ("not supported: the queries carry more than "
-                                                                     "the keys")
-    assert k_composition_verdict({"q": 0.1, "k": 0.4, "v": 0.9}).endswith("the values carry more than the keys")
-
-
 def test_interval_verdicts():
     """A claim holds only when its printed interval clears the threshold; an interval across it decides nothing."""
     from minitx.demo import SHARE, adds_up, claim, head_test_verdict_iv, mechanism_iv
@@ -334,20 +324,6 @@ def test_k_composition_verdict_from_intervals():
     assert k_composition_verdict_iv({"q": iv(0.5, 0.9), "k": iv(0.1, 0.3), "v": small}) == (
         "not supported: the queries carry more than the keys")
     assert k_composition_verdict_iv({"q": small, "k": iv(0.05, 0.4), "v": small}) == "not established"  # overlaps q
-
-
-def test_head_test_verdict():
-    from minitx.demo import SHARE, head_test_verdict
-    assert head_test_verdict(SHARE, SHARE) == "supported"
-    assert head_test_verdict(0.9, 0.1) == head_test_verdict(0.1, 0.9) == "partly supported"
-    assert head_test_verdict(0.29, 0.29) == "not supported"
-    assert head_test_verdict(-0.8, -0.8) == "not supported"  # a head that helps the corrupted answer carries nothing
-
-
-def test_mechanism_follows_the_larger_share():
-    from minitx.demo import mechanism
-    assert mechanism(0.6, 0.2).startswith("where it attends") and mechanism(-0.6, 0.2).startswith("where it attends")
-    assert mechanism(0.1, 0.2).startswith("what it moves") and mechanism(0.2, 0.2).startswith("what it moves")
 
 
 def test_demo_checks_the_context_before_any_stage(tmp_path):
