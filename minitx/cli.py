@@ -566,6 +566,9 @@ def _lens(args, model, kind: str):
     """The lens to read with: the logit lens, or a tuned / Jacobian lens from --lens-path or the model's lenses/."""
     from minitx import lens
     if kind == "logit":
+        if args.lens_path and args.lens == "logit":
+            raise ValueError("--lens-path is a tuned or Jacobian lens file; give --lens tuned or --lens jacobian "
+                             "with it")
         return lens.LogitLens(model)
     folder = Path(resolve_model(args.model)) / "lenses"
     path = Path(args.lens_path) if args.lens_path and kind == args.lens else folder / ("tuned" if kind == "tuned" else
@@ -722,6 +725,9 @@ def cmd_view(args) -> int:
         raise ValueError("patching needs all of --clean, --corrupted, --answer and --wrong (or none of them)")
     if not args.prompt and args.clean is None:
         raise ValueError("give at least one --prompt (repeat it for several), or a --clean/--corrupted pair")
+    if Path(args.out).expanduser().is_dir():
+        raise IsADirectoryError(f"--out {args.out} is a folder; give a file name such as "
+                                f"{Path(args.out) / 'view.html'}")
     model, vocab = _load(args)
     prompts, results, tokens_pair = list(args.prompt or []), [], None
     if args.clean is not None:
@@ -747,6 +753,9 @@ def cmd_dla(args) -> int:
     tokens = vocab.tokens(args.prompt, prepend_bos=args.prepend_bos)
     answer = _token(args, vocab, args.answer, "--answer")
     wrong = _token(args, vocab, args.wrong, "--wrong") if args.wrong is not None else None
+    if answer == wrong:
+        raise ValueError(f"--answer and --wrong are the same token ({answer}), so the logit difference is always 0; "
+                         "--wrong is the competing token, or leave it out to attribute the answer's logit alone")
     _check_runs(model, tokens)
     _check_pos(args.pos, tokens.shape[1])
     result = dla.direct_logit_attribution(model, tokens, answer, wrong=wrong, pos=args.pos)

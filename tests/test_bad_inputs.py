@@ -784,6 +784,12 @@ CLI_CASES = [
              "minitx role-swap: error: unrecognized arguments: --clean 1 3 (see minitx role-swap --help)"),
     cli_case("generate-too-many-new-tokens", ["generate", "1 2", "--max-new-tokens", "20"],
              "minitx generate: error: 2 prompt tokens + 20 new ones exceed n_positions=16; allowed: max_new_tokens 0..14"),
+    cli_case("view-out-folder", ["view", "--prompt", "1 2", "--out", "."],
+             "minitx view: error: --out . is a folder; give a file name such as view.html"),
+    cli_case("dla-answer-is-wrong", ["dla", "1 2 3", "--answer", "3", "--wrong", "3"],
+             "minitx dla: error: --answer and --wrong are the same token (3), so the logit difference is always 0"),
+    cli_case("lens-path-with-logit-lens", ["lens", "1 2", "--lens-path", "x"],
+             "minitx lens: error: --lens-path is a tuned or Jacobian lens file; give --lens tuned or --lens jacobian"),
     cli_case("attention-out-missing-parents", ["attention", "1 2", "--layer", "0", "--out", "no/such/a.png"],
              "minitx attention: error: cannot make the folder no/such: no does not exist; create it first"),
 ]
