@@ -827,6 +827,11 @@ def check_report_folder(out: Path) -> list[str]:
                                 "(only the last folder of a path is created)")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} is a file, not a folder; choose a folder for the report")
+    try:  # write_report builds the report in a temporary folder beside out: can it, before minutes of work?
+        Path(tempfile.mkdtemp(prefix=f".{out.name}-check-", dir=out.parent)).rmdir()
+    except OSError as error:
+        raise PermissionError(f"cannot write the report into {out.parent}: {error.strerror}; choose another "
+                              "folder") from None
     if not out.exists() or not any(out.iterdir()):
         return []
     if not (out / MANIFEST).is_file():

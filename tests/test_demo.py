@@ -1,6 +1,7 @@
 """minitx.demo: the report and figures are written, and every number reported equals a direct library call."""
 
 import re
+from pathlib import Path
 
 import matplotlib.image
 import pytest
@@ -355,3 +356,11 @@ def test_report_folder_is_replaced_not_mixed(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         write_report(tmp_path / "a" / "b", ["# x"], {})
     assert not (tmp_path / "a").exists()
+
+
+def test_report_folder_must_be_writable_before_the_tour(tmp_path):
+    """A folder the report cannot be written into is refused at once, not after the tour (and leaves nothing)."""
+    from minitx.demo import check_report_folder
+    with pytest.raises(PermissionError, match=r"^cannot write the report into /proc: "):
+        check_report_folder(Path("/proc/minitx-demo"))
+    assert check_report_folder(tmp_path / "new") == [] and list(tmp_path.iterdir()) == []
