@@ -670,9 +670,10 @@ def gpt2_patching(t: Tour) -> Section:
         "![resid patching](patching-resid.png)\n", "![noising heads](noising-heads.png)\n",
         "![path patching to logits](path-logits.png)\n",
         f"**Hypothesis: \"head {head_label(*main)} carries the subject-object relation\".** It is the head whose "
-        "noising removes most. \"Direct\" below is the path from the head to the logits with every MLP frozen to its "
-        "clean value (docs/methods.md §14.4); the IOI paper's path patching recomputes the MLPs, which mixes "
-        "MLP-mediated effects into \"direct\", and is shown beside it. \"Via later heads\" is the path into the "
+        "noising removes most on average (the table's means; the next head's interval may overlap). \"Direct\" "
+        "below is the path from the head to the logits with every MLP frozen to its clean value "
+        "(docs/methods.md §14.4); the IOI paper's path patching recomputes the MLPs, which mixes MLP-mediated "
+        "effects into \"direct\", and is shown beside it. \"Via later heads\" is the path into the "
         "queries, keys and values of every later head at once, MLPs frozen.\n",
         md_table(["experiment", "share [95% interval]"], test["rows"]), "",
         md_table(["claim", "estimate", "95% interval", "threshold", "verdict"], test["claims"]), "",
