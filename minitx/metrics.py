@@ -35,6 +35,8 @@ def logits_at(logits: Tensor, pos: int | Tensor = -1) -> Tensor:
 
 
 def _pick(x: Tensor, ids: int | Tensor, what: str) -> Tensor:  # x [batch, d_vocab] -> [batch]
+    if type(ids) is int and 0 <= ids < x.shape[-1]:  # one valid id for every prompt: nothing to check (sweeps call
+        return x[:, ids]                             # this once per patch, so the check's cost showed there)
     ids = check_token_ids(ids, x.shape[-1], what, batch=x.shape[0]).to(x.device)
     return x.gather(-1, ids[:, None])[:, 0]
 
