@@ -1075,7 +1075,7 @@ def args_demo(p) -> None:
     p.add_argument("--seed", type=_seed, default=0, help="seed of the random tokens")
     p.add_argument("--n-pairs", type=int, default=None,
                    help="prompt pairs per dataset, GPT-2 tour (default: 64, or 8 for a model over 30M parameters; "
-                        "more pairs = narrower intervals, slower)")
+                        "at least 8; more pairs = narrower intervals, slower)")
     p.add_argument("--pairs", default=None, metavar="FILE",
                    help="your own JSONL pairs for the patching sections, GPT-2 tour (default: the built-in dataset)")
     p.add_argument("--html", default=None, metavar="FILE",

@@ -106,6 +106,7 @@ N_PAIRS = 64  # default pairs for a small model (weights/english-6l: the whole t
 # default for a model of more than LARGE_MODEL parameters: a GPT-2-small-shaped model spent 257 s of CPU time
 # (2 threads) on the whole tour with 4 pairs, 224 s of it patching, which grows with the pairs
 N_PAIRS_LARGE = 8
+MIN_PAIRS = 8  # below this a percentile bootstrap over prompts covers too little to decide a verdict
 LARGE_MODEL = 30_000_000
 RESAMPLES = 2000
 TOLERANCE = 0.05  # direct + indirect "add up to the total" unless the remainder is established beyond this
@@ -859,9 +860,13 @@ def run_demo(model, out_dir, *, n: int = 12, batch: int = 50, seed: int = 0, pre
     vocab = vocab or Vocab(model.cfg)
     n = fit_tour(model, vocab, n, prepend_bos)
     n_pairs = default_n_pairs(model) if n_pairs is None else n_pairs
-    if isinstance(n_pairs, bool) or not isinstance(n_pairs, int) or n_pairs < 2:
-        raise ValueError(f"n_pairs={n_pairs!r}: the number of prompt pairs, an int >= 2 (an interval needs prompts)")
+    if isinstance(n_pairs, bool) or not isinstance(n_pairs, int) or n_pairs < MIN_PAIRS:
+        raise ValueError(f"n_pairs={n_pairs!r}: the number of prompt pairs, an int >= {MIN_PAIRS} (a bootstrap "
+                         "interval over fewer prompts is too unreliable to decide a verdict)")
     if pairs is not None:
+        if len(pairs) < MIN_PAIRS:
+            raise ValueError(f"the pairs file has {len(pairs)} pairs; the demo needs at least {MIN_PAIRS} (a bootstrap "
+                             "interval over fewer prompts is too unreliable to decide a verdict)")
         if not vocab.is_text:
             raise ValueError("prompt pairs are text; this model has no text vocabulary (its tour uses random ids)")
         D.to_batch(pairs, vocab.tokenizer, prepend_bos)  # one length, single-token answers: checked now

@@ -175,11 +175,11 @@ def test_gpt2_tour_on_the_users_pairs(tmp_path):
     from minitx import datasets
     model = random_model(n_layer=2, n_head=2, n_embd=16, n_positions=32, vocab_size=50257)
     rows = [datasets.PromptPair(p.clean, p.corrupted, p.answer, p.wrong)  # plain rows, as a user writes them
-            for p in datasets.role_swap_pairs(6, templates=("who_was",), seed=5)]
+            for p in datasets.role_swap_pairs(8, templates=("who_was",), seed=5)]
     path = datasets.write_jsonl(rows, tmp_path / "pairs.jsonl")
-    result = run_demo(model, tmp_path / "out", log=None, n_pairs=4, pairs=datasets.read_jsonl(path))
+    result = run_demo(model, tmp_path / "out", log=None, n_pairs=8, pairs=datasets.read_jsonl(path))
     report = (tmp_path / "out" / "report.md").read_text()
-    assert result["n_pairs"] == 6 and "6 pairs (your file; templates not recorded" in report
+    assert result["n_pairs"] == 8 and "8 pairs (your file; templates not recorded" in report
     assert result["second"] is None and "Second corruption: none" in report
     assert torch.equal(result["clean_tokens"], datasets.to_batch(rows, minitx.Tokenizer.default(), True).clean)
     check_verdicts(report)
@@ -364,3 +364,17 @@ def test_report_folder_must_be_writable_before_the_tour(tmp_path):
     with pytest.raises(PermissionError, match=r"^cannot write the report into /proc: "):
         check_report_folder(Path("/proc/minitx-demo"))
     assert check_report_folder(tmp_path / "new") == [] and list(tmp_path.iterdir()) == []
+
+
+def test_too_few_pairs_for_a_verdict_are_refused_before_any_stage(tmp_path):
+    """A verdict needs an interval, and a bootstrap over fewer than MIN_PAIRS prompts is not one to decide by."""
+    from minitx import datasets
+    from minitx.demo import MIN_PAIRS
+    model = random_model(n_layer=1, n_head=2, n_embd=16, n_positions=32, vocab_size=50257)
+    stages = []
+    with pytest.raises(ValueError, match=f"n_pairs=2: .* an int >= {MIN_PAIRS}"):
+        run_demo(model, tmp_path / "few", log=stages.append, n_pairs=2)
+    few = datasets.role_swap_pairs(MIN_PAIRS - 1, templates=("who_was",), seed=5)
+    with pytest.raises(ValueError, match=f"has {MIN_PAIRS - 1} pairs; the demo needs at least {MIN_PAIRS}"):
+        run_demo(model, tmp_path / "few", log=stages.append, pairs=few)
+    assert stages == [] and not (tmp_path / "few").exists()
