@@ -107,6 +107,15 @@ def download_for_load(repo_id: str, revision: str) -> Path:
     return download(repo_id, revision)
 
 
+def _check_download_args(repo_id, timeout, retries) -> None:
+    if not is_valid_repo_id(repo_id):
+        raise ValueError(f"{repo_id!r} is not a valid hub repo id (name or org/name)")
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not 0 < timeout < math.inf:
+        raise ValueError(f"timeout={timeout!r} is not allowed: seconds to wait for the server, a number > 0")
+    if isinstance(retries, bool) or not isinstance(retries, numbers.Integral) or retries < 0:
+        raise ValueError(f"retries={retries!r} is not allowed: how often to retry a failed file, an int >= 0")
+
+
 def download(repo_id: str, revision: str = "main", *, endpoint: str | None = None, timeout: float = 30.0,
              retries: int = 2, force: bool = False) -> Path:
     """Fetches config.json, the weights and vocab.json/merges.txt into the HF cache -> the snapshot folder.
@@ -114,12 +123,7 @@ def download(repo_id: str, revision: str = "main", *, endpoint: str | None = Non
     A complete cached snapshot is returned without network access unless `force`. Endpoint: argument,
     else $HF_ENDPOINT, else https://huggingface.co. Each file is retried `retries` times on transient errors.
     """
-    if not is_valid_repo_id(repo_id):
-        raise ValueError(f"{repo_id!r} is not a valid hub repo id (name or org/name)")
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not 0 < timeout < math.inf:
-        raise ValueError(f"timeout={timeout!r} is not allowed: seconds to wait for the server, a number > 0")
-    if isinstance(retries, bool) or not isinstance(retries, numbers.Integral) or retries < 0:
-        raise ValueError(f"retries={retries!r} is not allowed: how often to retry a failed file, an int >= 0")
+    _check_download_args(repo_id, timeout, retries)
     if not force and (snapshot := cached_snapshot(repo_id, revision)):
         return snapshot
     base = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
