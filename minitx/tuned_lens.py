@@ -89,6 +89,8 @@ class TunedLens(Lens):
         """Reads a tuned-lens folder (config.json + params.pt, loaded with weights_only=True) for `model`.
         Wrong d_model or layer count, a bad file or an unsafe pickle raise; another model's unembedding warns."""
         path = Path(path)
+        if path.is_file() and path.name in ("config.json", "params.pt"):  # a file of the folder: read the folder
+            path = path.parent
         config = _read_config(path / "config.json", model)
         lens = cls(model, bias=bool(config.get("bias", True)),
                    base_model_name_or_path=str(config.get("base_model_name_or_path") or "minitx"),
