@@ -372,6 +372,15 @@ ELSEWHERE = {
 }
 
 
+def missing_attribute(owner: str, name: str, layer_weights, is_model: bool) -> str | None:
+    """The message for a name a model part lacks, when minitx keeps it elsewhere; None when it does not."""
+    if name in layer_weights and not is_model:
+        return f"{owner} has no {name}; the model has it: model.{name}[layer]"
+    if name in ELSEWHERE:
+        return f"{owner} has no {name} (a TransformerLens name); in minitx: {ELSEWHERE[name]}"
+    return None
+
+
 def check_keywords(kwargs: dict, call: str) -> None:
     """TypeError for a TransformerLens keyword minitx has no use for, saying where minitx has it instead."""
     for key in sorted(kwargs.keys() & ELSEWHERE.keys()):

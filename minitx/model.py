@@ -30,9 +30,9 @@ from minitx.activations import ACTIVATIONS
 from minitx.checks import (check_attention_mask, check_generation, check_layer_range, check_prompt_rows, check_residual,
                            check_seed, check_sweep_options, check_tokens)
 from minitx.config import Config  # noqa: F401  (re-exported: minitx.model.Config)
-from minitx.hooks import (ELSEWHERE, ON_REQUEST, POINTS, Cache, HookPoint, NamesFilter, Run, get_act_name,  # noqa: F401
+from minitx.hooks import (ON_REQUEST, POINTS, Cache, HookPoint, NamesFilter, Run, get_act_name,  # noqa: F401
                           active_context_hooks, check_hooks_can_fire, check_keywords, context_hooks, hook_list,
-                          point_names)
+                          missing_attribute, point_names)
 
 # ---------------------------------------------------------------------------------------------
 # The layers.
@@ -51,13 +51,9 @@ class Part(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            if name in _STACKED and not isinstance(self, Transformer):
-                where = f"; the model has it: model.{name}[layer]"
-            elif name in ELSEWHERE:
-                where = f" (a TransformerLens name); in minitx: {ELSEWHERE[name]}"
-            else:
+            if (hint := missing_attribute(type(self).__name__, name, _STACKED, isinstance(self, Transformer))) is None:
                 raise
-            raise AttributeError(f"{type(self).__name__} has no {name}{where}") from None
+            raise AttributeError(hint) from None
 
 
 class LayerNorm(Part):
