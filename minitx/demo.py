@@ -79,6 +79,8 @@ def k_composition_verdict_iv(removed: dict) -> str:
     """Does the previous-token head act on the induction head through its keys? removed: {"q", "k", "v"} ->
     Interval of the share of the logit difference each path removes."""
     k, q, v = removed["k"], removed["q"], removed["v"]
+    if reason := S.too_few(k.n):
+        return reason
     above = lambda a, b: claim(a, float(_printed(b).high)) == S.ESTABLISHED  # a's interval wholly above b's
     for name, other in (("queries", q), ("values", v)):
         if above(other, k):
@@ -106,7 +108,7 @@ N_PAIRS = 64  # default pairs for a small model (weights/english-6l: the whole t
 # default for a model of more than LARGE_MODEL parameters: a GPT-2-small-shaped model spent 257 s of CPU time
 # (2 threads) on the whole tour with 4 pairs, 224 s of it patching, which grows with the pairs
 N_PAIRS_LARGE = 8
-MIN_PAIRS = 8  # below this a percentile bootstrap over prompts covers too little to decide a verdict
+MIN_PAIRS = S.MIN_PROMPTS  # below this a percentile bootstrap over prompts covers too little to decide a verdict
 LARGE_MODEL = 30_000_000
 RESAMPLES = 2000
 TOLERANCE = 0.05  # direct + indirect "add up to the total" unless the remainder is established beyond this
@@ -131,7 +133,10 @@ def claim(iv: S.Interval, threshold: float, above: bool = True) -> str:
 def head_test_verdict_iv(noised: S.Interval, restored: S.Interval) -> str:
     """Does a head carry the relation? Necessity (noised) and sufficiency (restored), each an interval of the share
     of the gap: "supported" when both clear SHARE, "not supported" when both lie below it, "partly supported" when
-    one clears it and the other lies below, else "not established" (an interval straddles SHARE)."""
+    one clears it and the other lies below, else "not established" (an interval straddles SHARE); over fewer than
+    S.MIN_PROMPTS prompts, "too few prompts (...)"."""
+    if reason := S.too_few(noised.n):
+        return reason
     up = [claim(iv, SHARE) == S.ESTABLISHED for iv in (noised, restored)]
     down = [claim(iv, SHARE, above=False) == S.ESTABLISHED for iv in (noised, restored)]
     if all(up):
@@ -145,6 +150,8 @@ def head_test_verdict_iv(noised: S.Interval, restored: S.Interval) -> str:
 
 def mechanism_iv(difference: S.Interval) -> str:
     """Where a head's effect lies, from the interval of removed(pattern) - removed(values)."""
+    if reason := S.too_few(difference.n):
+        return f"not established ({reason})"
     if claim(difference, 0.0) == S.ESTABLISHED:
         return "where it attends (its pattern)"
     if claim(difference, 0.0, above=False) == S.ESTABLISHED:

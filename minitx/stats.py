@@ -4,6 +4,7 @@
     iv = normalized_interval(patched, clean, corrupted)   # (mean p - mean c*) / (mean c - mean c*)
     iv = result_interval(result, clean, corrupted)        # a patching / path-patching result's scores
     verdict(iv, 0.3)                              # "established" only if the whole interval is above 0.3
+                                                  # (and n >= MIN_PROMPTS: else "too few prompts (n = 3; ...)")
 
 The bootstrap (Efron 1979; Efron & Tibshirani 1993, ch. 13) resamples PROMPTS with replacement:
 `resamples` (default 2000) resampled datasets of the same size, each drawn from a torch.Generator seeded
@@ -15,7 +16,11 @@ A normalised patching score is a ratio of batch means (docs/methods.md §0.3), s
 denominator are resampled together, with the same prompts.
 
 A claim is "established" only when the interval, not the mean, clears its threshold (docs/methods.md
-§14); an interval that straddles the threshold says "not established", whatever the mean.
+§14); an interval that straddles the threshold says "not established", whatever the mean. Below
+MIN_PROMPTS prompts no verdict is given at all, only "too few prompts (n = 3; at least 8 needed to decide)":
+a nominal 95% percentile interval of a normal mean covers the true mean 72% of the time at n = 3, 84% at 5,
+88% at 8, 92% at 16 and 93% at 40 (2000 repetitions each, 1000 resamples;
+tests/test_stats.py::test_too_few_prompts_cover_too_little checks n = 3).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from torch import Tensor
 from minitx.checks import check_count, check_int
 
 ESTABLISHED, NOT_ESTABLISHED = "established", "not established"
+MIN_PROMPTS = 8  # below this, an interval over prompts covers too little to decide a verdict (module docstring)
 
 
 @dataclass(frozen=True)
@@ -169,9 +175,20 @@ def result_interval(result, clean=None, corrupted=None, **kwargs) -> Interval:
     return normalized_interval(per_prompt, clean, corrupted, **kwargs)
 
 
+def too_few(n: int) -> str | None:
+    """The verdict for an interval over n prompts when n is below MIN_PROMPTS ("too few prompts (n = 3; at least 8
+    needed to decide)"), else None."""
+    if n >= MIN_PROMPTS:
+        return None
+    return f"too few prompts (n = {n}; at least {MIN_PROMPTS} needed to decide)"
+
+
 def verdict(interval: Interval, threshold: float, above: bool = True) -> str:
-    """ "established" when the whole interval lies above threshold (above=False: below it), else "not established".
+    """ "established" when the whole interval lies above threshold (above=False: below it), else "not established";
+    over fewer than MIN_PROMPTS prompts, too_few's "too few prompts (...)", whatever the interval.
     The estimate alone never decides: an interval that reaches the threshold is "not established"."""
+    if reason := too_few(interval.n):
+        return reason
     low, high = float(interval.low), float(interval.high)
     if math.isnan(low) or math.isnan(high):
         return NOT_ESTABLISHED
@@ -179,4 +196,4 @@ def verdict(interval: Interval, threshold: float, above: bool = True) -> str:
 
 
 __all__ = ["Interval", "bootstrap", "ratio_interval", "normalized_interval", "baselines", "result_interval",
-           "resample_weights", "percentile", "verdict", "ESTABLISHED", "NOT_ESTABLISHED"]
+           "resample_weights", "percentile", "verdict", "too_few", "ESTABLISHED", "NOT_ESTABLISHED", "MIN_PROMPTS"]

@@ -16,7 +16,7 @@ from minitx.report import fmt
 
 FIXTURE = cli.REPO_ROOT / "weights/induction-2l"
 SAME = dict(atol=1e-6, rtol=1e-6)
-N, BATCH, SEED = 8, 4, 3
+N, BATCH, SEED = 8, 8, 3  # BATCH >= stats.MIN_PROMPTS: the fixture's verdict needs it
 
 
 def checksum(model):
@@ -83,6 +83,15 @@ def test_fixture_tour_finds_k_composition(demo):
     assert float(demo["path_removed"]["k"]) >= 0.5 and demo["verdict"] == "supported"
     assert float(demo["path_intervals"]["k"].low) > 0.5  # the verdict needs the interval above one half
     assert float(demo["path_removed"]["k"]) > 3 * max(float(demo["path_removed"][p]) for p in ("q", "v", "logits"))
+
+
+@pytest.mark.skipif(not FIXTURE.is_dir(), reason="the verdict needs a model that does the task")
+def test_fixture_tour_over_too_few_sequences_gives_no_verdict(model, tmp_path):
+    """2 sequences: the keys' path still removes most (0.867 [0.824, 0.936]), but no verdict is drawn from 2 prompts."""
+    result = run_demo(model, tmp_path, n=5, batch=2, seed=0, log=None)
+    few = "too few prompts (n = 2; at least 8 needed to decide)"
+    assert result["verdict"] == few and f"Verdict: {few}." in result["hypothesis"]
+    assert float(result["path_intervals"]["k"].low) > 0.5  # an interval that would have said "supported"
 
 
 def test_head_scores_equal_the_library(model, demo):
@@ -251,11 +260,11 @@ def check_verdicts(report: str) -> None:
     """Recomputes every verdict of the report from the numbers printed beside it."""
     from minitx import roles
     from minitx.demo import SHARE, TOLERANCE, head_test_verdict_iv
-    from minitx.stats import Interval
+    from minitx.stats import MIN_PROMPTS, Interval
     rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in report.splitlines()
             if line.startswith("| ")]
     iv = lambda v, lo, hi: Interval(torch.tensor(v, dtype=torch.float64), torch.tensor(lo, dtype=torch.float64),
-                                    torch.tensor(hi, dtype=torch.float64), n=2)
+                                    torch.tensor(hi, dtype=torch.float64), n=MIN_PROMPTS)  # the demo's least
     claims = [r for r in rows if len(r) == 5 and r[4] in ("established", "not established") and r[2].startswith("[")]
     assert claims, "the report has a verdict table"
     for text, estimate, interval, threshold, verdict in claims:
@@ -303,6 +312,21 @@ def test_interval_verdicts():
     assert mechanism_iv(iv(-0.1, 0.3)).startswith("not established")
     assert adds_up(iv(-0.04, 0.04)) and adds_up(iv(0.02, 0.2)) and not adds_up(iv(0.06, 0.2))
     assert not adds_up(iv(-0.3, -0.06))
+
+
+def test_too_few_prompts_give_no_verdict():
+    """Below stats.MIN_PROMPTS every rule says so, even from intervals that would otherwise decide."""
+    from minitx import stats
+    from minitx.demo import MIN_PAIRS, SHARE, claim, head_test_verdict_iv, k_composition_verdict_iv, mechanism_iv
+    from minitx.stats import Interval
+    iv = lambda lo, hi, n=3: Interval(torch.tensor((lo + hi) / 2), torch.tensor(lo), torch.tensor(hi), n=n)
+    few = "too few prompts (n = 3; at least 8 needed to decide)"
+    assert MIN_PAIRS == stats.MIN_PROMPTS
+    assert claim(iv(0.4, 0.6), SHARE) == few and head_test_verdict_iv(iv(0.4, 0.6), iv(0.35, 0.5)) == few
+    assert head_test_verdict_iv(iv(0.4, 0.6, 8), iv(0.35, 0.5, 8)) == "supported"
+    small = iv(-0.05, 0.1)
+    assert k_composition_verdict_iv({"q": small, "k": iv(0.6, 0.8), "v": small}) == few
+    assert mechanism_iv(iv(0.1, 0.3)) == f"not established ({few})"
 
 
 def test_default_number_of_pairs_follows_the_model_size():
