@@ -95,6 +95,10 @@ def _receiver(r, L: int, H: int) -> tuple:
         return (get_act_name(r[0], r[1]), r[2], r[1])
     if isinstance(r, tuple) and len(r) == 2 and r[0] == "mlp_in" and _index(r[1], L):
         return (get_act_name("mlp_in", r[1]), None, r[1])
+    if isinstance(r, tuple) and len(r) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in r):
+        raise ValueError(f"receiver {r!r} is a head; say which of its inputs receives: ('q', {r[0]}, {r[1]}), "
+                         f"('k', {r[0]}, {r[1]}) or ('v', {r[0]}, {r[1]}), or a list of them (other receivers: "
+                         f"('mlp_in', layer) or 'logits'; layer < {L}, head < {H})")
     raise ValueError(f"receiver {r!r}: use ('q'|'k'|'v', layer, head), ('mlp_in', layer) or 'logits' "
                      f"(layer < {L}, head < {H})")
 
@@ -137,8 +141,8 @@ def _is_single_sender(s) -> bool:  # a tuple of ints or ("mlp", l) is one sender
     return s == "embed" or (isinstance(s, tuple) and len(s) > 0 and (s[0] == "mlp" or isinstance(s[0], int)))
 
 
-def _is_single_receiver(r) -> bool:
-    return r == "logits" or (isinstance(r, tuple) and len(r) > 0 and isinstance(r[0], str))
+def _is_single_receiver(r) -> bool:  # (5, 0), a tuple of ints, is one (refused) head, never two receivers
+    return r == "logits" or (isinstance(r, tuple) and len(r) > 0 and isinstance(r[0], (str, int)))
 
 
 # -- the plan: what passes C and D run ---------------------------------------------------------------

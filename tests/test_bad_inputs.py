@@ -378,6 +378,12 @@ CASES = [
          "receiver ('mlp_in', 2)"),
     case("path-receiver-in-list", lambda e: path_patching.path_patch(e.m, e.T, e.C, (0, 0), [("q", 1, 0), ("k", 1, 9)],
                                                                      e.metric), ValueError, "receiver ('k', 1, 9)"),
+    case("path-receiver-head-tuple", lambda e: path_patching.path_patch(e.m, e.T, e.C, (0, 0), (1, 0), e.metric),
+         ValueError, "receiver (1, 0) is a head; say which of its inputs receives: ('q', 1, 0), ('k', 1, 0) or "
+                     "('v', 1, 0), or a list of them (other receivers: ('mlp_in', layer) or 'logits'; layer < 2, "
+                     "head < 4)"),
+    case("path-receiver-head-in-list", lambda e: path_patching.path_patch_senders(e.m, e.T, e.C, [(1, 0)], e.metric),
+         ValueError, "receiver (1, 0) is a head; say which of its inputs receives"),
     case("path-receivers-empty", lambda e: path_patching.path_patch(e.m, e.T, e.C, (0, 0), [], e.metric), ValueError,
          "receivers: one or more q/k/v/mlp_in receivers, or 'logits' alone"),
     case("path-senders-empty", lambda e: path_patching.path_patch(e.m, e.T, e.C, [], "logits", e.metric), ValueError,
