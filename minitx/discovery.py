@@ -32,8 +32,8 @@ import torch
 from torch import Tensor
 
 from minitx.checks import check_count, check_tokens
-from minitx.engine import (ABLATIONS, EdgeGraph, WriterValues, ablation_values, check_metric_values, check_same_shape,
-                           edge_graph, edge_patching, writer_points, writer_values, writers_of)
+from minitx.engine import (ABLATIONS, EdgeGraph, WriterValues, ablation_values, check_same_shape, edge_graph,
+                           edge_patching, metric_blocks, shortcuts, writer_points, writers_of)
 from minitx.hooks import get_act_name
 from minitx.metrics import metric_name
 from minitx.results import Result
@@ -62,12 +62,15 @@ def _check_pair(model, clean: Tensor, corrupted: Tensor) -> tuple[Tensor, Tensor
     return clean, corrupted
 
 
-def _deltas(graph: EdgeGraph, corrupted: WriterValues, clean: WriterValues) -> Tensor:
-    """a_u(x') - a_u(x) of every writer, [batch, pos, writer, d_model], in writer order."""
-    parts = [(corrupted.input - clean.input)[:, :, None]]
+def _deltas(graph: EdgeGraph, corrupted: WriterValues, clean: WriterValues, start: int = 0) -> Tensor:
+    """a_u(x') - a_u(x) of every writer from position `start` on, [batch, writer, pos - start, d_model], in
+    writer order."""
+    B = clean.input.shape[0]
+    parts = [(corrupted.input - clean.input)[:, None, start:]]
     for l in range(graph.n_layer):
-        parts += [corrupted.heads[l] - clean.heads[l], (corrupted.mlps[l] - clean.mlps[l])[:, :, None]]
-    return torch.cat([p.expand(clean.input.shape[0], *p.shape[1:]) for p in parts], 2)
+        parts += [(corrupted.heads[l] - clean.heads[l])[:, start:].transpose(1, 2),
+                  (corrupted.mlps[l] - clean.mlps[l])[:, None, start:]]
+    return torch.cat([p.expand(B, *p.shape[1:]) for p in parts], 1)
 
 
 def _reader_groups(graph: EdgeGraph) -> list[tuple[str, int, list[int]]]:
@@ -82,25 +85,36 @@ def _reader_groups(graph: EdgeGraph) -> list[tuple[str, int, list[int]]]:
 
 
 def _edge_terms(graph: EdgeGraph, deltas: Tensor, grads: dict[str, Tensor]) -> Tensor:
-    """Per-prompt edge scores [edge, batch]: for every reader group, (a_u(x') - a_u(x)) . gradient at the reader
-    input, summed over positions and d_model, for each writer (edges that do not exist are dropped)."""
-    B = deltas.shape[0]
+    """Per-prompt edge scores [edge, batch]: (a_u(x') - a_u(x)) . the gradient at reader v's input, summed over
+    positions and d_model. deltas [batch, writer, pos', d_model], grads [batch, pos', (head,) d_model] per reader
+    group (pos': the positions from a shared prefix's end on). One matmul per layer:
+    the readers of MLP l and of layer l + 1's q/k/v (then MLP L-1 and the logits) are contiguous, and the writers
+    before them are a prefix of the writer order; the one pair that is no edge (MLP l -> itself) is dropped."""
+    B, L = deltas.shape[0], graph.n_layer
     dense = deltas.new_zeros(B, graph.n_writers, graph.n_readers)
-    flat = deltas.permute(0, 2, 1, 3).reshape(B, graph.n_writers, -1)  # [batch, writer, pos * d_model], made once
+    flat = deltas.reshape(B, graph.n_writers, -1)  # [batch, writer, pos * d_model]
+    per_reader = []  # [batch, readers, pos - start, d_model] per reader group, in reader order
     for name, _, readers in _reader_groups(graph):
-        g = grads[name] if grads[name].dim() == 4 else grads[name][:, :, None]  # [batch, pos, readers, d_model]
-        before = sum(1 for w in range(graph.n_writers) if graph.writer_time(w) < graph.reader_time(readers[0]))
-        g = g.to(deltas.dtype).permute(0, 2, 1, 3).reshape(B, len(readers), -1)  # [batch, readers, pos * d_model]
-        dense[:, :before, readers] = torch.bmm(flat[:, :before], g.transpose(1, 2))  # the writers before them
+        g = grads[name].to(deltas.dtype)
+        per_reader.append(g.transpose(1, 2) if g.dim() == 4 else g[:, None])
+    per_reader = torch.cat(per_reader, 1).reshape(B, graph.n_readers, -1)  # [batch, reader, pos * d_model]
+    first = graph.reader("q", 0, 0)
+    for layer in range(L + 1):
+        last = graph.reader("logits") + 1 if layer == L else graph.reader("v", layer, graph.n_head - 1) + 1
+        writers = graph.n_writers if layer == L else graph.writer("head", layer, 0)  # those that write before
+        dense[:, :writers, first:last] = torch.bmm(flat[:, :writers], per_reader[:, first:last].transpose(1, 2))
+        first = last
     return dense[:, graph.edges[:, 0], graph.edges[:, 1]].T
 
 
-def _summed_metric(metric: Callable, logits: Tensor, batch: int) -> Tensor:
-    """sum of the metric over row blocks of `batch` prompts (one block per interpolation step)."""
-    return sum(check_metric_values(metric(block), batch).sum() for block in logits.split(batch))
+def _summed_metric(model, metric: Callable, final: Tensor, batch: int) -> Tensor:
+    """sum of the metric over row blocks of `batch` prompts (one block per interpolation step), from the
+    final residual [rows, pos, d_model]: a `Metric` is unembedded only where it reads."""
+    return metric_blocks(model, final, metric, batch).sum()
 
 
-def _reader_grads(model, clean: Tensor, metric: Callable, steps: int = 1, clean_vals=None, corrupt_vals=None):
+def _reader_grads(model, clean: Tensor, metric: Callable, steps: int = 1, clean_vals=None, corrupt_vals=None,
+                  start: int = 0):
     """Gradients of the metric at every reader input on the clean run, [batch, pos, (head,) d_model] per group,
     averaged over `steps` input embeddings on the line from the corrupted (input corrupt_vals) to the clean one
     (alpha = k/steps, k = 1..steps; steps=1 without corrupt_vals: the clean run itself).
@@ -117,23 +131,24 @@ def _reader_grads(model, clean: Tensor, metric: Callable, steps: int = 1, clean_
     fwd = [(get_act_name("mlp_in", l), lambda x, h: None) for l in range(model.cfg.n_layer)]
     if corrupt_vals is not None:
         alpha = torch.arange(1, steps + 1, dtype=clean_vals.input.dtype).div(steps).repeat_interleave(B)[:, None, None]
-        start, change = corrupt_vals.input.repeat(steps, 1, 1), (clean_vals.input - corrupt_vals.input).repeat(steps, 1, 1)
-        fwd.append((get_act_name("resid_pre", 0), lambda x, h: (start + alpha * change).requires_grad_(True)))
+        origin, change = corrupt_vals.input.repeat(steps, 1, 1), (clean_vals.input - corrupt_vals.input).repeat(steps, 1, 1)
+        fwd.append((get_act_name("resid_pre", 0), lambda x, h: (origin + alpha * change).requires_grad_(True)))
     with torch.enable_grad():
         leaf = [(get_act_name("embed"), lambda x, h: x.detach().requires_grad_(True))]
-        logits, cache = model.run_with_cache(clean.repeat(steps, 1), names_filter=names + writer_points(L),
-                                             fwd_hooks=leaf + fwd, keep_grad=True)
-        total = _summed_metric(metric, logits, B)
+        final, cache = model.run_with_cache(clean.repeat(steps, 1), names_filter=names + writer_points(L),
+                                            fwd_hooks=leaf + fwd, keep_grad=True, stop_at_layer=L)
+        total = _summed_metric(model, metric, final, B)
         wanted = [projected.get(name, name) for name, _, _ in groups]
         grads = torch.autograd.grad(total, [cache[n] for n in wanted], allow_unused=True)
-    grads = {n: torch.zeros_like(cache[n]) if g is None else g for n, g in zip(wanted, grads)}
+    grads = {n: (torch.zeros_like(cache[n]) if g is None else g)[:, start:] for n, g in zip(wanted, grads)}
     for name, point in projected.items():  # [rows, pos, head, d_head] at q/k/v -> [rows, pos, head, d_model]
         layer = int(name.split(".")[1])
         grads[name] = _through_ln1(model, layer, "qkv".index(point[-1]), grads.pop(point),
-                                   cache[get_act_name("resid_pre", layer)].detach())
+                                   cache[get_act_name("resid_pre", layer)][:, start:].detach())
     grads = {n: g.view(steps, B, *g.shape[1:]).mean(0) for n, g in grads.items()}
     first = writers_of({n: cache[n][:B] for n in writer_points(L)}, L)
-    return grads, check_metric_values(metric(logits[:B].detach()), B), first
+    with torch.no_grad():
+        return grads, metric_blocks(model, final[:B].detach(), metric, B)[0], first
 
 
 def _through_ln1(model, layer: int, which: int, grad: Tensor, resid: Tensor) -> Tensor:
@@ -141,7 +156,8 @@ def _through_ln1(model, layer: int, which: int, grad: Tensor, resid: Tensor) -> 
     gradient at that head's q, k or v [rows, pos, head, d_head] and the stream it reads, resid [rows, pos,
     d_model]: back through W [head, d_model, d_head], then through ln1 (x_hat = (x - mean) / sigma, times w):
     dx = (g - mean(g) - x_hat mean(g x_hat)) / sigma with g = w * (grad W^T) -> [rows, pos, head, d_model]."""
-    W = (model.W_Q, model.W_K, model.W_V)[which][layer].detach()  # [head, d_model, d_head]
+    with torch.no_grad():  # the cached stack (a read under grad would stack all layers afresh)
+        W = getattr(model, ("W_Q", "W_K", "W_V")[which])[layer]  # [head, d_model, d_head]
     ln = model.blocks[layer].ln1
     centred = resid - resid.mean(-1, keepdim=True)
     sigma = (centred.pow(2).mean(-1, keepdim=True) + ln.eps).sqrt()  # [rows, pos, 1]
@@ -150,10 +166,21 @@ def _through_ln1(model, layer: int, which: int, grad: Tensor, resid: Tensor) -> 
     return (g - g.mean(-1, keepdim=True) - x_hat * (g * x_hat).mean(-1, keepdim=True)) / sigma[:, :, None]
 
 
-def _scores(model, graph, clean_vals, corrupt_vals, grads, clean_m, corrupt_m, metric, method) -> EdgeScores:
-    per_prompt = _edge_terms(graph, _deltas(graph, corrupt_vals, clean_vals), grads)
+def _scores(model, graph, clean_vals, corrupt_vals, grads, clean_m, corrupt_m, metric, method, start=0) -> EdgeScores:
+    """EdgeScores from the writers' values on both runs and the gradients at the readers; the writers agree
+    before position `start` (a shared prefix), so only later positions are summed."""
+    per_prompt = _edge_terms(graph, _deltas(graph, corrupt_vals, clean_vals, start), grads)
     return EdgeScores(scores=per_prompt.mean(1), per_prompt=per_prompt, clean=float(clean_m.mean()),
                       corrupted=float(corrupt_m.mean()), metric=metric_name(metric), graph=graph, method=method)
+
+
+@torch.no_grad()
+def _writers_and_metric(model, tokens: Tensor, metric: Callable) -> tuple[WriterValues, Tensor]:
+    """One forward of tokens [batch, pos]: every writer's output and the metric [batch] (unembedded only where
+    a `Metric` reads)."""
+    L = model.cfg.n_layer
+    final, cache = model.run_with_cache(tokens, names_filter=writer_points(L), stop_at_layer=L)
+    return writers_of(cache, L), metric_blocks(model, final, metric, len(tokens))[0]
 
 
 def eap(model, clean: Tensor, corrupted: Tensor, metric: Callable) -> EdgeScores:
@@ -162,12 +189,11 @@ def eap(model, clean: Tensor, corrupted: Tensor, metric: Callable) -> EdgeScores
     score(u -> v) = (a_u(x') - a_u(x)) . dm/d in_v at x. Exact where m is linear in in_v (an edge into the
     logits with the final layer norm's scale frozen)."""
     clean, corrupted = _check_pair(model, clean, corrupted)
-    graph, L = edge_graph(model), model.cfg.n_layer
-    with torch.no_grad():  # forward 1: the corrupted run's writers and metric
-        logits, cache = model.run_with_cache(corrupted, names_filter=writer_points(L))
-        corrupt_vals, corrupt_m = writers_of(cache, L), check_metric_values(metric(logits), len(clean))
-    grads, clean_m, clean_vals = _reader_grads(model, clean, metric)  # forward 2 and the backward, on clean
-    return _scores(model, graph, clean_vals, corrupt_vals, grads, clean_m, corrupt_m, metric, "EAP")
+    graph = edge_graph(model)
+    corrupt_vals, corrupt_m = _writers_and_metric(model, corrupted, metric)  # forward 1, on corrupted
+    start = shortcuts(model, clean, corrupted, None).shared  # before it every writer agrees: no edge term
+    grads, clean_m, clean_vals = _reader_grads(model, clean, metric, start=start)  # forward 2 and the backward
+    return _scores(model, graph, clean_vals, corrupt_vals, grads, clean_m, corrupt_m, metric, "EAP", start)
 
 
 def eap_ig(model, clean: Tensor, corrupted: Tensor, metric: Callable, steps: int = 5, on: str = "inputs",
@@ -186,31 +212,31 @@ def eap_ig(model, clean: Tensor, corrupted: Tensor, metric: Callable, steps: int
                          "(interpolate each reader's input)")
     clean, corrupted = _check_pair(model, clean, corrupted)
     graph = edge_graph(model)
-    corrupt_vals, clean_vals = writer_values(model, corrupted), writer_values(model, clean)
-    with torch.no_grad():
-        clean_m = check_metric_values(metric(model(clean)), len(clean))
-        corrupt_m = check_metric_values(metric(model(corrupted)), len(clean))
+    corrupt_vals, corrupt_m = _writers_and_metric(model, corrupted, metric)
+    clean_vals, clean_m = _writers_and_metric(model, clean, metric)
+    start = shortcuts(model, clean, corrupted, None).shared  # before it every writer agrees: no edge term
     if on == "inputs":
-        grads, _, _ = _reader_grads(model, clean, metric, steps, clean_vals, corrupt_vals)
+        grads, _, _ = _reader_grads(model, clean, metric, steps, clean_vals, corrupt_vals, start)
     else:
-        grads = _activation_path_grads(model, graph, clean, metric, steps, clean_vals, corrupt_vals, edges)
+        grads = _activation_path_grads(model, graph, clean, metric, steps, clean_vals, corrupt_vals, edges, start)
     return _scores(model, graph, clean_vals, corrupt_vals, grads, clean_m, corrupt_m, metric,
-                   f"EAP-IG on {on} (steps={steps})")
+                   f"EAP-IG on {on} (steps={steps})", start)
 
 
-def _activation_path_grads(model, graph, clean, metric, steps, clean_vals, corrupt_vals, edges) -> dict[str, Tensor]:
+def _activation_path_grads(model, graph, clean, metric, steps, clean_vals, corrupt_vals, edges,
+                           start: int = 0) -> dict[str, Tensor]:
     """EAP-IG on activations: for each reader group, the gradient at its readers averaged over the path
     in_v(x) + alpha S_v, the rest of the model clean upstream and recomputed downstream."""
     B, L = len(clean), graph.n_layer
     patched = torch.ones(graph.n_edges, dtype=torch.bool) if edges is None else edges
     mask = graph.dense(patched).to(clean_vals.input.dtype)  # [writer, reader]
-    deltas = _deltas(graph, corrupt_vals, clean_vals)  # [batch, pos, writer, d_model]
+    deltas = _deltas(graph, corrupt_vals, clean_vals)  # [batch, writer, pos, d_model]
     starts = [get_act_name("resid_pre", l) for l in range(L)] + [get_act_name("resid_mid", l) for l in range(L)]
     _, cache = model.run_with_cache(clean, names_filter=starts + [get_act_name("resid_post", L - 1)])
     alpha = torch.arange(1, steps + 1, dtype=deltas.dtype).div(steps).repeat_interleave(B)
     grads = {}
     for name, layer, readers in _reader_groups(graph):
-        shift = torch.einsum("bpwd,wr->bprd", deltas, mask[:, readers]).repeat(steps, 1, 1, 1)  # [steps*B, pos, r, d]
+        shift = torch.einsum("bwpd,wr->bprd", deltas, mask[:, readers]).repeat(steps, 1, 1, 1)  # [steps*B, pos, r, d]
         point = {}
 
         def along_path(x, h):
@@ -221,15 +247,16 @@ def _activation_path_grads(model, graph, clean, metric, steps, clean_vals, corru
         with torch.enable_grad():
             if layer == L:  # the logits read the final residual
                 point[name] = (cache[name].repeat(steps, 1, 1) + alpha[:, None, None] * shift[:, :, 0]).requires_grad_(True)
-                logits = model.unembed(point[name])
+                final = point[name]
             elif name.endswith("mlp_in"):
-                logits = model.run_with_hooks(cache[get_act_name("resid_mid", layer)].repeat(steps, 1, 1),
-                                              start_at_layer=layer, start_at_mid=True, fwd_hooks=[(name, along_path)])
+                final = model.run_with_hooks(cache[get_act_name("resid_mid", layer)].repeat(steps, 1, 1),
+                                             start_at_layer=layer, start_at_mid=True, stop_at_layer=L,
+                                             fwd_hooks=[(name, along_path)])
             else:
-                logits = model.run_with_hooks(cache[get_act_name("resid_pre", layer)].repeat(steps, 1, 1),
-                                              start_at_layer=layer, fwd_hooks=[(name, along_path)])
-            (g,) = torch.autograd.grad(_summed_metric(metric, logits, B), [point[name]])
-        grads[name] = g.view(steps, B, *g.shape[1:]).mean(0)
+                final = model.run_with_hooks(cache[get_act_name("resid_pre", layer)].repeat(steps, 1, 1),
+                                             start_at_layer=layer, stop_at_layer=L, fwd_hooks=[(name, along_path)])
+            (g,) = torch.autograd.grad(_summed_metric(model, metric, final, B), [point[name]])
+        grads[name] = g.view(steps, B, *g.shape[1:]).mean(0)[:, start:]
     return grads
 
 

@@ -309,9 +309,10 @@ class EdgeGraph:
     @functools.cached_property
     def edges(self) -> Tensor:
         """[n_edges, 2] LongTensor of (writer, reader), ordered by reader, then writer."""
-        pairs = [(w, r) for r in range(self.n_readers) for w in range(self.n_writers)
-                 if self.writer_time(w) < self.reader_time(r)]
-        return torch.tensor(pairs, dtype=torch.long)
+        writes = torch.tensor([self.writer_time(w) for w in range(self.n_writers)])
+        reads = torch.tensor([self.reader_time(r) for r in range(self.n_readers)])
+        reader, writer = (writes[None, :] < reads[:, None]).nonzero(as_tuple=True)  # row-major: by reader, then writer
+        return torch.stack([writer, reader], 1)
 
     @property
     def n_edges(self) -> int:
@@ -339,8 +340,13 @@ def edge_count(n_layer: int, n_head: int) -> int:
 
 
 def edge_graph(model) -> EdgeGraph:
-    """The EdgeGraph of a loaded model."""
-    return EdgeGraph(model.cfg.n_layer, model.cfg.n_head)
+    """The EdgeGraph of a loaded model (one per shape, so its edge list is built once)."""
+    return _graph_of_shape(model.cfg.n_layer, model.cfg.n_head)
+
+
+@functools.lru_cache(maxsize=16)
+def _graph_of_shape(n_layer: int, n_head: int) -> EdgeGraph:
+    return EdgeGraph(n_layer, n_head)
 
 
 # -- exact edge patching (docs/methods.md §12.2) ------------------------------------------------------
