@@ -6,7 +6,7 @@ Each failure says what was wrong and what is allowed, in one line (the table: do
     describe(value)                                 a one-line description of an argument, for messages
     check_integers(value, what, allowed)            TypeError unless ints (no bools, no floats)
     check_int(value, what, allowed)                 TypeError unless one int; check_real: one real number
-    check_count(value, what, meaning)               an int >= 1
+    check_count(value, what, meaning, minimum=1)    an int >= minimum (1: a count)
     check_choice(value, what, allowed)              one of a few named options (strings)
     check_max_offset(max_offset)                    an int offset >= 0 (heads look back only)
     check_index(value, size, what, plural)          an int in 0..size-1 (a layer, a head)
@@ -74,10 +74,11 @@ def check_index(value, size: int, what: str, plural: str) -> None:
         raise ValueError(f"{what} {value!r} is out of range; this model has {plural} 0..{size - 1}")
 
 
-def check_count(value, what: str, meaning: str) -> None:
-    """ValueError unless value is an int >= 1 (not a bool, a float or a string)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{what}={value!r}: {meaning}, an int >= 1")
+def check_count(value, what: str, meaning: str, minimum: int = 1) -> None:
+    """ValueError unless value is an int >= minimum (not a bool, a float or a string):
+    "n_pairs=2: prompt pairs per dataset, an int >= 8"."""
+    if not is_int(value) or value < minimum:
+        raise ValueError(f"{what}={value!r}: {meaning}, an int >= {minimum}")
 
 
 def check_choice(value, what: str, allowed: tuple) -> None:

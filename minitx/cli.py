@@ -839,7 +839,7 @@ def cmd_attribution(args) -> int:
 
 def cmd_demo(args) -> int:
     from minitx.demo import check_demo_args, check_report_folder, fit_tour, run_demo
-    check_demo_args(args.n, args.batch, flags=True)  # before the first line is printed
+    check_demo_args(args.n, args.batch, args.n_pairs, flags=True)  # before the first line is printed
     model, vocab = _load(args)
     fit_tour(model, vocab, args.n, args.prepend_bos)
     out = Path(args.out).expanduser().resolve()

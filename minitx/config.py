@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from minitx.activations import ACTIVATIONS
+from minitx.checks import is_int
 
 GPT2_EOT = 50256  # <|endoftext|>: GPT-2's BOS, end of text and padding
 PROCESSING_STEPS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")  # minitx.processing
@@ -58,19 +59,15 @@ class Config:
     act_fn = property(lambda self: self.activation_function)
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def check_config(cfg: Config) -> None:
     """ValueError naming the field unless every field has its type and a value that makes a model."""
     def refuse(field, allowed):
         raise ValueError(f"config {field}={getattr(cfg, field)!r} is not allowed: {allowed}")
 
     for field in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size"):
-        if not _is_int(getattr(cfg, field)) or getattr(cfg, field) < 1:
+        if not is_int(getattr(cfg, field)) or getattr(cfg, field) < 1:
             refuse(field, "it must be a positive integer")
-    if cfg.n_inner is not None and (not _is_int(cfg.n_inner) or cfg.n_inner < 1):
+    if cfg.n_inner is not None and (not is_int(cfg.n_inner) or cfg.n_inner < 1):
         refuse("n_inner", "a positive integer or null")
     if cfg.n_embd % cfg.n_head:
         raise ValueError(f"config n_embd={cfg.n_embd} is not divisible by n_head={cfg.n_head}; "
@@ -86,7 +83,7 @@ def check_config(cfg: Config) -> None:
         if not isinstance(getattr(cfg, field), bool):  # the string "false" would read as True
             refuse(field, "true or false (a JSON boolean, not a string or number)")
     bos = cfg.bos_token_id
-    if not _is_int(bos) or bos < 0 or (bos >= cfg.vocab_size and bos != GPT2_EOT):
+    if not is_int(bos) or bos < 0 or (bos >= cfg.vocab_size and bos != GPT2_EOT):
         refuse("bos_token_id", f"an id in the vocabulary 0..{cfg.vocab_size - 1} (or GPT-2's {GPT2_EOT})")
     steps = cfg.processing
     if not isinstance(steps, tuple) or any(s not in PROCESSING_STEPS for s in steps) or len(set(steps)) < len(steps):

@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from minitx.checks import check_choice, check_count
 from minitx.metrics import Metric, logit_diff_metric
 
 # The role-tracking words of weights/english-6l's corpus (scripts/make_corpus.py ROLE_NOUNS, ROLE_VERBS):
@@ -118,10 +119,8 @@ def _text(pieces) -> str:
 
 def make_pair(template: str, voice: str, S: str, O: str, verb: str, filler: str = "") -> PromptPair:
     """The pair whose clean story has doer S and object O, and whose corrupted story exchanges them."""
-    if template not in TEMPLATES:
-        raise ValueError(f"template {template!r}; allowed: {', '.join(TEMPLATES)}")
-    if voice not in STORIES:
-        raise ValueError(f"voice {voice!r}; allowed: {', '.join(STORIES)}")
+    check_choice(template, "template", tuple(TEMPLATES))
+    check_choice(voice, "voice", tuple(STORIES))
     if S == O:
         raise ValueError(f"the two nouns must differ, got {S!r} twice")
     who = TEMPLATES[template][1]
@@ -143,8 +142,7 @@ def role_swap_pairs(n: int | None = None, *, nouns=NOUNS, verbs=VERBS, templates
     combos = list(itertools.product(itertools.combinations(nouns, 2), verbs, templates, voices, fillers))
     rng.shuffle(combos)
     if n is not None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n={n!r}: the number of pairs, an int >= 1 (or None for all)")
+        check_count(n, "n", "the number of pairs (None: all of them)")
         if n > len(combos):
             raise ValueError(f"n={n} pairs asked for, but these words, templates, voices and fillers give only "
                              f"{len(combos)}")

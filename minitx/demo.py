@@ -53,6 +53,7 @@ from minitx import patching as P
 from minitx import path_patching as PP
 from minitx import roles as R
 from minitx import stats as S
+from minitx.checks import check_count
 from minitx.prompts import GPT2_VOCAB, ROLE_WORDS, Vocab
 from minitx.report import fmt, fmt_interval, head_label, head_rows, md_table, pct
 
@@ -773,13 +774,15 @@ GPT2_TOUR = [gpt2_intro, gpt2_datasets, gpt2_lens, gpt2_dataset_lens, gpt2_roles
 # Running a tour: checks first, then every section, then the report moved into place at once.
 
 
-def check_demo_args(n, batch, flags: bool = False) -> None:
-    """ValueError unless n (random ids per copy) is an int >= 2 and batch an int >= 1; flags: name them --n/--batch."""
-    name_n, name_batch = ("--n ", "--batch ") if flags else ("n=", "batch=")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"{name_n}{n!r}: the induction tour needs at least 2 random ids per copy")
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"{name_batch}{batch!r}: the number of random sequences must be at least 1")
+def check_demo_args(n, batch, n_pairs=None, flags: bool = False) -> None:
+    """ValueError unless n (random ids per copy) is an int >= 2, batch an int >= 1 and n_pairs None or an int >=
+    MIN_PAIRS; flags: name them --n, --batch and --n-pairs (the CLI's options)."""
+    name = (lambda flag, argument: flag) if flags else (lambda flag, argument: argument)
+    check_count(n, name("--n", "n"), "random ids per copy in the induction tour", minimum=2)
+    check_count(batch, name("--batch", "batch"), "random sequences in the induction tour")
+    if n_pairs is not None:
+        check_count(n_pairs, name("--n-pairs", "n_pairs"), "prompt pairs per dataset (fewer leave every verdict "
+                    "\"too few prompts\")", minimum=MIN_PAIRS)
 
 
 def fit_tour(model, vocab: Vocab, n: int, prepend_bos: bool) -> int:
@@ -863,13 +866,10 @@ def run_demo(model, out_dir, *, n: int = 12, batch: int = 50, seed: int = 0, pre
     `default_n_pairs(model)`: 64, or 8 for a model over 30M parameters), or the user's `pairs` (PromptPairs of one
     token length, e.g. datasets.read_jsonl(FILE)) for the patching sections. Every check runs before the first
     stage."""
-    check_demo_args(n, batch)
+    check_demo_args(n, batch, n_pairs)
     vocab = vocab or Vocab(model.cfg)
     n = fit_tour(model, vocab, n, prepend_bos)
     n_pairs = default_n_pairs(model) if n_pairs is None else n_pairs
-    if isinstance(n_pairs, bool) or not isinstance(n_pairs, int) or n_pairs < MIN_PAIRS:
-        raise ValueError(f"n_pairs={n_pairs!r}: the number of prompt pairs, an int >= {MIN_PAIRS} (a bootstrap "
-                         "interval over fewer prompts is too unreliable to decide a verdict)")
     if pairs is not None:
         if len(pairs) < MIN_PAIRS:
             raise ValueError(f"the pairs file has {len(pairs)} pairs; the demo needs at least {MIN_PAIRS} (a bootstrap "

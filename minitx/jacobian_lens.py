@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from minitx.checks import check_tokens
+from minitx.checks import check_count, check_tokens, is_int
 from minitx.lens import Lens, check_lens_model, load_tensor_file, unembed_hash
 from minitx.model import Transformer
 
@@ -47,7 +47,7 @@ class JacobianLens(Lens):
         if not jacobians:
             raise ValueError("a Jacobian lens needs at least one layer's matrix")
         for layer, matrix in jacobians.items():
-            if not isinstance(layer, int) or not 0 <= layer < cfg.n_layer - 1:
+            if not is_int(layer) or not 0 <= layer < cfg.n_layer - 1:
                 raise ValueError(f"Jacobian lens has layer {layer!r}, but this model (n_layer={cfg.n_layer}) has "
                                  f"block outputs 0..{cfg.n_layer - 2} to transport (the last one is the target): "
                                  "it belongs to a model with more layers")
@@ -103,7 +103,7 @@ class JacobianLens(Lens):
             jacobians, n_prompts, metadata = payload["J"], payload.get("n_prompts", 0), payload.get("metadata")
         elif "jacobian_sum" in payload:
             n_prompts = payload.get("n_done", 0)
-            if not isinstance(n_prompts, int) or n_prompts < 1:
+            if not is_int(n_prompts) or n_prompts < 1:
                 raise ValueError(f"Jacobian lens checkpoint {path} has n_done={n_prompts!r}; it needs >= 1 prompt")
             jacobians = {l: J.float() / n_prompts for l, J in payload["jacobian_sum"].items()}
             metadata = {k: payload[k] for k in ("target_layer", "skip_first") if k in payload}
@@ -165,15 +165,16 @@ def fit_jacobian_lens(model: Transformer, prompts, *, source_layers=None, dim_ba
     are written every `checkpoint_every` prompts (the reference checkpoint format) and resumed from.
     """
     n_layer = model.cfg.n_layer
-    layers = list(range(n_layer - 1)) if source_layers is None else sorted(set(source_layers))
-    if not layers or any(isinstance(l, bool) or not isinstance(l, int) or not 0 <= l < n_layer - 1 for l in layers):
-        raise ValueError(f"source_layers={source_layers!r}: block outputs 0..{n_layer - 2} (the last block's output "
-                         "is the target), at least one")
-    for value, what in ((dim_batch, "dim_batch"), (max_seq_len, "max_seq_len"), (checkpoint_every, "checkpoint_every")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{what}={value!r} must be an int >= 1")
-    if isinstance(skip_first_positions, bool) or not isinstance(skip_first_positions, int) or skip_first_positions < 0:
-        raise ValueError(f"skip_first_positions={skip_first_positions!r} must be an int >= 0")
+    layers = list(range(n_layer - 1)) if source_layers is None else source_layers
+    if not isinstance(layers, (list, tuple, range)) or not layers or not all(is_int(l) and 0 <= l < n_layer - 1
+                                                                              for l in layers):
+        raise ValueError(f"source_layers={source_layers!r}: a list of block outputs 0..{n_layer - 2} (the last "
+                         "block's output is the target), at least one")
+    layers = sorted(set(layers))
+    check_count(dim_batch, "dim_batch", "output dimensions per backward pass")
+    check_count(max_seq_len, "max_seq_len", "tokens kept of each prompt")
+    check_count(checkpoint_every, "checkpoint_every", "prompts between checkpoints")
+    check_count(skip_first_positions, "skip_first_positions", "early positions left out as sources", minimum=0)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
         raise ValueError("prompts is empty: fit_jacobian_lens needs at least one prompt of token ids")

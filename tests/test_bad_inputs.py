@@ -695,7 +695,13 @@ CASES = [
     case("jacobian-lens-short-prompts", lambda e: jacobian_lens.fit_jacobian_lens(e.m, e.T), ValueError,
          "no prompt had more than 17 tokens, so nothing was fitted"),
     case("jacobian-lens-source-layer", lambda e: jacobian_lens.fit_jacobian_lens(e.m, e.T, source_layers=[1]),
-         ValueError, "source_layers=[1]: block outputs 0..0"),
+         ValueError, "source_layers=[1]: a list of block outputs 0..0"),
+    case("jacobian-lens-source-layer-not-a-list", lambda e: jacobian_lens.fit_jacobian_lens(e.m, e.T, source_layers=0),
+         ValueError, "source_layers=0: a list of block outputs 0..0 (the last block's output is the target), at least one"),
+    case("jacobian-lens-dim-batch-zero", lambda e: jacobian_lens.fit_jacobian_lens(e.m, e.T, dim_batch=0),
+         ValueError, "dim_batch=0: output dimensions per backward pass, an int >= 1"),
+    case("jacobian-lens-skip-first-negative", lambda e: jacobian_lens.fit_jacobian_lens(e.m, e.T, skip_first_positions=-1),
+         ValueError, "skip_first_positions=-1: early positions left out as sources, an int >= 0"),
 ]
 
 
@@ -769,7 +775,11 @@ CLI_CASES = [
              "minitx lens: error: --target: token id 25 is outside the vocabulary; allowed ids are 0..19"),
     cli_case("lens-target-two-ids", ["lens", "--prompt", "1 2 3", "--target", "2 3"],
              "--target '2 3' must be exactly one token id, got 2"),
-    cli_case("demo-n-one", ["demo", "--n", "1"], "minitx demo: error: --n 1: the induction tour needs at least 2"),
+    cli_case("demo-n-one", ["demo", "--n", "1"],
+             "minitx demo: error: --n=1: random ids per copy in the induction tour, an int >= 2"),
+    cli_case("demo-n-pairs-two", ["demo", "--n-pairs", "2"],
+             "minitx demo: error: --n-pairs=2: prompt pairs per dataset (fewer leave every verdict \"too few prompts\"), "
+             "an int >= 8"),
     cli_case("unknown-command", ["nope"], "minitx: error: argument command: invalid choice: 'nope'"),
     # ---- issue 12 (H3) ------------------------------------------------------------------------------------------
     cli_case("heads-batch-huge", ["heads", "--n", "3", "--batch", "100000000"],

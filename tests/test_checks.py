@@ -33,6 +33,10 @@ def test_check_count():
     for bad in (0, -1, 2.0, "2", True, None):
         with pytest.raises(ValueError, match=r"n=.*: a count, an int >= 1"):
             checks.check_count(bad, "n", "a count")
+    checks.check_count(0, "skip", "positions left out", minimum=0)
+    checks.check_count(8, "n_pairs", "prompt pairs", minimum=8)
+    with pytest.raises(ValueError, match=r"^n_pairs=7: prompt pairs, an int >= 8$"):
+        checks.check_count(7, "n_pairs", "prompt pairs", minimum=8)
 
 
 def test_check_positions_any_shape_and_per_prompt():

@@ -238,6 +238,12 @@ def test_demo_command(model_dir, tmp_path, capsys):
     assert "induction head" in out and "logit lens" in out
 
 
+def test_demo_refuses_too_few_pairs_before_printing(model_dir, tmp_path, capsys):
+    """--n-pairs under stats.MIN_PROMPTS is refused by its flag's name before anything is loaded or printed."""
+    code, out, err = run(capsys, "demo", "--model", model_dir, "--out", tmp_path / "d", "--n-pairs", 7)
+    assert code == 2 and out == "" and err.startswith("minitx demo: error: --n-pairs=7: prompt pairs per dataset")
+
+
 # -- issue 12 and 13: the command line as a new user meets it ---------------------------------------------------
 def figures_of(monkeypatch):
     """Captures every Figure the CLI saves (and still writes it)."""

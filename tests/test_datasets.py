@@ -93,6 +93,17 @@ def test_bad_pairs_are_refused_with_the_reason(tok):
         D.role_swap_pairs(10_000, nouns=("cat", "dog"))
 
 
+def test_bad_arguments_name_what_is_allowed():
+    """The argument checks of minitx.checks: one line naming the argument and what it may be."""
+    with pytest.raises(ValueError, match=r"^template=\['who'\]; allowed: 'who', "):  # a list: not a TypeError
+        D.make_pair(["who"], "active", "cat", "dog", "chased")
+    with pytest.raises(ValueError, match=r"^voice='middle'; allowed: 'active', "):
+        D.make_pair("who", "middle", "cat", "dog", "chased")
+    for bad in (0, True, 2.0):
+        with pytest.raises(ValueError, match=r"^n=.*: the number of pairs \(None: all of them\), an int >= 1$"):
+            D.role_swap_pairs(bad)
+
+
 def test_labels_name_every_token(tok):
     pair = D.make_pair("who_was", "passive", "cat", "mouse", "chased", filler="It was late.")
     ids, labels = D.labelled_tokens(pair, tok, prepend_bos=True)

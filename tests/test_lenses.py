@@ -162,7 +162,7 @@ def test_jacobian_estimator_equals_brute_force_autograd():
         fit_jacobian_lens(model, ["The cat sat on the mat"])
     with pytest.raises(ValueError, match="prompts is empty"):
         fit_jacobian_lens(model, [])
-    with pytest.raises(ValueError, match="source_layers=\\[2\\]: block outputs 0..1"):
+    with pytest.raises(ValueError, match="source_layers=\\[2\\]: a list of block outputs 0..1"):
         fit_jacobian_lens(model, prompts, source_layers=[2])
     only_one = fit_jacobian_lens(model, prompts[:2], source_layers=[1], skip_first_positions=2, progress=False)
     assert_close(only_one.jacobians[1], fitted.jacobians[1], atol=1e-6, rtol=1e-6)
