@@ -45,5 +45,5 @@ def unchanged(model):
     yield
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), f"{k} changed"
-    assert model._context_hooks == ([], [])
+    assert not model.has_context_hooks
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())

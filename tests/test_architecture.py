@@ -113,3 +113,15 @@ def test_private_model_reader_sees_reads():
 def test_no_private_model_attribute_outside_model_py(name):
     reads = private_model_reads(parse(name))
     assert not reads, "\n".join(f"minitx/{name}.py:{line} reads {text}" for line, text in reads)
+
+
+TESTS = PACKAGE.parent / "tests"
+
+
+@pytest.mark.parametrize("path", [p for p in sorted(TESTS.glob("*.py"))
+                                  if p.name not in ("test_model.py", "test_architecture.py")], ids=lambda p: p.name)
+def test_tests_read_the_public_hook_state(path):
+    """Outside model.py's own tests, "no hook left" is `model.has_context_hooks`, not the private _context_hooks."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    reads = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Attribute) and node.attr == "_context_hooks"]
+    assert not reads, f"{path.name} reads _context_hooks at lines {reads}; use model.has_context_hooks"

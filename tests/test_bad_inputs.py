@@ -714,7 +714,7 @@ def test_bad_input(env, call, exc, fragment):
     assert fragment in message, message
     assert len(message.strip().splitlines()) <= 2, message  # one or two lines
     # Nothing half-patched: no hook outlives the call, no weight changed, the next forward is the clean one.
-    assert env.m._context_hooks == ([], [])
+    assert not env.m.has_context_hooks
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in env.m.modules())
     assert checksum(env.m) == before
     assert torch.equal(env.m(env.T), clean)

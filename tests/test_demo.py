@@ -39,7 +39,7 @@ def demo(model, tmp_path_factory):
     result = run_demo(model, out, n=N, batch=BATCH, seed=SEED, log=None)
     for old, new in zip(before, model.parameters()):  # no weight changed, no hook left behind
         assert torch.equal(old, new)
-    assert model._context_hooks == ([], [])
+    assert not model.has_context_hooks
     return result
 
 

@@ -92,7 +92,7 @@ def test_raising_hook_leaves_no_state(tiny_model):
     with pytest.raises(RuntimeError, match="user bug"):
         with tiny_model.hooks(fwd_hooks=[("blocks.0.hook_resid_mid", boom)]):
             tiny_model(tokens)
-    assert tiny_model._context_hooks == ([], [])
+    assert not tiny_model.has_context_hooks
     assert torch.equal(tiny_model(tokens), clean)
 
 

@@ -4,7 +4,7 @@ For EACH public entry point of heads, lens, dla, patching, path_patching and att
 whose first argument is the model; `test_every_entry_point_is_checked` keeps the list complete):
   - a checksum (sha256 of every parameter and buffer) is the same before and after;
   - requires_grad flags, .grad (None), train/eval mode, the grad mode and the caller's tensors are unchanged;
-  - no hook is left (model._context_hooks == ([], [])) and the next forward equals a clean one, bitwise;
+  - no hook is left (model.has_context_hooks is False) and the next forward equals a clean one, bitwise;
 and the same holds after the entry point is interrupted from inside:
   - by the metric, raising on its 2nd call or halfway through the sweep (a Metric and a plain callable);
   - by the forward itself (MLP.forward raising a BaseException, as Ctrl-C would, on its 2nd call or halfway);
@@ -140,7 +140,7 @@ def assert_untouched(model, before: dict) -> None:
     assert [p.requires_grad for p in model.parameters()] == before["requires_grad"]
     assert all(p.grad is None for p in model.parameters()), "a .grad was written"
     assert model.training == before["training"]
-    assert model._context_hooks == ([], []), "a hook was left behind"
+    assert not model.has_context_hooks, "a hook was left behind"
     assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in model.modules())
     assert all(torch.equal(a, b) for a, b in zip(before["inputs"], (CLEAN, CORRUPTED, SWAPPED, REFERENCE)))
     assert torch.equal(model(CLEAN), before["logits"]), "the next forward differs from a clean one"

@@ -134,7 +134,7 @@ def test_patching_with_own_cache_is_a_no_op(data):
     hooks = [(name, lambda x, hook: cache[hook.name]) for name in subset]
     event(f"patched {'some' if len(subset) < 8 else 'many'} points")
     assert_close(model.run_with_hooks(tokens, fwd_hooks=hooks), logits, **FLOAT)
-    assert model._context_hooks == ([], [])
+    assert not model.has_context_hooks
 
 
 # ---- 4. batch independence and bitwise repeatability -------------------------------------------------------------
