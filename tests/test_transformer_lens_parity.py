@@ -155,3 +155,19 @@ def test_attribution_patching_equals_transformer_lens(models, pair):
     assert_close(result.by_pos["z"], heads_by_pos, atol=1e-5, rtol=1e-4)
     assert_close(result.by_pos["mlp_out"], mlp_by_pos, atol=1e-5, rtol=1e-4)
     assert float(heads_by_pos.abs().max()) > 1e-3
+
+
+def test_hook_normalized_is_after_the_gain_and_bias(models, pair):
+    """README, "The activation points": minitx's ln*.hook_normalized is the layer norm's output, after its gain
+    and bias; TransformerLens 4.3's is before them ((x - mean) / scale). hook_scale is the same divisor in both."""
+    ours, theirs = models
+    clean, _, _ = pair
+    names = ["blocks.1.ln1.hook_normalized", "blocks.0.ln2.hook_normalized", "ln_final.hook_normalized",
+             "blocks.1.ln1.hook_scale"]
+    _, mine = ours.run_with_cache(clean, names_filter=names)
+    _, tl = theirs.run_with_cache(clean, names_filter=lambda name: name in names)
+    assert_close(tl["blocks.1.ln1.hook_scale"], mine["blocks.1.ln1.hook_scale"], atol=1e-5, rtol=1e-5)
+    for name, ln in (("blocks.1.ln1.hook_normalized", ours.blocks[1].ln1), ("blocks.0.ln2.hook_normalized",
+                     ours.blocks[0].ln2), ("ln_final.hook_normalized", ours.ln_final)):
+        assert_close(tl[name] * ln.w + ln.b, mine[name], atol=1e-5, rtol=1e-5)
+        assert (tl[name] - mine[name]).abs().max() > 1e-2  # the model's gains and biases are not 1 and 0
