@@ -131,17 +131,21 @@ def make_lenses(model, args, out: Path) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=str(ROOT / "weights" / "english-6l"))
-    parser.add_argument("--out", type=Path, default=None, help="default: <model>/lenses")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--length", type=int, default=128)
-    parser.add_argument("--jacobian-prompts", type=int, default=16)
-    parser.add_argument("--dim-batch", type=int, default=32)
-    parser.add_argument("--eval-rows", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=2)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", default=str(ROOT / "weights" / "english-6l"), help="the model folder")
+    parser.add_argument("--out", type=Path, default=None, help="folder for the lenses and the card; None: the "
+                        "model folder's lenses/")
+    parser.add_argument("--seed", type=int, default=0, help="corpus seed: training rows from it, Jacobian prompts "
+                        "from seed + 1, held-out rows from seed + 2")
+    parser.add_argument("--steps", type=int, default=60, help="tuned-lens optimiser steps")
+    parser.add_argument("--batch", type=int, default=4, help="corpus rows per tuned-lens step")
+    parser.add_argument("--length", type=int, default=128, help="tokens per corpus row (training, Jacobian, scoring)")
+    parser.add_argument("--jacobian-prompts", type=int, default=16, help="corpus rows the Jacobian lens averages over")
+    parser.add_argument("--dim-batch", type=int, default=32, help="output dimensions per backward pass of the "
+                        "Jacobian fit (memory against speed; the result is the same)")
+    parser.add_argument("--eval-rows", type=int, default=8, help="held-out corpus rows the lenses are scored on")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--score-only", action="store_true", help="rescore the saved lenses, rewrite card and figure")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -3,50 +3,22 @@
     python scripts/view_screenshots.py [--out docs]
 
 Needs Debian's chromium + chromium-driver and selenium (the test extra). Builds the page that
-tests/test_view.py checks (english-6l, two prompts, resid_pre-by-position and z-by-head patching of the
-role-swapped story, EAP edge scores), hovers a token, a lens cell, a patching cell and an edge, and saves
-one PNG per view.
+tests/test_view.py checks (tests/browser.py: english-6l, two prompts, resid_pre-by-position and z-by-head
+patching of the role-swapped story, EAP edge scores), opens it in the same offline headless Chromium,
+hovers a token, a lens cell, a patching cell and an edge, and saves one PNG per view.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import minitx
-from minitx import discovery, metrics, patching
-
-PROMPTS = ["The cat sat on the mat because it was tired", "The cat chased the mouse. The one who chased was the"]
-CORRUPTED = "The mouse chased the cat. The one who chased was the"
-FLAGS = ("--headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking "
-         "--disable-component-update --disable-sync --window-size=1200,900 --hide-scrollbars").split()
-
-
-def build_page(path: Path) -> None:
-    model = minitx.load("english-6l")
-    clean, corrupted = (minitx.to_tokens(p, prepend_bos=True) for p in (PROMPTS[1], CORRUPTED))
-    metric = metrics.logit_diff_metric(minitx.to_single_token(" cat"), minitx.to_single_token(" mouse"))
-    results = [patching.activation_patching(model, clean, corrupted, metric, "resid_pre", by="pos"),
-               patching.activation_patching(model, clean, corrupted, metric, "z", by="all"),
-               discovery.eap(model, clean, corrupted, metric)]
-    page = minitx.view(model, PROMPTS, prepend_bos=True, model_name="english-6l", results=results,
-                       pair=(clean, corrupted))
-    page.save(path)
-
-
-def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in FLAGS + [f"--user-data-dir={tempfile.mkdtemp(prefix='minitx-chromium-')}"]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
-    driver.execute_cdp_cmd("Network.emulateNetworkConditions",
-                           {"offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
-    return driver
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
+import minitx  # noqa: E402
+from tests.browser import offline_chromium, story_page  # noqa: E402
 
 
 def shoot(driver, section, hover_target, path: Path) -> None:
@@ -58,15 +30,15 @@ def shoot(driver, section, hover_target, path: Path) -> None:
     print(f"wrote {path}")
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("docs"))
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=Path("docs"), help="folder for the PNGs (default: docs)")
+    args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         page = Path(tmp) / "view.html"
-        build_page(page)
-        driver = browser()
+        story_page(minitx.load("english-6l"))[0].save(page)
+        driver = offline_chromium(Path(tmp) / "profile", window=(1200, 900), extra_flags=["--hide-scrollbars"])
         try:
             driver.get(page.as_uri())
             find = lambda css: driver.find_element("css selector", css)  # noqa: E731

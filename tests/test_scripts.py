@@ -24,3 +24,12 @@ def test_bench_quick(tmp_path):
                      "path patching", "greedy generation", "fresh process"):
         assert workload in out
     assert (tmp_path / "bench.json").stat().st_size > 0
+
+
+def test_train_lenses_help_says_what_each_option_is():
+    out = " ".join(run_script("scripts/train_lenses.py", "--help").split())
+    for text in ("--steps STEPS tuned-lens optimiser steps (default: 60)",
+                 "--batch BATCH corpus rows per tuned-lens step (default: 4)",
+                 "--eval-rows EVAL_ROWS held-out corpus rows the lenses are scored on (default: 8)",
+                 "--threads THREADS torch CPU threads (default: 2)"):
+        assert text in out

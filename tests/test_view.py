@@ -20,12 +20,10 @@ import pytest
 import torch
 
 import minitx
-from minitx import discovery, heads, metrics, page as pages, patching
+from minitx import heads, metrics, page as pages, patching
 from minitx.lens import logit_lens
 from minitx.prompts import Vocab
-
-PROMPTS = ["The cat sat on the mat because it was tired", "The cat chased the mouse. The one who chased was the"]
-CLEAN, CORRUPTED = PROMPTS[1], "The mouse chased the cat. The one who chased was the"
+from tests.browser import CHROMEDRIVER, CHROMIUM, CLEAN, CORRUPTED, PROMPTS, offline_chromium, story_page
 SHOWN = 1e-3  # shown with 3 decimals (half a unit: 5e-4) from values stored to 4 (5e-5) or quantised (7.7e-6)
 
 
@@ -37,14 +35,7 @@ def model():
 @pytest.fixture(scope="module")
 def case(model):
     """(page, results, clean, corrupted): two prompts; resid_pre-by-position and z-by-head patching, EAP edge scores."""
-    clean, corrupted = (minitx.to_tokens(p, prepend_bos=True) for p in (CLEAN, CORRUPTED))
-    metric = metrics.logit_diff_metric(minitx.to_single_token(" cat"), minitx.to_single_token(" mouse"))
-    results = [patching.activation_patching(model, clean, corrupted, metric, "resid_pre", by="pos"),
-               patching.activation_patching(model, clean, corrupted, metric, "z", by="all"),
-               discovery.eap(model, clean, corrupted, metric)]
-    page = minitx.view(model, PROMPTS, prepend_bos=True, model_name="english-6l", results=results,
-                       pair=(clean, corrupted))
-    return page, results, clean, corrupted
+    return story_page(model)
 
 
 def embedded(html: str) -> dict:
@@ -166,28 +157,13 @@ def test_command_line_writes_the_page(tmp_path, monkeypatch, capsys):
 
 
 # -- in a real browser -------------------------------------------------------------------------------------
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-FLAGS = ("--headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking "
-         "--disable-component-update --disable-sync --window-size=1400,1000").split()
-
-
 @pytest.fixture(scope="module")
 def browser():
     if not (CHROMIUM and CHROMEDRIVER):
         pytest.skip("chromium and chromedriver are not installed (.ci/run installs Debian's)")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in FLAGS:
-        options.add_argument(flag)
+    pytest.importorskip("selenium.webdriver")
     profile = tempfile.mkdtemp(prefix="minitx-chromium-")
-    options.add_argument(f"--user-data-dir={profile}")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-    driver.execute_cdp_cmd("Network.enable", {})
-    driver.execute_cdp_cmd("Network.emulateNetworkConditions",
-                           {"offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
+    driver = offline_chromium(profile, window=(1400, 1000), log=True)
     yield driver
     driver.quit()
     shutil.rmtree(profile, ignore_errors=True)
@@ -316,3 +292,15 @@ def test_demo_html_on_the_fixture(tmp_path, monkeypatch, capsys):
     assert data["model"] == "induction-2l" and data["prompts"][0]["ids"][1:11] == data["prompts"][0]["ids"][11:]
     assert cli.main(["demo", "--model", "induction-2l", "--out", "e", "--html", "no/such/folder/x.html"]) == 2
     assert "--html no/such/folder/x.html: the folder" in capsys.readouterr().err and not (tmp_path / "e").exists()
+
+
+def test_screenshot_script_photographs_the_tested_page(browser, tmp_path):
+    """scripts/view_screenshots.py opens tests/browser.py's page in the same offline Chromium: five non-blank PNGs."""
+    import runpy
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "view_screenshots.py"))["main"](
+        ["--out", str(tmp_path)])
+    names = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert names == [f"view-{v}.png" for v in ("attention", "circuit", "grid", "lens", "patching")]
+    for name in names:
+        image = matplotlib.image.imread(tmp_path / name)
+        assert image.shape[:2] == (757, 1200) and float(image.std()) > 0.05, name  # the page, not a blank window
