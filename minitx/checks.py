@@ -12,6 +12,7 @@ Each failure says what was wrong and what is allowed, in one line (the table: do
     check_index(value, size, what, plural)          an int in 0..size-1 (a layer, a head)
     check_positions(pos, n_pos, what, batch=None)   positions (negative from the end) -> LongTensor >= 0
     check_seed(seed)                                an int seed torch's generators accept
+    check_device(device, what)                      a torch device this machine has -> torch.device
     check_token_ids(ids, d_vocab, what, batch=None) token ids in the vocabulary -> LongTensor
     check_tokens(tokens, d_vocab)                   a prompt batch [batch, pos] (or [pos]) of ids
 """
@@ -226,6 +227,25 @@ def check_seed(seed, what: str = "seed") -> None:
     check_int(seed, what, "an int from 0 to 2**64-1")
     if not 0 <= seed < 2 ** 64:
         raise ValueError(f"{what}={seed!r} is not allowed: an int from 0 to 2**64-1")
+
+
+def check_device(device, what: str = "device") -> torch.device:
+    """'cpu', 'cuda', 'cuda:1', 'mps' (or a torch.device) that this machine can hold tensors on -> torch.device.
+    ValueError: "device cuda: cuda is not available here; use cpu"; a name torch does not know lists the kinds."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{what} {device!r} is not a torch device; use cpu, cuda, cuda:N or mps") from None
+    if parsed.type == "meta":
+        raise ValueError(f"{what} {parsed}: the meta device holds shapes only, no values; use cpu")
+    try:
+        torch.empty(0, device=parsed)  # an unavailable backend ("cuda" without a GPU) fails here
+    except (RuntimeError, AssertionError, NotImplementedError):
+        if parsed.type == "cuda" and torch.cuda.is_available():
+            raise ValueError(f"{what} {parsed}: this machine has cuda devices 0..{torch.cuda.device_count() - 1}; "
+                             "use one of them or cpu") from None
+        raise ValueError(f"{what} {parsed}: {parsed.type} is not available here; use cpu") from None
+    return parsed
 
 
 def check_layer_range(start_at_layer, stop_at_layer, n_layer: int) -> tuple[int, int]:

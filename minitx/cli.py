@@ -110,12 +110,14 @@ def _check_out(out: str | None) -> None:
 def _load(args):
     """-> (model, prompts.Vocab) for --model, after checking --out; the checkpoint's own vocab.json + merges.txt
     when it has them."""
+    from minitx.checks import check_device
     from minitx.loading import load
     from minitx.prompts import Vocab
+    device = check_device(args.device, "--device")  # before any work: "--device cuda: cuda is not available here"
     if args.command != "demo":  # the demo's --out is a report folder, checked by demo.check_report_folder
         _check_out(getattr(args, "out", None))
     path = resolve_model(args.model)
-    model = load(path)
+    model = load(path, device=device)
     return model, Vocab.for_model(model, path if Path(path).exists() else None)
 
 
@@ -915,8 +917,14 @@ def _prompt_args(p, *names: str, helps: dict | None = None, optional: bool = Fal
     p.set_defaults(_prompts=[(name, not optional) for name in names], _parser=p)
 
 
-def _common(p, out_default: str | None = None) -> None:
+def _model_args(p) -> None:
+    """--model and --device, for every command that loads a model (_load reads both)."""
     p.add_argument("--model", default=None, help=MODEL_HELP)
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:N or mps")
+
+
+def _common(p, out_default: str | None = None) -> None:
+    _model_args(p)
     p.add_argument("--prepend-bos", action=argparse.BooleanOptionalAction, default=True, help=BOS_HELP)
     if out_default is not None:
         p.add_argument("--out", default=None, help=f"PNG to write, or a folder to write it into (default: "
@@ -939,7 +947,7 @@ def args_verify(p) -> None:
 
 def args_generate(p) -> None:
     _prompt_args(p, "prompt")
-    p.add_argument("--model", default=None, help=MODEL_HELP)
+    _model_args(p)
     p.add_argument("--ignore-eos", action="store_true", help="keep going after <|endoftext|> (default: stop there)")
     p.add_argument("--max-new-tokens", type=int, default=20, help="tokens to add after the prompt")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy")
@@ -1066,7 +1074,7 @@ def args_attribution(p) -> None:
 
 
 def args_demo(p) -> None:
-    p.add_argument("--model", default=None, help=MODEL_HELP)
+    _model_args(p)
     p.add_argument("--prepend-bos", action=argparse.BooleanOptionalAction, default=True, help=BOS_HELP)
     p.add_argument("--out", default="minitx-demo", help="folder for report.md and the PNGs; a previous demo's "
                                                         "folder is replaced, any other non-empty folder refused")

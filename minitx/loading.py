@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from minitx.checks import check_device
 from minitx.checkpoint import (config_in_metadata, convert_state_dict, hf_key, read_state, save_pretrained,
                                shard_names, weight_files)
 from minitx.config import Config, config_from_dict, read_config
@@ -86,16 +87,6 @@ def _snapshot(repo_id: str, revision: str) -> Path:
     return snapshot
 
 
-def _check_device(device) -> torch.device:
-    try:
-        device = torch.device(device)
-        torch.empty(0, device=device)  # an unavailable backend ("cuda" without a GPU) fails here
-    except (RuntimeError, TypeError, ValueError, AssertionError) as e:
-        raise ValueError(f"device={device!r} is not a usable torch device ({str(e).splitlines()[0][:80]}); "
-                         "use 'cpu', 'cuda', 'cuda:0' or 'mps' where available") from None
-    return device
-
-
 def load(name_or_path, *, dtype: torch.dtype = torch.float32, device="cpu", revision: str = "main") -> Transformer:
     """A local directory, a .safetensors/.bin file or a hub repo id -> Transformer in eval mode, no grads.
 
@@ -105,7 +96,7 @@ def load(name_or_path, *, dtype: torch.dtype = torch.float32, device="cpu", revi
     """
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating torch.dtype such as torch.float32, got {dtype!r}")
-    device = _check_device(device)  # before any loading work
+    device = check_device(device)  # before any loading work
     name_or_path = shipped_path(name_or_path) or name_or_path  # "english-6l": the packaged copy, before the hub
     if isinstance(name_or_path, os.PathLike) or (name_or_path and Path(str(name_or_path)).exists()):
         cfg, files = _local(Path(name_or_path))

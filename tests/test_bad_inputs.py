@@ -584,7 +584,11 @@ CASES = [
          "'weights/english-6': no such local file or directory (the folder weights exists); did you mean "
          "weights/english-6l?"),
     case("load-device-nonsense", lambda e: minitx.load(saved("reference"), device="nonsense"), ValueError,
-         "device='nonsense' is not a usable torch device"),
+         "device 'nonsense' is not a torch device; use cpu, cuda, cuda:N or mps"),
+    case("load-device-not-here", lambda e: minitx.load(saved("reference"), device="xla"), ValueError,
+         "device xla: xla is not available here; use cpu"),
+    case("load-device-meta", lambda e: minitx.load(saved("reference"), device="meta"), ValueError,
+         "device meta: the meta device holds shapes only, no values; use cpu"),
     case("download-timeout-negative", lambda e: minitx.download("org/x", timeout=-1), ValueError,
          "timeout=-1 is not allowed: seconds to wait for the server, a number > 0"),
     case("download-timeout-zero", lambda e: minitx.download("org/x", timeout=0), ValueError, "timeout=0 is not"),
@@ -777,6 +781,8 @@ CLI_CASES = [
              "--target '2 3' must be exactly one token id, got 2"),
     cli_case("demo-n-one", ["demo", "--n", "1"],
              "minitx demo: error: --n=1: random ids per copy in the induction tour, an int >= 2"),
+    cli_case("device-not-here", ["lens", "1 2", "--device", "xla"],
+             "minitx lens: error: --device xla: xla is not available here; use cpu"),
     cli_case("demo-n-pairs-two", ["demo", "--n-pairs", "2"],
              "minitx demo: error: --n-pairs=2: prompt pairs per dataset (fewer leave every verdict \"too few prompts\"), "
              "an int >= 8"),

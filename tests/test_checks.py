@@ -137,3 +137,21 @@ def test_check_choice_int_real_and_max_offset():
         checks.check_max_offset(-1)
     with pytest.raises(TypeError, match="max_offset must be an int >= 0, got float 1.0"):
         checks.check_max_offset(1.0)
+
+
+def test_check_device():
+    assert checks.check_device("cpu") == torch.device("cpu") == checks.check_device(torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"^--device 'gpu' is not a torch device; use cpu, cuda, cuda:N or mps$"):
+        checks.check_device("gpu", "--device")
+    with pytest.raises(ValueError, match=r"^device None is not a torch device"):
+        checks.check_device(None)
+    with pytest.raises(ValueError, match=r"^device xla: xla is not available here; use cpu$"):
+        checks.check_device("xla")
+    with pytest.raises(ValueError, match=r"^device meta: the meta device holds shapes only"):
+        checks.check_device("meta")
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"^device cuda:99: this machine has cuda devices 0\.\."):
+            checks.check_device("cuda:99")
+    else:
+        with pytest.raises(ValueError, match=r"^device cuda: cuda is not available here; use cpu$"):
+            checks.check_device("cuda")

@@ -527,3 +527,29 @@ def test_pairs_file_instead_of_one_pair(gpt2_vocab_dir, tmp_path, capsys):
     check_clean_error(code, out, err, r"--pairs replaces the single pair; drop --clean, --corrupted")
     code, out, err = run(capsys, "patch", "a b", "--model", gpt2_vocab_dir)
     check_clean_error(code, out, err, r"missing: --corrupted, --answer, --wrong\), or --pairs FILE")
+
+
+# -- --device: one option for every command that loads a model ----------------------------------------------------
+def test_device_cpu_runs_where_the_default_does(model_dir, tmp_path, capsys):
+    argv = ["lens", "--model", model_dir, "7 8 9 7 8", "--target", 9, "--out", tmp_path / "l.png"]
+    code, default, _ = run(capsys, *argv)
+    assert code == 0
+    code, on_cpu, err = run(capsys, *argv, "--device", "cpu")
+    assert code == 0 and on_cpu == default and err == ""
+    commands = [c.name for c in cli.COMMANDS]
+    loaders = [name for name in commands if name not in ("download", "verify")]
+    for name in loaders:  # every command that loads a model takes it, with its default said
+        code, out, _ = run(capsys, name, "--help")
+        assert code == 0 and "--device DEVICE" in out and "(default: cpu)" in " ".join(out.split()), name
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has cuda")
+def test_device_that_is_not_here_is_one_clear_line(model_dir, tmp_path, capsys):
+    never = tmp_path / "never-written"
+    for name, argv in (("heads", ["heads", "--n", 4, "--batch", 2, "--out", never]), ("demo", ["demo", "--out", never])):
+        code, out, err = run(capsys, *argv, "--model", model_dir, "--device", "cuda")
+        assert code == 2 and out == "" and err == f"minitx {name}: error: --device cuda: cuda is not available here; " \
+                                                   "use cpu\n"
+    assert not never.exists()
+    code, _, err = run(capsys, "lens", "1 2", "--model", model_dir, "--device", "gpu")
+    assert code == 2 and "--device 'gpu' is not a torch device; use cpu, cuda, cuda:N or mps" in err
