@@ -231,6 +231,27 @@ def test_edge_patching_equals_the_literal_definition(model, ablation):
         assert_close(got[i], literal_edge_patch(model, CLEAN, edges.tolist(), ablated, metric), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("ablation", ["resample", "mean", "zero"])
+def test_edge_patching_dense_sets_and_a_shared_prefix_equal_the_literal_definition(model, ablation):
+    """Sets that patch most edges (read through the kept edges and the writers' total change) and sets that
+    patch few (read through the patched edges), side by side in chunks; a `Metric` reading the last position
+    lets a resample run start after the shared prefix (positions 0-1 here) with the clean run's keys and
+    values, while the same metric as a plain callable runs every position: both equal the definition."""
+    graph = E.edge_graph(model)
+    metric = M.logit_diff_metric(torch.tensor([1, 2]), torch.tensor([3, 4]))
+    reference = torch.randint(0, 257, (6, 5), generator=torch.Generator().manual_seed(1))
+    ablated = E.ablation_values(model, ablation, CLEAN, corrupted=CORRUPTED, reference=reference)
+    g = torch.Generator().manual_seed(5)
+    sparse = torch.rand(3, graph.n_edges, generator=g) < torch.tensor([[0.02], [0.1], [0.3]])
+    masks = torch.cat([sparse, ~sparse])  # few patched, then most patched
+    got = E.edge_patching(model, CLEAN, masks, ablated, metric, max_rows=4)
+    plain = E.edge_patching(model, CLEAN, masks, ablated, lambda logits: metric(logits), max_rows=6)
+    for i, mask in enumerate(masks):
+        expected = literal_edge_patch(model, CLEAN, mask.nonzero()[:, 0].tolist(), ablated, metric)
+        assert_close(got[i], expected, atol=1e-5, rtol=1e-5)
+        assert_close(plain[i], expected, atol=1e-5, rtol=1e-5)
+
+
 def test_edge_patching_all_edges_is_the_corrupted_run_and_none_the_clean_run(model):
     graph = E.edge_graph(model)
     metric = M.logit_diff_metric(torch.tensor([1, 2]), torch.tensor([3, 4]))
