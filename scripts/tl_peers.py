@@ -77,12 +77,18 @@ FRESH_PROCESS = ("import torch; from transformer_lens.model_bridge import Transf
                  "m = TransformerBridge.boot_transformers({path!r}, device='cpu'); m(torch.tensor([[1, 2, 3]]))")
 
 
-def tl_edge_scores(bridge_model, clean, corrupted, metric, graph) -> torch.Tensor:
-    """TransformerLens 4.3's edge attribution patching (denoising form, per position, averaged over pairs),
-    summed over positions and laid out in minitx's EdgeGraph order: [n_edges]."""
+def tl_edge_attribution(bridge_model, clean, corrupted, metric):
+    """TransformerLens 4.3's edge attribution patching (denoising form, per position, averaged over pairs):
+    TL's own result object, what a benchmark times."""
     from transformer_lens.tools.analysis.attribution_patching import EdgeAttributionConfig, attribution_patch
-    result = attribution_patch(bridge_model, clean, corrupted, lambda logits: metric(logits).sum(),
-                               EdgeAttributionConfig(granularity="edge"))
+    return attribution_patch(bridge_model, clean, corrupted, lambda logits: metric(logits).sum(),
+                             EdgeAttributionConfig(granularity="edge"))
+
+
+def tl_edge_scores(bridge_model, clean, corrupted, metric, graph, result=None) -> torch.Tensor:
+    """tl_edge_attribution (or its given `result`) summed over positions and laid out in minitx's EdgeGraph
+    order: [n_edges]."""
+    result = tl_edge_attribution(bridge_model, clean, corrupted, metric) if result is None else result
     index = {graph.label(e): e for e in range(len(graph.edges))}
     out = torch.zeros(len(graph.edges), dtype=torch.float64)
     for (writer, reader), score in result.edge_scores.items():
