@@ -32,8 +32,8 @@ import torch
 from torch import Tensor
 
 from minitx.checks import check_count, check_tokens
-from minitx.engine import (ABLATIONS, EdgeGraph, WriterValues, ablation_values, check_same_shape, edge_graph,
-                           edge_patching, metric_blocks, shortcuts, writer_points, writers_of)
+from minitx.engine import (ABLATIONS, EdgeGraph, WriterValues, ablation_values, cached_past, check_same_shape,
+                           edge_graph, edge_patching, metric_blocks, shortcuts, writer_points, writers_of)
 from minitx.hooks import get_act_name
 from minitx.metrics import metric_name
 from minitx.results import Result
@@ -127,6 +127,7 @@ def _reader_grads(model, clean: Tensor, metric: Callable, steps: int = 1, clean_
                  for name, layer, _ in groups if name.endswith("_input")}
     names = [projected.get(name, name) for name, _, _ in groups]
     names += [get_act_name("resid_pre", l) for l in range(L) if get_act_name("resid_pre", l) not in names]
+    names += [get_act_name(c, l) for l in range(L) for c in "kv"] if start else []  # for a run after the prefix
     # A hook gives mlp_in its own tensor (a copy), so its gradient is the MLP's alone, not resid_mid's.
     fwd = [(get_act_name("mlp_in", l), lambda x, h: None) for l in range(model.cfg.n_layer)]
     if corrupt_vals is not None:
@@ -148,7 +149,7 @@ def _reader_grads(model, clean: Tensor, metric: Callable, steps: int = 1, clean_
     grads = {n: g.view(steps, B, *g.shape[1:]).mean(0) for n, g in grads.items()}
     first = writers_of({n: cache[n][:B] for n in writer_points(L)}, L)
     with torch.no_grad():
-        return grads, metric_blocks(model, final[:B].detach(), metric, B)[0], first
+        return grads, metric_blocks(model, final[:B].detach(), metric, B)[0], first, cache
 
 
 def _through_ln1(model, layer: int, which: int, grad: Tensor, resid: Tensor) -> Tensor:
@@ -183,16 +184,36 @@ def _writers_and_metric(model, tokens: Tensor, metric: Callable) -> tuple[Writer
     return writers_of(cache, L), metric_blocks(model, final, metric, len(tokens))[0]
 
 
+@torch.no_grad()
+def _corrupted_after(model, corrupted: Tensor, metric: Callable, start: int, read: int, clean_vals: WriterValues,
+                     cache) -> tuple[WriterValues, Tensor]:
+    """_writers_and_metric of the corrupted prompts computing only positions `start`.. (the metric reads
+    position `read` >= start): before it they equal the clean prompts, so the clean run's keys and values
+    (in `cache`) and writers stand in, exactly."""
+    L, B = model.cfg.n_layer, len(corrupted)
+    embedded = model(corrupted, stop_at_layer=0)[:, start:]  # [batch, pos - start, d_model]
+    final, later = model.run_with_cache(embedded, start_at_layer=0, stop_at_layer=L, names_filter=writer_points(L),
+                                        past_kv=cached_past(cache, range(L), start, 1))
+    later = writers_of(later, L)
+    join = lambda before, after: torch.cat([before[:, :start], after], 1)  # noqa: E731
+    values = WriterValues(join(clean_vals.input, later.input), tuple(map(join, clean_vals.heads, later.heads)),
+                          tuple(map(join, clean_vals.mlps, later.mlps)))
+    return values, metric_blocks(model, final[:, read - start:read - start + 1], metric, B, read_only=True)[0]
+
+
 def eap(model, clean: Tensor, corrupted: Tensor, metric: Callable) -> EdgeScores:
     """Edge attribution patching (Syed et al. 2023; docs/methods.md §3.2, §12.3): every edge scored from one
     forward on the corrupted prompts and one forward and one backward on the clean ones. Noising form:
     score(u -> v) = (a_u(x') - a_u(x)) . dm/d in_v at x. Exact where m is linear in in_v (an edge into the
     logits with the final layer norm's scale frozen)."""
     clean, corrupted = _check_pair(model, clean, corrupted)
-    graph = edge_graph(model)
-    corrupt_vals, corrupt_m = _writers_and_metric(model, corrupted, metric)  # forward 1, on corrupted
-    start = shortcuts(model, clean, corrupted, None).shared  # before it every writer agrees: no edge term
-    grads, clean_m, clean_vals = _reader_grads(model, clean, metric, start=start)  # forward 2 and the backward
+    graph, cut = edge_graph(model), shortcuts(model, clean, corrupted, metric)
+    start = cut.shared  # before it every writer agrees on both runs: no edge term
+    grads, clean_m, clean_vals, cache = _reader_grads(model, clean, metric, start=start)  # forward 1, the backward
+    if start and cut.read is not None and cut.read >= start:  # forward 2, on corrupted, from the prefix's end
+        corrupt_vals, corrupt_m = _corrupted_after(model, corrupted, metric, start, cut.read, clean_vals, cache)
+    else:
+        corrupt_vals, corrupt_m = _writers_and_metric(model, corrupted, metric)
     return _scores(model, graph, clean_vals, corrupt_vals, grads, clean_m, corrupt_m, metric, "EAP", start)
 
 
@@ -216,7 +237,7 @@ def eap_ig(model, clean: Tensor, corrupted: Tensor, metric: Callable, steps: int
     clean_vals, clean_m = _writers_and_metric(model, clean, metric)
     start = shortcuts(model, clean, corrupted, None).shared  # before it every writer agrees: no edge term
     if on == "inputs":
-        grads, _, _ = _reader_grads(model, clean, metric, steps, clean_vals, corrupt_vals, start)
+        grads = _reader_grads(model, clean, metric, steps, clean_vals, corrupt_vals, start)[0]
     else:
         grads = _activation_path_grads(model, graph, clean, metric, steps, clean_vals, corrupt_vals, edges, start)
     return _scores(model, graph, clean_vals, corrupt_vals, grads, clean_m, corrupt_m, metric,
