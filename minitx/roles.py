@@ -23,7 +23,9 @@ Classification (`classify`), each bound the interval's, never the mean's (tau = 
     position   role - position < -tau or role - absolute < -tau, and not role - position > tau;
     role       role - position > tau and role - word > tau;
     word       role - position > tau and role - word < -tau;
-    otherwise  "not established" (including a head that looks mostly at BOS: every hypothesis keeps it).
+    otherwise  "not established" (including a head that looks mostly at BOS: every hypothesis keeps it);
+    and over fewer than stats.MIN_PROMPTS families no class at all, only stats.too_few's "too few prompts (n = 3;
+    at least 8 needed to decide)" (the intervals are still reported).
 
 References: Wang et al. 2022 (IOI: role-swapped minimal pairs); Olsson et al. 2022 (positional heads);
 docs/methods.md §14 (position-shifted families, intervals).
@@ -39,7 +41,7 @@ from torch import Tensor
 from minitx import datasets as D
 from minitx.heads import attention_patterns
 from minitx.results import Result
-from minitx.stats import NOT_ESTABLISHED, Interval, bootstrap
+from minitx.stats import NOT_ESTABLISHED, Interval, bootstrap, too_few
 
 KINDS = ("swap", "move", "shift")
 SHIFT_FILLER = D.FILLERS[7]  # "It was late.": the sentence a shift variant puts before the story
@@ -147,8 +149,13 @@ def pair_overlaps(row: Tensor, row2: Tensor, base: Labelled, variant: Labelled) 
 
 def classify(role_vs_word: Interval | None, role_vs_position: Interval | None, role_vs_absolute: Interval | None = None,
              threshold: float = 0.1) -> str:
-    """"role", "position", "word" or "not established", from the contrasts' intervals (module docstring).
-    A contrast that was not measured (None) supports nothing."""
+    """"role", "position", "word" or "not established", from the contrasts' intervals (module docstring); over fewer
+    than stats.MIN_PROMPTS families, "too few prompts (...)" whatever the intervals. A contrast that was not measured
+    (None) supports nothing."""
+    measured = [iv for iv in (role_vs_word, role_vs_position, role_vs_absolute) if iv is not None]
+    if measured and (reason := too_few(min(iv.n for iv in measured))):
+        return reason
+
     def above(iv):
         return iv is not None and float(iv.low) > threshold
 
@@ -172,7 +179,8 @@ class HeadRoles(Result):
     """scores [contrast, layer, head]: mean over families of role - word, role - position, role - absolute
     (NaN where no family has that kind of variant); per_prompt [contrast, layer, head, family].
     overlaps: {kind: {hypothesis: [layer, head]}} mean overlaps; classes[layer][head]: "role", "position",
-    "word" or "not established"; intervals: one Interval per contrast ([layer, head] each) or None."""
+    "word" or "not established" (over fewer than stats.MIN_PROMPTS families: "too few prompts (...)");
+    intervals: one Interval per contrast ([layer, head] each) or None."""
 
     overlaps: dict = field(default_factory=dict)
     intervals: tuple = ()

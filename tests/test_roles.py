@@ -6,7 +6,7 @@ import torch
 
 from minitx import datasets as D
 from minitx import roles as R
-from minitx.stats import Interval
+from minitx.stats import MIN_PROMPTS, Interval
 from minitx.tokenizer import Tokenizer
 from tests import handbuilt as HB
 
@@ -117,6 +117,27 @@ def test_overlap_is_one_minus_total_variation_for_a_bijection():
 ])
 def test_classify(rw, rp, ra, expected):
     assert R.classify(_iv(*rw), _iv(*rp), None if ra is None else _iv(*ra), threshold=0.1) == expected
+
+
+def test_classify_needs_enough_families():
+    """Below stats.MIN_PROMPTS families no class is drawn, even from intervals that would decide; at it, one is."""
+    clear = lambda low, high, n: Interval(torch.tensor((low + high) / 2), torch.tensor(low), torch.tensor(high), n=n)
+    few = "too few prompts (n = 7; at least 8 needed to decide)"
+    assert MIN_PROMPTS == 8
+    assert R.classify(clear(0.3, 0.6, 7), clear(0.2, 0.5, 7)) == few
+    assert R.classify(None, clear(-0.9, -0.5, 7)) == few  # the contrasts measured decide n
+    assert R.classify(clear(0.3, 0.6, 8), clear(0.2, 0.5, 8)) == "role"
+    assert R.classify(None, clear(-0.9, -0.5, 8)) == "position"
+    assert R.classify(None, None) == "not established"  # nothing measured: nothing to count
+
+
+def test_head_roles_over_too_few_families_print_no_class():
+    """The hand-built heads over 3 families: intervals as clear as over 24, yet no class; over 8, their classes."""
+    few = R.head_roles(HB.model(), induction_families(3), resamples=200)
+    assert few.classes == [["too few prompts (n = 3; at least 8 needed to decide)"]] * 2 and few.heads("role") == []
+    assert float(few.intervals[1][0, 0].high) < -0.95 and float(few.intervals[1][1, 0].low) > 0.95  # still shown
+    enough = R.head_roles(HB.model(), induction_families(MIN_PROMPTS), resamples=200)
+    assert enough.classes == [["position"], ["role"]]
 
 
 def test_families_must_match():
