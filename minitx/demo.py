@@ -739,7 +739,8 @@ def head_test(model, data, second, head: tuple[int, int], noise, removed) -> dic
     if remainder is not None:
         claims.append([f"direct + via later heads differ from the total by more than {TOLERANCE}",
                        fmt(float(remainder.estimate)), f"[{fmt(float(remainder.low))}, {fmt(float(remainder.high))}]",
-                       f"+-{TOLERANCE}", "established" if not adds_up(remainder) else S.NOT_ESTABLISHED])
+                       f"+-{TOLERANCE}", S.too_few(remainder.n) or ("established" if not adds_up(remainder)
+                                                                     else S.NOT_ESTABLISHED)])
     numbers = {"noised": total, "restored": restored, "pattern": pattern, "values": values,
                "pattern_minus_values": difference, "direct": direct, "direct_mlps_recomputed": direct_mlps,
                "via_later_heads": via, "remainder": remainder, "verdict": head_test_verdict_iv(total, restored),
@@ -750,15 +751,22 @@ def head_test(model, data, second, head: tuple[int, int], noise, removed) -> dic
 def _head_sentence(head: tuple[int, int], n: dict) -> str:
     """The answer to "head L.H carries the subject-object relation", from the numbers of head_test."""
     remainder, via = n["remainder"], n["via_later_heads"]
-    sums = "" if remainder is None else (
-        f" Direct and via-later-heads shares {'add up to' if adds_up(remainder) else 'do NOT add up to'} the total "
-        f"(remainder {interval_text(remainder)}: MLP-mediated paths and interactions between paths).")
+    sums = "" if remainder is None else _sums_sentence(remainder)
     return (f"Head {head_label(*head)} carries the subject-object relation: {n['verdict']}. Noising it removes "
             f"{interval_text(n['noised'])} of the logit difference and restoring it alone recovers "
             f"{interval_text(n['restored'])} (threshold {pct(SHARE)}); its effect lies in {n['mechanism']} (pattern "
             f"{interval_text(n['pattern'])}, values {interval_text(n['values'])}); directly to the logits with MLPs "
             f"frozen: {interval_text(n['direct'])}"
             + ("" if via is None else f"; via later heads: {interval_text(via)}") + f".{sums}")
+
+
+def _sums_sentence(remainder: S.Interval) -> str:
+    """Whether direct + via later heads add up to the total (adds_up), or too_few's reason to say nothing."""
+    why = f"(remainder {interval_text(remainder)}: MLP-mediated paths and interactions between paths)"
+    if reason := S.too_few(remainder.n):
+        return f" Whether direct and via-later-heads shares add up to the total: {reason} {why}."
+    verb = "add up to" if adds_up(remainder) else "do NOT add up to"
+    return f" Direct and via-later-heads shares {verb} the total {why}."
 
 
 def _claim_cells(iv, threshold: float) -> list:

@@ -329,6 +329,21 @@ def test_too_few_prompts_give_no_verdict():
     assert mechanism_iv(iv(0.1, 0.3)) == f"not established ({few})"
 
 
+def test_too_few_prompts_say_nothing_of_the_remainder():
+    """The head test's 'direct + via later heads add up to the total' follows the same rule: below stats.MIN_PROMPTS
+    prompts the sentence gives the reason and the interval, not 'add up to' (which n = 8 says of the same numbers)."""
+    from minitx.demo import _head_sentence
+    from minitx.stats import Interval
+    iv = lambda lo, hi, n: Interval(torch.tensor((lo + hi) / 2), torch.tensor(lo), torch.tensor(hi), n=n)
+    numbers = lambda n: {k: iv(0.4, 0.6, n) for k in ("noised", "restored", "pattern", "values", "direct",
+                                                       "via_later_heads")} | {"remainder": iv(-0.02, 0.02, n),
+                                                                              "verdict": "v", "mechanism": "m"}
+    few = _head_sentence((0, 1), numbers(3))
+    assert "add up to the total: too few prompts (n = 3; at least 8 needed to decide) (remainder" in few
+    assert "Direct and via-later-heads shares" not in few and "NOT" not in few
+    assert "Direct and via-later-heads shares add up to the total (remainder" in _head_sentence((0, 1), numbers(8))
+
+
 def test_default_number_of_pairs_follows_the_model_size():
     from types import SimpleNamespace
     from minitx.demo import LARGE_MODEL, N_PAIRS, N_PAIRS_LARGE, default_n_pairs
