@@ -1,14 +1,23 @@
 """Rewrite the "What you see" column of docs/bad-inputs.md from what each row of tests/test_bad_inputs.py gives now.
 
-    python scripts/regen_bad_inputs_doc.py     # from the repository root, after changing an error message
+    python scripts/regen_bad_inputs_doc.py [DOC]   # from the repository root, after changing an error message
+
+DOC defaults to docs/bad-inputs.md. The CLI rows run in a fresh temporary folder, written <cwd> in the doc (its
+parent <cwd>/..), so that a second run changes nothing (tests/test_bad_inputs.py::test_doc_regenerates_unchanged).
 """
-import os, re, sys, warnings
+import os, re, shutil, sys, tempfile, warnings
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, os.getcwd())
 import tests.test_bad_inputs as T
 from minitx import cli
 
-DOC = "docs/bad-inputs.md"
+DOC = sys.argv[1] if len(sys.argv) > 1 else "docs/bad-inputs.md"
+TMP = os.path.realpath(tempfile.mkdtemp())  # the CLI rows' working folder
+
+def mask_temporary(text):
+    """The temporary working folder -> <cwd>, its parent -> <cwd>/..: the same text on every run and machine."""
+    text = text.replace(TMP, "<cwd>")
+    return re.sub(re.escape(os.path.dirname(TMP)) + r"(?![\w/.-])", "<cwd>/..", text)
 
 def md(text):
     return text.replace("|", "\\|")
@@ -42,8 +51,8 @@ for p in T.CASES:
         today = "no error" if got is None else f"`{md(got)}`"
         seen[p.id] = (f"**unclear** (today: {today}); expected a {exc.__name__} mentioning `{md(fragment)}`")
 
-import tempfile, io, contextlib, pathlib
-tmp = pathlib.Path(tempfile.mkdtemp())
+import io, contextlib, pathlib
+tmp = pathlib.Path(TMP)
 import minitx
 from tests.conftest import random_model
 model_dir = tmp / "model"
@@ -62,12 +71,13 @@ for p in T.CLI_CASES:
             code = cli.main([argv[0], *extra, *argv[1:]])
         except Exception as e:
             code = f"uncaught {type(e).__name__}: {e}"
-    text = err.getvalue().strip()
+    text = mask_temporary(err.getvalue().strip())
     if unclear is None:
         cli_seen[p.id] = f"`{md(one_line(text))}` ({code})"
     else:
         cli_seen[p.id] = f"**unclear** (today: `{md(one_line(text))}` ({code})): {md(unclear)}"
 os.chdir(cwd)
+shutil.rmtree(tmp)
 
 doc = open(DOC).read()
 def repl(m):

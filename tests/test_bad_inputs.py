@@ -861,3 +861,29 @@ def test_cli_error_through_the_real_entry_point(cli_model, tmp_path):
     assert "Traceback" not in result.stderr
     assert re.fullmatch(r"minitx patch: error: clean and corrupted prompts must have the same length .*\n",
                         result.stderr), result.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# docs/bad-inputs.md, written by scripts/regen_bad_inputs_doc.py from the two tables above.
+
+def test_doc_regenerates_unchanged(tmp_path):
+    """Regenerating a copy of docs/bad-inputs.md twice writes the same file: no temporary folder (the CLI rows'
+    working folder is written <cwd>) or memory address in it; and it holds one row for each row of both tables."""
+    doc, scratch = tmp_path / "bad-inputs.md", tmp_path / "tmp"
+    doc.write_text((REPO / "docs/bad-inputs.md").read_text())
+    scratch.mkdir()
+    texts = []
+    for _ in range(2):
+        result = subprocess.run([sys.executable, "scripts/regen_bad_inputs_doc.py", str(doc)], cwd=REPO,
+                                capture_output=True, text=True, timeout=300,
+                                env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(scratch)})
+        assert result.returncode == 0, result.stderr[-2000:]
+        texts.append(doc.read_text())
+    assert texts[1] == texts[0]
+    assert str(scratch) not in texts[0] and not re.search(r" at 0x[0-9a-f]+", texts[0])
+    assert "cannot make the folder <cwd>/no/such/folder: <cwd>/no/such does not exist" in texts[0]
+    assert not list(scratch.glob("tmp*"))  # the CLI rows' folder is removed (saved()'s minitx-bad-* stay)
+    rows = re.findall(r"^\|.*`tests/test_bad_inputs\.py::(test_bad_input|test_bad_cli_input)\[([^\]]+)\]` \|$",
+                      texts[0], flags=re.M)
+    assert sorted(rows) == sorted([("test_bad_input", p.id) for p in CASES]
+                                  + [("test_bad_cli_input", p.id) for p in CLI_CASES])
