@@ -448,25 +448,33 @@ class _EdgePatch:
 
     def _change(self, readers: range) -> Tensor:
         """What the readers' inputs lose, [n, readers, batch * pos * d_model]: per edge set, in the form that reads
-        fewer writers, over only those writers."""
-        W, rows, out = self.written, slice(readers.start, readers.stop), []
+        fewer writers (gathering those writers' changes unless they are most of them)."""
+        W, rows = self.written, slice(readers.start, readers.stop)
+        out = self.total.new_empty(self.n, len(readers), self.total.shape[1])
         for i in range(self.n):
-            forms = [(self.patched[i, rows, :W], None), (self.kept[i, rows, :W], self.total[i])]
-            used = [form[0].any(0).nonzero()[:, 0] for form in forms]
-            (mask, total), used = min(zip(forms, used), key=lambda pair: len(pair[1]))
-            change = mask[:, used].to(self.total.dtype) @ self.deltas[used, i]  # [readers, batch * pos * d_model]
-            out.append(change if total is None else total - change)
-        return torch.stack(out)
+            forms = [(self.patched[i, rows, :W], False), (self.kept[i, rows, :W], True)]
+            used = [mask.any(0).nonzero()[:, 0] for mask, _ in forms]
+            (mask, kept), used = min(zip(forms, used), key=lambda pair: len(pair[1]))
+            if 2 * len(used) > W:
+                weights, deltas = mask.to(out.dtype), self.deltas[:W, i]  # [readers, writers], [writers, ...]
+            else:
+                weights, deltas = mask[:, used].to(out.dtype), self.deltas[used, i]
+            if kept:  # all changes less the kept ones
+                torch.addmm(self.total[i:i + 1], weights, deltas, alpha=-1, out=out[i])
+            else:
+                torch.mm(weights, deltas, out=out[i])
+        return out
 
     def _correct(self, x: Tensor, readers: range, part: slice = slice(None)) -> Tensor:
         """x: the readers' current input, [rows, pos, head, d_model] (q/k/v copies) or [rows, pos, d_model].
         A layer's q, k and v readers are done in one matmul at the first of them (`part` picks this one's)."""
         if readers not in self.ready:
             self.ready = {readers: self._change(readers)}
-        n, B, change = self.n, self.B, self.ready[readers][:, part]
+        n, B, T, d = self.n, self.B, x.shape[1], x.shape[-1]
+        change = self.ready[readers][:, part]
         R = change.shape[1]
-        change = change.view(n, R, B, x.shape[1], x.shape[-1]).permute(0, 2, 3, 1, 4).reshape(n * B, x.shape[1], R, -1)
-        return x - (change if x.dim() == 4 else change[:, :, 0])
+        change = change.view(n, R, B, T, d).permute(0, 2, 3, 1, 4)  # [n, batch, pos, readers, d_model], a view
+        return (x.view(n, B, T, R, d) - change).reshape(x.shape)
 
     def hooks(self, reads: set[int]) -> list:
         """Hooks recording every writer and correcting each reader group in `reads` (readers no edge set patches
