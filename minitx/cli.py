@@ -242,10 +242,10 @@ def cmd_attention(args) -> int:
 def _heads_tokens(args, model, vocab):
     """-> (tokens the prompt scores use, ids r is drawn from or None, a phrase saying where), all checked first."""
     from minitx import heads
+    from minitx.checks import check_count
     from minitx.prompts import known_token_ids
     cfg, o = model.cfg, int(args.prepend_bos)
-    if args.batch < 1:
-        raise ValueError(f"--batch {args.batch}: the number of random sequences must be at least 1")
+    check_count(args.batch, "--batch", "random sequences the scores average over")
     heads.check_max_offset(args.max_offset)
     known = known_token_ids(model)
     pool = known.tolist() if len(known) < cfg.d_vocab else None  # a small model's trained tokens only
@@ -1074,16 +1074,18 @@ def args_attribution(p) -> None:
 
 
 def args_demo(p) -> None:
+    from minitx.stats import MIN_PROMPTS  # a verdict's least number of prompts (the parser already loads torch)
     _model_args(p)
     p.add_argument("--prepend-bos", action=argparse.BooleanOptionalAction, default=True, help=BOS_HELP)
     p.add_argument("--out", default="minitx-demo", help="folder for report.md and the PNGs; a previous demo's "
                                                         "folder is replaced, any other non-empty folder refused")
     p.add_argument("--n", type=int, default=12, help="random tokens per copy, fixture tour")
-    p.add_argument("--batch", type=int, default=50, help="random sequences, fixture tour (intervals are over these)")
+    p.add_argument("--batch", type=int, default=50, help="random sequences, fixture tour (intervals are over these; "
+                                                         f"verdicts need at least {MIN_PROMPTS} sequences)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the random tokens")
     p.add_argument("--n-pairs", type=int, default=None,
                    help="prompt pairs per dataset, GPT-2 tour (default: 64, or 8 for a model over 30M parameters; "
-                        "at least 8; more pairs = narrower intervals, slower)")
+                        f"at least {MIN_PROMPTS}; more pairs = narrower intervals, slower)")
     p.add_argument("--pairs", default=None, metavar="FILE",
                    help="your own JSONL pairs for the patching sections, GPT-2 tour (default: the built-in dataset)")
     p.add_argument("--html", default=None, metavar="FILE",

@@ -753,7 +753,10 @@ CLI_CASES = [
     cli_case("heads-n-exceeds-positions", ["heads", "--n", "8"],
              "minitx heads: error: --n 8: allowed --n 1..7 (19 distinct ids to draw r from; [BOS] + r + r must "
              "fit n_positions=16)"),
-    cli_case("heads-batch-zero", ["heads", "--n", "3", "--batch", "0"], "--batch"),
+    cli_case("heads-batch-zero", ["heads", "--n", "3", "--batch", "0"],
+             "minitx heads: error: --batch=0: random sequences the scores average over, an int >= 1"),
+    cli_case("heads-batch-negative", ["heads", "--n", "3", "--prompt", "1 2 3", "--batch", "-2"],
+             "minitx heads: error: --batch=-2: random sequences the scores average over, an int >= 1"),
     cli_case("heads-negative-max-offset", ["heads", "--n", "3", "--max-offset", "-1"], "max_offset=-1"),
     cli_case("patch-answer-out-of-vocab", ["patch", *PAIR[:4], "--answer", "30", "--wrong", "5"],
              "minitx patch: error: --answer: token id 30 is outside the vocabulary; allowed ids are 0..19"),

@@ -277,6 +277,17 @@ def test_demo_help_states_the_demo_defaults():
     assert demo.LARGE_MODEL == 30_000_000
 
 
+def test_demo_help_states_the_least_prompts_for_a_verdict(monkeypatch):
+    """--batch and --n-pairs say how many prompts a verdict needs, read from stats.MIN_PROMPTS when the parser is built
+    (11 here, to show it is no literal)."""
+    from minitx import stats
+    monkeypatch.setattr(stats, "MIN_PROMPTS", 11)
+    demo = cli.build_parser()._subparsers._group_actions[0].choices["demo"]
+    helps = {a.dest: " ".join(a.help.split()) for a in demo._actions}
+    assert "verdicts need at least 11 sequences" in helps["batch"]
+    assert "at least 11;" in helps["n_pairs"]
+
+
 def test_every_option_says_what_it_does_and_its_default():
     parser = cli.build_parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices
