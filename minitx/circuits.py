@@ -39,6 +39,7 @@ from minitx.factored import FactoredMatrix, composition_scores
 from minitx.hooks import get_act_name
 from minitx.model import Transformer
 from minitx.results import Result
+from minitx.stats import too_few
 
 EMBEDDINGS = ("raw", "normalised", "processed")
 MODES = ("Q", "K", "V")
@@ -345,7 +346,8 @@ class PositionalTokenSplit(Result):
     position x position is above 0.5; when that of token-carrying terms is, "token-pair" in layer 0 and
     "indirect" after it (earlier heads and MLPs carry what they computed, position included: in GPT-2-like
     models MLP0 re-encodes token and position, so a later head can be positional without W_pos's own path);
-    else "mixed"; with a single prompt there is no spread to judge by: "one prompt: no verdict".
+    else "mixed"; over fewer than stats.MIN_PROMPTS prompts (a single one has no spread at all) no kind, only
+    stats.too_few's "too few prompts (n = 3; at least 8 needed to decide)".
     same_in_every_prompt [layer, head] (per prompt: same_per_prompt [layer, head, prompt]): the share of each
     prompt's score variation over keys that the other prompts' mean scores at the same (query, key) positions
     explain, Cov / Var as above. On prompts that share no token at a position (random tokens), that is the
@@ -412,8 +414,8 @@ def positional_token_split(model: Transformer, tokens: Tensor, exclude_bos: bool
     carried = ["token-pair" if layer == 0 else "indirect" for layer in layers]
     kind = [["positional" if lower[l, h, 0] > 0.5 else carried[l] if lower[l, h, 1] > 0.5 else "mixed"
              for h in range(model.cfg.n_head)] for l in layers]
-    if per_prompt.shape[-1] < 2:  # no spread to judge by: say nothing rather than too much
-        kind = [["one prompt: no verdict"] * model.cfg.n_head for _ in layers]
+    if reason := too_few(per_prompt.shape[-1]):  # too little spread to judge by: say nothing rather than too much
+        kind = [[reason] * model.cfg.n_head for _ in layers]
     return PositionalTokenSplit(scores=mean, axes=("layer", "head", "group"), per_prompt=per_prompt,
                                 metric="share of the score variance over keys", groups=GROUPS, std=std, kind=kind,
                                 exclude_bos=exclude_bos, same_in_every_prompt=same.nanmean(-1), same_per_prompt=same)

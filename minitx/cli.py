@@ -610,7 +610,7 @@ def _circuit_prompts(args, model, vocab):
 
 def cmd_circuits(args) -> int:
     import torch
-    from minitx import circuits, plots, processing
+    from minitx import circuits, plots, processing, stats
     from minitx.prompts import known_token_ids
     from minitx.report import text_table
     model, vocab = _load(args)
@@ -655,9 +655,10 @@ def cmd_circuits(args) -> int:
     say(text_table(["head", "copying", "argmax", "QK self", "pos x pos", "token", "other", "kind", "same in all"],
                    rows))
     say("kind: positional / token-pair (layer 0) / indirect (later layers, through earlier heads and MLPs) when that "
-        "share minus two standard errors over prompts is above 0.5, else mixed. same in all: the share of each "
-        "prompt's score variation that the other prompts' mean scores explain (position alone, when the prompts "
-        "share no token at a position, as random prompts do)")
+        "share minus two standard errors over prompts is above 0.5, else mixed (no kind over fewer than "
+        f"{stats.MIN_PROMPTS} prompts). same in all: the share of each prompt's score variation that the other "
+        "prompts' mean scores explain (position alone, when the prompts share no token at a position, as random "
+        "prompts do)")
     _save_figure(plots.plot_result(copying, title=f"copying ({args.embedding} embedding)"), args, "copying.png")
     _save_figure(plots.plot_result(split, title=f"share of the score variance over keys, on {where}"), args,
                  "split.png")

@@ -161,8 +161,7 @@ def test_positional_token_split_shares_sum_to_one(model):
         result = circuits.positional_token_split(model, tokens, exclude_bos=exclude_bos)
         assert result.scores.shape == (3, 4, 3) and result.per_prompt.shape == (3, 4, 3, 4)
         assert_close(result.per_prompt.sum(2), torch.ones(3, 4, 4), **TOL)
-        assert len(result.kind) == 3 and all(k in ("positional", "token-pair", "mixed") for k in result.kind[0])
-        assert all(k in ("positional", "indirect", "mixed") for row in result.kind[1:] for k in row)
+        assert result.kind == [["too few prompts (n = 4; at least 8 needed to decide)"] * 4] * 3  # 4 < MIN_PROMPTS
     with pytest.raises(ValueError, match="at least 3 tokens with exclude_bos"):
         circuits.positional_token_split(model, tokens[:, :2], exclude_bos=True)
     # By hand for one head and one prompt: Cov(position x position term, score) / Var(score), pooled over queries.
@@ -177,7 +176,7 @@ def test_positional_token_split_shares_sum_to_one(model):
     result = circuits.positional_token_split(model, tokens[:1])
     assert abs(result.per_prompt[1, 2, 0, 0] - num / den) < 1e-5
     assert result.same_in_every_prompt.isnan().all()  # one prompt: nothing to compare with ...
-    assert {k for row in result.kind for k in row} == {"one prompt: no verdict"}  # ... and no spread to judge by
+    assert {k for row in result.kind for k in row} == {"too few prompts (n = 1; at least 8 needed to decide)"}
     # The share the other prompts' mean scores explain, by hand for prompt 0.
     scores = circuits.score_decomposition(model, tokens, 1, 2).scores.sum((0, 1))  # [batch, q, k]
     num = den = 0.0
@@ -213,6 +212,8 @@ def test_handbuilt_known_answers():
     assert split.scores[1, 0, 1] > 0.999 and split.kind[1][0] == "indirect"  # through L0.0's output
     assert split.same_in_every_prompt[0, 0] > 0.999  # set by positions alone ...
     assert split.same_in_every_prompt[1, 0] > 0.999  # ... and so is L1.0's on [BOS] + A + A: its period is fixed
+    few = circuits.positional_token_split(m, clean[:7])  # shares as clear, but too few prompts for a kind
+    assert few.scores[0, 0, 0] > 0.999 and few.kind[0][0] == "too few prompts (n = 7; at least 8 needed to decide)"
     random = torch.randint(0, handbuilt.BOS, (8, handbuilt.T), generator=torch.Generator().manual_seed(1))
     random[:, 0] = handbuilt.BOS
     split = circuits.positional_token_split(m, random)  # tokens at every position differ between prompts
@@ -293,7 +294,7 @@ def test_composition_heatmap_and_the_circuits_command(tmp_path, capsys):
                      "--batch", "3", "--n-pos", "10", "--mode", "all"]) == 0
     out = capsys.readouterr().out
     assert "K-composition on the raw weights: random baseline" in out and "0.1 -> 1.0" in out
-    assert "pos x pos" in out and "positional" in out
+    assert "pos x pos" in out and "positional" in out and "too few prompts (n = 3;" in out  # --batch 3
     for name in ("composition-Q.png", "composition-K.png", "composition-V.png", "copying.png", "split.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert cli.main(["circuits", "--model", "weights/induction-2l", "--n-pos", "100"]) == 2
