@@ -244,3 +244,32 @@ def test_command_line(tmp_path, capsys):
     code = cli.main(["circuit", clean, corrupted, "--model", str(ROOT / "weights" / "induction-2l"), "--answer", "2",
                      "--wrong", "3", "--ks", "4,2"])
     assert code == 2 and "increasing order" in capsys.readouterr().err
+
+
+def test_command_line_refuses_a_read_position_before_the_prompts_differ(tmp_path, capsys):
+    """HD: the prompts agree on positions 0-3 (BOS 5 9 then 2 / 3), so the logit difference at --pos 1 is the same on
+    both and F = (m(C) - m(none)) / (m(all) - m(none)) is 0 / 0: a one-line error, not a table of nan."""
+    from minitx import cli
+    code = cli.main(["circuit", "5 9 2 7 5 9", "5 9 3 7 5 9", "--model", str(ROOT / "weights" / "induction-2l"),
+                     "--answer", "2", "--wrong", "3", "--method", "eap", "--ks", "2,4", "--pos", "1", "--out",
+                     str(tmp_path / "c.png")])
+    captured = capsys.readouterr()
+    assert code == 2 and "nan" not in captured.out and "--pos" in captured.err
+
+
+def test_command_line_refuses_a_target_that_is_not_a_number(tmp_path, capsys):
+    """HD: --target nan was accepted and printed 'no circuit of these sizes reaches F >= nan'."""
+    from minitx import cli
+    code = cli.main(["circuit", "5 9 2 7 5 9", "5 9 3 7 5 9", "--model", str(ROOT / "weights" / "induction-2l"),
+                     "--answer", "2", "--wrong", "3", "--method", "eap", "--ks", "2,4", "--target", "nan",
+                     "--out", str(tmp_path / "c.png")])
+    assert code == 2 and "--target" in capsys.readouterr().err
+
+
+def test_eap_reports_the_metric_at_the_model_precision(model):
+    """HD: on a float64 model, EdgeScores.clean / .corrupted are the metric's batch means to float64 precision
+    (aa6d70c gave 6e-16; metric_blocks' .float() now rounds them to float32, an error of about 7e-9 here)."""
+    clean_m, corrupt_m = (float(METRIC(model(x)).mean()) for x in (CLEAN, CORRUPTED))
+    for scores in (D.eap(model, CLEAN, CORRUPTED, METRIC), D.eap_ig(model, CLEAN, CORRUPTED, METRIC, steps=2)):
+        assert scores.clean == pytest.approx(clean_m, abs=1e-12)
+        assert scores.corrupted == pytest.approx(corrupt_m, abs=1e-12)

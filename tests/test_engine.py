@@ -268,3 +268,18 @@ def test_edge_patching_all_edges_is_the_corrupted_run_and_none_the_clean_run(mod
         E.ablation_values(model, "resample", CLEAN)
     with pytest.raises(ValueError, match=r"bool mask \[n_sets, n_edges="):
         E.edge_patching(model, CLEAN, torch.ones(3, dtype=torch.bool), ablated, metric)
+
+
+def test_edge_patching_refuses_ablated_values_of_another_batch_or_length(model):
+    """HD: ablated values for 2 prompts (or 7 positions) against tokens [4, 5] raised torch's 'The size of tensor
+    a (4) must match the size of tensor b (2)' from inside a hook; a clear ValueError naming `ablated` instead."""
+    graph = E.edge_graph(model)
+    metric = M.logit_diff_metric(1, 2)
+    tokens = torch.cat([CLEAN, CORRUPTED])  # [4, 5]
+    masks = torch.ones(2, graph.n_edges, dtype=torch.bool)
+    two_prompts = E.ablation_values(model, "resample", CLEAN, corrupted=CORRUPTED)  # rows 2, not 1 or 4
+    longer = E.ablation_values(model, "resample", torch.cat([tokens, tokens[:, :2]], 1),
+                               corrupted=torch.cat([tokens, tokens[:, :2]], 1))  # 7 positions, not 5
+    for ablated in (two_prompts, longer):
+        with pytest.raises(ValueError, match="ablated"):
+            E.edge_patching(model, tokens, masks, ablated, metric)
