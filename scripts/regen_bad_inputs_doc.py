@@ -78,6 +78,8 @@ for p in T.CLI_CASES:
         cli_seen[p.id] = f"**unclear** (today: `{md(one_line(text))}` ({code})): {md(unclear)}"
 os.chdir(cwd)
 shutil.rmtree(tmp)
+for folder in T._FILES.values():  # the bad checkpoints the rows loaded
+    shutil.rmtree(folder, ignore_errors=True)
 
 doc = open(DOC).read()
 def repl(m):
