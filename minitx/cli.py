@@ -672,6 +672,7 @@ def cmd_circuit(args) -> int:
     model, vocab = _load(args)
     ks = _circuit_sizes(args.ks)
     clean, corrupted, answer, wrong = _pair(args, model, vocab)
+    _check_circuit_args(args, clean, corrupted)  # before any progress line, so an error stands alone
     metric = metrics.logit_diff_metric(answer, wrong, pos=args.pos)
     graph = discovery.edge_graph(model)
     _progress(f"{args.method} over the {graph.n_edges} edges ...")
@@ -679,33 +680,70 @@ def cmd_circuit(args) -> int:
         scores = discovery.eap(model, clean, corrupted, metric)
     else:
         scores = discovery.eap_ig(model, clean, corrupted, metric, steps=args.steps, on=args.method.split("-")[-1])
-    _progress(f"faithfulness of {len(ks)} circuits by exact edge patching ({args.ablation} ablation) ...")
+    _progress(f"faithfulness of {len(ks)} circuit{'s' if len(ks) > 1 else ''} by exact edge patching "
+              f"({args.ablation} ablation) ...")
     reference = corrupted if args.ablation == "mean" else None
     curve = discovery.faithfulness_curve(model, clean, scores, metric, [min(k, graph.n_edges) for k in ks],
                                          ablation=args.ablation, corrupted=corrupted, reference=reference)
     say(f"{_pair_name(args, vocab, answer, wrong)}: clean {scores.clean:+.3f}, corrupted {scores.corrupted:+.3f}")
+    if scores.clean <= scores.corrupted:
+        say("note: the clean logit difference is not above the corrupted one, so these prompts do not show the "
+            "model doing the task; F then measures a change the task does not explain")
     say(f"{scores.method} edge scores (estimated change of the logit difference when the edge alone reads the "
-        f"corrupted run; top {args.top} of {graph.n_edges} by |score|):")
+        f"corrupted run, whatever --ablation says; top {args.top} of {graph.n_edges} by |score|):")
     say(text_table(["edge", "score"], [[label, value] for label, value in scores.top(args.top)]))
-    say(f"faithfulness F = (m(C) - m(none)) / (m(all) - m(none)), every edge outside C patched ({args.ablation} "
-        f"ablation{', mean over the corrupted prompts' if args.ablation == 'mean' else ''}): 1 = the circuit alone "
-        "does the task; the complement patches C's edges instead")
-    rows = [[str(k), int(n), float(f), float(c)] for k, n, f, c in zip(curve.ks, curve.n_edges, curve.scores,
-                                                                       curve.complement)]
-    say(text_table(["top k", "edges after pruning", "F(circuit)", "F(complement)"], rows))
-    chosen = next((i for i in range(len(ks)) if float(curve.scores[i]) >= args.target), None)
-    if chosen is None:
-        say(f"no circuit of these sizes reaches F >= {args.target}; the figure shows the largest")
-        chosen = len(ks) - 1
-    else:
-        say(f"smallest of the sizes tried (--ks {args.ks}) with F >= {args.target} on these prompts: top "
-            f"{curve.ks[chosen]}, {int(curve.n_edges[chosen])} edges, F = {float(curve.scores[chosen]):.3f}: "
-            f"{', '.join(curve.edges(chosen))}")
+    chosen = _report_curve(args, curve)
     fig = plots.circuit_graph(graph, scores.scores, curve.circuits[chosen],
                               f"circuit on {_pair_title(args)}: top {curve.ks[chosen]} by {scores.method}, "
                               f"F = {float(curve.scores[chosen]):.2f} ({args.ablation})")
     _save_figure(fig, args, "circuit.png")
     return 0
+
+
+def _check_circuit_args(args, clean, corrupted) -> None:
+    """--target a finite number; --steps a count; under resample, --pos at or after the first position where the
+    prompts differ (before it every patched run is the clean run, so F would be 0/0)."""
+    import math
+    from minitx.checks import check_count
+    from minitx.engine import shared_prefix
+    if not math.isfinite(args.target):
+        raise ValueError(f"--target {args.target}: the faithfulness the chosen circuit must reach, a finite number "
+                         "such as 0.8")
+    check_count(args.steps, "--steps", "points on each EAP-IG integration path")
+    first, pos = shared_prefix(clean, corrupted), args.pos % clean.shape[1]
+    if args.ablation == "resample" and pos < first:
+        raise ValueError(f"--pos {args.pos} reads position {pos}, before the prompts first differ (position {first}): "
+                         f"the corruption cannot change the logit difference there; use --pos {first} or later "
+                         "(default -1, the last)")
+
+
+def _report_curve(args, curve) -> int:
+    """Prints the faithfulness curve with intervals over prompts and the chosen circuit; returns its index: the
+    smallest size whose whole interval lies above --target (over at least stats.MIN_PROMPTS prompts), else the
+    largest size tried."""
+    from minitx import stats
+    from minitx.report import fmt_interval, text_table
+    n = curve.per_prompt.shape[-1]
+    say(f"faithfulness F = (m(C) - m(none)) / (m(all) - m(none)), every edge outside C patched ({args.ablation} "
+        f"ablation{', mean over the corrupted prompts' if args.ablation == 'mean' else ''}): 1 = the circuit alone "
+        "does the task; the complement patches C's edges instead. "
+        + (f"[95% bootstrap interval over the {n} prompt pairs]" if n > 1 else "One prompt pair: no interval."))
+    intervals = [curve.interval(i) for i in range(len(curve.ks))]
+    shown = (lambda iv: fmt_interval(iv.estimate, iv.low, iv.high)) if n > 1 else (lambda iv: f"{float(iv.estimate):.3f}")
+    rows = [[str(k), int(e), shown(iv), shown(curve.interval(i, complement=True))]
+            for i, (k, e, iv) in enumerate(zip(curve.ks, curve.n_edges, intervals))]
+    say(text_table(["top k", "edges after pruning", "F(circuit)", "F(complement)"], rows))
+    verdicts = [stats.verdict(iv, args.target) for iv in intervals]
+    chosen = next((i for i, v in enumerate(verdicts) if v == stats.ESTABLISHED), None)
+    if chosen is None:
+        reason = stats.too_few(n) or f"no interval lies wholly above {args.target}"
+        say(f"no circuit of these sizes is shown to reach F > {args.target}: {reason}; the figure shows the largest")
+        return len(curve.ks) - 1
+    best, edges = intervals[chosen], curve.edges(chosen)
+    listed = ", ".join(edges[:20]) + (f" and {len(edges) - 20} more (in the figure)" if len(edges) > 20 else "")
+    say(f"smallest of the sizes tried (--ks {args.ks}) whose F interval lies above {args.target}: top "
+        f"{curve.ks[chosen]}, {len(edges)} edges, F = {fmt_interval(best.estimate, best.low, best.high)}: {listed}")
+    return chosen
 
 
 def _circuit_sizes(text: str) -> list[int]:
@@ -1096,6 +1134,7 @@ def args_demo(p) -> None:
 
 def args_circuit(p) -> None:
     from minitx.engine import ABLATIONS
+    from minitx.stats import MIN_PROMPTS
     _common(p, "circuit.png")
     _pair_args(p)
     p.add_argument("--method", default="eap-ig-activations", choices=("eap", "eap-ig-inputs", "eap-ig-activations"),
@@ -1106,7 +1145,9 @@ def args_circuit(p) -> None:
                    help="what a patched edge carries: the corrupted run's value, the mean over the corrupted "
                         "prompts (position by position), or zero")
     p.add_argument("--ks", default="5,10,20,50", help="circuit sizes (top-k edges by |score|) for the curve")
-    p.add_argument("--target", type=float, default=0.8, help="the faithfulness the chosen circuit must reach")
+    p.add_argument("--target", type=float, default=0.8,
+                   help="the faithfulness the chosen circuit must be shown to exceed: the smallest size whose 95%% "
+                        f"interval over prompts lies above it (needs at least {MIN_PROMPTS} pairs, --pairs)")
     p.add_argument("--top", type=_count, default=15, help="edges listed")
 
 

@@ -338,6 +338,16 @@ class CircuitCurve(Result):
     circuits: Tensor
     complement: Tensor
     graph: EdgeGraph
+    clean_per_prompt: Tensor  # [prompt]: m(G) of each prompt, the per-prompt baselines of an interval
+    corrupted_per_prompt: Tensor  # [prompt]: m(empty)
+    complement_per_prompt: Tensor  # [circuit, prompt]
+
+    def interval(self, i: int, complement: bool = False, **kwargs):
+        """The bootstrap Interval over prompts of F(circuit i) (or of its complement): stats.normalized_interval,
+        prompts resampled jointly across m(C), m(G) and m(empty)."""
+        from minitx.stats import normalized_interval
+        values = (self.complement_per_prompt if complement else self.per_prompt)[i]
+        return normalized_interval(values, self.clean_per_prompt, self.corrupted_per_prompt, **kwargs)
 
     def edges(self, i: int = -1) -> list[str]:
         """The labels of circuit i's edges."""
@@ -360,10 +370,15 @@ def faithfulness(model, tokens: Tensor, circuits: Tensor, metric: Callable, abla
     values = edge_patching(model, tokens, _patch_masks(graph, circuits), ablated, metric, max_rows=max_rows)
     empty, full, inside, outside = values[0], values[1], values[2:2 + len(circuits)], values[2 + len(circuits):]
     m_empty, m_full = float(empty.mean()), float(full.mean())
+    if m_full == m_empty:
+        raise ValueError(f"the clean run and the run with every edge patched give the same metric ({m_full:.6g}), so "
+                         "F = (m(C) - m(empty)) / (m(G) - m(empty)) is 0/0: the metric does not see the corruption "
+                         "(does it read a position before the prompts differ?)")
     normalise = lambda v: (v.mean(-1) - m_empty) / (m_full - m_empty)  # noqa: E731
     return CircuitCurve(scores=normalise(inside), raw=inside.mean(-1), per_prompt=inside, clean=m_full,
                         corrupted=m_empty, metric=metric_name(metric), ablation=ablated.ablation, ks=tuple(ks),
-                        n_edges=circuits.sum(1), circuits=circuits, complement=normalise(outside), graph=graph)
+                        n_edges=circuits.sum(1), circuits=circuits, complement=normalise(outside), graph=graph,
+                        clean_per_prompt=full, corrupted_per_prompt=empty, complement_per_prompt=outside)
 
 
 def faithfulness_curve(model, clean: Tensor, scores: EdgeScores, metric: Callable, ks, *, ablation: str,

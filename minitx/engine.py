@@ -221,7 +221,12 @@ def metric_blocks(model, resid: Tensor, metric: Callable, batch: int, ln_final_s
             rows_i = slice(i * batch, (i + 1) * batch)
             hooks = [] if scale is None else [("ln_final.hook_scale", lambda x, h, s=scale[rows_i]: s)]
             values.append(metric(model.unembed(resid[rows_i], fwd_hooks=hooks)))
-    return torch.stack([check_metric_values(v, batch).float() for v in values])
+    return torch.stack([_at_least_float32(check_metric_values(v, batch)) for v in values])
+
+
+def _at_least_float32(values: Tensor) -> Tensor:
+    """Metric values in float32, or float64 for a float64 model (a half-precision metric is too coarse to patch)."""
+    return values if values.dtype == torch.float64 else values.float()
 
 
 def _metric_at_read(model, resid: Tensor, metric: Metric, batch: int, scale: Tensor | None, read_only: bool):
@@ -549,6 +554,11 @@ def edge_patching(model, tokens: Tensor, patched: Tensor, ablated: WriterValues,
         raise ValueError(f"patched must be a bool mask [n_sets, n_edges={graph.n_edges}] (or [n_edges]), got "
                          f"{describe(patched)}")
     (B, T), L = tokens.shape, model.cfg.n_layer
+    rows, n_pos = ablated.input.shape[:2]
+    if rows not in (1, B) or n_pos != T:
+        raise ValueError(f"ablated values were made for {rows} prompt(s) of {n_pos} positions, but tokens are {B} "
+                         f"prompts of {T}: make them for these prompts, ablation_values(model, ablation, tokens, ...) "
+                         "(resample: one corrupted prompt per clean one; mean and zero: one row for all)")
     first, cache, embedded = _clean_run(model, tokens, ablated, metric)
     size = _sets_per_forward(model, B * (T - first), max_rows // B, tokens.device)
     out = []

@@ -231,19 +231,39 @@ def test_errors(model):
 
 
 def test_command_line(tmp_path, capsys):
-    """`minitx circuit` prints the top edges, the faithfulness curve and the chosen circuit, and draws it."""
+    """`minitx circuit` prints the top edges, the faithfulness curve and the chosen circuit, and draws it. One pair
+    (the fixture's token ids, BOS prepended; A B C D A B C -> D, here 5 9 2 7 5 9 2 -> 7, the corrupted first copy
+    holding 3 where 2 was) gives no interval and so no verdict."""
     from minitx import cli
-    clean, corrupted = "64 5 9 2 7 5 9 2", "64 5 9 3 7 5 9 2"  # token ids of the fixture: A B C D A B C -> D
-    code = cli.main(["circuit", clean, corrupted, "--model", str(ROOT / "weights" / "induction-2l"), "--answer", "2",
+    clean, corrupted = "5 9 2 7 5 9 2", "5 9 3 7 5 9 2"
+    code = cli.main(["circuit", clean, corrupted, "--model", str(ROOT / "weights" / "induction-2l"), "--answer", "7",
                      "--wrong", "3", "--method", "eap", "--ks", "2,4,46", "--out", str(tmp_path / "c.png")])
     out = capsys.readouterr().out
-    assert code == 0 and "EAP edge scores" in out and "F(complement)" in out
+    assert code == 0 and "EAP edge scores" in out and "F(complement)" in out and "One prompt pair: no interval" in out
     last = next(line for line in out.splitlines() if line.startswith("46 "))
     assert last.split()[1:] == ["46", "1.000", "0.000"]  # every edge kept: F = 1; its complement patches all: 0
+    assert "too few prompts (n = 1" in out and "smallest of the sizes" not in out
     assert (tmp_path / "c.png").stat().st_size > 1000
     code = cli.main(["circuit", clean, corrupted, "--model", str(ROOT / "weights" / "induction-2l"), "--answer", "2",
                      "--wrong", "3", "--ks", "4,2"])
     assert code == 2 and "increasing order" in capsys.readouterr().err
+
+
+def test_command_line_chooses_a_circuit_only_when_its_interval_clears_the_target(tmp_path, capsys):
+    """Over 8 role-swap pairs on english-6l the whole graph (1,108 edges) has F = 1 on every prompt, so its interval
+    [1, 1] lies above 0.8 and it is chosen; nothing is shown to exceed 1.5."""
+    from minitx import cli, datasets
+    batch = max(datasets.to_batches(datasets.role_swap_pairs(64), minitx.Tokenizer.default(), True),
+                key=lambda b: len(b.pairs))
+    path = datasets.write_jsonl(batch.pairs[:8], tmp_path / "pairs.jsonl")
+    every = E.edge_count(6, 4)
+    for target, chosen in (("0.8", True), ("1.5", False)):
+        code = cli.main(["circuit", "--pairs", str(path), "--model", str(ROOT / "weights" / "english-6l"), "--method",
+                         "eap", "--ks", f"5,{every}", "--target", target, "--out", str(tmp_path / "c.png")])
+        out = capsys.readouterr().out
+        assert code == 0 and "interval over the 8 prompt pairs" in out
+        assert (f"lies above 0.8: top {every}, {every} edges, F = 1.000 [1.000, 1.000]" in out) == chosen
+        assert ("no interval lies wholly above 1.5" in out) == (not chosen)
 
 
 def test_command_line_refuses_a_read_position_before_the_prompts_differ(tmp_path, capsys):
