@@ -729,7 +729,10 @@ def _report_curve(args, curve) -> int:
         "does the task; the complement patches C's edges instead. "
         + (f"[95% bootstrap interval over the {n} prompt pairs]" if n > 1 else "One prompt pair: no interval."))
     intervals = [curve.interval(i) for i in range(len(curve.ks))]
-    shown = (lambda iv: fmt_interval(iv.estimate, iv.low, iv.high)) if n > 1 else (lambda iv: f"{float(iv.estimate):.3f}")
+
+    def shown(iv) -> str:
+        return fmt_interval(iv.estimate, iv.low, iv.high) if n > 1 else f"{float(iv.estimate):.3f}"
+
     rows = [[str(k), int(e), shown(iv), shown(curve.interval(i, complement=True))]
             for i, (k, e, iv) in enumerate(zip(curve.ks, curve.n_edges, intervals))]
     say(text_table(["top k", "edges after pruning", "F(circuit)", "F(complement)"], rows))
@@ -742,7 +745,8 @@ def _report_curve(args, curve) -> int:
     best, edges = intervals[chosen], curve.edges(chosen)
     listed = ", ".join(edges[:20]) + (f" and {len(edges) - 20} more (in the figure)" if len(edges) > 20 else "")
     say(f"smallest of the sizes tried (--ks {args.ks}) whose F interval lies above {args.target}: top "
-        f"{curve.ks[chosen]}, {len(edges)} edges, F = {fmt_interval(best.estimate, best.low, best.high)}: {listed}")
+        f"{curve.ks[chosen]}, {len(edges)} edges, F = {fmt_interval(best.estimate, best.low, best.high)}: "
+        f"{listed}")
     return chosen
 
 

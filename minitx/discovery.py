@@ -115,11 +115,12 @@ def _summed_metric(model, metric: Callable, final: Tensor, batch: int) -> Tensor
 
 def _reader_grads(model, clean: Tensor, metric: Callable, steps: int = 1, clean_vals=None, corrupt_vals=None,
                   start: int = 0):
-    """Gradients of the metric at every reader input on the clean run, [batch, pos, (head,) d_model] per group,
-    averaged over `steps` input embeddings on the line from the corrupted (input corrupt_vals) to the clean one
-    (alpha = k/steps, k = 1..steps; steps=1 without corrupt_vals: the clean run itself).
-    -> (grads, the metric [batch] on the first step's inputs, the writers' values there: the clean run's when
-    steps=1)."""
+    """Gradients of the metric at every reader input on the clean run, [batch, pos - start, (head,) d_model] per
+    group (positions from `start`, the end of a shared prefix, on), averaged over `steps` input embeddings on the
+    line from the corrupted (input corrupt_vals) to the clean one (alpha = k/steps, k = 1..steps; steps=1 without
+    corrupt_vals: the clean run itself).
+    -> (grads, the metric [batch] on the first step's inputs, the writers' values there (the clean run's when
+    steps=1), the run's cache, with every layer's keys and values when start > 0)."""
     B, groups, L = len(clean), _reader_groups(edge_graph(model)), model.cfg.n_layer
     # Gradients at each head's q, k and v (the fused forward), carried back through W_Q/W_K/W_V and ln1 by hand
     # (`_through_ln1`): the same numbers as at the per-head input copies, without running those copies.
@@ -131,7 +132,8 @@ def _reader_grads(model, clean: Tensor, metric: Callable, steps: int = 1, clean_
     # A hook gives mlp_in its own tensor (a copy), so its gradient is the MLP's alone, not resid_mid's.
     fwd = [(get_act_name("mlp_in", l), lambda x, h: None) for l in range(model.cfg.n_layer)]
     if corrupt_vals is not None:
-        alpha = torch.arange(1, steps + 1, dtype=clean_vals.input.dtype).div(steps).repeat_interleave(B)[:, None, None]
+        alpha = torch.arange(1, steps + 1, dtype=clean_vals.input.dtype, device=clean_vals.input.device)
+        alpha = alpha.div(steps).repeat_interleave(B)[:, None, None]  # [steps * batch, 1, 1]
         origin, change = corrupt_vals.input.repeat(steps, 1, 1), (clean_vals.input - corrupt_vals.input).repeat(steps, 1, 1)
         fwd.append((get_act_name("resid_pre", 0), lambda x, h: (origin + alpha * change).requires_grad_(True)))
     with torch.enable_grad():
@@ -250,11 +252,11 @@ def _activation_path_grads(model, graph, clean, metric, steps, clean_vals, corru
     in_v(x) + alpha S_v, the rest of the model clean upstream and recomputed downstream."""
     B, L = len(clean), graph.n_layer
     patched = torch.ones(graph.n_edges, dtype=torch.bool) if edges is None else edges
-    mask = graph.dense(patched).to(clean_vals.input.dtype)  # [writer, reader]
+    mask = graph.dense(patched.cpu()).to(clean_vals.input)  # [writer, reader], on the model's device
     deltas = _deltas(graph, corrupt_vals, clean_vals)  # [batch, writer, pos, d_model]
     starts = [get_act_name("resid_pre", l) for l in range(L)] + [get_act_name("resid_mid", l) for l in range(L)]
     _, cache = model.run_with_cache(clean, names_filter=starts + [get_act_name("resid_post", L - 1)])
-    alpha = torch.arange(1, steps + 1, dtype=deltas.dtype).div(steps).repeat_interleave(B)
+    alpha = torch.arange(1, steps + 1, dtype=deltas.dtype, device=deltas.device).div(steps).repeat_interleave(B)
     grads = {}
     for name, layer, readers in _reader_groups(graph):
         shift = torch.einsum("bwpd,wr->bprd", deltas, mask[:, readers]).repeat(steps, 1, 1, 1)  # [steps*B, pos, r, d]

@@ -432,9 +432,10 @@ class _EdgePatch:
 
     def __init__(self, graph: EdgeGraph, patched: Tensor, ablated: WriterValues, batch: int, first: int):
         self.graph, self.B, self.n, self.first = graph, batch, len(patched), first
-        self.patched = graph.dense(patched).transpose(1, 2)  # bool [n, reader, writer]
-        self.kept = graph.dense(~patched).transpose(1, 2)  # edges that exist and are not patched
-        self.ablated, self.deltas, self.total, self.written, self.ready = ablated, None, None, 0, {}
+        device = ablated.input.device
+        self.patched = graph.dense(patched).transpose(1, 2).to(device)  # bool [n, reader, writer]
+        self.kept = graph.dense(~patched).transpose(1, 2).to(device)  # edges that exist and are not patched
+        self.ablated, self.deltas, self.total, self.written, self.changes = ablated, None, None, 0, {}
 
     def _record(self, current: Tensor, ablated: Tensor) -> None:
         """current [n * batch, pos, (k,) d_model]: the next k writers' outputs; ablated: theirs from all positions."""
@@ -473,10 +474,10 @@ class _EdgePatch:
     def _correct(self, x: Tensor, readers: range, part: slice = slice(None)) -> Tensor:
         """x: the readers' current input, [rows, pos, head, d_model] (q/k/v copies) or [rows, pos, d_model].
         A layer's q, k and v readers are done in one matmul at the first of them (`part` picks this one's)."""
-        if readers not in self.ready:
-            self.ready = {readers: self._change(readers)}
+        if readers not in self.changes:  # the group's first reader: compute the group's changes, drop the last's
+            self.changes = {readers: self._change(readers)}
         n, B, T, d = self.n, self.B, x.shape[1], x.shape[-1]
-        change = self.ready[readers][:, part]
+        change = self.changes[readers][:, part]
         R = change.shape[1]
         change = change.view(n, R, B, T, d).permute(0, 2, 3, 1, 4)  # [n, batch, pos, readers, d_model], a view
         return (x.view(n, B, T, R, d) - change).reshape(x.shape)
@@ -504,30 +505,30 @@ class _EdgePatch:
 
 
 @torch.no_grad()
-def _clean_run(model, tokens: Tensor, ablated: WriterValues, metric: Callable) -> tuple[int, list | None, Tensor]:
-    """The unpatched run, once for every edge set: -> (first, its keys and values, resid_pre 0). first: the
-    number of leading positions where every writer's ablated value equals its value here, bit for bit (a
-    resample from prompts sharing a prefix): there every patched run is this run, so it can start at `first`
-    with this run's keys and values. 0 under context hooks or a metric that may read before it."""
-    cut = shortcuts(model, tokens, None, metric)
-    L = model.cfg.n_layer
+def _shared_prefix(model, tokens: Tensor, ablated: WriterValues, metric: Callable) -> tuple[int, object, Tensor | None]:
+    """-> (first, the clean run's cache with its keys and values, its resid_pre 0). first: the number of leading
+    positions where every writer's ablated value equals its clean value in every prompt, bit for bit (a resample
+    from prompts sharing a prefix): there every patched run is the clean run, so it can start at `first` with
+    the clean run's keys and values (capped at the metric's read position). (0, None, None), running nothing,
+    when that cannot apply: context hooks (they may index positions), a metric that may read anywhere (not a
+    one-position `Metric`), ablated values with one row for every prompt (mean, zero)."""
+    cut, L = shortcuts(model, tokens, None, metric), model.cfg.n_layer
+    if not cut.exact_positions or cut.read is None or ablated.input.shape[0] != tokens.shape[0]:
+        return 0, None, None
     names = writer_points(L) + [get_act_name(c, l) for l in range(L) for c in "kv"]
     _, cache = model.run_with_cache(tokens, names_filter=names, stop_at_layer=L)
     clean, first = writers_of(cache, L), tokens.shape[1]
-    if not cut.exact_positions or cut.read is None:
-        return 0, cache, clean.input
     for now, then in zip((clean.input, *clean.heads, *clean.mlps), (ablated.input, *ablated.heads, *ablated.mlps)):
-        if now.shape != then.shape:  # a mean or zero ablation: one row for every prompt
-            return 0, cache, clean.input
         same = (now == then).reshape(*now.shape[:2], -1).all(-1).all(0)  # [pos]: equal in every prompt
         first = min(first, int(same.long().cumprod(0).sum()))  # the leading positions where they are
-    return min(first, cut.read), cache, clean.input
+    first = min(first, cut.read)
+    return (first, cache, clean.input) if first else (0, None, None)
 
 
 def _sets_per_forward(model, tokens_per_set: int, most: int, device: torch.device) -> int:
-    """How many edge sets run side by side: at most `most`, the writers' changes under about 1 GiB, and on a
-    CPU each per-head copy of the stream (q, k or v input, [rows, pos, head, d_model]) under about 8 MiB, the
-    size that stays in cache: larger batches measured slower there (2 cores: 9.3 s at 16 rows, 14.4 s at
+    """How many edge sets run side by side: at most `most`, the writers' changes under 2**28 elements (1 GiB in
+    float32), and on a CPU each per-head copy of the stream (q, k or v input, [rows, pos, head, d_model]) under
+    2**21 elements (8 MiB in float32), a size that stays in cache: larger batches measured slower there (2 cores: 9.3 s at 16 rows, 14.4 s at
     160 rows for 20 GPT-2-small circuits)."""
     cfg = model.cfg
     per_set = tokens_per_set * cfg.d_model
@@ -545,11 +546,12 @@ def edge_patching(model, tokens: Tensor, patched: Tensor, ablated: WriterValues,
     earlier patched edges: ACDC's semantics) plus sum over patched edges of the writer's ablated value
     (`ablation_values`: resample, mean or zero). All edges patched with ablation "resample" is the corrupted
     run; none patched is the clean run. Edge sets run side by side, up to max_rows rows per forward (fewer
-    where memory or, on a CPU, cache size says: `_sets_per_forward`), after one clean run they share.
-    Positions where every ablated value equals the clean run's (a shared prefix) are not recomputed.
+    where memory or, on a CPU, cache size says; one set still runs all its rows). Under a resample from prompts
+    that share a prefix, with a `Metric` reading one position after it and no context hooks, every set runs
+    from the prefix's end with one shared clean run's keys and values (exact: before it nothing can change).
     docs/methods.md §12.2; Conmy et al. 2023 (ACDC)."""
     tokens, graph = token_batch(tokens), edge_graph(model)
-    patched = patched[None] if patched.dim() == 1 else patched
+    patched = (patched[None] if patched.dim() == 1 else patched).cpu()  # the graph's edge list lives on the CPU
     if patched.dtype != torch.bool or patched.dim() != 2 or patched.shape[1] != graph.n_edges:
         raise ValueError(f"patched must be a bool mask [n_sets, n_edges={graph.n_edges}] (or [n_edges]), got "
                          f"{describe(patched)}")
@@ -559,7 +561,7 @@ def edge_patching(model, tokens: Tensor, patched: Tensor, ablated: WriterValues,
         raise ValueError(f"ablated values were made for {rows} prompt(s) of {n_pos} positions, but tokens are {B} "
                          f"prompts of {T}: make them for these prompts, ablation_values(model, ablation, tokens, ...) "
                          "(resample: one corrupted prompt per clean one; mean and zero: one row for all)")
-    first, cache, embedded = _clean_run(model, tokens, ablated, metric)
+    first, cache, embedded = _shared_prefix(model, tokens, ablated, metric)
     size = _sets_per_forward(model, B * (T - first), max_rows // B, tokens.device)
     out = []
     for start in range(0, len(patched), size):
