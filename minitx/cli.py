@@ -686,6 +686,8 @@ def cmd_circuit(args) -> int:
     curve = discovery.faithfulness_curve(model, clean, scores, metric, [min(k, graph.n_edges) for k in ks],
                                          ablation=args.ablation, corrupted=corrupted, reference=reference)
     say(f"{_pair_name(args, vocab, answer, wrong)}: clean {scores.clean:+.3f}, corrupted {scores.corrupted:+.3f}")
+    if args.ablation == "mean" and len(corrupted) == 1:
+        say("note: the mean over one corrupted prompt is that prompt, so --ablation mean is resample here")
     if scores.clean <= scores.corrupted:
         say("note: the clean logit difference is not above the corrupted one, so these prompts do not show the "
             "model doing the task; F then measures a change the task does not explain")
@@ -743,7 +745,8 @@ def _report_curve(args, curve) -> int:
         say(f"no circuit of these sizes is shown to reach F > {args.target}: {reason}; the figure shows the largest")
         return len(curve.ks) - 1
     best, edges = intervals[chosen], curve.edges(chosen)
-    listed = ", ".join(edges[:20]) + (f" and {len(edges) - 20} more (in the figure)" if len(edges) > 20 else "")
+    listed = (", ".join(edges[:20]) or "no edges") + (f" and {len(edges) - 20} more (in the figure)"
+                                                       if len(edges) > 20 else "")
     say(f"smallest of the sizes tried (--ks {args.ks}) whose F interval lies above {args.target}: top "
         f"{curve.ks[chosen]}, {len(edges)} edges, F = {fmt_interval(best.estimate, best.low, best.high)}: "
         f"{listed}")
