@@ -520,58 +520,106 @@ def composition_heatmap(result, title: str | None = None) -> Figure:
 
 
 # -- circuits found by edge patching ----------------------------------------------------------------
+NODE_FONT = 7.0  # points: node labels ("input", "logits", "mlp11", "11.11")
+MARK_FONT = 7.0  # points: the q/k/v mark on an edge into a head
+MARK_AT = 0.62  # where along an edge its q/k/v mark sits (0 writer, 1 reader): clear of both circles
+KIND_BEND = {"q": -0.3, "k": 0.0, "v": 0.3}  # added to an edge's bend, so one writer's q, k and v edges part
+
+
 def _node_xy(graph, writer: int) -> tuple[float, float]:
-    """Where a component sits: layers as rows (input at the bottom, logits on top); heads across a row,
-    each layer's MLP to the right of its heads and a little higher (it reads after them)."""
+    """Where a component sits: layers as rows (input at the bottom, logits on top, both centred); heads across a
+    row, each layer's MLP to the right of its heads and a little higher (it reads after them)."""
     if writer == 0:
-        return (-0.6, -1.0)
+        return ((graph.n_head - 1) / 2, -1.0)
     layer, offset = divmod(writer - 1, graph.n_head + 1)
     return (float(offset) + (0.5 if offset == graph.n_head else 0.0), layer + (0.35 if offset == graph.n_head else 0.0))
+
+
+def _reader_xy(graph, reader_label: str) -> tuple[float, float]:
+    if reader_label == "logits":
+        return ((graph.n_head - 1) / 2, float(graph.n_layer))
+    return _node_xy(graph, _reader_writer(graph, reader_label))
+
+
+def _node_diameter(labels) -> float:
+    """Points: a circle that holds the longest label (its text box's diagonal) with a little room."""
+    from matplotlib.textpath import TextPath
+    boxes = [TextPath((0, 0), label, size=NODE_FONT).get_extents() for label in labels]
+    return max(math.hypot(box.width, max(box.height, 0.75 * NODE_FONT)) for box in boxes) + 4.0
+
+
+def _bend(start, end, centre_x: float, aspect: float) -> float:
+    """arc3's rad for an edge: straight between neighbouring nodes, bowed (away from the nodes it would cross)
+    when it skips a row or runs along one; a sideways bow leans towards the middle so it stays in the figure, a
+    bow along a row dips below it. aspect = points per y unit / points per x unit."""
+    (x0, y0), (x1, y1) = start, end
+    dx, dy = x1 - x0, y1 - y0
+    if abs(dy) <= 1.0 and abs(dx) <= 1.5:
+        return 0.0
+    normal_x, normal_y = dy * aspect, -dx / aspect  # the bow's direction for rad > 0, in data units
+    if abs(dx) > abs(dy) * aspect:
+        return 0.2 if normal_y < 0 else -0.2
+    return 0.2 if (centre_x - (x0 + x1) / 2) * normal_x >= 0 else -0.2
+
+
+def _on_arc(start, end, rad: float, aspect: float, t: float) -> tuple[float, float]:
+    """The point at t of matplotlib's arc3 curve from start to end (a quadratic Bezier whose control point is the
+    chord's middle moved rad x the chord, turned a quarter, in display units), in data units."""
+    (x0, y0), (x1, y1) = start, end
+    cx, cy = (x0 + x1) / 2 + rad * (y1 - y0) * aspect, (y0 + y1) / 2 - rad * (x1 - x0) / aspect
+    a, b, c = (1 - t) ** 2, 2 * t * (1 - t), t ** 2
+    return (a * x0 + b * cx + c * x1, a * y0 + b * cy + c * y1)
 
 
 def circuit_graph(graph, scores, circuit, title: str = "circuit") -> Figure:
     """Returns a Figure of a circuit: graph (a minitx.engine.EdgeGraph), scores [n_edges] (edge scores, e.g.
     EdgeScores.scores), circuit bool [n_edges] (the edges kept). Layers are rows, nodes are the input, the
-    heads (L.H), the MLPs and the logits; each kept edge is a line from writer to reader component, its width
-    by |score| and its colour by sign (red positive, blue negative); the reader's q/k/v is written at its end."""
+    heads (L.H), the MLPs and the logits; each kept edge is an arrow from writer to reader component, its width
+    by |score| and its colour by sign (red positive, blue negative); the q, k or v on an edge into a head says
+    which of the head's inputs it feeds. An edge's arrow and its mark share the gid "edge <index>"."""
     S, keep = _array(scores, 1, "scores [n_edges]"), _array(circuit, 1, "circuit [n_edges]").astype(bool)
     if S.shape[0] != len(graph.edges) or keep.shape[0] != len(graph.edges):
         raise ValueError(f"scores and circuit must have one entry per edge ({len(graph.edges)}), "
                          f"got {S.shape[0]} and {keep.shape[0]}")
-    width = min(16.0, max(5.0, 0.9 * (graph.n_head + 2)))
-    fig = Figure(figsize=(width, min(14.0, max(4.0, 0.9 * graph.n_layer + 2.5))), layout="constrained")
+    from matplotlib.patches import FancyArrowPatch
+    width, height = min(16.0, max(5.0, 0.9 * (graph.n_head + 2))), min(14.0, max(4.0, 0.9 * graph.n_layer + 2.5))
+    fig = Figure(figsize=(width, height), layout="constrained")
     ax = fig.add_subplot()
-    edges = graph.edges.tolist()
+    x_range, y_range = (-1.0, graph.n_head + 1.2), (-1.6, graph.n_layer + 0.6)
+    box = (height - 1.4) / (width - 1.2)  # the axes' height / width in inches, fixed so bends can be computed
+    ax.set_box_aspect(box)
+    aspect = box * (x_range[1] - x_range[0]) / (y_range[1] - y_range[0])
+    diameter = _node_diameter([*graph.writer_labels, "logits"])
+    edges, centre_x = graph.edges.tolist(), (graph.n_head - 1) / 2
     biggest = max((abs(S[e]) for e in range(len(S)) if keep[e]), default=1.0) or 1.0
     used = {0}
-    top = ((graph.n_head - 1) / 2 + 0.3, float(graph.n_layer))
     for e in np.nonzero(keep)[0]:
         w, r = edges[e]
         label = graph.reader_labels[r]
-        kind = label.rsplit(".", 1)[1] if label.count(".") == 2 else ""
-        end = top if label == "logits" else _node_xy(graph, _reader_writer(graph, label))
-        start = _node_xy(graph, w)
+        start, end = _node_xy(graph, w), _reader_xy(graph, label)
         used |= {w} | ({_reader_writer(graph, label)} if label != "logits" else set())
+        kind = label.rsplit(".", 1)[1] if label.count(".") == 2 else ""
+        rad = _bend(start, end, centre_x, aspect) + KIND_BEND.get(kind, 0.0)  # q, k, v from one writer: apart
         color = "tab:red" if S[e] > 0 else "tab:blue"
-        bend = min(0.5, 0.12 * (end[1] - start[1]))  # edges that skip rows curve away from the nodes between
-        ax.annotate("", xy=end, xytext=start, arrowprops=dict(arrowstyle="-|>", color=color, alpha=0.75,
-                    lw=0.6 + 4.4 * abs(S[e]) / biggest, shrinkA=9, shrinkB=9, connectionstyle=f"arc3,rad={bend:.2f}"))
-        if kind:  # which input of the reader head: near the arrow's end, on its bend's side
-            x, y = start[0] + 0.8 * (end[0] - start[0]), start[1] + 0.8 * (end[1] - start[1])
-            ax.text(x + 0.4 * bend * (end[1] - start[1]) * 0.8, y, kind, fontsize=8, color=color, ha="center")
-    for w in range(graph.n_writers):
-        x, y = _node_xy(graph, w)
-        on = w in used
-        ax.scatter([x], [y], s=260 if on else 60, color="white", edgecolors="black" if on else "lightgray", zorder=3)
+        ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=9, color=color, alpha=0.75,
+                                     lw=0.6 + 4.4 * abs(S[e]) / biggest, shrinkA=diameter / 2 + 1,
+                                     shrinkB=diameter / 2 + 1, connectionstyle=f"arc3,rad={rad}", gid=f"edge {e}"))
+        if kind:  # which input of the reader head, on the arrow itself
+            ax.text(*_on_arc(start, end, rad, aspect, MARK_AT), kind, fontsize=MARK_FONT,
+                    color=color, ha="center", va="center", zorder=2.5, gid=f"edge {e}",
+                    bbox=dict(boxstyle="round,pad=0.08", facecolor="white", edgecolor="none", alpha=0.85))
+    nodes = [(*_node_xy(graph, w), graph.writer_labels[w], w in used) for w in range(graph.n_writers)]
+    for x, y, name, on in [*nodes, (*_reader_xy(graph, "logits"), "logits", True)]:
+        ax.scatter([x], [y], s=diameter ** 2 if on else 40, color="white", zorder=3,
+                   edgecolors="black" if on else "lightgray")
         if on:
-            ax.text(x, y, graph.writer_labels[w], ha="center", va="center", fontsize=7, zorder=4)
-    ax.scatter([top[0]], [top[1]], s=420, color="white", edgecolors="black", zorder=3)
-    ax.text(top[0], top[1], "logits", ha="center", va="center", fontsize=7, zorder=4)
+            ax.text(x, y, name, ha="center", va="center", fontsize=NODE_FONT, zorder=4)
     ax.set_yticks(range(-1, graph.n_layer + 1), ["input", *[f"layer {l}" for l in range(graph.n_layer)], "logits"])
     ax.set_xticks([])
-    ax.set_xlim(-1, graph.n_head + 1)
-    ax.set_ylim(-1.7, graph.n_layer + 0.7)
-    ax.set_title(_wrap(f"{title} ({int(keep.sum())} edges; width = |score|, red +, blue -)", width - 0.5), fontsize=10)
+    ax.set_xlim(*x_range)
+    ax.set_ylim(*y_range)
+    ax.set_title(_wrap(f"{title} ({int(keep.sum())} edges; width |score|, red +, blue -; q/k/v: the head's input)",
+                       width - 0.5), fontsize=10)
     return fig
 
 

@@ -246,3 +246,71 @@ def test_plot_result_for_circuits_and_discovery(model):
     assert outside_canvas(fig) == []
     composition = circuits.all_composition_scores(model, "K", n_samples=10)
     assert plots.plot_result(composition).axes
+
+
+# -- the circuit figure: every label readable, each q/k/v mark on its own arrow -----------------------------------
+def drawn_circuit_graph(n_layer: int, n_head: int, seed: int):
+    """circuit_graph of EdgeGraph(n_layer, n_head) with every edge kept and random signed scores, drawn once."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from minitx.engine import EdgeGraph
+    graph = EdgeGraph(n_layer, n_head)
+    scores = np.random.default_rng(seed).normal(size=len(graph.edges))
+    fig = plots.circuit_graph(graph, scores, np.ones(len(graph.edges), dtype=bool), "circuit on 'The cat sat'")
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    return graph, fig, renderer
+
+
+def distance_to_path(point, path) -> float:
+    """Display units from a point to a path drawn as line segments (curves flattened)."""
+    import numpy as np
+    best = np.inf
+    for polygon in path.to_polygons(closed_only=False):
+        a, b = polygon[:-1], polygon[1:]
+        ab = b - a
+        t = np.clip(((point - a) * ab).sum(1) / np.maximum((ab * ab).sum(1), 1e-12), 0.0, 1.0)
+        best = min(best, float(np.hypot(*(a + t[:, None] * ab - point).T).min()))
+    return best
+
+
+@pytest.mark.parametrize("n_layer, n_head", [(2, 2), (6, 4), (1, 1)])
+def test_circuit_graph_labels_inside_and_marks_on_their_edges(n_layer, n_head):
+    """Issue 16's trial: 'input' was clipped, 'logits' overflowed its circle, q/k/v marks floated off their edges.
+    Every text lies inside the figure (and node labels and marks inside the axes); each node label fits inside its
+    circle; each q/k/v mark's centre lies on the arrow of the same edge (gid "edge <index>")."""
+    import numpy as np
+    from matplotlib.collections import PathCollection
+    from matplotlib.patches import FancyArrowPatch
+    from matplotlib.text import Text
+    graph, fig, renderer = drawn_circuit_graph(n_layer, n_head, seed=n_layer * 10 + n_head)
+    ax = fig.axes[0]
+    assert outside_canvas(fig) == []
+    for text in fig.findobj(Text):
+        if text.get_text() and text.get_visible():
+            box = text.get_window_extent(renderer)
+            assert fig.bbox.x0 - 0.5 <= box.x0 and box.x1 <= fig.bbox.x1 + 0.5, text.get_text()
+            assert fig.bbox.y0 - 0.5 <= box.y0 and box.y1 <= fig.bbox.y1 + 0.5, text.get_text()
+    for text in ax.texts:
+        box = text.get_window_extent(renderer)
+        assert ax.bbox.x0 <= box.x0 and box.x1 <= ax.bbox.x1 and ax.bbox.y0 <= box.y0 and box.y1 <= ax.bbox.y1, \
+            text.get_text()
+    circles = {tuple(np.round(c.get_offsets()[0], 6)): float(np.sqrt(c.get_sizes()[0])) * fig.dpi / 72
+               for c in ax.collections if isinstance(c, PathCollection)}
+    nodes = [t for t in ax.texts if t.get_gid() is None]
+    assert sorted(t.get_text() for t in nodes) == sorted([*graph.writer_labels, "logits"])  # all edges kept
+    for text in nodes:
+        box = text.get_window_extent(renderer)
+        diameter = circles[tuple(np.round(text.get_position(), 6))]
+        assert np.hypot(box.width, box.height) <= diameter, (text.get_text(), box.width, box.height, diameter)
+    arrows = {p.get_gid(): p for p in ax.patches if isinstance(p, FancyArrowPatch)}
+    marks = [t for t in ax.texts if t.get_gid() is not None]
+    assert len(arrows) == len(graph.edges) and len(marks) == sum(label.count(".") == 2 for _, r in
+                                                                   graph.edges.tolist()
+                                                                   for label in [graph.reader_labels[r]])
+    for mark in marks:
+        assert mark.get_text() in "qkv"
+        centre = np.asarray(ax.transData.transform(mark.get_position()))
+        arrow = arrows[mark.get_gid()]
+        path = arrow.get_transform().transform_path(arrow.get_path())
+        assert distance_to_path(centre, path) <= 1.5, (mark.get_gid(), distance_to_path(centre, path))
