@@ -898,14 +898,15 @@ def cmd_demo(args) -> int:
     if args.html is not None and not Path(args.html).expanduser().resolve().parent.is_dir():
         raise FileNotFoundError(f"--html {args.html}: the folder {Path(args.html).expanduser().resolve().parent} "
                                 "does not exist")
-    say(f"writing the demo report into {out}")
     pairs = None
     if args.pairs is not None:
         from minitx import datasets
         if not Path(args.pairs).expanduser().is_file():
             raise FileNotFoundError(f"--pairs {args.pairs}: no such file (JSONL rows with clean, corrupted, answer, "
                                     "wrong)")
-        pairs = datasets.read_jsonl(Path(args.pairs).expanduser())
+        pairs = (datasets.load_pairs(args.pairs, vocab.tokenizer, args.prepend_bos).pairs if vocab.is_text  # one length
+                 else datasets.read_jsonl(Path(args.pairs).expanduser()))
+    say(f"writing the demo report into {out}")
     result = run_demo(model, out, n=args.n, batch=args.batch, seed=args.seed, prepend_bos=args.prepend_bos,
                       log=_progress, vocab=vocab, n_pairs=args.n_pairs, pairs=pairs)
     for line in result["summary"]:

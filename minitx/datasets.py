@@ -253,11 +253,19 @@ def to_batches(pairs, tokenizer, prepend_bos: bool) -> list[PairBatch]:
 
 def load_pairs(path, tokenizer, prepend_bos: bool) -> PairBatch:
     """The pairs of a JSONL file as one PairBatch (all pairs must tokenize to the same length): what a command
-    taking `--pairs FILE` runs instead of one clean/corrupted pair. FileNotFoundError / ValueError in one line."""
+    taking `--pairs FILE` runs instead of one clean/corrupted pair. FileNotFoundError / ValueError in one line,
+    worded for the command line (a file of several lengths: each length, its pair count and an example)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"--pairs {path}: no such file (JSONL rows with clean, corrupted, answer, wrong)")
-    return to_batch(read_jsonl(path), tokenizer, prepend_bos)
+    batches = to_batches(read_jsonl(path), tokenizer, prepend_bos)
+    if len(batches) > 1:
+        found = "; ".join(f"{b.clean.shape[1]} tokens in {len(b)} pair{'s' * (len(b) > 1)}, e.g. {b.pairs[0].clean!r}"
+                          for b in sorted(batches, key=lambda b: b.clean.shape[1]))
+        raise ValueError(f"--pairs {path}: the pairs have {len(batches)} token lengths: {found}. The prompts are "
+                         "compared position by position, so keep pairs of one token length per file (split this one "
+                         "by length) and run the command once per file")
+    return batches[0]
 
 
 def is_swap(clean: Tensor, corrupted: Tensor, answer: int, wrong: int) -> bool:

@@ -40,7 +40,7 @@ import safetensors.torch
 import torch
 
 import minitx
-from minitx import attribution, cli, dla, heads, jacobian_lens, lens, metrics, patching, path_patching, plots
+from minitx import attribution, cli, datasets, dla, heads, jacobian_lens, lens, metrics, patching, path_patching, plots
 from minitx import tuned_lens
 from minitx.tokenizer import Tokenizer
 from tests.conftest import random_model
@@ -119,6 +119,25 @@ def saved(name: str, config: dict | None = None, tensors: dict | None = None) ->
             safetensors.torch.save_file({**state, **tensors}, path / "model.safetensors", metadata={"format": "pt"})
         _FILES[name] = path
     return _FILES[name]
+
+
+# Role-swap pairs of two token lengths: the passive question ("was chased by") is one token longer.
+MIXED_LENGTHS = [
+    {"clean": "The cat chased the dog. The one who chased was the", "answer": " cat", "wrong": " dog",
+     "corrupted": "The dog chased the cat. The one who chased was the"},
+    {"clean": "The cat chased the dog. The one who was chased was the", "answer": " dog", "wrong": " cat",
+     "corrupted": "The dog chased the cat. The one who was chased was the"},
+    {"clean": "The bird helped the frog. The one who was helped was the", "answer": " frog", "wrong": " bird",
+     "corrupted": "The frog helped the bird. The one who was helped was the"},
+]
+
+
+def pairs_file(name: str, rows: list[dict]) -> Path:
+    """A JSONL pairs file (pairs.jsonl) in its own temporary folder, made once per name (removed with saved()'s)."""
+    if name not in _FILES:
+        _FILES[name] = Path(tempfile.mkdtemp(prefix=f"minitx-bad-{name}-"))
+        (_FILES[name] / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return _FILES[name] / "pairs.jsonl"
 
 
 def with_bin(name: str, content) -> Path:
@@ -716,6 +735,17 @@ CASES = [
          ValueError, "dim_batch=0: output dimensions per backward pass, an int >= 1"),
     case("jacobian-lens-skip-first-negative", lambda e: jacobian_lens.fit_jacobian_lens(e.m, e.T, skip_first_positions=-1),
          ValueError, "skip_first_positions=-1: early positions left out as sources, an int >= 0"),
+    # ---- issue 16 (HF): pairs of mixed token lengths. The library names its function; --pairs FILE (load_pairs,
+    #      what every --pairs command runs) says what to do on the command line: tests/test_bad_inputs.py's
+    #      test_cli_pairs_of_mixed_lengths_say_how_to_split_the_file runs the commands. -----------------------------
+    case("to_batch-mixed-lengths", lambda e: datasets.to_batch(datasets.read_jsonl(pairs_file("mixed", MIXED_LENGTHS)),
+                                                                e.tok, True), ValueError,
+         "the pairs have 2 different lengths (13, 14 tokens); use to_batches to group them by length"),
+    case("load_pairs-mixed-lengths", lambda e: datasets.load_pairs(pairs_file("mixed", MIXED_LENGTHS), e.tok, True),
+         ValueError, "the pairs have 2 token lengths: 13 tokens in 1 pair, e.g. 'The cat chased the dog. The one who "
+                     "chased was the'; 14 tokens in 2 pairs, e.g. 'The cat chased the dog. The one who was chased was "
+                     "the'. The prompts are compared position by position, so keep pairs of one token length per file "
+                     "(split this one by length) and run the command once per file"),
 ]
 
 
@@ -874,6 +904,24 @@ def test_cli_error_through_the_real_entry_point(cli_model, tmp_path):
     assert "Traceback" not in result.stderr
     assert re.fullmatch(r"minitx patch: error: clean and corrupted prompts must have the same length .*\n",
                         result.stderr), result.stderr
+
+
+@pytest.mark.parametrize("command", [["circuit", "--method", "eap"], ["patch"], ["demo"]])
+def test_cli_pairs_of_mixed_lengths_say_how_to_split_the_file(tmp_path, capsys, monkeypatch, command):
+    """Issue 16's trial: `minitx circuit --pairs FILE` with pairs of two token lengths answered 'use to_batches to
+    group them by length', a Python function a command-line user cannot call. Every --pairs command now names each
+    length with its pair count and says to keep one length per file; nothing is printed or written before it."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in MIXED_LENGTHS))
+    code = cli.main([*command, "--pairs", str(path), "--model", "english-6l", "--out", str(tmp_path / "out")])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and "Traceback" not in err
+    line, = err.strip().splitlines()
+    assert line.startswith(f"minitx {command[0]}: error: --pairs {path}: the pairs have 2 token lengths: 13 tokens in 1 "
+                           "pair, e.g. 'The cat chased the dog. The one who chased was the'; 14 tokens in 2 pairs"), line
+    assert "keep pairs of one token length per file" in line and "to_batches" not in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mixed.jsonl"]  # no figure, no report folder
 
 
 # ---------------------------------------------------------------------------------------------------------------
