@@ -93,16 +93,15 @@ def _edge_terms(graph: EdgeGraph, deltas: Tensor, grads: dict[str, Tensor]) -> T
     B, L = deltas.shape[0], graph.n_layer
     dense = deltas.new_zeros(B, graph.n_writers, graph.n_readers)
     flat = deltas.reshape(B, graph.n_writers, -1)  # [batch, writer, pos * d_model]
-    per_reader = []  # [batch, readers, pos - start, d_model] per reader group, in reader order
-    for name, _, readers in _reader_groups(graph):
-        g = grads[name].to(deltas.dtype)
-        per_reader.append(g.transpose(1, 2) if g.dim() == 4 else g[:, None])
-    per_reader = torch.cat(per_reader, 1).reshape(B, graph.n_readers, -1)  # [batch, reader, pos * d_model]
+    groups = _reader_groups(graph)  # per layer l: q, k, v, MLP; then the logits
     first = graph.reader("q", 0, 0)
     for layer in range(L + 1):
         last = graph.reader("logits") + 1 if layer == L else graph.reader("v", layer, graph.n_head - 1) + 1
         writers = graph.n_writers if layer == L else graph.writer("head", layer, 0)  # those that write before
-        dense[:, :writers, first:last] = torch.bmm(flat[:, :writers], per_reader[:, first:last].transpose(1, 2))
+        grad = [grads[name].to(deltas.dtype) for name, _, _ in groups[max(0, 4 * layer - 1):4 * layer + 3]]
+        grad = torch.cat([g.transpose(1, 2) if g.dim() == 4 else g[:, None] for g in grad], 1)  # [batch, readers, ...]
+        grad = grad.reshape(B, last - first, -1).transpose(1, 2)  # [batch, pos * d_model, readers]
+        dense[:, :writers, first:last] = torch.bmm(flat[:, :writers], grad)
         first = last
     return dense[:, graph.edges[:, 0], graph.edges[:, 1]].T
 
