@@ -106,3 +106,29 @@ def test_model_card_snippet_runs_and_prints_what_the_card_says(monkeypatch, caps
     printed = capsys.readouterr().out
     loss = float(re.search(r"tensor\(([\d.]+)\)", printed).group(1))
     assert abs(loss - 1.096) < 0.0005
+
+
+def test_readme_circuit_example_runs_and_prints_what_it_says(monkeypatch, tmp_path, capsys):
+    """The `minitx circuit` example: its python block writes pairs.jsonl, the command line after it runs as written
+    (from the same folder) and prints the chosen circuit, F and its interval that the README quotes."""
+    import shlex
+
+    from minitx import cli
+    monkeypatch.chdir(tmp_path)
+    code, = [code for code, _ in python_blocks(README) if '"pairs.jsonl"' in code]
+    run(code, {"__name__": "readme_circuit"}, "README.md circuit block")
+    text = README.read_text(encoding="utf-8")
+    command, = re.findall(r"^    (minitx circuit --pairs pairs\.jsonl.*)$", text, flags=re.M)
+    assert cli.main(shlex.split(command)[1:]) == 0
+    out = capsys.readouterr().out
+    quoted = re.search(r"with\s+F = ([\d.]+) \[([\d.]+), ([\d.]+)\] \(complement ([-\d.]+) \[([-\d.]+), ([-\d.]+)\]\)",
+                       text).groups()
+    assert "interval over the 16 prompt pairs" in out
+    chosen = next(line for line in out.splitlines() if line.startswith("smallest of the sizes tried"))
+    assert f"top 10, 10 edges, F = {quoted[0]} [{quoted[1]}, {quoted[2]}]" in chosen, chosen
+    row = next(line.split() for line in out.splitlines() if line.startswith("10 "))
+    assert row[-3:] == [quoted[3], f"[{quoted[4]},", f"{quoted[5]}]"], row
+    edges = ["input -> mlp0", "mlp0 -> 4.2.v", "mlp0 -> 5.0.v", "mlp0 -> 5.1.v", "4.2 -> mlp5", "5.1 -> mlp5",
+             "4.2 -> logits", "5.0 -> logits", "5.1 -> logits", "mlp5 -> logits"]
+    assert chosen.rsplit("]: ", 1)[1].split(", ") == edges  # the edges the README names
+    assert (tmp_path / "circuit.png").stat().st_size > 0
