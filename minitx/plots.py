@@ -541,11 +541,17 @@ def _reader_xy(graph, reader_label: str) -> tuple[float, float]:
     return _node_xy(graph, _reader_writer(graph, reader_label))
 
 
-def _node_diameter(labels) -> float:
-    """Points: a circle that holds the longest label (its text box's diagonal) with a little room."""
+def _node_size(labels, room: float) -> tuple[float, float]:
+    """(font size, circle diameter), points: the circle holds the longest label (its text box's diagonal) with a
+    little room, at NODE_FONT or, where the rows or columns are closer than that circle (a 36-layer model), at a
+    font small enough that neighbouring circles do not touch (room: points between node centres), 4 at least."""
     from matplotlib.textpath import TextPath
-    boxes = [TextPath((0, 0), label, size=NODE_FONT).get_extents() for label in labels]
-    return max(math.hypot(box.width, max(box.height, 0.75 * NODE_FONT)) for box in boxes) + 4.0
+
+    def diameter(font: float) -> float:
+        boxes = [TextPath((0, 0), label, size=font).get_extents() for label in labels]
+        return max(math.hypot(box.width, max(box.height, 0.75 * font)) for box in boxes) + 4.0
+    font = max(4.0, min(NODE_FONT, NODE_FONT * (0.85 * room - 4.0) / (diameter(NODE_FONT) - 4.0)))
+    return font, diameter(font)
 
 
 def _bend(start, end, centre_x: float, aspect: float) -> float:
@@ -560,6 +566,17 @@ def _bend(start, end, centre_x: float, aspect: float) -> float:
     if abs(dx) > abs(dy) * aspect:
         return 0.2 if normal_y < 0 else -0.2
     return 0.2 if (centre_x - (x0 + x1) / 2) * normal_x >= 0 else -0.2
+
+
+def _inside(start, end, rad: float, aspect: float, x_range, y_range) -> float:
+    """rad, or the first of -rad, rad/2, -rad/2, rad/4, -rad/4 whose curve stays inside the axes (a wide edge
+    from the input bowed below its row would leave them); 0 (straight) if none does."""
+    for r in (rad, -rad, rad / 2, -rad / 2, rad / 4, -rad / 4):
+        points = [_on_arc(start, end, r, aspect, t) for t in np.linspace(0.0, 1.0, 11)]
+        if all(x_range[0] + 0.1 <= x <= x_range[1] - 0.1 and y_range[0] + 0.1 <= y <= y_range[1] - 0.1
+               for x, y in points):
+            return r
+    return 0.0
 
 
 def _on_arc(start, end, rad: float, aspect: float, t: float) -> tuple[float, float]:
@@ -589,7 +606,8 @@ def circuit_graph(graph, scores, circuit, title: str = "circuit") -> Figure:
     box = (height - 1.4) / (width - 1.2)  # the axes' height / width in inches, fixed so bends can be computed
     ax.set_box_aspect(box)
     aspect = box * (x_range[1] - x_range[0]) / (y_range[1] - y_range[0])
-    diameter = _node_diameter([*graph.writer_labels, "logits"])
+    room = 72 * min((width - 1.2) / (x_range[1] - x_range[0]), (height - 1.4) / (y_range[1] - y_range[0]))
+    font, diameter = _node_size([*graph.writer_labels, "logits"], room)
     edges, centre_x = graph.edges.tolist(), (graph.n_head - 1) / 2
     biggest = max((abs(S[e]) for e in range(len(S)) if keep[e]), default=1.0) or 1.0
     used = {0}
@@ -600,12 +618,13 @@ def circuit_graph(graph, scores, circuit, title: str = "circuit") -> Figure:
         used |= {w} | ({_reader_writer(graph, label)} if label != "logits" else set())
         kind = label.rsplit(".", 1)[1] if label.count(".") == 2 else ""
         rad = _bend(start, end, centre_x, aspect) + KIND_BEND.get(kind, 0.0)  # q, k, v from one writer: apart
+        rad = _inside(start, end, rad, aspect, x_range, y_range)
         color = "tab:red" if S[e] > 0 else "tab:blue"
         ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=9, color=color, alpha=0.75,
                                      lw=0.6 + 4.4 * abs(S[e]) / biggest, shrinkA=diameter / 2 + 1,
                                      shrinkB=diameter / 2 + 1, connectionstyle=f"arc3,rad={rad}", gid=f"edge {e}"))
         if kind:  # which input of the reader head, on the arrow itself
-            ax.text(*_on_arc(start, end, rad, aspect, MARK_AT), kind, fontsize=MARK_FONT,
+            ax.text(*_on_arc(start, end, rad, aspect, MARK_AT), kind, fontsize=min(font, MARK_FONT),
                     color=color, ha="center", va="center", zorder=2.5, gid=f"edge {e}",
                     bbox=dict(boxstyle="round,pad=0.08", facecolor="white", edgecolor="none", alpha=0.85))
     nodes = [(*_node_xy(graph, w), graph.writer_labels[w], w in used) for w in range(graph.n_writers)]
@@ -613,7 +632,7 @@ def circuit_graph(graph, scores, circuit, title: str = "circuit") -> Figure:
         ax.scatter([x], [y], s=diameter ** 2 if on else 40, color="white", zorder=3,
                    edgecolors="black" if on else "lightgray")
         if on:
-            ax.text(x, y, name, ha="center", va="center", fontsize=NODE_FONT, zorder=4)
+            ax.text(x, y, name, ha="center", va="center", fontsize=font, zorder=4)
     ax.set_yticks(range(-1, graph.n_layer + 1), ["input", *[f"layer {l}" for l in range(graph.n_layer)], "logits"])
     ax.set_xticks([])
     ax.set_xlim(*x_range)

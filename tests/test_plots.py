@@ -274,11 +274,12 @@ def distance_to_path(point, path) -> float:
     return best
 
 
-@pytest.mark.parametrize("n_layer, n_head", [(2, 2), (6, 4), (1, 1)])
+@pytest.mark.parametrize("n_layer, n_head", [(2, 2), (6, 4), (1, 1), (2, 12)])
 def test_circuit_graph_labels_inside_and_marks_on_their_edges(n_layer, n_head):
     """Issue 16's trial: 'input' was clipped, 'logits' overflowed its circle, q/k/v marks floated off their edges.
     Every text lies inside the figure (and node labels and marks inside the axes); each node label fits inside its
-    circle; each q/k/v mark's centre lies on the arrow of the same edge (gid "edge <index>")."""
+    circle; each q/k/v mark's centre lies on the arrow of the same edge (gid "edge <index>"); every arrow stays inside
+    the axes (2 x 12: edges from the input to the row above run nearly flat, and bowed below it they left)."""
     import numpy as np
     from matplotlib.collections import PathCollection
     from matplotlib.patches import FancyArrowPatch
@@ -308,6 +309,10 @@ def test_circuit_graph_labels_inside_and_marks_on_their_edges(n_layer, n_head):
     assert len(arrows) == len(graph.edges) and len(marks) == sum(label.count(".") == 2 for _, r in
                                                                    graph.edges.tolist()
                                                                    for label in [graph.reader_labels[r]])
+    for arrow in arrows.values():
+        corners = arrow.get_transform().transform_path(arrow.get_path()).get_extents()
+        assert ax.bbox.x0 <= corners.x0 and corners.x1 <= ax.bbox.x1, arrow.get_gid()
+        assert ax.bbox.y0 <= corners.y0 and corners.y1 <= ax.bbox.y1, arrow.get_gid()
     for mark in marks:
         assert mark.get_text() in "qkv"
         centre = np.asarray(ax.transData.transform(mark.get_position()))
