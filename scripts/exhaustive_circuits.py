@@ -117,6 +117,28 @@ def affine_readout(model, tokens: Tensor, metric) -> tuple[Tensor, Tensor, Tenso
     return rows, grad[rows], const
 
 
+class StateKeys:
+    """The distinct states of every writer over many circuits, shared by every prompt block: ids[w] maps a state
+    key (the kept edges into w, each with its source's state) to its id."""
+
+    def __init__(self, graph: E.EdgeGraph):
+        self.graph, (self.src, self.dst) = graph, edge_ends(graph)
+        self.ids = {w: {} for w in range(1, graph.n_writers)}
+
+    def register(self, circuit) -> list[int]:
+        """The state id of every writer in this circuit ([n_writers]: 0 for the input, -1 where the writer is the
+        source of no kept edge, so its value is never read), new states registered."""
+        kept_into, sources = {}, {self.src[e] for e in circuit}
+        for e in circuit:
+            kept_into.setdefault(self.dst[e], []).append(e)
+        state = [0] + [-1] * (self.graph.n_writers - 1)
+        for w in range(1, self.graph.n_writers):
+            if w in sources:
+                key = tuple((e, state[self.src[e]]) for e in sorted(kept_into.get(w, ())))
+                state[w] = self.ids[w].setdefault(key, len(self.ids[w]))
+        return state
+
+
 class _Captured(Exception):
     """Raised by a hook once the output it wants is recorded: the rest of the forward is not needed."""
 
@@ -130,13 +152,14 @@ class FactorisedPatching:
     at the logits, needed only where the (affine) metric reads it; positions after the last of those are cut
     off (attention is causal)."""
 
-    def __init__(self, model, tokens: Tensor, ablated: E.WriterValues, metric, chunk: int = 32):
-        self.model, self.chunk = model, chunk
+    def __init__(self, model, tokens: Tensor, ablated: E.WriterValues, readout, keys: StateKeys, chunk: int = 32):
+        """readout: `affine_readout` of the metric on these prompts; keys: the states to compute."""
+        self.model, self.chunk, self.keys = model, chunk, keys.ids
         self.graph = g = E.edge_graph(model)
         self.src, self.dst = edge_ends(g)
         self.edge_reader = g.edges[:, 1].tolist()
         tokens = E.token_batch(tokens)
-        rows, self.weights, self.const = affine_readout(model, tokens, metric)
+        rows, self.weights, self.const = readout
         n_pos = int(rows.any(0).nonzero().max()) + 1
         self.tokens, self.rows = tokens[:, :n_pos], rows[:, :n_pos]
         self.row_prompt = self.rows.nonzero()[:, 0]  # [n_rows]: the prompt of each read row
@@ -153,7 +176,6 @@ class FactorisedPatching:
             before = [w for w in range(g.n_writers) if g.writer_time(w) < t]
             self.base[t] = cache[name] + sum(self.ablated[w] - clean[w] for w in before)
         self.values = {0: [clean[0]]}  # writer -> its values, one per state id (the input has one state: the clean run)
-        self.keys = {w: {} for w in range(1, g.n_writers)}  # writer -> {state key: id}
 
     def _per_writer(self, values: E.WriterValues, batch: int | None = None) -> list[Tensor]:
         """[n_writers] of [batch, pos, d_model], in writer order (rows of 1 broadcast to batch)."""
@@ -161,20 +183,6 @@ class FactorisedPatching:
         for l in range(self.graph.n_layer):
             out += [values.heads[l][:, :, h] for h in range(self.graph.n_head)] + [values.mlps[l]]
         return [x.expand(batch or len(x), *x.shape[1:]) for x in out]
-
-    def states(self, circuit) -> list[int]:
-        """Register the state of every writer in this circuit ([n_writers]; -1 where the writer has no kept edge
-        into anything, so its value is never read) and return them."""
-        g, kept_into = self.graph, {}
-        for e in circuit:
-            kept_into.setdefault(self.dst[e], []).append(e)
-        sources = {self.src[e] for e in circuit}
-        state = [0] + [-1] * (g.n_writers - 1)
-        for w in range(1, g.n_writers):
-            if w in sources:
-                key = tuple((e, state[self.src[e]]) for e in sorted(kept_into.get(w, ())))
-                state[w] = self.keys[w].setdefault(key, len(self.keys[w]))
-        return state
 
     def compute_states(self) -> None:
         """Evaluate every registered state, writers in topological order, `chunk` states per forward. Values
@@ -236,32 +244,51 @@ class FactorisedPatching:
         return got["out"].reshape(n, *self.tokens.shape, -1)
 
     @torch.no_grad()
-    def metric_values(self, circuits, states: list[list[int]], chunk: int = 64) -> Tensor:
-        """[n, batch]: the metric of each circuit (kept edges), from the registered, computed states."""
-        g, B, rows = self.graph, len(self.tokens), self.rows
-        into_logits = [e for e in range(g.n_edges) if self.dst[e] == -1]
-        index = {}  # writer -> [n]: 1 + its state where its edge to the logits is kept, else 0 (`at_rows`)
-        kept = as_mask(g, circuits)[:, into_logits]
-        state = torch.tensor(states)
-        for i, e in enumerate(into_logits):
-            if kept[:, i].any():
-                index[self.src[e]] = torch.where(kept[:, i], state[:, self.src[e]] + 1, 0)
-        base = self.base[2 * g.n_layer][rows]  # [read rows, d_model]
+    def metric_values(self, index: dict, n: int, chunk: int = 64) -> Tensor:
+        """[n, batch]: the metric of each circuit, from the computed states. index (`logits_index`): writer ->
+        [n], 1 + its state where its edge to the logits is kept, else 0 (row 0 of `at_rows` is zeros)."""
+        rows, B, L = self.rows, len(self.tokens), self.graph.n_layer
+        base = self.base[2 * L][rows]  # [read rows, d_model]
         out = []
-        for start in range(0, len(circuits), chunk):
+        for start in range(0, n, chunk):
             part = slice(start, start + chunk)
-            resid = base + sum(self.at_rows[w][index[w][part]] for w in index)  # [n, read rows, d_model]
+            resid = base + sum((self.at_rows[w][index[w][part]] for w in index), base.new_zeros(len(range(n)[part]), 1, 1))
             read = (self.model.unembed(resid) * self.weights).sum(-1)  # [n, read rows]
             out.append(self.const + read.new_zeros(len(read), B).index_add_(1, self.row_prompt, read))
         return torch.cat(out)
 
 
-def evaluate(model, tokens, ablated, metric, circuits) -> Tensor:
-    """Exact edge patching of each circuit (kept edges) -> metric values [n, batch], factorised."""
-    patching = FactorisedPatching(model, tokens, ablated, metric)
-    states = [patching.states(c) for c in circuits]
-    patching.compute_states()
-    return patching.metric_values(circuits, states)
+def logits_index(graph: E.EdgeGraph, circuits, states: Tensor) -> dict:
+    """writer -> [n]: 1 + the writer's state in each circuit where its edge to the logits is kept, else 0."""
+    src, dst = edge_ends(graph)
+    into_logits = [e for e in range(graph.n_edges) if dst[e] == -1]
+    kept = as_mask(graph, circuits)[:, into_logits]
+    return {src[e]: torch.where(kept[:, i], states[:, src[e]] + 1, 0) for i, e in enumerate(into_logits) if kept[:, i].any()}
+
+
+def prompt_block(tokens: Tensor, ablated: E.WriterValues, readout, block: slice):
+    """The tokens, ablated values and affine readout of the prompts in `block`."""
+    rows, weights, const = readout
+    first = int(rows[:block.start].sum())
+    cut = lambda x: x[block] if len(x) == len(tokens) else x  # noqa: E731  (rows of 1 broadcast)
+    part = E.WriterValues(cut(ablated.input), tuple(map(cut, ablated.heads)), tuple(map(cut, ablated.mlps)), ablated.ablation)
+    return tokens[block], part, (rows[block], weights[first:first + int(rows[block].sum())], const[block])
+
+
+def evaluate(model, tokens, ablated, metric, circuits, block: int = 16) -> Tensor:
+    """Exact edge patching of each circuit (kept edges) -> metric values [n, batch], factorised, `block`
+    prompts at a time (memory: the stored states scale with it)."""
+    tokens, graph = E.token_batch(tokens), E.edge_graph(model)
+    readout, keys = affine_readout(model, tokens, metric), StateKeys(graph)
+    index = logits_index(graph, circuits, torch.tensor([keys.register(c) for c in circuits]))
+    out = []
+    for start in range(0, len(tokens), block):
+        part = prompt_block(tokens, ablated, readout, slice(start, start + block))
+        patching = FactorisedPatching(model, *part, keys)
+        patching.compute_states()
+        out.append(patching.metric_values(index, len(circuits)))
+        del patching
+    return torch.cat(out, 1)
 
 
 def as_mask(graph: E.EdgeGraph, circuits) -> Tensor:
@@ -306,11 +333,12 @@ def best_per_size(circuits, faith: Tensor, max_edges: int, top: int) -> dict[int
     return out
 
 
-def search(model, clean, metric, ablated, circuits, top: int, max_edges: int) -> dict:
-    """F of every circuit (factorised), then the best `top` of each size re-run through discovery.faithfulness."""
+def search(model, clean, metric, ablated, circuits, top: int, max_edges: int, block: int = 16) -> dict:
+    """F of every circuit (factorised, `block` prompts at a time), then the best `top` of each size re-run
+    through discovery.faithfulness."""
     graph = E.edge_graph(model)
     start = time.time()
-    values = evaluate(model, clean, ablated, metric, circuits).mean(1)
+    values = evaluate(model, clean, ablated, metric, circuits, block).mean(1)
     ends = E.edge_patching(model, clean, torch.stack([torch.ones(graph.n_edges, dtype=torch.bool),
                                                       torch.zeros(graph.n_edges, dtype=torch.bool)]), ablated, metric).mean(1)
     faith = (values - ends[0]) / (ends[1] - ends[0])
@@ -366,11 +394,12 @@ def main(argv=None) -> dict:
                         help="search every edge (default: leave out MLP edges, allowed only when every MLP writes 0)")
     parser.add_argument("--top", type=int, default=5, help="circuits per size re-run through discovery.faithfulness")
     parser.add_argument("--check", type=int, default=64, help="random circuits checked against engine.edge_patching")
+    parser.add_argument("--block", type=int, default=16, help="prompts per block (memory scales with it)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, help="write the per-size results here")
     args = parser.parse_args(argv)
-    if args.max_edges < 0 or args.top < 1 or args.check < 0 or args.threads < 1:
-        parser.error("--max-edges and --check must be >= 0, --top and --threads >= 1")
+    if args.max_edges < 0 or args.top < 1 or args.check < 0 or args.threads < 1 or args.block < 1:
+        parser.error("--max-edges and --check must be >= 0, --top, --block and --threads >= 1")
     torch.set_num_threads(args.threads)
     if not (args.model / "config.json").is_file():
         parser.error(f"--model {args.model}: no config.json there (a folder saved by minitx.save_pretrained)")
@@ -388,7 +417,7 @@ def main(argv=None) -> dict:
                   n_edges=graph.n_edges, searched_edges=len(candidates), mean_reference=args.mean_reference, results=[])
     for ablation in args.ablations:
         ablated = E.ablation_values(model, ablation, clean, corrupted=corrupted, reference=reference)
-        result = search(model, clean, metric, ablated, circuits, args.top, args.max_edges)
+        result = search(model, clean, metric, ablated, circuits, args.top, args.max_edges, args.block)
         result["max_metric_error_vs_edge_patching"] = check_against_engine(model, clean, metric, ablated, circuits, args.check)
         print_table(result)
         print(f"factorised vs engine.edge_patching on {args.check} random circuits: max |metric difference| "

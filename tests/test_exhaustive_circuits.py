@@ -84,8 +84,7 @@ def test_factorised_patching_equals_edge_patching_on_a_random_model():
     for ablation in ("resample", "mean"):
         ablated = E.ablation_values(model, ablation, clean, corrupted=corrupted, reference=corrupted)
         exact = E.edge_patching(model, clean, ~masks(graph, circuits), ablated, metric)
-        # edge_patching returns the metric in float32
-        assert_close(X.evaluate(model, clean, ablated, metric, circuits).float(), exact, atol=1e-5, rtol=0)
+        assert_close(X.evaluate(model, clean, ablated, metric, circuits).to(exact.dtype), exact, atol=1e-6, rtol=0)
 
 
 def test_a_metric_not_affine_in_the_logits_is_refused():
