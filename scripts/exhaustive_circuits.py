@@ -12,12 +12,15 @@ the search covers what the method can output (pruned circuits).
 Evaluation is exact edge patching with ACDC's semantics (docs/methods.md §12.2), factorised: a component's
 output in a patched run depends only on its "state", the kept edges into it and their sources' states, so each
 distinct state is computed once with the model's own block (its per-head q/k/v inputs or MLP input set by hooks)
-and each circuit's final residual is a sum of stored writer values. The numbers are checked against
-`minitx.engine.edge_patching` on random circuits (printed), and the best circuits of each size are re-run
-through `minitx.discovery.faithfulness`, which also gives their complements.
+and each circuit's final residual is a sum of stored writer values, read by the metric (which must be affine in
+the logits, as a logit difference is) at the positions it reads. Prompts go in blocks (--block): the stored
+states scale with the block. The numbers are checked against `minitx.engine.edge_patching` on random circuits
+(printed), and the best circuits of each size are re-run through `minitx.discovery.faithfulness`, which also
+gives their complements. Plain edge_patching of every circuit would take about 0.1 s each on a CPU thread (a
+day for the 1.25 million circuits of at most 10 edges); this takes minutes.
 
-    python3 scripts/exhaustive_circuits.py                       # the induction fixture, k <= 10, resample + mean
-    python3 scripts/exhaustive_circuits.py --max-edges 6 --json /tmp/circuits.json
+    python3 scripts/exhaustive_circuits.py --max-edges 9                  # the induction fixture, resample + mean
+    python3 scripts/exhaustive_circuits.py --max-edges 10 --ablations resample --block 8 --json /tmp/k10.json
 """
 
 from __future__ import annotations
@@ -211,8 +214,8 @@ class FactorisedPatching:
         return x
 
     @torch.no_grad()
-    def _run_states(self, w: int, keys: list) -> list[Tensor]:
-        """Writer w's output [batch, pos, d_model] in each state of `keys`, by the model's own block: its reader
+    def _run_states(self, w: int, keys: list) -> Tensor:
+        """Writer w's output [n, batch, pos, d_model] in each of the n states of `keys`, by the model's own block: its reader
         inputs set by hooks, the forward stopped once its output is recorded."""
         g, n, got = self.graph, len(keys), {}
         layer, offset = divmod(w - 1, g.n_head + 1)

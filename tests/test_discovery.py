@@ -201,17 +201,23 @@ def induction():
 def test_fixture_circuit_holds_the_induction_mechanism(induction):
     """46 edges. EAP-IG on activations (5 steps) ranks the previous-token head (0.1) -> both induction heads'
     keys and both induction heads -> logits among its top 8 edges. Faithfulness under resample ablation,
-    measured: top-8 (pruned) 0.42, top-12 0.91, top-16 0.99. The metric (clean answer minus the token the
-    corrupted first copy suggests) needs both induction heads' keys, values and outputs: a 10-edge subset
-    of the top 12 reaches 0.97, while the best 8-edge subset of it reaches 0.42 (exhaustive over its 45
-    subsets), so the "<= 8 edges, F >= 0.8" of docs/methods.md §12.4 item 4 does not hold for this metric."""
+    measured: top-8 (pruned, 8 edges) 0.419, top-10 0.974, top-12 0.911. The exhaustive search of
+    scripts/exhaustive_circuits.py (docs/methods.md §12.4 item 5) evaluated every closed circuit of at most 9 of
+    the 29 edges that can matter (the MLPs write 0; under resample ablation F(C) = F(prune(C)), so that covers
+    every edge set): the best 8-edge circuit is exactly this top 8, F = 0.419, and the best 9-edge one reaches
+    0.719, so no circuit of at most 9 edges reaches F >= 0.8 on this metric (clean answer minus the token the
+    corrupted first copy suggests): the "<= 8 edges" target of issue 16 is unreachable here. The smallest
+    faithful circuit has 10 edges (the top 10: both induction heads' keys from 0.1, their values from the input
+    and from 0.0, their outputs; 0.0 and 0.1 reading the input as values)."""
     model, clean, corrupted, metric = induction
     scores = D.eap_ig(model, clean, corrupted, metric, steps=5, on="activations")
     top = {label for label, _ in scores.top(8)}
     assert {"0.1 -> 1.0.k", "0.1 -> 1.1.k", "1.0 -> logits", "1.1 -> logits"} <= top
-    curve = D.faithfulness_curve(model, clean, scores, metric, [8, 12], ablation="resample", corrupted=corrupted)
-    assert int(curve.n_edges[1]) <= 12 and float(curve.scores[1]) >= 0.85  # measured 0.911
-    assert float(curve.complement[1]) <= 0.05
+    curve = D.faithfulness_curve(model, clean, scores, metric, [8, 10, 12], ablation="resample", corrupted=corrupted)
+    assert curve.n_edges.tolist() == [8, 10, 12]
+    assert abs(float(curve.scores[0]) - 0.419) <= 0.01  # the exhaustive best of 8 edges: below 0.8
+    assert float(curve.scores[1]) >= 0.9  # measured 0.974: 10 edges are enough
+    assert float(curve.scores[2]) >= 0.85 and float(curve.complement[2]) <= 0.05  # measured 0.911, 0.000
 
 
 def test_errors(model):
