@@ -328,7 +328,7 @@ def bench_discovery(ours, peers, repeats, results, batch: int = 8, pos: int = 16
         batched = lambda: engine.edge_patching(ours, clean, ~circuits, ablated, metric, max_rows=batch * n_circuits)  # noqa: E731
         separate = lambda: torch.cat([engine.edge_patching(ours, clean, ~c, ablated, metric) for c in circuits])  # noqa: E731
         torch.testing.assert_close(batched(), separate(), atol=1e-4, rtol=1e-4)
-        times = race({"minitx": batched, "one patched forward per circuit": separate}, repeats)
+        times = race({"minitx": batched, "one call per circuit": separate}, repeats)
     results["faithfulness"] = report(f"faithfulness of {n_circuits} circuits by exact edge patching (top 1%..20% of "
                                      f"the edges), {batch} x {pos} tokens: side by side vs one call each", times)
     print("  side by side, the circuits share one clean run (its keys and values before the shared prefix, the "
