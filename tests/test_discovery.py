@@ -202,13 +202,13 @@ def test_fixture_circuit_holds_the_induction_mechanism(induction):
     """46 edges. EAP-IG on activations (5 steps) ranks the previous-token head (0.1) -> both induction heads'
     keys and both induction heads -> logits among its top 8 edges. Faithfulness under resample ablation,
     measured: top-8 (pruned, 8 edges) 0.419, top-10 0.974, top-12 0.911. The exhaustive search of
-    scripts/exhaustive_circuits.py (docs/methods.md §12.4 item 5) evaluated every closed circuit of at most 9 of
-    the 29 edges that can matter (the MLPs write 0; under resample ablation F(C) = F(prune(C)), so that covers
-    every edge set): the best 8-edge circuit is exactly this top 8, F = 0.419, and the best 9-edge one reaches
-    0.719, so no circuit of at most 9 edges reaches F >= 0.8 on this metric (clean answer minus the token the
-    corrupted first copy suggests): the "<= 8 edges" target of issue 16 is unreachable here. The smallest
-    faithful circuit has 10 edges (the top 10: both induction heads' keys from 0.1, their values from the input
-    and from 0.0, their outputs; 0.0 and 0.1 reading the input as values)."""
+    scripts/exhaustive_circuits.py (docs/methods.md §12.4 item 5) evaluated every closed circuit of at most 10
+    of the 29 edges that can matter (the MLPs write 0; under resample ablation F(C) = F(prune(C)), so that
+    covers every edge set): the best 8-edge circuit is exactly this top 8, F = 0.419, and the best 9-edge one
+    reaches 0.719, so no circuit of at most 9 edges reaches F >= 0.8 on this metric (clean answer minus the
+    token the corrupted first copy suggests): the "<= 8 edges" target of issue 16 is unreachable here. Of the
+    853,159 closed 10-edge circuits exactly one reaches it: this top 10 (both induction heads' keys from 0.1,
+    their values from the input and from 0.0, their outputs; 0.0 and 0.1 reading the input as values)."""
     model, clean, corrupted, metric = induction
     scores = D.eap_ig(model, clean, corrupted, metric, steps=5, on="activations")
     top = {label for label, _ in scores.top(8)}
