@@ -125,3 +125,14 @@ def test_tests_read_the_public_hook_state(path):
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     reads = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Attribute) and node.attr == "_context_hooks"]
     assert not reads, f"{path.name} reads _context_hooks at lines {reads}; use model.has_context_hooks"
+
+
+LONGEST_FUNCTION = 60  # the brief: no function over about 60 lines unless it is a table (tables live at module level)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_no_function_over_60_lines(name):
+    long = [(node.name, node.lineno, node.end_lineno - node.lineno + 1) for node in ast.walk(parse(name))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > LONGEST_FUNCTION]
+    assert not long, "\n".join(f"minitx/{name}.py:{line} {fn} has {n} lines" for fn, line, n in long)
