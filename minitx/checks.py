@@ -261,6 +261,14 @@ def check_layer_range(start_at_layer, stop_at_layer, n_layer: int) -> tuple[int,
     return start, stop
 
 
+def check_context(positions: Tensor, n_ctx: int) -> Tensor:
+    """positions [batch or 1, pos], returned, unless one reaches n_ctx: the model has no embedding for it."""
+    if int(positions.max()) >= n_ctx:
+        raise ValueError(f"the sequence reaches position {int(positions.max())}, but this model has n_positions="
+                         f"{n_ctx} (positions 0..{n_ctx - 1}); shorten the prompt")
+    return positions
+
+
 def check_residual(resid, d_model: int, like: Tensor) -> Tensor:
     """The input of a forward with start_at_layer: a dense [batch, pos, d_model] tensor of the model's dtype and device."""
     if not isinstance(resid, Tensor) or resid.dim() != 3 or resid.shape[-1] != d_model or resid.dtype != like.dtype \

@@ -27,8 +27,8 @@ from torch import Tensor, nn
 
 from minitx import checkpoint
 from minitx.activations import ACTIVATIONS
-from minitx.checks import (check_attention_mask, check_generation, check_layer_range, check_prompt_rows, check_residual,
-                           check_seed, check_sweep_options, check_tokens)
+from minitx.checks import (check_attention_mask, check_context, check_generation, check_layer_range, check_prompt_rows,
+                           check_residual, check_seed, check_sweep_options, check_tokens)
 from minitx.config import Config  # noqa: F401  (re-exported: minitx.model.Config)
 from minitx.hooks import (ON_REQUEST, POINTS, Cache, HookPoint, NamesFilter, Run, get_act_name,  # noqa: F401
                           active_context_hooks, check_hooks_can_fire, check_keywords, context_hooks, hook_list,
@@ -300,7 +300,8 @@ class Transformer(Part):
             check_attention_mask(attention_mask, tokens.shape)
             if attention_mask is not None:
                 check_prompt_rows(attention_mask)  # as generate: a row of padding only is no prompt
-            resid = self.embed(tokens, self._checked_positions(tokens.shape, attention_mask), run)
+            positions = check_context(self.positions(tokens.shape, attention_mask, self.W_pos.device), self.cfg.n_ctx)
+            resid = self.embed(tokens, positions, run)
         else:  # a residual stream
             resid = check_residual(tokens, self.cfg.d_model, self.W_E)
             check_attention_mask(attention_mask, resid.shape[:2])
@@ -318,13 +319,6 @@ class Transformer(Part):
         if stop_at_layer is not None:
             return resid  # the residual stream before block `stop` (before ln_final when stop == n_layer)
         return self.unembed(resid, run)
-
-    def _checked_positions(self, shape, attention_mask: Tensor | None) -> Tensor:  # [batch or 1, pos]
-        positions = self.positions(shape, attention_mask, self.W_pos.device)
-        if int(positions.max()) >= self.cfg.n_ctx:
-            raise ValueError(f"the sequence reaches position {int(positions.max())}, but this model has n_positions="
-                             f"{self.cfg.n_ctx} (positions 0..{self.cfg.n_ctx - 1}); shorten the prompt")
-        return positions
 
     def embed(self, tokens: Tensor, positions: Tensor, run: Run) -> Tensor:  # [batch, pos], [batch or 1, pos]
         embed = run(get_act_name("embed"), self.W_E[tokens])  # [batch, pos, d_model]
