@@ -297,7 +297,7 @@ def prune(graph: EdgeGraph, keep: Tensor) -> Tensor:
     A writer is reached when it is the input or a kept edge from a reached writer enters one of its readers
     (a head's q, k or v input, an MLP's input); it is useful when a kept edge leaves it for the logits or for a
     reader of a useful component. A dangling edge cannot change the logits, so it is dropped."""
-    w_of_reader = _component_of_readers(graph)  # reader -> the writer it belongs to (-1: the logits)
+    w_of_reader = graph.reader_owner  # reader -> the writer it belongs to (-1: the logits)
     src, dst = graph.edges[:, 0], graph.edges[:, 1]
     reached = torch.zeros(graph.n_writers, dtype=torch.bool)
     reached[0] = True
@@ -311,17 +311,6 @@ def prune(graph: EdgeGraph, keep: Tensor) -> Tensor:
         useful[w] = bool((targets == -1).any()) or bool(useful[targets[targets >= 0]].any())
     target_useful = torch.where(w_of_reader[dst] == -1, torch.ones_like(keep), useful[w_of_reader[dst].clamp(min=0)])
     return keep & reached[src] & target_useful
-
-
-def _component_of_readers(graph: EdgeGraph) -> Tensor:
-    """[n_readers] LongTensor: the writer index of the component each reader feeds (-1 for the logits)."""
-    out = torch.full((graph.n_readers,), -1, dtype=torch.long)
-    for l in range(graph.n_layer):
-        for h in range(graph.n_head):
-            for c in "qkv":
-                out[graph.reader(c, l, h)] = graph.writer("head", l, h)
-        out[graph.reader("mlp", l)] = graph.writer("mlp", l)
-    return out
 
 
 @dataclass(kw_only=True, repr=False)

@@ -312,6 +312,18 @@ class EdgeGraph:
         return 2 * layer + (offset == 3 * self.n_head)
 
     @functools.cached_property
+    def reader_owner(self) -> Tensor:
+        """[n_readers] LongTensor: the writer index of the component each reader feeds (a head's q, k and v
+        inputs feed that head, an MLP input its MLP); -1 for the logits."""
+        owner = torch.full((self.n_readers,), -1, dtype=torch.long)
+        for layer in range(self.n_layer):
+            for head in range(self.n_head):
+                for kind in "qkv":
+                    owner[self.reader(kind, layer, head)] = self.writer("head", layer, head)
+            owner[self.reader("mlp", layer)] = self.writer("mlp", layer)
+        return owner
+
+    @functools.cached_property
     def edges(self) -> Tensor:
         """[n_edges, 2] LongTensor of (writer, reader), ordered by reader, then writer."""
         writes = torch.tensor([self.writer_time(w) for w in range(self.n_writers)])

@@ -46,20 +46,9 @@ from minitx.hooks import get_act_name  # noqa: E402
 
 
 # -- the graph's components -----------------------------------------------------------------------------------------
-def reader_owner(graph: E.EdgeGraph) -> list[int]:
-    """[n_readers]: the writer index of the component each reader feeds (-1 for the logits)."""
-    owner = [-1] * graph.n_readers
-    for l in range(graph.n_layer):
-        for h in range(graph.n_head):
-            for c in "qkv":
-                owner[graph.reader(c, l, h)] = graph.writer("head", l, h)
-        owner[graph.reader("mlp", l)] = graph.writer("mlp", l)
-    return owner
-
-
 def edge_ends(graph: E.EdgeGraph) -> tuple[list[int], list[int]]:
     """(source writer, target component) of every edge; target -1 = the logits."""
-    owner = reader_owner(graph)
+    owner = graph.reader_owner.tolist()
     return graph.edges[:, 0].tolist(), [owner[r] for r in graph.edges[:, 1].tolist()]
 
 
