@@ -703,15 +703,13 @@ def cmd_circuit(args) -> int:
 
 
 def _check_circuit_args(args, clean, corrupted) -> None:
-    """--target a finite number; --steps a count; under resample, --pos at or after the first position where the
+    """--target a finite number; under resample, --pos at or after the first position where the
     prompts differ (before it every patched run is the clean run, so F would be 0/0)."""
     import math
-    from minitx.checks import check_count
     from minitx.engine import shared_prefix
     if not math.isfinite(args.target):
         raise ValueError(f"--target {args.target}: the faithfulness the chosen circuit must reach, a finite number "
                          "such as 0.8")
-    check_count(args.steps, "--steps", "points on each EAP-IG integration path")
     first, pos = shared_prefix(clean, corrupted), args.pos % clean.shape[1]
     if args.ablation == "resample" and pos < first:
         raise ValueError(f"--pos {args.pos} reads position {pos}, before the prompts first differ (position {first}): "
@@ -1148,7 +1146,7 @@ def args_circuit(p) -> None:
     p.add_argument("--method", default="eap-ig-activations", choices=("eap", "eap-ig-inputs", "eap-ig-activations"),
                    help="edge scores: EAP (2 forwards, 1 backward) or EAP-IG on the input embeddings or on each "
                         "reader's input (more exact, slower)")
-    p.add_argument("--steps", type=int, default=5, help="EAP-IG: points on each integration path")
+    p.add_argument("--steps", type=_count, default=5, help="EAP-IG: points on each integration path")
     p.add_argument("--ablation", default="resample", choices=ABLATIONS,
                    help="what a patched edge carries: the corrupted run's value, the mean over the corrupted "
                         "prompts (position by position), or zero")
