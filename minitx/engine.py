@@ -540,8 +540,7 @@ def _shared_prefix(model, tokens: Tensor, ablated: WriterValues, metric: Callabl
 def _sets_per_forward(model, tokens_per_set: int, most: int, device: torch.device) -> int:
     """How many edge sets run side by side: at most `most`, the writers' changes under 2**28 elements (1 GiB in
     float32), and on a CPU each per-head copy of the stream (q, k or v input, [rows, pos, head, d_model]) under
-    2**21 elements (8 MiB in float32), a size that stays in cache (on a CPU each patched run is bound by memory
-    traffic, not by the number of rows side by side)."""
+    2**21 elements (8 MiB in float32), a size that stays in cache."""
     cfg = model.cfg
     per_set = tokens_per_set * cfg.d_model
     size = min(most, (1 << 28) // (per_set * (1 + cfg.n_layer * (cfg.n_head + 1))))
